@@ -1,0 +1,444 @@
+/* rseqtop's BPF programs. The Python side (rseqtop/bpfgen.py) prepends the
+ * tracepoint argument structs generated from the running kernel's format
+ * files and the HAVE_* / size -D flags, so the same source loads on kernels
+ * with older rseq_update formats or without csd events. Only tracepoint
+ * arguments are read: the kernel headers may not match the kernel.
+ *
+ * Every program returns 1: a tracepoint program returning 0 silences perf's
+ * own counting of that tracepoint, and rseqtop must not blind other tools. */
+#include "rseqtop.h"
+
+#ifndef RSEQTOP_MAX_THREADS
+#define RSEQTOP_MAX_THREADS 32768
+#endif
+#ifndef RSEQTOP_MAX_DEAD_THREADS
+#define RSEQTOP_MAX_DEAD_THREADS 8192
+#endif
+#ifndef RSEQTOP_MAX_PROCS
+#define RSEQTOP_MAX_PROCS 8192
+#endif
+#ifndef RSEQTOP_MAX_SITES
+#define RSEQTOP_MAX_SITES 4096
+#endif
+#ifndef RSEQTOP_MAX_OFFSETS
+#define RSEQTOP_MAX_OFFSETS 16384
+#endif
+#ifndef RSEQTOP_MAX_PCOUNTS
+#define RSEQTOP_MAX_PCOUNTS 8192
+#endif
+#ifndef RSEQTOP_RINGBUF_PAGES
+#define RSEQTOP_RINGBUF_PAGES 64
+#endif
+#ifndef TASK_REPORT_MASK
+#define TASK_REPORT_MASK 0xff
+#endif
+
+/* Live threads by tid (sched_migrate_task names its task by tid only). */
+BPF_HASH(threads, u32, struct rseqtop_thread, RSEQTOP_MAX_THREADS);
+/* Final records of exited threads, for display only: exact totals live in
+ * procs, so LRU eviction here loses no count. */
+BPF_TABLE("lru_hash", u32, struct rseqtop_thread, dead_threads, RSEQTOP_MAX_DEAD_THREADS);
+BPF_HASH(procs, u32, struct rseqtop_proc, RSEQTOP_MAX_PROCS);
+BPF_HASH(sites, struct rseqtop_site_key, struct rseqtop_site, RSEQTOP_MAX_SITES);
+BPF_HASH(offsets, struct rseqtop_offset_key, u64, RSEQTOP_MAX_OFFSETS);
+BPF_HASH(pcounts, struct rseqtop_pcount_key, u64, RSEQTOP_MAX_PCOUNTS);
+BPF_PERCPU_ARRAY(counters, u64, RSEQTOP_NCOUNTERS);
+BPF_PERCPU_ARRAY(cpu_aborts, u64, 1);
+BPF_ARRAY(config, struct rseqtop_config, 1);
+BPF_HASH(watch_pids, u32, u8, 1024);
+BPF_HASH(watch_cgroups, u64, u8, 256);
+/* Zeroed templates: the records are too large for the 512-byte BPF stack. */
+BPF_PERCPU_ARRAY(zero_thread, struct rseqtop_thread, 1);
+BPF_PERCPU_ARRAY(zero_site, struct rseqtop_site, 1);
+BPF_PERCPU_ARRAY(zero_proc, struct rseqtop_proc, 1);
+/* In-flight syscalls: enter -> exit. */
+BPF_HASH(rseq_calls, u32, u32, 4096);
+struct mb_call { u64 ts; u32 cmd; u32 pad; };
+BPF_HASH(mb_calls, u32, struct mb_call, 4096);
+BPF_RINGBUF_OUTPUT(events, RSEQTOP_RINGBUF_PAGES);
+
+#define RSEQTOP_EEXIST 17
+
+static __always_inline void count(u32 idx)
+{
+    u64 *v = counters.lookup(&idx);
+    if (v)
+        (*v)++;
+}
+
+static __always_inline int watched(u32 tgid)
+{
+    int zero = 0;
+    struct rseqtop_config *cfg = config.lookup(&zero);
+    if (!cfg || !cfg->filter)
+        return 1;
+    if ((cfg->filter & RSEQTOP_FILTER_PIDS) && !watch_pids.lookup(&tgid))
+        return 0;
+    if (cfg->filter & RSEQTOP_FILTER_CGROUPS) {
+        u64 cg = bpf_get_current_cgroup_id();
+        if (!watch_cgroups.lookup(&cg))
+            return 0;
+    }
+    return 1;
+}
+
+/* The current thread's record, created on first sight if its process is
+ * watched. Only programs running in the thread's own context create. */
+static __always_inline struct rseqtop_thread *current_thread(u32 tid, u32 tgid)
+{
+    struct rseqtop_thread *t = threads.lookup(&tid);
+    if (t)
+        return t;
+    if (!watched(tgid))
+        return 0;
+    int zero = 0;
+    struct rseqtop_thread *z = zero_thread.lookup(&zero);
+    if (!z)
+        return 0;
+    z->tgid = tgid;
+    bpf_get_current_comm(&z->comm, sizeof(z->comm));
+    int err = threads.insert(&tid, z);
+    z->tgid = 0;
+    if (err && err != -RSEQTOP_EEXIST) {
+        count(RSEQTOP_CNT_THREADS_DROPPED);
+        return 0;
+    }
+    return threads.lookup(&tid);
+}
+
+/* Count one for a key of a u64-valued hash. Creation races are settled by
+ * BPF_NOEXIST so that no increment is overwritten; only a full map drops.
+ * (bcc does not allow map calls inside macros, hence one copy per map.) */
+static __always_inline void pcounts_add(struct rseqtop_pcount_key *k)
+{
+    u64 one = 1, *v = pcounts.lookup(k);
+    if (!v) {
+        int err = pcounts.insert(k, &one);
+        if (!err)
+            return;
+        if (err != -RSEQTOP_EEXIST) {
+            count(RSEQTOP_CNT_PCOUNTS_DROPPED);
+            return;
+        }
+        v = pcounts.lookup(k);
+    }
+    if (v)
+        __sync_fetch_and_add(v, 1);
+}
+
+static __always_inline void offsets_add(struct rseqtop_offset_key *k)
+{
+    u64 one = 1, *v = offsets.lookup(k);
+    if (!v) {
+        int err = offsets.insert(k, &one);
+        if (!err)
+            return;
+        if (err != -RSEQTOP_EEXIST) {
+            count(RSEQTOP_CNT_OFFSETS_DROPPED);
+            return;
+        }
+        v = offsets.lookup(k);
+    }
+    if (v)
+        __sync_fetch_and_add(v, 1);
+}
+
+static __always_inline void pcount(u32 tgid, u16 kind, u16 cmd, u32 code)
+{
+    struct rseqtop_pcount_key k = {.tgid = tgid, .kind = kind, .cmd = cmd, .code = code};
+    pcounts_add(&k);
+}
+
+static __always_inline u32 take_causes(struct rseqtop_thread *t)
+{
+    u32 fresh = 0, carried = 0;
+#pragma unroll
+    for (int i = 0; i < RSEQTOP_NCAUSES; i++) {
+        if (t->fresh[i])
+            fresh |= 1u << i;
+        if (t->carried[i])
+            carried |= 1u << i;
+        t->fresh[i] = 0;
+        t->carried[i] = 0;
+    }
+    if (fresh)
+        return fresh;
+    if (carried)
+        return RSEQTOP_CAUSE_STALE | carried;
+    return 0;
+}
+
+int on_rseq_ip_fixup(struct tp_rseq_ip_fixup *args)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id, tgid = id >> 32;
+    struct rseqtop_thread *t = current_thread(tid, tgid);
+    if (!t)
+        return 1;
+    u32 code = take_causes(t) & (RSEQTOP_NCODES - 1);
+    t->c.aborts++;
+    t->c.causes[code]++;
+    bpf_get_current_comm(&t->comm, sizeof(t->comm));
+    count(RSEQTOP_CNT_FIXUPS);
+    int zero = 0;
+    u64 *cpu = cpu_aborts.lookup(&zero);
+    if (cpu)
+        (*cpu)++;
+
+    u64 start_ip = args->start_ip;
+    u64 offset = args->regs_ip - start_ip;
+    struct rseqtop_site_key sk = {.tgid = tgid, .start_ip = start_ip};
+    struct rseqtop_site *s = sites.lookup(&sk);
+    if (!s) {
+        struct rseqtop_site *zs = zero_site.lookup(&zero);
+        if (zs) {
+            zs->abort_ip = args->abort_ip;
+            zs->post_commit_offset = args->post_commit_offset;
+            int err = sites.insert(&sk, zs);
+            if (err && err != -RSEQTOP_EEXIST)
+                count(RSEQTOP_CNT_SITES_DROPPED);
+            zs->abort_ip = 0;
+            zs->post_commit_offset = 0;
+            s = sites.lookup(&sk);
+        }
+    }
+    if (s) {
+        __sync_fetch_and_add(&s->aborts, 1);
+        __sync_fetch_and_add(&s->causes[code], 1);
+    }
+    struct rseqtop_offset_key ok = {.tgid = tgid, .offset = (u32)offset, .start_ip = start_ip};
+    offsets_add(&ok);
+
+    struct rseqtop_config *cfg = config.lookup(&zero);
+    if (cfg && cfg->emit_events) {
+        struct rseqtop_event *e = events.ringbuf_reserve(sizeof(*e));
+        if (!e) {
+            count(RSEQTOP_CNT_EVENTS_LOST);
+            return 1;
+        }
+        e->ts_ns = bpf_ktime_get_ns();
+        e->start_ip = start_ip;
+        e->abort_ip = args->abort_ip;
+        e->tgid = tgid;
+        e->tid = tid;
+        e->cpu = bpf_get_smp_processor_id();
+        e->cause = code;
+        e->offset = (u32)offset;
+        e->pad = 0;
+        bpf_get_current_comm(&e->comm, sizeof(e->comm));
+        events.ringbuf_submit(e, 0);
+        count(RSEQTOP_CNT_EVENTS_SENT);
+    }
+    return 1;
+}
+
+int on_rseq_update(struct tp_rseq_update *args)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    struct rseqtop_thread *t = current_thread((u32)id, id >> 32);
+    if (!t)
+        return 1;
+    t->c.updates++;
+    t->cpu_id = args->cpu_id;
+#ifdef HAVE_UPDATE_NODE_ID
+    t->node_id = args->node_id;
+#else
+    t->node_id = -1;
+#endif
+#ifdef HAVE_UPDATE_MM_CID
+    t->mm_cid = args->mm_cid;
+#else
+    t->mm_cid = -1;
+#endif
+    /* Up to 6.18 the kernel keeps its event mask until an abort consumes
+     * it; causes seen before this notify-resume become "carried". */
+#pragma unroll
+    for (int i = 0; i < RSEQTOP_NCAUSES; i++) {
+        if (t->fresh[i]) {
+            t->carried[i] = 1;
+            t->fresh[i] = 0;
+        }
+    }
+    count(RSEQTOP_CNT_UPDATES);
+    return 1;
+}
+
+#ifdef HAVE_SCHED_SWITCH
+int on_sched_switch(struct tp_sched_switch *args)
+{
+    /* Runs in the context of the task being switched out (prev). */
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct rseqtop_thread *t = threads.lookup(&tid);
+    if (!t)
+        return 1;
+    /* The kernel flags an rseq "preempt" event on every switch-out; rseqtop
+     * counts the involuntary ones (still runnable: "R" or "R+") as
+     * preemptions, and every switch-out as a pending cause. */
+    t->fresh[0] = 1;
+    if ((args->prev_state & TASK_REPORT_MASK) == 0) {
+        t->c.preempts++;
+        count(RSEQTOP_CNT_PREEMPTS);
+    }
+    return 1;
+}
+#endif
+
+#ifdef HAVE_SCHED_MIGRATE_TASK
+int on_sched_migrate_task(struct tp_sched_migrate_task *args)
+{
+    /* Fires in another task's context: key by the pid field. */
+    if (args->orig_cpu == args->dest_cpu)
+        return 1;
+    u32 tid = args->pid;
+    struct rseqtop_thread *t = threads.lookup(&tid);
+    if (!t)
+        return 1;
+    t->fresh[1] = 1;
+    __sync_fetch_and_add(&t->c.migrations, 1);
+    count(RSEQTOP_CNT_MIGRATIONS);
+    return 1;
+}
+#endif
+
+#ifdef HAVE_SIGNAL_DELIVER
+int on_signal_deliver(struct tp_signal_deliver *args)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct rseqtop_thread *t = threads.lookup(&tid);
+    if (!t)
+        return 1;
+    t->fresh[2] = 1;
+    t->c.signals++;
+    t->last_signal = args->sig;
+    count(RSEQTOP_CNT_SIGNALS);
+    return 1;
+}
+#endif
+
+#ifdef HAVE_CSD_FUNCTION_ENTRY
+int on_csd_function_entry(struct tp_csd_function_entry *args)
+{
+    /* The membarrier RSEQ IPI runs ipi_rseq on the target CPU, with the
+     * interrupted thread as current. */
+    if ((u64)args->func != IPI_RSEQ_ADDR)
+        return 1;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    if (!tid)
+        return 1;
+    struct rseqtop_thread *t = threads.lookup(&tid);
+    if (!t)
+        return 1;
+    t->fresh[3] = 1;
+    t->c.membarrier_ipis++;
+    count(RSEQTOP_CNT_MEMBARRIER_IPIS);
+    return 1;
+}
+#endif
+
+#ifdef HAVE_SCHED_PROCESS_EXIT
+static __always_inline void add_counts(struct rseqtop_counts *dst, struct rseqtop_counts *src)
+{
+    __sync_fetch_and_add(&dst->aborts, src->aborts);
+    __sync_fetch_and_add(&dst->updates, src->updates);
+    __sync_fetch_and_add(&dst->preempts, src->preempts);
+    __sync_fetch_and_add(&dst->migrations, src->migrations);
+    __sync_fetch_and_add(&dst->signals, src->signals);
+    __sync_fetch_and_add(&dst->membarrier_ipis, src->membarrier_ipis);
+#pragma unroll
+    for (int i = 0; i < RSEQTOP_NCODES; i++)
+        if (src->causes[i])
+            __sync_fetch_and_add(&dst->causes[i], src->causes[i]);
+}
+
+int on_sched_process_exit(struct tp_sched_process_exit *args)
+{
+    /* Runs once per exiting thread, in its own context: move its counts
+     * into its process's totals so that nothing is lost. */
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id, tgid = id >> 32;
+    struct rseqtop_thread *t = threads.lookup(&tid);
+    if (!t)
+        return 1;
+    struct rseqtop_proc *p = procs.lookup(&tgid);
+    if (!p) {
+        int zero = 0;
+        struct rseqtop_proc *zp = zero_proc.lookup(&zero);
+        if (zp) {
+            int err = procs.insert(&tgid, zp);
+            if (err && err != -RSEQTOP_EEXIST)
+                count(RSEQTOP_CNT_PROCS_DROPPED);
+            p = procs.lookup(&tgid);
+        }
+    }
+    if (p) {
+        add_counts(&p->retired, &t->c);
+        __sync_fetch_and_add(&p->exited_threads, 1);
+        if (tid == tgid)
+            bpf_get_current_comm(&p->comm, sizeof(p->comm));
+    }
+    dead_threads.update(&tid, t);
+    threads.delete(&tid);
+    count(RSEQTOP_CNT_THREAD_EXITS);
+    return 1;
+}
+#endif
+
+#ifdef HAVE_SYS_RSEQ
+int on_sys_enter_rseq(struct tp_sys_enter_rseq *args)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    if (!watched(id >> 32))
+        return 1;
+    u32 tid = (u32)id;
+    u32 flags = (u32)args->flags;
+    rseq_calls.update(&tid, &flags);
+    return 1;
+}
+
+int on_sys_exit_rseq(struct tp_sys_exit_rseq *args)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id, tgid = id >> 32;
+    u32 *flags = rseq_calls.lookup(&tid);
+    if (!flags)
+        return 1;
+    u16 kind = (*flags & 1) ? RSEQTOP_PC_RSEQ_UNREG : RSEQTOP_PC_RSEQ_REG;
+    rseq_calls.delete(&tid);
+    long ret = args->ret;
+    pcount(tgid, kind, 0, ret < 0 ? (u32)-ret : 0);
+    if (ret == 0 && kind == RSEQTOP_PC_RSEQ_REG)
+        current_thread(tid, tgid);
+    return 1;
+}
+#endif
+
+#ifdef HAVE_SYS_MEMBARRIER
+int on_sys_enter_membarrier(struct tp_sys_enter_membarrier *args)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    if (!watched(id >> 32))
+        return 1;
+    u32 tid = (u32)id;
+    struct mb_call c = {.ts = bpf_ktime_get_ns(), .cmd = (u32)args->cmd};
+    mb_calls.update(&tid, &c);
+    return 1;
+}
+
+int on_sys_exit_membarrier(struct tp_sys_exit_membarrier *args)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id, tgid = id >> 32;
+    struct mb_call *c = mb_calls.lookup(&tid);
+    if (!c)
+        return 1;
+    u64 delta = bpf_ktime_get_ns() - c->ts;
+    u16 cmd = (u16)c->cmd;
+    mb_calls.delete(&tid);
+    long ret = args->ret;
+    pcount(tgid, RSEQTOP_PC_MB_CALL, cmd, 0);
+    if (ret < 0)
+        pcount(tgid, RSEQTOP_PC_MB_ERROR, cmd, (u32)-ret);
+    pcount(tgid, RSEQTOP_PC_MB_LATENCY, cmd, bpf_log2l(delta));
+    return 1;
+}
+#endif

@@ -1,0 +1,124 @@
+/* Shared between the BPF programs (bpf/rseqtop.bpf.c) and user space
+ * (rseqtop/bpfdefs.py parses the #defines below; bcc builds ctypes for the
+ * structs from the program text). Sizes come in as -D flags. */
+#ifndef RSEQTOP_H
+#define RSEQTOP_H
+
+/* Causes of an abort, as bits. An abort's cause code is the OR of the fresh
+ * causes, or RSEQTOP_CAUSE_STALE | carried causes, or 0 (unknown). */
+#define RSEQTOP_CAUSE_PREEMPT 1
+#define RSEQTOP_CAUSE_MIGRATE 2
+#define RSEQTOP_CAUSE_SIGNAL 4
+#define RSEQTOP_CAUSE_MEMBARRIER 8
+#define RSEQTOP_CAUSE_STALE 16
+#define RSEQTOP_NCAUSES 4
+#define RSEQTOP_NCODES 32
+
+/* Indices of the per-CPU global counters (map "counters"). */
+#define RSEQTOP_CNT_FIXUPS 0
+#define RSEQTOP_CNT_UPDATES 1
+#define RSEQTOP_CNT_PREEMPTS 2
+#define RSEQTOP_CNT_MIGRATIONS 3
+#define RSEQTOP_CNT_SIGNALS 4
+#define RSEQTOP_CNT_MEMBARRIER_IPIS 5
+#define RSEQTOP_CNT_THREADS_DROPPED 6
+#define RSEQTOP_CNT_SITES_DROPPED 7
+#define RSEQTOP_CNT_OFFSETS_DROPPED 8
+#define RSEQTOP_CNT_PROCS_DROPPED 9
+#define RSEQTOP_CNT_PCOUNTS_DROPPED 10
+#define RSEQTOP_CNT_EVENTS_SENT 11
+#define RSEQTOP_CNT_EVENTS_LOST 12
+#define RSEQTOP_CNT_THREAD_EXITS 13
+#define RSEQTOP_NCOUNTERS 14
+
+/* Kinds of per-process keyed counters (map "pcounts"). */
+#define RSEQTOP_PC_RSEQ_REG 1        /* code = errno (0: success) */
+#define RSEQTOP_PC_RSEQ_UNREG 2      /* code = errno (0: success) */
+#define RSEQTOP_PC_MB_CALL 3         /* cmd = membarrier command */
+#define RSEQTOP_PC_MB_ERROR 4        /* cmd, code = errno */
+#define RSEQTOP_PC_MB_LATENCY 5      /* cmd, code = log2(ns) slot */
+
+#define RSEQTOP_FILTER_PIDS 1
+#define RSEQTOP_FILTER_CGROUPS 2
+
+#define RSEQTOP_COMM_LEN 16
+
+/* Counts kept per thread while it lives, summed into its process when it
+ * exits. */
+struct rseqtop_counts {
+    u64 aborts;
+    u64 updates;
+    u64 preempts;
+    u64 migrations;
+    u64 signals;
+    u64 membarrier_ipis;
+    u64 causes[RSEQTOP_NCODES];
+};
+
+struct rseqtop_thread {
+    struct rseqtop_counts c;
+    u32 tgid;
+    s32 cpu_id;
+    s32 node_id;
+    s32 mm_cid;
+    u32 last_signal;
+    /* Pending causes, one byte each so that events on other CPUs
+     * (migration) can set them with plain stores. fresh: since the last
+     * rseq_update; carried: older, not yet consumed by an abort. */
+    u8 fresh[RSEQTOP_NCAUSES];
+    u8 carried[RSEQTOP_NCAUSES];
+    char comm[RSEQTOP_COMM_LEN];
+};
+
+struct rseqtop_proc {
+    struct rseqtop_counts retired; /* threads that exited */
+    u64 exited_threads;
+    char comm[RSEQTOP_COMM_LEN];
+};
+
+struct rseqtop_site_key {
+    u32 tgid;
+    u32 pad;
+    u64 start_ip;
+};
+
+struct rseqtop_site {
+    u64 aborts;
+    u64 causes[RSEQTOP_NCODES];
+    u64 abort_ip;
+    u64 post_commit_offset;
+};
+
+struct rseqtop_offset_key {
+    u32 tgid;
+    u32 offset;
+    u64 start_ip;
+};
+
+struct rseqtop_pcount_key {
+    u32 tgid;
+    u16 kind;
+    u16 cmd;
+    u32 code;
+    u32 pad;
+};
+
+struct rseqtop_config {
+    u32 filter;      /* RSEQTOP_FILTER_* bits */
+    u32 emit_events; /* send abort events to the ring buffer */
+};
+
+struct rseqtop_event {
+    u64 ts_ns;
+    u64 start_ip;
+    u64 abort_ip;
+    u32 tgid;
+    u32 tid;
+    u32 cpu;
+    u32 cause;
+    u32 offset;
+    u32 pad;
+    char comm[RSEQTOP_COMM_LEN];
+};
+
+#endif

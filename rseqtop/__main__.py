@@ -1,0 +1,3 @@
+from rseqtop.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,168 @@
+"""Generate rseqtop's BPF program from the tracepoint formats present now.
+
+The argument structs are written from the running kernel's format files
+(offsets and sizes as the kernel says), and each optional event or field
+becomes a HAVE_* define, so one source serves kernels with the older
+`rseq_update` format or without `csd` events. Pure: tests feed saved formats.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from rseqtop import paths
+from rseqtop.errors import UserError
+from rseqtop.tracefs import Format
+
+# (system, event, required, fields the program reads, optional fields)
+PROBES = (
+    ("rseq", "rseq_ip_fixup", True, ("regs_ip", "start_ip", "post_commit_offset", "abort_ip"), ()),
+    ("rseq", "rseq_update", True, ("cpu_id",), ("node_id", "mm_cid")),
+    ("sched", "sched_switch", False, ("prev_pid", "prev_state"), ()),
+    ("sched", "sched_migrate_task", False, ("pid", "orig_cpu", "dest_cpu"), ()),
+    ("signal", "signal_deliver", False, ("sig",), ()),
+    ("csd", "csd_function_entry", False, ("func",), ()),
+    ("sched", "sched_process_exit", False, (), ()),
+    ("syscalls", "sys_enter_rseq", False, ("flags",), ()),
+    ("syscalls", "sys_exit_rseq", False, ("ret",), ()),
+    ("syscalls", "sys_enter_membarrier", False, ("cmd",), ()),
+    ("syscalls", "sys_exit_membarrier", False, ("ret",), ()),
+)
+# Events attached as pairs: one without the other is useless.
+PAIRS = {"sys_enter_rseq": "sys_exit_rseq", "sys_enter_membarrier": "sys_exit_membarrier"}
+DEFAULT_SIZES = {
+    "RSEQTOP_MAX_THREADS": 32768,
+    "RSEQTOP_MAX_DEAD_THREADS": 8192,
+    "RSEQTOP_MAX_PROCS": 8192,
+    "RSEQTOP_MAX_SITES": 4096,
+    "RSEQTOP_MAX_OFFSETS": 16384,
+    "RSEQTOP_MAX_PCOUNTS": 8192,
+    "RSEQTOP_RINGBUF_PAGES": 64,
+}
+
+_TYPES = {(1, False): "u8", (1, True): "s8", (2, False): "u16", (2, True): "s16",
+          (4, False): "u32", (4, True): "s32", (8, False): "u64", (8, True): "s64"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What will be attached, and what is missing and why."""
+
+    attach: tuple[tuple[str, str], ...]
+    missing: tuple[str, ...]  # human lines: "csd:csd_function_entry (membarrier cause unavailable)"
+    defines: dict = field(default_factory=dict)
+    structs: str = ""
+
+    def has(self, event: str) -> bool:
+        return any(e == event for _, e in self.attach)
+
+
+LOST = {
+    "sched_switch": "preemption cause unavailable",
+    "sched_migrate_task": "migration cause unavailable",
+    "signal_deliver": "signal cause unavailable",
+    "csd_function_entry": "membarrier cause unavailable",
+    "sched_process_exit": "exited threads not folded into their process",
+    "sys_enter_rseq": "registrations not counted",
+    "sys_exit_rseq": "registrations not counted",
+    "sys_enter_membarrier": "membarrier calls not counted",
+    "sys_exit_membarrier": "membarrier calls not counted",
+}
+
+
+def arg_struct(fmt: Format, wanted: tuple[str, ...]) -> str:
+    """A C struct with `wanted` fields at the kernel's offsets."""
+    lines = [f"struct tp_{fmt.event} {{"]
+    pos = 0
+    pad = 0
+    for f in sorted((fmt.field(n) for n in wanted), key=lambda f: f.offset):
+        if f.offset > pos:
+            lines.append(f"    u8 __pad{pad}[{f.offset - pos}];")
+            pad += 1
+        ctype = _TYPES.get((f.size, f.signed))
+        if ctype is None:
+            lines.append(f"    u8 {f.name}[{f.size}];")
+        else:
+            lines.append(f"    {ctype} {f.name};")
+        pos = f.offset + f.size
+    if pos == 0:
+        lines.append("    u64 __common;")
+    lines.append("};")
+    return "\n".join(lines)
+
+
+def task_report_mask(switch_fmt: Optional[Format]) -> int:
+    """TASK_REPORT mask from sched_switch's print fmt: prev_state bits below
+    it mean "not runnable"; the bit above (TASK_REPORT_MAX) means preempted."""
+    if switch_fmt:
+        m = re.search(r"REC->prev_state & \(\(\(\(([^)]*)\) \+ 1\) << 1\) - 1\)", switch_fmt.print_fmt)
+        if m:
+            bits = 0
+            for num in re.findall(r"0x[0-9a-fA-F]+", m.group(1)):
+                bits |= int(num, 16)
+            return ((bits + 1) << 1) - 1
+    return 0xFF
+
+
+def plan(formats: Callable[[str, str], Optional[Format]], ipi_rseq_addr: Optional[int],
+         sizes: Optional[dict] = None) -> Plan:
+    attach, missing, structs = [], [], []
+    defines = dict(DEFAULT_SIZES)
+    defines.update(sizes or {})
+    found = {}
+    for system, event, required, fields, optional in PROBES:
+        fmt = formats(system, event)
+        absent = [n for n in fields if fmt is None or not fmt.has(n)]
+        if fmt is None or absent:
+            why = "not in this kernel" if fmt is None else f"lacks field(s) {', '.join(absent)}"
+            if required:
+                raise UserError(f"tracepoint {system}:{event} {why}; rseqtop needs a kernel with rseq tracepoints "
+                                f"(CONFIG_RSEQ, 4.18+); see 'rseqtop doctor'")
+            missing.append(f"{system}:{event} ({why}: {LOST[event]})")
+            continue
+        if event == "csd_function_entry" and not ipi_rseq_addr:
+            missing.append(f"{system}:{event} (ipi_rseq not in /proc/kallsyms: {LOST[event]})")
+            continue
+        have_opt = tuple(n for n in optional if fmt.has(n))
+        for n in have_opt:
+            defines[f"HAVE_UPDATE_{n.upper()}"] = 1
+        found[event] = (system, fmt, fields + have_opt)
+    for a, b in PAIRS.items():
+        if (a in found) != (b in found):
+            for e in (a, b):
+                if e in found:
+                    missing.append(f"{found[e][0]}:{e} (its pair is missing: {LOST[e]})")
+                    del found[e]
+    for event, (system, fmt, fields) in found.items():
+        structs.append(arg_struct(fmt, fields))
+        attach.append((system, event))
+        if event not in ("rseq_ip_fixup", "rseq_update"):
+            defines[f"HAVE_{event.upper()}"] = 1
+    if "sys_enter_rseq" in found:
+        defines["HAVE_SYS_RSEQ"] = 1
+    if "sys_enter_membarrier" in found:
+        defines["HAVE_SYS_MEMBARRIER"] = 1
+    if "csd_function_entry" in found:
+        defines["IPI_RSEQ_ADDR"] = f"0x{ipi_rseq_addr:x}ULL"
+    sw = found.get("sched_switch")
+    defines["TASK_REPORT_MASK"] = f"0x{task_report_mask(sw[1] if sw else None):x}"
+    return Plan(tuple(attach), tuple(missing), defines, "\n\n".join(structs))
+
+
+def source(p: Plan, bpf_dir: Optional[Path] = None) -> str:
+    """The complete program text: defines, generated structs, then the
+    shipped bpf/rseqtop.bpf.c with its header inlined."""
+    bpf_dir = bpf_dir or paths.bpf_dir()
+    header = (bpf_dir / "rseqtop.h").read_text()
+    body = (bpf_dir / "rseqtop.bpf.c").read_text().replace('#include "rseqtop.h"', header)
+    defs = "\n".join(f"#define {k} {v}" for k, v in sorted(p.defines.items()))
+    return f"/* generated by rseqtop from this kernel's tracepoint formats */\n{defs}\n\n{p.structs}\n\n{body}"
+
+
+def header_constants(bpf_dir: Optional[Path] = None) -> dict[str, int]:
+    """The integer #defines of bpf/rseqtop.h, for user space."""
+    text = ((bpf_dir or paths.bpf_dir()) / "rseqtop.h").read_text()
+    return {m.group(1): int(m.group(2), 0) for m in re.finditer(r"^#define (RSEQTOP_\w+) (\d+|0x[0-9a-fA-F]+)\b", text, re.M)}

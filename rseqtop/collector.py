@@ -1,0 +1,348 @@
+"""The collector: the only module that imports bcc.
+
+It generates the BPF program for this kernel, compiles and attaches it,
+reads the maps into immutable Snapshots, and detaches. Maps are never
+cleared: every count is a total since attach, so that Prometheus counters stay
+monotonic and rates are differences of snapshots (rseqtop.rates).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno as errno_mod
+import os
+import re
+import resource
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+from rseqtop import bpfgen, kernel, tracefs
+from rseqtop.bccimport import import_bcc, prepare_headers
+from rseqtop.errors import UserError
+from rseqtop.snapshot import (
+    Counts, MapFill, MembarrierStats, ProcessStats, SelfStats, SiteStats, Snapshot, ThreadStats, cause_name, pairs,
+)
+from rseqtop.symbols import Symbolizer
+
+K = bpfgen.header_constants()
+COUNTER_NAMES = {v: k[len("RSEQTOP_CNT_"):].lower() for k, v in K.items()
+                 if k.startswith("RSEQTOP_CNT_") and k != "RSEQTOP_NCOUNTERS"}
+MAP_LIMITS = {  # map -> (size define, dropped counter)
+    "threads": ("RSEQTOP_MAX_THREADS", "threads_dropped"),
+    "dead_threads": ("RSEQTOP_MAX_DEAD_THREADS", None),
+    "procs": ("RSEQTOP_MAX_PROCS", "procs_dropped"),
+    "sites": ("RSEQTOP_MAX_SITES", "sites_dropped"),
+    "offsets": ("RSEQTOP_MAX_OFFSETS", "offsets_dropped"),
+    "pcounts": ("RSEQTOP_MAX_PCOUNTS", "pcounts_dropped"),
+}
+
+
+def errno_name(code: int) -> str:
+    return errno_mod.errorcode.get(code, f"E{code}")
+
+
+def membarrier_cmd_name(cmd: int) -> str:
+    return kernel.MEMBARRIER_CMDS.get(cmd, f"CMD_{cmd}")
+
+
+def _comm(raw) -> str:
+    data = bytes(raw).split(b"\0", 1)[0]
+    return data.decode("utf-8", errors="backslashreplace")
+
+
+def _counts(c) -> Counts:
+    return Counts(c.aborts, c.updates, c.preempts, c.migrations, c.signals, c.membarrier_ipis,
+                  pairs({cause_name(i): c.causes[i] for i in range(K["RSEQTOP_NCODES"]) if c.causes[i]}))
+
+
+def check_privileges() -> None:
+    missing = kernel.missing_caps(kernel.effective_caps(), kernel.kernel_version())
+    if missing:
+        raise UserError(f"not privileged: missing {', '.join(missing)}; run as root (sudo) or see 'rseqtop doctor'")
+
+
+class Collector:
+    """Attach rseqtop's probes; poll() returns a Snapshot.
+
+    pids: only these processes (tgids) are tracked; cgroups: only tasks in
+    these cgroup v2 directories; comm: a regular expression applied to what
+    snapshots show. All can change at run time with set_filter().
+    """
+
+    def __init__(self, pids: Optional[Iterable[int]] = None, comm: Optional[str] = None,
+                 cgroups: Optional[Iterable[str]] = None, sizes: Optional[dict] = None,
+                 emit_events: bool = False, tracefs_root: Optional[Path] = None,
+                 symbolizer: Optional[Symbolizer] = None):
+        self._pids = set(pids) if pids else set()
+        self._comm = self._compile_comm(comm)
+        self._cgroups = list(cgroups or ())
+        self._sizes = sizes or {}
+        self._emit_events = emit_events
+        self._tracefs_root = tracefs_root
+        self.symbolize = symbolizer or Symbolizer()
+        self.bpf = None
+        self.plan: Optional[bpfgen.Plan] = None
+        self.era = kernel.rseq_era(kernel.kernel_version())
+        self._last_totals: dict[int, Counts] = {}
+        self.attach_seconds = 0.0
+
+    # -- set-up ---------------------------------------------------------
+    @staticmethod
+    def _compile_comm(comm: Optional[str]):
+        if not comm:
+            return None
+        try:
+            return re.compile(comm)
+        except re.error as err:
+            raise UserError(f"bad --comm regular expression {comm!r}: {err}", exit_code=2) from None
+
+    def generate(self) -> str:
+        """The BPF program for this kernel (what --ebpf prints)."""
+        root = self._tracefs_root or tracefs.ensure_root()
+        fs = tracefs.TraceFS(root)
+        self.plan = bpfgen.plan(fs.format, kernel.kallsyms_address("ipi_rseq"), self._sizes)
+        upd = fs.format("rseq", "rseq_update")
+        self.era = kernel.rseq_era(kernel.kernel_version(),
+                                   tuple(f.name for f in upd.fields) if upd else ())
+        return bpfgen.source(self.plan)
+
+    def attach(self) -> "Collector":
+        check_privileges()
+        bcc = import_bcc()
+        text = self.generate()
+        prepare_headers()
+        t0 = time.monotonic()
+        try:
+            self.bpf = bcc.BPF(text=text)
+        except Exception as err:
+            raise UserError(f"the BPF program failed to compile or load ({_first_line(err)}); "
+                            f"see 'rseqtop doctor'") from None
+        try:
+            for system, event in self.plan.attach:
+                self.bpf.attach_tracepoint(tp=f"{system}:{event}", fn_name=f"on_{event}")
+        except Exception as err:
+            self.close()
+            raise UserError(f"attaching to tracepoints failed ({_first_line(err)}); see 'rseqtop doctor'") from None
+        self.attach_seconds = time.monotonic() - t0
+        self._apply_filter()
+        return self
+
+    def __enter__(self) -> "Collector":
+        return self.attach() if self.bpf is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.bpf is not None:
+            try:
+                self.bpf.cleanup()
+            finally:
+                self.bpf = None
+
+    @property
+    def probes(self) -> tuple:
+        return tuple(f"{s}:{e}" for s, e in self.plan.attach) if self.plan else ()
+
+    # -- filters --------------------------------------------------------
+    def set_filter(self, pids: Optional[Iterable[int]] = None, comm: Optional[str] = None,
+                   cgroups: Optional[Iterable[str]] = None) -> None:
+        self._pids = set(pids) if pids else set()
+        self._comm = self._compile_comm(comm)
+        self._cgroups = list(cgroups or ())
+        if self.bpf is not None:
+            self._apply_filter()
+
+    def _apply_filter(self) -> None:
+        b = self.bpf
+        watch = b["watch_pids"]
+        watch.clear()
+        for pid in self._pids:
+            watch[ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
+        cg = b["watch_cgroups"]
+        cg.clear()
+        for path in self._cgroups:
+            try:
+                ino = os.stat(path).st_ino
+            except OSError as err:
+                raise UserError(f"cgroup {path}: {err.strerror}; give a cgroup v2 directory "
+                                f"such as /sys/fs/cgroup/system.slice/foo.service", exit_code=2) from None
+            cg[ctypes.c_uint64(ino)] = ctypes.c_uint8(1)
+        cfg = b["config"]
+        value = cfg[0]
+        value.filter = (K["RSEQTOP_FILTER_PIDS"] if self._pids else 0) | \
+            (K["RSEQTOP_FILTER_CGROUPS"] if self._cgroups else 0)
+        value.emit_events = 1 if self._emit_events else 0
+        cfg[0] = value
+
+    def set_emit_events(self, on: bool) -> None:
+        self._emit_events = on
+        if self.bpf is not None:
+            self._apply_filter()
+
+    # -- events ---------------------------------------------------------
+    def open_events(self, callback: Callable) -> None:
+        """callback(event) for each abort, with event a ctypes rseqtop_event."""
+        self.set_emit_events(True)
+        table = self.bpf["events"]
+        ev_type = table.event
+
+        def handle(ctx, data, size):
+            callback(ev_type(data))
+
+        table.open_ring_buffer(handle)
+
+    def poll_events(self, timeout_ms: int = 100) -> None:
+        self.bpf.ring_buffer_poll(timeout_ms)
+
+    # -- snapshots ------------------------------------------------------
+    def poll(self) -> Snapshot:
+        if self.bpf is None:
+            raise RuntimeError("collector is not attached")
+        b = self.bpf
+        t0 = time.monotonic()
+        counters = [sum(v) for v in b["counters"].values()]
+        named = {COUNTER_NAMES[i]: n for i, n in enumerate(counters) if i in COUNTER_NAMES}
+        # Read procs before threads: a thread that exits in between is then
+        # missing from both for one poll (a dip that the monotonic guard
+        # below hides) instead of being counted twice.
+        procs = {k.value: v for k, v in b["procs"].items()}
+        live = {k.value: v for k, v in b["threads"].items()}
+        dead = {k.value: v for k, v in b["dead_threads"].items() if k.value not in live}
+        pc_rows = [(k.tgid, k.kind, k.cmd, k.code, v.value) for k, v in b["pcounts"].items()]
+        site_rows = list(b["sites"].items())
+        offset_rows = [(k.tgid, k.start_ip, k.offset, v.value) for k, v in b["offsets"].items()]
+        cpu_aborts = tuple(b["cpu_aborts"][0]) if len(counters) else ()
+        poll_seconds = time.monotonic() - t0
+
+        threads = [self._thread(tid, v, True) for tid, v in live.items()] + \
+                  [self._thread(tid, v, False) for tid, v in dead.items()]
+        processes = self._processes(procs, threads, pc_rows)
+        keep = {p.pid for p in processes}
+        threads = [t for t in threads if t.pid in keep]
+        sites = self._sites(site_rows, offset_rows, keep)
+
+        totals = Counts(named["fixups"], named["updates"], named["preempts"], named["migrations"],
+                        named["signals"], named["membarrier_ipis"],
+                        pairs(_sum_causes(p.counts for p in processes)))
+        run_ns, run_cnt = self._bpf_stats()
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        used = {"threads": len(live), "dead_threads": len(dead), "procs": len(procs), "sites": len(site_rows),
+                "offsets": len(offset_rows), "pcounts": len(pc_rows)}
+        maps = tuple(MapFill(name, used[name], int(self.plan.defines[size]), named.get(drop, 0) if drop else 0)
+                     for name, (size, drop) in MAP_LIMITS.items())
+        stats = SelfStats(self.probes, self.plan.missing, named["events_sent"], named["events_lost"], maps,
+                          run_ns, run_cnt, ru.ru_utime + ru.ru_stime, poll_seconds)
+        return Snapshot(time.monotonic(), time.time(), self.era.name, self.era.description, totals,
+                        tuple(sorted(processes, key=lambda p: p.pid)),
+                        tuple(sorted(threads, key=lambda t: (t.pid, t.tid))),
+                        tuple(sorted(sites, key=lambda s: (s.pid, s.start_ip))),
+                        cpu_aborts, stats)
+
+    def _thread(self, tid: int, v, alive: bool) -> ThreadStats:
+        return ThreadStats(v.tgid, tid, _comm(v.comm), _counts(v.c), v.cpu_id, v.node_id, v.mm_cid,
+                           v.last_signal, alive)
+
+    def _processes(self, procs: dict, threads: list, pc_rows: list) -> list:
+        by_pid: dict[int, list] = {}
+        for t in threads:
+            by_pid.setdefault(t.pid, []).append(t)
+        pcs: dict[int, list] = {}
+        for row in pc_rows:
+            pcs.setdefault(row[0], []).append(row[1:])
+        out = []
+        for pid in set(by_pid) | set(procs) | set(pcs):
+            ts = by_pid.get(pid, [])
+            live = [t for t in ts if t.alive]
+            p = procs.get(pid)
+            counts = _counts(p.retired) if p else Counts()
+            for t in live:
+                counts = counts + t.counts
+            counts = self._monotonic(pid, counts)
+            comm = self._process_comm(pid, ts, p)
+            if self._comm and not self._comm.search(comm):
+                continue
+            if self._pids and pid not in self._pids:
+                continue
+            reg = unreg = 0
+            reg_err: dict = {}
+            mb: dict[int, dict] = {}
+            for kind, cmd, code, n in pcs.get(pid, []):
+                if kind == K["RSEQTOP_PC_RSEQ_REG"] or kind == K["RSEQTOP_PC_RSEQ_UNREG"]:
+                    if code:
+                        reg_err[errno_name(code)] = reg_err.get(errno_name(code), 0) + n
+                    elif kind == K["RSEQTOP_PC_RSEQ_REG"]:
+                        reg += n
+                    else:
+                        unreg += n
+                else:
+                    m = mb.setdefault(cmd, {"calls": 0, "errors": {}, "lat": {}})
+                    if kind == K["RSEQTOP_PC_MB_CALL"]:
+                        m["calls"] += n
+                    elif kind == K["RSEQTOP_PC_MB_ERROR"]:
+                        m["errors"][errno_name(code)] = n
+                    elif kind == K["RSEQTOP_PC_MB_LATENCY"]:
+                        m["lat"][code] = n
+            membarrier = tuple(MembarrierStats(membarrier_cmd_name(cmd), m["calls"], pairs(m["errors"]), pairs(m["lat"]))
+                               for cmd, m in sorted(mb.items()))
+            out.append(ProcessStats(pid, comm, counts, len(live), int(p.exited_threads) if p else 0,
+                                    reg, unreg, pairs(reg_err), membarrier, alive=bool(live)))
+        return out
+
+    def _monotonic(self, pid: int, counts: Counts) -> Counts:
+        prev = self._last_totals.get(pid)
+        if prev is not None and counts.aborts < prev.aborts or prev is not None and counts.updates < prev.updates:
+            return prev
+        self._last_totals[pid] = counts
+        return counts
+
+    @staticmethod
+    def _process_comm(pid: int, threads: list, proc) -> str:
+        for t in threads:
+            if t.tid == pid:
+                return t.comm
+        if proc is not None and proc.comm[0]:
+            return _comm(proc.comm)
+        return threads[0].comm if threads else ""
+
+    def _sites(self, site_rows: list, offset_rows: list, keep: set) -> list:
+        offs: dict[tuple, dict] = {}
+        for tgid, start_ip, offset, n in offset_rows:
+            offs.setdefault((tgid, start_ip), {})[offset] = n
+        out = []
+        for k, v in site_rows:
+            if k.tgid not in keep:
+                continue
+            causes = pairs({cause_name(i): v.causes[i] for i in range(K["RSEQTOP_NCODES"]) if v.causes[i]})
+            out.append(SiteStats(k.tgid, k.start_ip, self.symbolize(k.tgid, k.start_ip), v.aborts, causes,
+                                 v.abort_ip, v.post_commit_offset, pairs(offs.get((k.tgid, k.start_ip), {}))))
+        return out
+
+    def _bpf_stats(self) -> tuple:
+        if Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip() != "1":
+            return None, None
+        run_ns = run_cnt = 0
+        for fn in self.bpf.funcs.values():
+            try:
+                info = Path(f"/proc/self/fdinfo/{fn.fd}").read_text()
+            except OSError:
+                continue
+            m1 = re.search(r"^run_time_ns:\s*(\d+)", info, re.M)
+            m2 = re.search(r"^run_cnt:\s*(\d+)", info, re.M)
+            run_ns += int(m1.group(1)) if m1 else 0
+            run_cnt += int(m2.group(1)) if m2 else 0
+        return run_ns, run_cnt
+
+
+def _sum_causes(counts_iter) -> dict:
+    out: dict = {}
+    for c in counts_iter:
+        for k, v in c.causes:
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -1,0 +1,121 @@
+"""Facts about the running kernel and libc that decide how rseqtop works."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+CAP_SYS_ADMIN = 21
+CAP_PERFMON = 38
+CAP_BPF = 39
+CAP_NAMES = {CAP_SYS_ADMIN: "CAP_SYS_ADMIN", CAP_PERFMON: "CAP_PERFMON", CAP_BPF: "CAP_BPF"}
+
+NR_MEMBARRIER = {"x86_64": 324, "aarch64": 283}
+MEMBARRIER_CMDS = {
+    0: "QUERY",
+    1: "GLOBAL",
+    2: "GLOBAL_EXPEDITED",
+    4: "REGISTER_GLOBAL_EXPEDITED",
+    8: "PRIVATE_EXPEDITED",
+    16: "REGISTER_PRIVATE_EXPEDITED",
+    32: "PRIVATE_EXPEDITED_SYNC_CORE",
+    64: "REGISTER_PRIVATE_EXPEDITED_SYNC_CORE",
+    128: "PRIVATE_EXPEDITED_RSEQ",
+    256: "REGISTER_PRIVATE_EXPEDITED_RSEQ",
+    512: "GET_REGISTRATIONS",
+}
+MEMBARRIER_RSEQ_CMDS = (128, 256)
+
+
+def kernel_version(release: Optional[str] = None) -> tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)", release or platform.release())
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+@dataclass(frozen=True)
+class Era:
+    name: str  # "classic", "rewrite", "v2"
+    description: str
+
+
+def rseq_era(version: tuple[int, int], update_fields: tuple[str, ...] = ()) -> Era:
+    """Which rseq implementation the kernel has (see DESIGN.md)."""
+    ids = "+".join(f for f in ("cpu_id", "node_id", "mm_cid") if f in update_fields) or "none"
+    if version >= (7, 0):
+        return Era("v2", f"7.x: 32-byte registrations legacy, larger ones V2 (lazy updates); rseq_update fields {ids}")
+    if version >= (6, 19):
+        return Era("rewrite", f"6.19+ rewrite: rseq_ip_fixup after the IP is set, rseq_update only when IDs are written; fields {ids}")
+    return Era("classic", f"up to 6.18: rseq_ip_fixup once per abort, rseq_update on every notify-resume; fields {ids}")
+
+
+def effective_caps(status_text: Optional[str] = None) -> int:
+    text = status_text if status_text is not None else Path("/proc/self/status").read_text()
+    m = re.search(r"^CapEff:\s*([0-9a-fA-F]+)", text, re.M)
+    return int(m.group(1), 16) if m else 0
+
+
+def missing_caps(caps: int, version: tuple[int, int]) -> list[str]:
+    """Capabilities still needed to load and attach rseqtop's programs."""
+    if caps & (1 << CAP_SYS_ADMIN) and version < (5, 8):
+        return []
+    needed = [CAP_BPF, CAP_PERFMON] if version >= (5, 8) else [CAP_SYS_ADMIN]
+    # Tracepoint attachment and the bpf() map/program types rseqtop uses still
+    # need CAP_SYS_ADMIN where kernel.perf_event_paranoid or unprivileged BPF
+    # settings demand it; CAP_SYS_ADMIN alone also covers everything.
+    if caps & (1 << CAP_SYS_ADMIN):
+        return []
+    return [CAP_NAMES[c] for c in needed if not caps & (1 << c)]
+
+
+def membarrier_query() -> Optional[int]:
+    nr = NR_MEMBARRIER.get(platform.machine())
+    if nr is None:
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    ret = libc.syscall(nr, 0, 0, 0)
+    return None if ret < 0 else ret
+
+
+def membarrier_names(mask: int) -> list[str]:
+    return [name for bit, name in MEMBARRIER_CMDS.items() if bit and mask & bit]
+
+
+GLIBC_PROBE = (
+    "import ctypes\n"
+    "try:\n"
+    "    print(ctypes.c_uint.in_dll(ctypes.CDLL(None), '__rseq_size').value)\n"
+    "except ValueError:\n"
+    "    print(-1)\n"
+)
+
+
+def glibc_rseq_size(env: Optional[dict] = None) -> int:
+    """`__rseq_size` in a fresh child: >0 when glibc registers rseq per thread,
+    0 when it does not (tunable or kernel), -1 when libc predates rseq."""
+    out = subprocess.run([sys.executable, "-c", GLIBC_PROBE], capture_output=True, text=True,
+                         env=env if env is not None else os.environ.copy(), timeout=30)
+    try:
+        return int(out.stdout.strip())
+    except ValueError:
+        return -1
+
+
+def kallsyms_address(symbol: str, path: str = "/proc/kallsyms") -> Optional[int]:
+    """Address of a kernel text symbol; None when absent or hidden (kptr_restrict)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[2] == symbol:
+                    addr = int(parts[0], 16)
+                    return addr or None
+    except OSError:
+        return None
+    return None

@@ -1,0 +1,166 @@
+"""Immutable snapshots of what the collector read from the kernel's maps.
+
+Every front end (TUI, batch/JSON, exporter) reads these and nothing else.
+All counters are totals since the collector attached; rates come from
+rseqtop.rates, which diffs two snapshots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+CAUSES = ("preempt", "migrate", "signal", "membarrier")
+STALE_BIT = 16
+
+
+def cause_name(code: int) -> str:
+    """An abort's cause code as a label: "preempt+migrate", "stale:preempt", "unknown"."""
+    names = "+".join(name for i, name in enumerate(CAUSES) if code & (1 << i))
+    if not names:
+        return "unknown"
+    return f"stale:{names}" if code & STALE_BIT else names
+
+
+Pairs = tuple  # tuple[tuple[key, int], ...]: an immutable, ordered mapping
+
+
+def pairs(mapping) -> Pairs:
+    """dict -> sorted tuple of (key, value) with zero values dropped."""
+    return tuple(sorted((k, v) for k, v in mapping.items() if v))
+
+
+@dataclass(frozen=True)
+class Counts:
+    aborts: int = 0
+    updates: int = 0  # rseq_update events (notify-resume with rseq registered)
+    preempts: int = 0
+    migrations: int = 0
+    signals: int = 0
+    membarrier_ipis: int = 0
+    causes: Pairs = ()  # (cause name, aborts)
+
+    def __add__(self, other: "Counts") -> "Counts":
+        merged = dict(self.causes)
+        for k, v in other.causes:
+            merged[k] = merged.get(k, 0) + v
+        return Counts(self.aborts + other.aborts, self.updates + other.updates,
+                      self.preempts + other.preempts, self.migrations + other.migrations,
+                      self.signals + other.signals, self.membarrier_ipis + other.membarrier_ipis,
+                      pairs(merged))
+
+    def cause(self, name: str) -> int:
+        return dict(self.causes).get(name, 0)
+
+    def top_cause(self) -> str:
+        return max(self.causes, key=lambda kv: (kv[1], kv[0]))[0] if self.causes else ""
+
+
+@dataclass(frozen=True)
+class ThreadStats:
+    pid: int
+    tid: int
+    comm: str
+    counts: Counts
+    cpu: int = -1  # latest cpu_id the kernel wrote to the thread's rseq area
+    node: int = -1
+    mm_cid: int = -1  # -1: not reported by this kernel
+    last_signal: int = 0
+    alive: bool = True
+
+
+@dataclass(frozen=True)
+class MembarrierStats:
+    cmd: str  # e.g. "PRIVATE_EXPEDITED_RSEQ"
+    calls: int
+    errors: Pairs = ()  # (errno name, count)
+    latency_log2_ns: Pairs = ()  # (log2 slot, count): slot k holds [2^k, 2^(k+1)) ns
+
+
+@dataclass(frozen=True)
+class ProcessStats:
+    pid: int
+    comm: str
+    counts: Counts
+    threads_live: int = 0  # threads with rseq seen and not exited
+    threads_exited: int = 0
+    registrations: int = 0
+    unregistrations: int = 0
+    registration_errors: Pairs = ()  # (errno name, count), registrations and unregistrations
+    membarrier: tuple = ()  # MembarrierStats, by command
+    alive: bool = True
+
+    def membarrier_calls(self) -> int:
+        return sum(m.calls for m in self.membarrier)
+
+    def membarrier_errors(self) -> dict:
+        out: dict = {}
+        for m in self.membarrier:
+            for name, n in m.errors:
+                out[name] = out.get(name, 0) + n
+        return out
+
+
+@dataclass(frozen=True)
+class SiteStats:
+    pid: int
+    start_ip: int
+    symbol: str  # binary!symbol+offset, or the address when unknown
+    aborts: int
+    causes: Pairs = ()
+    abort_ip: int = 0
+    post_commit_offset: int = 0
+    offsets: Pairs = ()  # (interrupted offset from start_ip, aborts)
+
+    def top_offset(self) -> Optional[int]:
+        return max(self.offsets, key=lambda kv: kv[1])[0] if self.offsets else None
+
+
+@dataclass(frozen=True)
+class MapFill:
+    name: str
+    used: int
+    capacity: int
+    dropped: int = 0  # inserts refused because the map was full
+
+
+@dataclass(frozen=True)
+class SelfStats:
+    probes_attached: tuple = ()  # "rseq:rseq_ip_fixup", ...
+    probes_missing: tuple = ()  # human lines: what is missing and what that costs
+    events_sent: int = 0
+    events_lost: int = 0
+    maps: tuple = ()  # MapFill
+    bpf_run_time_ns: Optional[int] = None  # None: kernel.bpf_stats_enabled is off
+    bpf_run_count: Optional[int] = None
+    cpu_seconds: float = 0.0  # rseqtop's own user+system CPU time
+    poll_seconds: float = 0.0  # how long reading the maps took
+
+    def dropped(self) -> int:
+        return sum(m.dropped for m in self.maps)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    monotonic: float  # seconds, CLOCK_MONOTONIC, when the maps were read
+    wall: float  # seconds since the epoch
+    era: str  # "classic", "rewrite" or "v2"
+    era_description: str
+    totals: Counts  # system-wide, from the per-CPU counters
+    processes: tuple = ()  # ProcessStats
+    threads: tuple = ()  # ThreadStats (live, then recently exited)
+    sites: tuple = ()  # SiteStats
+    cpu_aborts: tuple = ()  # aborts per CPU, indexed by CPU number
+    self_stats: SelfStats = field(default_factory=SelfStats)
+
+    def process(self, pid: int) -> Optional[ProcessStats]:
+        for p in self.processes:
+            if p.pid == pid:
+                return p
+        return None
+
+    def threads_of(self, pid: int) -> tuple:
+        return tuple(t for t in self.threads if t.pid == pid)
+
+    def sites_of(self, pid: int) -> tuple:
+        return tuple(s for s in self.sites if s.pid == pid)

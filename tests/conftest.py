@@ -1,0 +1,54 @@
+"""Shared fixtures. Tests that need BPF run for real as root; elsewhere they
+skip with the reason printed, but under CI=true a skip is a failure."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def skip_or_fail(reason: str):
+    if IN_CI:
+        pytest.fail(f"CI=true forbids skipping: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def bpf_unavailable_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to load BPF programs"
+    from rseqtop import tracefs
+    from rseqtop.errors import UserError
+
+    try:
+        root = tracefs.ensure_root()
+    except UserError as err:
+        return str(err)
+    if not tracefs.TraceFS(root).has("rseq", "rseq_ip_fixup"):
+        return "kernel lacks the rseq:rseq_ip_fixup tracepoint"
+    try:
+        from rseqtop.bccimport import import_bcc
+
+        import_bcc()
+    except UserError as err:
+        return str(err)
+    return None
+
+
+@pytest.fixture(scope="session")
+def bpf_ok():
+    reason = bpf_unavailable_reason()
+    if reason:
+        skip_or_fail(reason)
+    return True
+
+
+@pytest.fixture(scope="session")
+def rseqtop_cmd():
+    """How to run the CLI of this checkout as a subprocess."""
+    return [sys.executable, "-m", "rseqtop"]

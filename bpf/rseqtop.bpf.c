@@ -56,6 +56,9 @@ BPF_HASH(rseq_calls, u32, u32, 4096);
 struct mb_call { u64 ts; u32 cmd; u32 pad; };
 BPF_HASH(mb_calls, u32, struct mb_call, 4096);
 BPF_RINGBUF_OUTPUT(events, RSEQTOP_RINGBUF_PAGES);
+/* New critical sections, so that user space symbolizes them while their
+ * process is still alive (a perf buffer: polled apart from the ring buffer). */
+BPF_PERF_OUTPUT(new_sites);
 
 #define RSEQTOP_EEXIST 17
 
@@ -195,7 +198,9 @@ int on_rseq_ip_fixup(struct tp_rseq_ip_fixup *args)
             zs->abort_ip = args->abort_ip;
             zs->post_commit_offset = args->post_commit_offset;
             int err = sites.insert(&sk, zs);
-            if (err && err != -RSEQTOP_EEXIST)
+            if (!err)
+                new_sites.perf_submit(args, &sk, sizeof(sk));
+            else if (err != -RSEQTOP_EEXIST)
                 count(RSEQTOP_CNT_SITES_DROPPED);
             zs->abort_ip = 0;
             zs->post_commit_offset = 0;

@@ -13,6 +13,7 @@ import errno as errno_mod
 import os
 import re
 import resource
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -114,7 +115,7 @@ class Collector:
         prepare_headers()
         t0 = time.monotonic()
         try:
-            self.bpf = bcc.BPF(text=text)
+            self.bpf = bcc.BPF(text=text.encode())
         except Exception as err:
             raise UserError(f"the BPF program failed to compile or load ({_first_line(err)}); "
                             f"see 'rseqtop doctor'") from None
@@ -126,7 +127,28 @@ class Collector:
             raise UserError(f"attaching to tracepoints failed ({_first_line(err)}); see 'rseqtop doctor'") from None
         self.attach_seconds = time.monotonic() - t0
         self._apply_filter()
+        self._start_site_watcher()
         return self
+
+    def _start_site_watcher(self) -> None:
+        """Symbolize each new critical section as soon as the kernel reports
+        it, while its process still lives (maps are unreadable after exit)."""
+        key_type = self.bpf["sites"].Key
+
+        def on_new_site(cpu, data, size):
+            key = ctypes.cast(data, ctypes.POINTER(key_type)).contents
+            self.symbolize(key.tgid, key.start_ip)
+
+        self.bpf["new_sites"].open_perf_buffer(on_new_site, page_cnt=8)
+        self._stop_watcher = threading.Event()
+        bpf = self.bpf
+
+        def loop():
+            while not self._stop_watcher.is_set():
+                bpf.perf_buffer_poll(100)
+
+        self._watcher = threading.Thread(target=loop, name="rseqtop-symbolizer", daemon=True)
+        self._watcher.start()
 
     def __enter__(self) -> "Collector":
         return self.attach() if self.bpf is None else self
@@ -135,6 +157,11 @@ class Collector:
         self.close()
 
     def close(self) -> None:
+        watcher = getattr(self, "_watcher", None)
+        if watcher is not None:
+            self._stop_watcher.set()
+            watcher.join(timeout=2)
+            self._watcher = None
         if self.bpf is not None:
             try:
                 self.bpf.cleanup()

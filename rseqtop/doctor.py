@@ -174,7 +174,7 @@ def try_load(timeout: float = 3.0) -> LoadResult:
     bcc = import_bcc()
     t0 = time.monotonic()
     try:
-        prog = bcc.BPF(text=LOAD_PROGRAM)
+        prog = bcc.BPF(text=LOAD_PROGRAM.encode())
     except Exception as err:  # bcc raises bare Exception on compile/attach errors
         return LoadResult(False, error=f"compile/attach failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
     elapsed = time.monotonic() - t0

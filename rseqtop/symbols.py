@@ -8,6 +8,7 @@ an unreadable ELF file gives a hex address, never an exception.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Callable, Optional
 
 Resolver = Callable[[int, int], Optional[tuple]]  # (pid, addr) -> (name, offset, module)
@@ -42,8 +43,14 @@ class Symbolizer:
     def __init__(self, resolver: Optional[Resolver] = None):
         self._resolver = resolver
         self._cache: dict[tuple[int, int], str] = {}
+        # Called from the collector's poll and from its new-site watcher.
+        self._lock = threading.Lock()
 
     def __call__(self, pid: int, addr: int) -> str:
+        with self._lock:
+            return self._resolve(pid, addr)
+
+    def _resolve(self, pid: int, addr: int) -> str:
         key = (pid, addr)
         hit = self._cache.get(key)
         if hit is not None:
@@ -63,5 +70,6 @@ class Symbolizer:
         return text
 
     def forget(self, pid: int) -> None:
-        for key in [k for k in self._cache if k[0] == pid]:
-            del self._cache[key]
+        with self._lock:
+            for key in [k for k in self._cache if k[0] == pid]:
+                del self._cache[key]

@@ -1,0 +1,98 @@
+"""A synthetic snapshot source: deterministic fake data with the collector's
+interface, for front-end tests, snapshot tests and front-end benchmarks.
+
+Each poll advances a fake clock by `step` seconds and every counter by a
+fixed per-entity rate, so rates are known exactly.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, Optional
+
+from rseqtop.snapshot import (
+    Counts, MapFill, MembarrierStats, ProcessStats, SelfStats, SiteStats, Snapshot, ThreadStats, pairs,
+)
+
+PROBES = ("rseq:rseq_ip_fixup", "rseq:rseq_update", "sched:sched_switch", "sched:sched_migrate_task",
+          "signal:signal_deliver", "csd:csd_function_entry", "sched:sched_process_exit",
+          "syscalls:sys_enter_rseq", "syscalls:sys_exit_rseq", "syscalls:sys_enter_membarrier",
+          "syscalls:sys_exit_membarrier")
+OPS = ("rseq_op_counter", "rseq_op_spinlock_lock", "rseq_op_push", "rseq_op_pop", "rseq_op_delay")
+
+
+class SyntheticSource:
+    def __init__(self, processes: int = 3, threads_per_process: int = 4, step: float = 1.0,
+                 comms: Optional[list] = None, cpus: int = 2):
+        self.nproc = processes
+        self.nthreads = threads_per_process
+        self.step = step
+        self.comms = comms
+        self.cpus = cpus
+        self.polls = 0
+        self.pids: set = set()
+        self.comm: Optional[re.Pattern] = None
+        self.probes = PROBES
+        self.closed = False
+
+    # The per-second rates of thread j of process i (pid 1000+i).
+    @staticmethod
+    def thread_rate(i: int, j: int) -> Counts:
+        aborts = (i % 7 + 1) * (j + 1) * 10
+        return Counts(aborts=aborts, updates=aborts * 20, preempts=aborts * 2, migrations=i % 3 + j,
+                      signals=(i % 2) * 5, membarrier_ipis=(i % 4 == 0) * 3,
+                      causes=pairs({"preempt": aborts - 5 if aborts > 5 else aborts,
+                                    "signal": 5 if aborts > 5 else 0}))
+
+    def _scaled(self, c: Counts, k: float) -> Counts:
+        return Counts(*(int(getattr(c, f) * k) for f in ("aborts", "updates", "preempts", "migrations",
+                                                          "signals", "membarrier_ipis")),
+                      causes=pairs({name: int(n * k) for name, n in c.causes}))
+
+    def comm_of(self, i: int) -> str:
+        if self.comms:
+            return self.comms[i % len(self.comms)]
+        return ("tcmalloc-svc", "envoy", "rseq-workload", "java", "postgres")[i % 5] + ("" if i < 5 else str(i))
+
+    def set_filter(self, pids: Optional[Iterable[int]] = None, comm: Optional[str] = None,
+                   cgroups: Optional[Iterable[str]] = None) -> None:
+        self.pids = set(pids or ())
+        self.comm = re.compile(comm) if comm else None
+
+    def poll(self) -> Snapshot:
+        self.polls += 1
+        elapsed = self.polls * self.step
+        procs, threads, sites = [], [], []
+        total = Counts()
+        for i in range(self.nproc):
+            pid = 1000 + i
+            comm = self.comm_of(i)
+            if (self.pids and pid not in self.pids) or (self.comm and not self.comm.search(comm)):
+                continue
+            pc = Counts()
+            for j in range(self.nthreads):
+                c = self._scaled(self.thread_rate(i, j), elapsed)
+                pc = pc + c
+                threads.append(ThreadStats(pid, pid + 100000 * (j + 1) if j else pid, comm, c,
+                                           cpu=(i + j) % self.cpus, node=0, mm_cid=j))
+            for k, op in enumerate(OPS[: 1 + i % len(OPS)]):
+                share = pc.aborts // (k + 2)
+                start = 0x401000 + 0x100 * k
+                sites.append(SiteStats(pid, start, f"{comm}!{op}+0x0", share,
+                                       pairs({"preempt": share}), start + 0x40, 0x20,
+                                       pairs({0x10: share // 2, 0x18: share - share // 2})))
+            mb = (MembarrierStats("PRIVATE_EXPEDITED_RSEQ", int(10 * elapsed), pairs({"EPERM": int(10 * elapsed)}),
+                                  pairs({12: int(10 * elapsed)})),) if i % 4 == 0 else ()
+            procs.append(ProcessStats(pid, comm, pc, self.nthreads, 0, self.nthreads, 0, (), mb))
+            total = total + pc
+        stats = SelfStats(self.probes, (), 0, 0,
+                          (MapFill("threads", len(threads), 32768), MapFill("sites", len(sites), 4096)),
+                          None, None, 0.0, 0.0)
+        return Snapshot(monotonic=elapsed, wall=1_700_000_000.0 + elapsed, era="classic",
+                        era_description="up to 6.18 (synthetic)", totals=total, processes=tuple(procs),
+                        threads=tuple(threads), sites=tuple(sites),
+                        cpu_aborts=tuple(int(total.aborts * (c + 1) / 3) for c in range(self.cpus)),
+                        self_stats=stats)
+
+    def close(self) -> None:
+        self.closed = True

@@ -1,0 +1,85 @@
+"""Code generation from tracepoint format files, including older kernels'."""
+
+from pathlib import Path
+
+import pytest
+
+from rseqtop import bpfgen, tracefs
+from rseqtop.errors import UserError
+
+DATA = Path(__file__).parent / "data"
+
+
+def plan_for(name, ipi=0xFFFFFFFF81000000, **kw):
+    fs = tracefs.TraceFS(DATA / name)
+    return bpfgen.plan(fs.format, ipi, **kw)
+
+
+def test_current_kernel_format_uses_every_probe():
+    p = plan_for("tracefs-6.18")
+    assert len(p.attach) == len(bpfgen.PROBES) and not p.missing
+    assert p.defines["HAVE_UPDATE_MM_CID"] == 1 and p.defines["HAVE_CSD_FUNCTION_ENTRY"] == 1
+    assert p.defines["TASK_REPORT_MASK"] == "0xff"
+    assert "struct tp_rseq_ip_fixup {" in p.structs
+
+
+def test_old_kernel_without_csd_and_with_cpu_id_only_update():
+    p = plan_for("tracefs-5.15")
+    assert not p.has("csd_function_entry")
+    assert any("membarrier cause unavailable" in m for m in p.missing)
+    assert "HAVE_UPDATE_MM_CID" not in p.defines and "HAVE_UPDATE_NODE_ID" not in p.defines
+    assert "mm_cid" not in p.structs
+
+
+def test_missing_kallsyms_symbol_drops_csd_with_reason():
+    p = plan_for("tracefs-6.18", ipi=None)
+    assert not p.has("csd_function_entry")
+    assert any("ipi_rseq" in m for m in p.missing)
+
+
+def test_struct_offsets_follow_the_format():
+    fmt = tracefs.TraceFS(DATA / "tracefs-6.18").format("sched", "sched_switch")
+    text = bpfgen.arg_struct(fmt, ("prev_pid", "prev_state"))
+    # prev_pid at 24 (after 24 bytes of padding), prev_state (long) at 32
+    assert "u8 __pad0[24];" in text and "s32 prev_pid;" in text and "u8 __pad1[4];" in text and "s64 prev_state;" in text
+
+
+def test_missing_required_tracepoint_is_a_user_error(tmp_path):
+    (tmp_path / "events").mkdir()
+    fs = tracefs.TraceFS(tmp_path)
+    with pytest.raises(UserError, match="rseq:rseq_ip_fixup"):
+        bpfgen.plan(fs.format, None)
+
+
+def test_half_a_syscall_pair_is_dropped(tmp_path):
+    import shutil
+
+    shutil.copytree(DATA / "tracefs-6.18", tmp_path / "t")
+    shutil.rmtree(tmp_path / "t/events/syscalls/sys_exit_membarrier")
+    p = bpfgen.plan(tracefs.TraceFS(tmp_path / "t").format, 1)
+    assert not p.has("sys_enter_membarrier") and "HAVE_SYS_MEMBARRIER" not in p.defines
+
+
+def test_sizes_come_in_as_defines():
+    p = plan_for("tracefs-6.18", sizes={"RSEQTOP_MAX_THREADS": 16})
+    assert p.defines["RSEQTOP_MAX_THREADS"] == 16
+    assert "#define RSEQTOP_MAX_THREADS 16" in bpfgen.source(p)
+
+
+@pytest.mark.parametrize("name", ["tracefs-6.18", "tracefs-5.15"])
+def test_generated_programs_compile(bpf_ok, name):
+    from rseqtop.bccimport import import_bcc, prepare_headers
+
+    prepare_headers()
+    bcc = import_bcc()
+    b = bcc.BPF(text=bpfgen.source(plan_for(name)).encode())
+    try:
+        for _, event in plan_for(name).attach:
+            b.load_func(f"on_{event}", bcc.BPF.TRACEPOINT)
+    finally:
+        b.cleanup()
+
+
+def test_header_constants_parse():
+    k = bpfgen.header_constants()
+    assert k["RSEQTOP_CAUSE_STALE"] == 16 and k["RSEQTOP_NCODES"] == 32

@@ -1,0 +1,46 @@
+"""The wheel carries bpf/ and the workload's C source and works installed."""
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(REPO)],
+                   check=True, timeout=300)
+    wheels = list(out.glob("rseqtop-*.whl"))
+    assert len(wheels) == 1
+    return wheels[0]
+
+
+def test_wheel_ships_bpf_and_c_sources(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "rseqtop/bpf/rseqtop.bpf.c" in names
+    assert "rseqtop/bpf/rseqtop.h" in names
+    assert "rseqtop/csrc/rseq_workload.c" in names
+    assert not any(n.startswith("tests/") for n in names)
+
+
+def test_installed_wheel_runs_doctor(bpf_ok, wheel, tmp_path):
+    venv = tmp_path / "venv"
+    # The interpreter that has the distribution's bcc, seeing it through
+    # --system-site-packages: exactly what scripts/setup does.
+    subprocess.run(["/usr/bin/python3", "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
+    subprocess.run([str(venv / "bin/pip"), "install", "-q", "--disable-pip-version-check", str(wheel)],
+                   check=True, timeout=600)
+    out = subprocess.run([str(venv / "bin/rseqtop"), "doctor", "--json"], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "CI": ""})
+    doc = json.loads(out.stdout)
+    assert out.returncode == 0, [c for c in doc["checks"] if c["status"] != "PASS"]
+    # and it used the installed copy, not this checkout
+    where = subprocess.run([str(venv / "bin/python"), "-c", "import rseqtop.paths as p; print(p.bpf_dir())"],
+                           capture_output=True, text=True, cwd=tmp_path, check=True).stdout.strip()
+    assert where.startswith(str(venv))

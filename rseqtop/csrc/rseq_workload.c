@@ -1,0 +1,1545 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * rseq-workload: the bundled ground-truth workload of rseqtop.
+ *
+ * Worker threads run x86-64 restartable-sequence critical sections written
+ * the way the kernel selftests (tools/testing/selftests/rseq/rseq-x86.h) and
+ * librseq write them, and count exactly what happened to every attempt:
+ *
+ *   commit        the commit store retired;
+ *   abort         the kernel moved the thread to abort_ip (one
+ *                 rseq:rseq_ip_fixup event); counted only in the code that is
+ *                 reached through abort_ip;
+ *   cpu_mismatch  the section's own cpu_id check failed (not a kernel abort);
+ *   cmp_fail      the section's compare failed (lock busy, free list empty).
+ *
+ * Every failed attempt is retried until it commits; an operation is one
+ * commit. Optional inducers (signals, migrations, membarrier, oversubscription)
+ * make the kernel abort sections. At exit the program checks its per-CPU data
+ * against the counts and prints one JSON summary (see docs/workload.md).
+ *
+ * Built by rseqtop.workload with: cc -O2 -Wall -Wextra -Werror -pthread.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <math.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/rseq.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+#include <linux/membarrier.h>
+
+#if !defined(__x86_64__)
+#error "rseq-workload supports x86-64 only"
+#endif
+
+#define PROG "rseq-workload"
+#define SCHEMA_VERSION 1
+#define WL_RSEQ_SIG 0x53053053
+#define MAX_THREADS 1024
+#define NODES_PER_CPU 1024
+#define EXIT_USAGE 2
+#define EXIT_SELFCHECK 3
+
+/* ------------------------------------------------------------------ */
+/* Operations                                                          */
+
+enum op { OP_COUNTER, OP_SPINLOCK, OP_PUSH, OP_POP, OP_DELAY, NR_OPS };
+
+static const char *const op_names[NR_OPS] = {
+	"counter", "spinlock", "push", "pop", "delay",
+};
+static const char *const op_symbols[NR_OPS] = {
+	"rseq_op_counter", "rseq_op_spinlock_lock", "rseq_op_push", "rseq_op_pop",
+	"rseq_op_delay",
+};
+
+/* Result of one attempt at a critical section. */
+enum { RS_COMMIT = 0, RS_ABORT = 1, RS_MISMATCH = 2, RS_CMPFAIL = 3 };
+
+struct node {
+	struct node *next;
+	long id;
+};
+
+/* One slot per possible CPU, each on its own 128-byte block. */
+struct percpu_slot {
+	intptr_t counter;        /* op counter */
+	intptr_t delay_counter;  /* op delay */
+	intptr_t lock;           /* op spinlock: lock word (0 free, 1 taken) */
+	intptr_t locked_count;   /* op spinlock: protected counter */
+	struct node *head;       /* ops push/pop: free list */
+} __attribute__((aligned(128)));
+
+/* Per-thread counters: plain thread-local variables, collected at exit. */
+struct tstats {
+	uint64_t commits[NR_OPS];
+	uint64_t aborts[NR_OPS];
+	uint64_t mismatch[NR_OPS];
+	uint64_t cmp_fail[NR_OPS];
+	uint64_t signals;
+};
+static __thread struct tstats t_stats;
+
+/* Offset of the rseq area from the thread pointer (%fs base): glibc's
+ * __rseq_offset, or the offset of our own TLS area. Same for all threads. */
+static ptrdiff_t g_rseq_offset;
+static __thread struct rseq own_rseq __attribute__((aligned(32)));
+
+static inline struct rseq *rseq_area(void)
+{
+	return (struct rseq *)((char *)__builtin_thread_pointer() + g_rseq_offset);
+}
+
+static inline uint32_t rseq_cpu_start(void)
+{
+	return *(volatile uint32_t *)&rseq_area()->cpu_id_start;
+}
+
+/*
+ * Critical sections. Layout of each (as in rseq-x86.h):
+ *   descriptor (struct rseq_cs) in section __rseq_cs, 32-byte aligned,
+ *   pointer to it in __rseq_cs_ptr_array;
+ *   store &descriptor into rseq->rseq_cs; label 1 (start_ip);
+ *   compare the cpu read before the section with rseq->cpu_id, on mismatch
+ *   jump to C label "mismatch" (NOT the abort label);
+ *   ... ; commit store; label 2 (start_ip + post_commit_offset);
+ *   in section __rseq_failure: "ud1" prefix bytes, .long RSEQ_SIG, label 4
+ *   (abort_ip), jump to C label "abort".
+ * Each descriptor also gets a named symbol (rseq_cs_desc_<op>) so that the
+ * summary can print the run-time (relocated) start_ip / abort_ip.
+ */
+#define __str1(x) #x
+#define __str(x) __str1(x)
+
+#define RSEQ_DEFINE_TABLE(name)                                            \
+	".pushsection __rseq_cs, \"aw\"\n\t"                               \
+	".balign 32\n\t"                                                   \
+	".globl rseq_cs_desc_" name "\n\t"                                 \
+	".hidden rseq_cs_desc_" name "\n\t"                                \
+	".type rseq_cs_desc_" name ", @object\n\t"                         \
+	".size rseq_cs_desc_" name ", 32\n\t"                              \
+	"rseq_cs_desc_" name ":\n\t"                                       \
+	"3:\n\t"                                                           \
+	".long 0x0, 0x0\n\t"                                               \
+	".quad 1f, (2f - 1f), 4f\n\t"                                      \
+	".popsection\n\t"                                                  \
+	".pushsection __rseq_cs_ptr_array, \"aw\"\n\t"                     \
+	".quad 3b\n\t"                                                     \
+	".popsection\n\t"
+
+#define RSEQ_START                                                         \
+	"leaq 3b(%%rip), %%rax\n\t"                                        \
+	"movq %%rax, %%fs:8(%[rseq_offset])\n\t"                           \
+	"1:\n\t"
+
+#define RSEQ_CMP_CPU                                                       \
+	"cmpl %[cpu_id], %%fs:4(%[rseq_offset])\n\t"                       \
+	"jnz %l[mismatch]\n\t"
+
+#define RSEQ_END_ABORT                                                     \
+	"2:\n\t"                                                           \
+	".pushsection __rseq_failure, \"ax\"\n\t"                          \
+	".byte 0x0f, 0xb9, 0x3d\n\t"                                       \
+	".long " __str(WL_RSEQ_SIG) "\n\t"                                 \
+	"4:\n\t"                                                           \
+	"jmp %l[abort]\n\t"                                                \
+	".popsection\n\t"
+
+#define RSEQ_FN __attribute__((noinline, noclone, used))
+
+struct rseq_cs;
+extern const struct rseq_cs rseq_cs_desc_counter, rseq_cs_desc_spinlock,
+	rseq_cs_desc_push, rseq_cs_desc_pop, rseq_cs_desc_delay;
+
+/* counter: per-CPU counter add. */
+RSEQ_FN int rseq_op_counter(intptr_t *v, int cpu)
+{
+	__asm__ __volatile__ goto(
+		RSEQ_DEFINE_TABLE("counter")
+		RSEQ_START
+		RSEQ_CMP_CPU
+		"movq %[v], %%rbx\n\t"
+		"addq $1, %%rbx\n\t"
+		"movq %%rbx, %[v]\n\t"      /* commit */
+		RSEQ_END_ABORT
+		: /* no outputs */
+		: [cpu_id] "r"(cpu), [rseq_offset] "r"(g_rseq_offset), [v] "m"(*v)
+		: "memory", "cc", "rax", "rbx"
+		: abort, mismatch);
+	return RS_COMMIT;
+abort:
+	t_stats.aborts[OP_COUNTER]++;  /* reached only through abort_ip */
+	return RS_ABORT;
+mismatch:
+	return RS_MISMATCH;
+}
+
+/* spinlock: take the per-CPU lock word with cmpeqv-store (0 -> 1). */
+RSEQ_FN int rseq_op_spinlock_lock(intptr_t *lock, int cpu)
+{
+	__asm__ __volatile__ goto(
+		RSEQ_DEFINE_TABLE("spinlock")
+		RSEQ_START
+		RSEQ_CMP_CPU
+		"cmpq $0, %[v]\n\t"
+		"jnz %l[cmpfail]\n\t"
+		"movq $1, %[v]\n\t"         /* commit */
+		RSEQ_END_ABORT
+		:
+		: [cpu_id] "r"(cpu), [rseq_offset] "r"(g_rseq_offset), [v] "m"(*lock)
+		: "memory", "cc", "rax"
+		: abort, mismatch, cmpfail);
+	return RS_COMMIT;
+abort:
+	t_stats.aborts[OP_SPINLOCK]++;
+	return RS_ABORT;
+mismatch:
+	return RS_MISMATCH;
+cmpfail:
+	return RS_CMPFAIL;
+}
+
+/* push: node->next = head; head = node (commit). */
+RSEQ_FN int rseq_op_push(struct node **head, struct node *node, int cpu)
+{
+	__asm__ __volatile__ goto(
+		RSEQ_DEFINE_TABLE("push")
+		RSEQ_START
+		RSEQ_CMP_CPU
+		"movq %[head], %%rbx\n\t"
+		"movq %%rbx, (%[node])\n\t" /* node->next (node is still private) */
+		"movq %[node], %[head]\n\t" /* commit */
+		RSEQ_END_ABORT
+		:
+		: [cpu_id] "r"(cpu), [rseq_offset] "r"(g_rseq_offset),
+		  [head] "m"(*head), [node] "r"(node)
+		: "memory", "cc", "rax", "rbx"
+		: abort, mismatch);
+	return RS_COMMIT;
+abort:
+	t_stats.aborts[OP_PUSH]++;
+	return RS_ABORT;
+mismatch:
+	return RS_MISMATCH;
+}
+
+/* pop: n = head; if n == NULL fail; *out = n; head = n->next (commit). */
+RSEQ_FN int rseq_op_pop(struct node **head, struct node **out, int cpu)
+{
+	__asm__ __volatile__ goto(
+		RSEQ_DEFINE_TABLE("pop")
+		RSEQ_START
+		RSEQ_CMP_CPU
+		"movq %[head], %%rbx\n\t"
+		"testq %%rbx, %%rbx\n\t"
+		"jz %l[cmpfail]\n\t"
+		"movq %%rbx, %[out]\n\t"
+		"movq (%%rbx), %%rcx\n\t"   /* next (offsetof(struct node, next) == 0) */
+		"movq %%rcx, %[head]\n\t"   /* commit */
+		RSEQ_END_ABORT
+		:
+		: [cpu_id] "r"(cpu), [rseq_offset] "r"(g_rseq_offset),
+		  [head] "m"(*head), [out] "m"(*out)
+		: "memory", "cc", "rax", "rbx", "rcx"
+		: abort, mismatch, cmpfail);
+	return RS_COMMIT;
+abort:
+	t_stats.aborts[OP_POP]++;
+	return RS_ABORT;
+mismatch:
+	return RS_MISMATCH;
+cmpfail:
+	return RS_CMPFAIL;
+}
+
+/* delay: spin `loops` iterations inside the section, then add to a counter. */
+RSEQ_FN int rseq_op_delay(intptr_t *v, long loops, int cpu)
+{
+	__asm__ __volatile__ goto(
+		RSEQ_DEFINE_TABLE("delay")
+		RSEQ_START
+		RSEQ_CMP_CPU
+		"movq %[loops], %%rcx\n\t"
+		"testq %%rcx, %%rcx\n\t"
+		"jz 6f\n\t"
+		"5:\n\t"
+		"decq %%rcx\n\t"
+		"jnz 5b\n\t"
+		"6:\n\t"
+		"movq %[v], %%rbx\n\t"
+		"addq $1, %%rbx\n\t"
+		"movq %%rbx, %[v]\n\t"      /* commit */
+		RSEQ_END_ABORT
+		:
+		: [cpu_id] "r"(cpu), [rseq_offset] "r"(g_rseq_offset), [v] "m"(*v),
+		  [loops] "r"(loops)
+		: "memory", "cc", "rax", "rbx", "rcx"
+		: abort, mismatch);
+	return RS_COMMIT;
+abort:
+	t_stats.aborts[OP_DELAY]++;
+	return RS_ABORT;
+mismatch:
+	return RS_MISMATCH;
+}
+
+/* Read back a descriptor as the kernel does (after relocation). */
+struct cs_view {
+	uint32_t version, flags;
+	uint64_t start_ip, post_commit_offset, abort_ip;
+};
+static const void *const op_desc[NR_OPS] = {
+	&rseq_cs_desc_counter, &rseq_cs_desc_spinlock, &rseq_cs_desc_push,
+	&rseq_cs_desc_pop, &rseq_cs_desc_delay,
+};
+
+/* ------------------------------------------------------------------ */
+/* Configuration                                                       */
+
+struct config {
+	int threads;
+	int cpus[CPU_SETSIZE];
+	int ncpus;               /* 0: no --cpus */
+	int inducer_cpus[CPU_SETSIZE];
+	int n_inducer_cpus;      /* 0: no --inducer-cpus */
+	double signal_rate, migrate_rate, membarrier_rate;
+	int membarrier_unregistered;
+	int yield;
+	int ops[NR_OPS * 4];
+	int nops;
+	int op_enabled[NR_OPS];
+	double duration;         /* seconds; 0 if not given */
+	int duration_given;
+	long long ops_per_thread; /* 0 if not given */
+	long in_cs_delay;
+	const char *name;
+	const char *json_out;
+};
+
+static struct config cfg;
+static int nr_possible_cpus;
+static struct percpu_slot *slots;
+static cpu_set_t allowed_set;   /* sched_getaffinity at start */
+
+static atomic_int stop_flag;
+
+/* Registration bookkeeping. */
+static const char *reg_mode = "glibc";
+static unsigned int reg_size;
+static atomic_long own_registrations, own_unregistrations;
+static long probe_registrations; /* the main thread's availability check */
+
+struct worker {
+	int index;
+	pthread_t thread;
+	atomic_int tid;        /* 0 until started */
+	atomic_int done;
+	int reg_error;         /* errno of a failed own registration */
+	struct tstats stats;   /* copied at thread exit */
+};
+static struct worker *workers;
+
+/* Inducer results. */
+static atomic_long signals_sent, migrations_requested;
+static long mb_calls, mb_ok;
+static int mb_registered;
+static int mb_register_errno;
+#define MAX_ERRNO_NAMES 16
+static struct { int err; long count; } mb_errors[MAX_ERRNO_NAMES];
+static int mb_nerrors;
+
+static pthread_barrier_t start_barrier;
+
+/* ------------------------------------------------------------------ */
+/* Errors and parsing                                                  */
+
+static void usage_error(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+static void usage_error(const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	/* one line, whatever the input contained */
+	for (char *p = msg; *p; p++)
+		if (*p == '\n' || *p == '\r')
+			*p = ' ';
+	fprintf(stderr, PROG ": error: %s (try '" PROG " --help')\n", msg);
+	exit(EXIT_USAGE);
+}
+
+static void fatal(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+static void fatal(const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, PROG ": error: ");
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	exit(1);
+}
+
+static double parse_positive_double(const char *opt, const char *s)
+{
+	char *end;
+	double v;
+
+	errno = 0;
+	v = strtod(s, &end);
+	if (end == s || *end != '\0' || errno != 0 || !isfinite(v))
+		usage_error("%s: '%s' is not a number", opt, s);
+	if (v <= 0)
+		usage_error("%s: must be greater than 0, got '%s'", opt, s);
+	return v;
+}
+
+static long long parse_int(const char *opt, const char *s, long long min, long long max)
+{
+	char *end;
+	long long v;
+
+	errno = 0;
+	v = strtoll(s, &end, 10);
+	if (end == s || *end != '\0' || errno != 0)
+		usage_error("%s: '%s' is not an integer", opt, s);
+	if (v < min || v > max)
+		usage_error("%s: must be between %lld and %lld, got '%s'", opt, min, max, s);
+	return v;
+}
+
+static void format_cpuset(const cpu_set_t *set, char *buf, size_t len)
+{
+	size_t off = 0;
+
+	buf[0] = '\0';
+	for (int c = 0; c < CPU_SETSIZE && off + 16 < len; c++) {
+		if (!CPU_ISSET(c, set))
+			continue;
+		int e = c;
+		while (e + 1 < CPU_SETSIZE && CPU_ISSET(e + 1, set))
+			e++;
+		if (e == c)
+			off += snprintf(buf + off, len - off, "%s%d", off ? "," : "", c);
+		else
+			off += snprintf(buf + off, len - off, "%s%d-%d", off ? "," : "", c, e);
+		c = e;
+	}
+}
+
+static void parse_cpu_list(const char *opt, const char *s, int *out, int *nout)
+{
+	const char *p = s;
+	char avail[256];
+
+	if (!*s)
+		usage_error("%s: empty CPU list", opt);
+	format_cpuset(&allowed_set, avail, sizeof(avail));
+	*nout = 0;
+	while (*p) {
+		char *end;
+		long a, b;
+
+		if (*p < '0' || *p > '9')
+			usage_error("%s: bad CPU list '%s' (expected e.g. 0,1 or 0-3)", opt, s);
+		a = strtol(p, &end, 10);
+		b = a;
+		p = end;
+		if (*p == '-') {
+			p++;
+			if (*p < '0' || *p > '9')
+				usage_error("%s: bad CPU list '%s' (expected e.g. 0,1 or 0-3)", opt, s);
+			b = strtol(p, &end, 10);
+			p = end;
+		}
+		if (*p == ',') {
+			p++;
+			if (!*p)
+				usage_error("%s: bad CPU list '%s' (expected e.g. 0,1 or 0-3)", opt, s);
+		} else if (*p) {
+			usage_error("%s: bad CPU list '%s' (expected e.g. 0,1 or 0-3)", opt, s);
+		}
+		if (b < a)
+			usage_error("%s: bad range %ld-%ld in '%s'", opt, a, b, s);
+		for (long c = a; c <= b; c++) {
+			if (c >= CPU_SETSIZE || !CPU_ISSET(c, &allowed_set))
+				usage_error("%s: CPU %ld does not exist or is not available "
+					    "(available: %s)", opt, c, avail);
+			if (*nout >= CPU_SETSIZE)
+				usage_error("%s: too many CPUs", opt);
+			out[(*nout)++] = (int)c;
+		}
+	}
+}
+
+static void parse_ops(const char *s)
+{
+	char buf[256];
+	char *rest, *tok;
+
+	if (strlen(s) >= sizeof(buf))
+		usage_error("--op: list too long");
+	strcpy(buf, s);
+	cfg.nops = 0;
+	memset(cfg.op_enabled, 0, sizeof(cfg.op_enabled));
+	rest = buf;
+	while ((tok = strsep(&rest, ",")) != NULL) {
+		int found = -1;
+
+		if (!*tok)
+			usage_error("--op: empty name in operation list '%s'", s);
+
+		for (int i = 0; i < NR_OPS; i++)
+			if (!strcmp(tok, op_names[i]))
+				found = i;
+		if (!strcmp(tok, "all")) {
+			for (int i = 0; i < NR_OPS && cfg.nops < (int)(sizeof(cfg.ops) / sizeof(cfg.ops[0])); i++) {
+				cfg.ops[cfg.nops++] = i;
+				cfg.op_enabled[i] = 1;
+			}
+			continue;
+		}
+		if (found < 0)
+			usage_error("--op: unknown operation '%s' (choose from counter, spinlock, "
+				    "push, pop, delay, all)", tok);
+		if (cfg.nops >= (int)(sizeof(cfg.ops) / sizeof(cfg.ops[0])))
+			usage_error("--op: too many operations");
+		cfg.ops[cfg.nops++] = found;
+		cfg.op_enabled[found] = 1;
+	}
+	if (cfg.nops == 0)
+		usage_error("--op: empty operation list");
+}
+
+static void print_help(void)
+{
+	printf(
+"Usage: " PROG " [OPTIONS]\n"
+"\n"
+"Run x86-64 restartable-sequence (rseq) critical sections in worker threads,\n"
+"count every commit, kernel abort and cpu_id mismatch exactly, and print a JSON\n"
+"summary (stdout, or --json-out) plus a short human summary (stderr).\n"
+"Stops after --duration or --ops, or cleanly on SIGINT / SIGTERM.\n"
+"\n"
+"Options:\n"
+"  --threads N              worker threads (default: number of usable CPUs)\n"
+"  --cpus LIST              pin workers round-robin to CPUs, e.g. 0,1 or 0-1\n"
+"  --inducer-cpus LIST      pin the signal, migration and membarrier threads to\n"
+"                           these CPUs (keeps them from preempting the workers)\n"
+"  --op NAME[,NAME...]      sections to run in round robin: counter, spinlock,\n"
+"                           push, pop, delay, or all (default: all)\n"
+"  --duration SECONDS       run time (float; default 5 unless --ops is given)\n"
+"  --ops N                  operations per worker thread (round-robin steps);\n"
+"                           with --duration, stop at whichever comes first\n"
+"  --in-cs-delay N          delay-loop iterations inside the delay section\n"
+"                           before its commit (default 1000; 0 allowed)\n"
+"  --yield                  sched_yield() between operations\n"
+"  --signal-rate HZ         send SIGUSR1 (tgkill) to workers, round robin, HZ in total\n"
+"  --migrate-rate HZ        move one worker per tick to its next allowed CPU\n"
+"                           (sched_setaffinity), HZ ticks per second\n"
+"  --membarrier-rate HZ     call membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ)\n"
+"                           HZ times per second (registered first)\n"
+"  --membarrier-unregistered  skip the membarrier registration (calls fail EPERM)\n"
+"  --name NAME              set every thread's comm (kernel keeps 15 bytes)\n"
+"  --json-out FILE          write the JSON summary to FILE instead of stdout\n"
+"  -h, --help               show this help and exit\n"
+"\n"
+"Registration: glibc's rseq area is used when glibc registered one (__rseq_size\n"
+"> 0); otherwise (e.g. GLIBC_TUNABLES=glibc.pthread.rseq=0) each worker registers\n"
+"its own 32-byte area and unregisters it at exit.\n"
+"\n"
+"Exit status: 0 ok; 1 runtime error (e.g. rseq registration failed);\n"
+"2 bad arguments; 3 self-check failed (summary still printed).\n");
+}
+
+enum {
+	O_THREADS = 1000, O_CPUS, O_OP, O_DURATION, O_OPS, O_DELAY, O_YIELD,
+	O_SIGNAL, O_MIGRATE, O_MEMBARRIER, O_MB_UNREG, O_NAME, O_JSON_OUT, O_INDUCER_CPUS,
+};
+
+static void parse_args(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{"threads", required_argument, 0, O_THREADS},
+		{"cpus", required_argument, 0, O_CPUS},
+		{"inducer-cpus", required_argument, 0, O_INDUCER_CPUS},
+		{"op", required_argument, 0, O_OP},
+		{"duration", required_argument, 0, O_DURATION},
+		{"ops", required_argument, 0, O_OPS},
+		{"in-cs-delay", required_argument, 0, O_DELAY},
+		{"yield", no_argument, 0, O_YIELD},
+		{"signal-rate", required_argument, 0, O_SIGNAL},
+		{"migrate-rate", required_argument, 0, O_MIGRATE},
+		{"membarrier-rate", required_argument, 0, O_MEMBARRIER},
+		{"membarrier-unregistered", no_argument, 0, O_MB_UNREG},
+		{"name", required_argument, 0, O_NAME},
+		{"json-out", required_argument, 0, O_JSON_OUT},
+		{"help", no_argument, 0, 'h'},
+		{0, 0, 0, 0},
+	};
+	int c, threads_given = 0;
+
+	cfg.in_cs_delay = 1000;
+	parse_ops("all");
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
+		switch (c) {
+		case O_THREADS:
+			cfg.threads = (int)parse_int("--threads", optarg, 1, MAX_THREADS);
+			threads_given = 1;
+			break;
+		case O_CPUS: parse_cpu_list("--cpus", optarg, cfg.cpus, &cfg.ncpus); break;
+		case O_INDUCER_CPUS:
+			parse_cpu_list("--inducer-cpus", optarg, cfg.inducer_cpus, &cfg.n_inducer_cpus);
+			break;
+		case O_OP: parse_ops(optarg); break;
+		case O_DURATION:
+			cfg.duration = parse_positive_double("--duration", optarg);
+			cfg.duration_given = 1;
+			break;
+		case O_OPS:
+			cfg.ops_per_thread = parse_int("--ops", optarg, 1, LLONG_MAX / 4);
+			break;
+		case O_DELAY:
+			cfg.in_cs_delay = (long)parse_int("--in-cs-delay", optarg, 0, 1000000000L);
+			break;
+		case O_YIELD: cfg.yield = 1; break;
+		case O_SIGNAL: cfg.signal_rate = parse_positive_double("--signal-rate", optarg); break;
+		case O_MIGRATE: cfg.migrate_rate = parse_positive_double("--migrate-rate", optarg); break;
+		case O_MEMBARRIER:
+			cfg.membarrier_rate = parse_positive_double("--membarrier-rate", optarg);
+			break;
+		case O_MB_UNREG: cfg.membarrier_unregistered = 1; break;
+		case O_NAME:
+			if (!*optarg)
+				usage_error("--name: empty name");
+			cfg.name = optarg;
+			break;
+		case O_JSON_OUT:
+			if (!*optarg)
+				usage_error("--json-out: empty file name");
+			cfg.json_out = optarg;
+			break;
+		case 'h':
+			print_help();
+			exit(0);
+		case ':':
+			usage_error("option '%s' needs a value", argv[optind - 1]);
+		default:
+			usage_error("unknown option '%s'", argv[optind - 1]);
+		}
+	}
+	if (optind < argc)
+		usage_error("unexpected argument '%s'", argv[optind]);
+	if (!threads_given)
+		cfg.threads = CPU_COUNT(&allowed_set) > 0 ? CPU_COUNT(&allowed_set) : 1;
+	if (cfg.threads > MAX_THREADS)
+		cfg.threads = MAX_THREADS;
+	if (!cfg.duration_given && !cfg.ops_per_thread)
+		cfg.duration = 5.0;
+	if (cfg.membarrier_unregistered && cfg.membarrier_rate <= 0)
+		usage_error("--membarrier-unregistered needs --membarrier-rate");
+}
+
+/* ------------------------------------------------------------------ */
+/* Time                                                                */
+
+static double now_mono(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void ts_add(struct timespec *ts, double s)
+{
+	long ns = (long)(s * 1e9);
+
+	ts->tv_sec += ns / 1000000000L;
+	ts->tv_nsec += ns % 1000000000L;
+	if (ts->tv_nsec >= 1000000000L) {
+		ts->tv_sec++;
+		ts->tv_nsec -= 1000000000L;
+	}
+}
+
+/* Sleep until the next tick of a fixed-rate timer; returns 0 when stopping. */
+static int tick_wait(struct timespec *next, double period)
+{
+	struct timespec now;
+
+	ts_add(next, period);
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	/* never try to catch up more than 100 ms of missed ticks */
+	if ((now.tv_sec - next->tv_sec) * 1e9 + (now.tv_nsec - next->tv_nsec) > 1e8)
+		*next = now;
+	while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, next, NULL) == EINTR)
+		;
+	return !atomic_load_explicit(&stop_flag, memory_order_relaxed);
+}
+
+static void set_comm(void)
+{
+	if (cfg.name)
+		prctl(PR_SET_NAME, cfg.name, 0, 0, 0);
+}
+
+/* Inducer threads: keep them off the workers' CPUs when asked, so that
+ * their own wake-ups do not preempt the workers they act on. */
+static void pin_inducer(void)
+{
+	cpu_set_t set;
+
+	if (!cfg.n_inducer_cpus)
+		return;
+	CPU_ZERO(&set);
+	for (int i = 0; i < cfg.n_inducer_cpus; i++)
+		CPU_SET(cfg.inducer_cpus[i], &set);
+	if (sched_setaffinity(0, sizeof(set), &set))
+		fatal("--inducer-cpus: sched_setaffinity failed: %s", strerror(errno));
+}
+
+/* ------------------------------------------------------------------ */
+/* Workers                                                             */
+
+static void on_sigusr1(int sig)
+{
+	(void)sig;
+	t_stats.signals++;
+}
+
+/* Run a section until it commits (or the run stops while a compare keeps
+ * failing). Returns 1 on commit. */
+static int do_counter(void)
+{
+	for (;;) {
+		int cpu = (int)rseq_cpu_start();
+		int r = rseq_op_counter(&slots[cpu].counter, cpu);
+
+		if (r == RS_COMMIT) {
+			t_stats.commits[OP_COUNTER]++;
+			return 1;
+		}
+		if (r == RS_MISMATCH)
+			t_stats.mismatch[OP_COUNTER]++;
+	}
+}
+
+static int do_delay(void)
+{
+	for (;;) {
+		int cpu = (int)rseq_cpu_start();
+		int r = rseq_op_delay(&slots[cpu].delay_counter, cfg.in_cs_delay, cpu);
+
+		if (r == RS_COMMIT) {
+			t_stats.commits[OP_DELAY]++;
+			return 1;
+		}
+		if (r == RS_MISMATCH)
+			t_stats.mismatch[OP_DELAY]++;
+	}
+}
+
+static int do_spinlock(void)
+{
+	for (;;) {
+		int cpu = (int)rseq_cpu_start();
+		int r = rseq_op_spinlock_lock(&slots[cpu].lock, cpu);
+
+		if (r == RS_COMMIT) {
+			t_stats.commits[OP_SPINLOCK]++;
+			/* lock of `cpu` held: update the data it protects, release */
+			slots[cpu].locked_count++;
+			__atomic_store_n(&slots[cpu].lock, 0, __ATOMIC_RELEASE);
+			return 1;
+		}
+		if (r == RS_MISMATCH) {
+			t_stats.mismatch[OP_SPINLOCK]++;
+		} else if (r == RS_CMPFAIL) {
+			/* held by a thread preempted or migrated while holding it */
+			t_stats.cmp_fail[OP_SPINLOCK]++;
+			sched_yield();
+		}
+	}
+}
+
+static __thread struct node *t_held;   /* node popped and not yet pushed */
+
+static int do_push(void)
+{
+	for (;;) {
+		int cpu = (int)rseq_cpu_start();
+		int r = rseq_op_push(&slots[cpu].head, t_held, cpu);
+
+		if (r == RS_COMMIT) {
+			t_stats.commits[OP_PUSH]++;
+			t_held = NULL;
+			return 1;
+		}
+		if (r == RS_MISMATCH)
+			t_stats.mismatch[OP_PUSH]++;
+	}
+}
+
+static int do_pop(void)
+{
+	for (;;) {
+		int cpu = (int)rseq_cpu_start();
+		struct node *n = NULL;
+		int r = rseq_op_pop(&slots[cpu].head, &n, cpu);
+
+		if (r == RS_COMMIT) {
+			t_stats.commits[OP_POP]++;
+			t_held = n;
+			return 1;
+		}
+		if (r == RS_MISMATCH) {
+			t_stats.mismatch[OP_POP]++;
+		} else if (r == RS_CMPFAIL) {
+			/* this CPU's list is empty: wait for a push or a migration */
+			t_stats.cmp_fail[OP_POP]++;
+			if (atomic_load_explicit(&stop_flag, memory_order_relaxed))
+				return 0;
+			sched_yield();
+		}
+	}
+}
+
+static int run_op(int op)
+{
+	switch (op) {
+	case OP_COUNTER: return do_counter();
+	case OP_SPINLOCK: return do_spinlock();
+	case OP_DELAY: return do_delay();
+	case OP_PUSH:
+		/* push and pop come in pairs: pop first if holding no node */
+		if (!t_held && !do_pop())
+			return 0;
+		return do_push();
+	case OP_POP:
+		if (t_held)
+			do_push();
+		return do_pop();
+	}
+	return 0;
+}
+
+static int register_own_rseq(void)
+{
+	memset(&own_rseq, 0, sizeof(own_rseq));
+	own_rseq.cpu_id = (uint32_t)RSEQ_CPU_ID_UNINITIALIZED;
+	if (syscall(__NR_rseq, &own_rseq, sizeof(own_rseq), 0, WL_RSEQ_SIG) != 0)
+		return errno;
+	atomic_fetch_add(&own_registrations, 1);
+	return 0;
+}
+
+static void unregister_own_rseq(void)
+{
+	if (syscall(__NR_rseq, &own_rseq, sizeof(own_rseq), RSEQ_FLAG_UNREGISTER,
+		    WL_RSEQ_SIG) == 0)
+		atomic_fetch_add(&own_unregistrations, 1);
+	else
+		fprintf(stderr, PROG ": warning: rseq unregistration failed: %s\n",
+			strerror(errno));
+}
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+	int own = !strcmp(reg_mode, "own");
+	long long done_ops = 0;
+	sigset_t usr1;
+
+	set_comm();
+	if (cfg.ncpus > 0) {
+		cpu_set_t set;
+
+		CPU_ZERO(&set);
+		CPU_SET(cfg.cpus[w->index % cfg.ncpus], &set);
+		if (sched_setaffinity(0, sizeof(set), &set) != 0)
+			fprintf(stderr, PROG ": warning: pinning worker %d: %s\n", w->index,
+				strerror(errno));
+	}
+	if (own) {
+		w->reg_error = register_own_rseq();
+		if (w->reg_error)
+			atomic_store(&stop_flag, 1);
+	}
+	atomic_store(&w->tid, (int)gettid());
+	pthread_barrier_wait(&start_barrier);
+
+	if (!w->reg_error) {
+		for (int i = 0; !atomic_load_explicit(&stop_flag, memory_order_relaxed); i++) {
+			if (cfg.ops_per_thread && done_ops >= cfg.ops_per_thread)
+				break;
+			if (run_op(cfg.ops[i % cfg.nops]))
+				done_ops++;
+			if (cfg.yield)
+				sched_yield();
+		}
+		if (t_held)
+			do_push();   /* give the node back */
+	}
+
+	/* Collect: no more signal counting after this point. */
+	sigemptyset(&usr1);
+	sigaddset(&usr1, SIGUSR1);
+	pthread_sigmask(SIG_BLOCK, &usr1, NULL);
+	atomic_store(&w->done, 1);
+	w->stats = t_stats;
+	if (own && !w->reg_error)
+		unregister_own_rseq();
+	return NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* Inducers                                                            */
+
+static void *signal_main(void *arg)
+{
+	struct timespec next;
+	double period = 1.0 / cfg.signal_rate;
+	pid_t pid = getpid();
+	int i = 0;
+
+	(void)arg;
+	set_comm();
+	pin_inducer();
+	pthread_barrier_wait(&start_barrier);
+	clock_gettime(CLOCK_MONOTONIC, &next);
+	while (tick_wait(&next, period)) {
+		/* next live worker, round robin */
+		for (int k = 0; k < cfg.threads; k++) {
+			struct worker *w = &workers[i++ % cfg.threads];
+			int tid = atomic_load(&w->tid);
+
+			if (!tid || atomic_load(&w->done))
+				continue;
+			if (syscall(SYS_tgkill, pid, tid, SIGUSR1) == 0)
+				atomic_fetch_add(&signals_sent, 1);
+			break;
+		}
+	}
+	return NULL;
+}
+
+static void *migrate_main(void *arg)
+{
+	struct timespec next;
+	double period = 1.0 / cfg.migrate_rate;
+	int list[CPU_SETSIZE], n = 0, i = 0;
+	int *pos = calloc(cfg.threads, sizeof(int));
+
+	(void)arg;
+	set_comm();
+	pin_inducer();
+	if (cfg.ncpus > 0) {
+		memcpy(list, cfg.cpus, cfg.ncpus * sizeof(int));
+		n = cfg.ncpus;
+	} else {
+		for (int c = 0; c < CPU_SETSIZE; c++)
+			if (CPU_ISSET(c, &allowed_set))
+				list[n++] = c;
+	}
+	for (int k = 0; k < cfg.threads; k++)
+		pos[k] = cfg.ncpus > 0 ? k % n : k % (n ? n : 1);
+	pthread_barrier_wait(&start_barrier);
+	clock_gettime(CLOCK_MONOTONIC, &next);
+	while (n > 0 && tick_wait(&next, period)) {
+		int k = i++ % cfg.threads;
+		struct worker *w = &workers[k];
+		int tid = atomic_load(&w->tid);
+		cpu_set_t set;
+
+		if (!tid || atomic_load(&w->done))
+			continue;
+		pos[k] = (pos[k] + 1) % n;
+		CPU_ZERO(&set);
+		CPU_SET(list[pos[k]], &set);
+		if (sched_setaffinity(tid, sizeof(set), &set) == 0)
+			atomic_fetch_add(&migrations_requested, 1);
+	}
+	free(pos);
+	return NULL;
+}
+
+static void mb_count_error(int err)
+{
+	for (int i = 0; i < mb_nerrors; i++) {
+		if (mb_errors[i].err == err) {
+			mb_errors[i].count++;
+			return;
+		}
+	}
+	if (mb_nerrors < MAX_ERRNO_NAMES) {
+		mb_errors[mb_nerrors].err = err;
+		mb_errors[mb_nerrors].count = 1;
+		mb_nerrors++;
+	}
+}
+
+static void *membarrier_main(void *arg)
+{
+	struct timespec next;
+	double period = 1.0 / cfg.membarrier_rate;
+
+	(void)arg;
+	set_comm();
+	pin_inducer();
+	if (!cfg.membarrier_unregistered) {
+		if (syscall(__NR_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0) == 0)
+			mb_registered = 1;
+		else
+			mb_register_errno = errno;
+	}
+	pthread_barrier_wait(&start_barrier);
+	clock_gettime(CLOCK_MONOTONIC, &next);
+	while (tick_wait(&next, period)) {
+		mb_calls++;
+		if (syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, 0, 0) == 0)
+			mb_ok++;
+		else
+			mb_count_error(errno);
+	}
+	return NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* Self-check                                                          */
+
+#define MAX_PROBLEMS 16
+static char problems[MAX_PROBLEMS][256];
+static int nproblems;
+
+static void problem(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void problem(const char *fmt, ...)
+{
+	va_list ap;
+
+	if (nproblems >= MAX_PROBLEMS)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(problems[nproblems++], sizeof(problems[0]), fmt, ap);
+	va_end(ap);
+}
+
+static long pool_size;
+static struct node *pool;
+
+static void self_check(const uint64_t *commits)
+{
+	intptr_t sum = 0, dsum = 0, lsum = 0;
+	long seen = 0;
+	char *mark = calloc(pool_size ? pool_size : 1, 1);
+
+	for (int c = 0; c < nr_possible_cpus; c++) {
+		sum += slots[c].counter;
+		dsum += slots[c].delay_counter;
+		lsum += slots[c].locked_count;
+		if (slots[c].lock != 0)
+			problem("spinlock of CPU %d still held at exit", c);
+	}
+	if ((uint64_t)sum != commits[OP_COUNTER])
+		problem("per-CPU counters sum to %ld but counter commits are %llu",
+			(long)sum, (unsigned long long)commits[OP_COUNTER]);
+	if ((uint64_t)dsum != commits[OP_DELAY])
+		problem("per-CPU delay counters sum to %ld but delay commits are %llu",
+			(long)dsum, (unsigned long long)commits[OP_DELAY]);
+	if ((uint64_t)lsum != commits[OP_SPINLOCK])
+		problem("spinlock-protected counters sum to %ld but spinlock commits are %llu",
+			(long)lsum, (unsigned long long)commits[OP_SPINLOCK]);
+	if (commits[OP_PUSH] != commits[OP_POP])
+		problem("push commits (%llu) differ from pop commits (%llu)",
+			(unsigned long long)commits[OP_PUSH], (unsigned long long)commits[OP_POP]);
+	for (int c = 0; c < nr_possible_cpus; c++) {
+		for (struct node *n = slots[c].head; n; n = n->next) {
+			long id = n - pool;
+
+			if (id < 0 || id >= pool_size) {
+				problem("free list of CPU %d holds a foreign pointer", c);
+				break;
+			}
+			if (mark[id]) {
+				problem("node %ld appears twice in the free lists", id);
+				break;
+			}
+			mark[id] = 1;
+			seen++;
+		}
+	}
+	if (seen != pool_size)
+		problem("free lists hold %ld nodes, expected %ld", seen, pool_size);
+	free(mark);
+}
+
+/* ------------------------------------------------------------------ */
+/* JSON output                                                         */
+
+/* Escape arbitrary bytes as an ASCII-only JSON string: valid UTF-8 becomes
+ * \uXXXX (surrogate pairs above U+FFFF), invalid bytes become U+FFFD. */
+static void json_str(FILE *f, const char *s)
+{
+	const unsigned char *p = (const unsigned char *)s;
+
+	fputc('"', f);
+	while (*p) {
+		unsigned c = *p;
+
+		if (c == '"' || c == '\\') {
+			fprintf(f, "\\%c", c);
+			p++;
+		} else if (c >= 0x20 && c < 0x7f) {
+			fputc(c, f);
+			p++;
+		} else if (c < 0x80) {
+			fprintf(f, "\\u%04x", c);
+			p++;
+		} else {
+			int len = c >= 0xf0 && c < 0xf5 ? 4 : c >= 0xe0 ? 3 : c >= 0xc2 && c < 0xe0 ? 2 : 0;
+			uint32_t cp = len == 4 ? c & 0x07 : len == 3 ? c & 0x0f : c & 0x1f;
+			int ok = len > 0;
+
+			if (len == 3 && c > 0xef)
+				ok = 0;
+			for (int k = 1; ok && k < len; k++) {
+				if ((p[k] & 0xc0) != 0x80)
+					ok = 0;
+				else
+					cp = (cp << 6) | (p[k] & 0x3f);
+			}
+			if (ok && ((len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+				   (len == 4 && (cp < 0x10000 || cp > 0x10ffff))))
+				ok = 0;
+			if (!ok) {
+				fputs("\\ufffd", f);
+				p++;
+				continue;
+			}
+			if (cp >= 0x10000) {
+				cp -= 0x10000;
+				fprintf(f, "\\u%04x\\u%04x", 0xd800 + (cp >> 10), 0xdc00 + (cp & 0x3ff));
+			} else {
+				fprintf(f, "\\u%04x", cp);
+			}
+			p += len;
+		}
+	}
+	fputc('"', f);
+}
+
+static void json_hex_bytes(FILE *f, const char *s)
+{
+	fputc('"', f);
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+		fprintf(f, "%02x", *p);
+	fputc('"', f);
+}
+
+static void json_rate(FILE *f, double v)
+{
+	if (v > 0)
+		fprintf(f, "%.6f", v);
+	else
+		fputs("null", f);
+}
+
+static void json_double(FILE *f, double v)
+{
+	if (!isfinite(v))
+		fputs("null", f);
+	else
+		fprintf(f, "%.6f", v);
+}
+
+struct totals {
+	uint64_t commits[NR_OPS], aborts[NR_OPS], mismatch[NR_OPS], cmp_fail[NR_OPS];
+	uint64_t signals;
+};
+
+static void write_json(FILE *f, const char *comm, const struct totals *t, double duration)
+{
+	uint64_t tc = 0, ta = 0, tm = 0, tf = 0;
+
+	for (int o = 0; o < NR_OPS; o++) {
+		tc += t->commits[o];
+		ta += t->aborts[o];
+		tm += t->mismatch[o];
+		tf += t->cmp_fail[o];
+	}
+
+	fprintf(f, "{\"schema_version\": %d, \"pid\": %d, \"comm\": ", SCHEMA_VERSION, (int)getpid());
+	json_str(f, comm);
+	fputs(", \"comm_hex\": ", f);
+	json_hex_bytes(f, comm);
+
+	fprintf(f, ",\n \"registration\": {\"mode\": \"%s\", \"rseq_size\": %u, "
+		"\"own_registrations\": %ld, \"own_unregistrations\": %ld, \"probe_registrations\": %ld, "
+		"\"rseq_offset\": %ld},\n",
+		reg_mode, reg_size, atomic_load(&own_registrations),
+		atomic_load(&own_unregistrations), probe_registrations, (long)g_rseq_offset);
+
+	fprintf(f, " \"config\": {\"threads\": %d, \"cpus\": ", cfg.threads);
+	if (cfg.ncpus) {
+		fputc('[', f);
+		for (int i = 0; i < cfg.ncpus; i++)
+			fprintf(f, "%s%d", i ? ", " : "", cfg.cpus[i]);
+		fputc(']', f);
+	} else {
+		fputs("null", f);
+	}
+	fputs(", \"ops\": [", f);
+	for (int i = 0; i < cfg.nops; i++)
+		fprintf(f, "%s\"%s\"", i ? ", " : "", op_names[cfg.ops[i]]);
+	fputs("], \"duration_s\": ", f);
+	if (cfg.duration > 0)
+		json_double(f, cfg.duration);
+	else
+		fputs("null", f);
+	fputs(", \"ops_per_thread\": ", f);
+	if (cfg.ops_per_thread)
+		fprintf(f, "%lld", cfg.ops_per_thread);
+	else
+		fputs("null", f);
+	fprintf(f, ", \"in_cs_delay\": %ld, \"yield\": %s, \"signal_rate\": ", cfg.in_cs_delay,
+		cfg.yield ? "true" : "false");
+	json_rate(f, cfg.signal_rate);
+	fputs(", \"migrate_rate\": ", f);
+	json_rate(f, cfg.migrate_rate);
+	fputs(", \"membarrier_rate\": ", f);
+	json_rate(f, cfg.membarrier_rate);
+	fprintf(f, ", \"membarrier_unregistered\": %s, \"name\": ",
+		cfg.membarrier_unregistered ? "true" : "false");
+	if (cfg.name)
+		json_str(f, cfg.name);
+	else
+		fputs("null", f);
+	fputs(", \"json_out\": ", f);
+	if (cfg.json_out)
+		json_str(f, cfg.json_out);
+	else
+		fputs("null", f);
+	fputs("},\n", f);
+
+	fputs(" \"threads\": {", f);
+	for (int i = 0; i < cfg.threads; i++) {
+		const struct worker *w = &workers[i];
+		const struct tstats *s = &w->stats;
+		uint64_t c = 0, a = 0, m = 0, cf = 0;
+		int first = 1;
+
+		for (int o = 0; o < NR_OPS; o++) {
+			c += s->commits[o];
+			a += s->aborts[o];
+			m += s->mismatch[o];
+			cf += s->cmp_fail[o];
+		}
+		fprintf(f, "%s\n  \"%d\": {\"tid\": %d, \"index\": %d, \"commits\": %llu, "
+			"\"aborts\": %llu, \"cpu_mismatch\": %llu, \"cmp_fail\": %llu, "
+			"\"signals\": %llu, \"ops\": {",
+			i ? "," : "", atomic_load(&w->tid), atomic_load(&w->tid), i,
+			(unsigned long long)c, (unsigned long long)a, (unsigned long long)m,
+			(unsigned long long)cf, (unsigned long long)s->signals);
+		for (int o = 0; o < NR_OPS; o++) {
+			if (!cfg.op_enabled[o] && !s->commits[o] && !s->aborts[o] &&
+			    !s->mismatch[o] && !s->cmp_fail[o])
+				continue;
+			fprintf(f, "%s\"%s\": {\"commits\": %llu, \"aborts\": %llu, "
+				"\"cpu_mismatch\": %llu, \"cmp_fail\": %llu}",
+				first ? "" : ", ", op_names[o],
+				(unsigned long long)s->commits[o], (unsigned long long)s->aborts[o],
+				(unsigned long long)s->mismatch[o], (unsigned long long)s->cmp_fail[o]);
+			first = 0;
+		}
+		fputs("}}", f);
+	}
+	fputs("},\n", f);
+
+	fputs(" \"ops\": {", f);
+	for (int o = 0; o < NR_OPS; o++) {
+		const struct cs_view *d = op_desc[o];
+
+		fprintf(f, "%s\n  \"%s\": {\"symbol\": \"%s\", \"function\": \"0x%lx\", "
+			"\"start_ip\": \"0x%llx\", \"abort_ip\": \"0x%llx\", "
+			"\"post_commit_offset\": %llu, \"descriptor\": \"0x%lx\", \"enabled\": %s, "
+			"\"commits\": %llu, \"aborts\": %llu, \"cpu_mismatch\": %llu, \"cmp_fail\": %llu}",
+			o ? "," : "", op_names[o], op_symbols[o],
+			o == OP_COUNTER ? (unsigned long)(uintptr_t)rseq_op_counter :
+			o == OP_SPINLOCK ? (unsigned long)(uintptr_t)rseq_op_spinlock_lock :
+			o == OP_PUSH ? (unsigned long)(uintptr_t)rseq_op_push :
+			o == OP_POP ? (unsigned long)(uintptr_t)rseq_op_pop :
+			(unsigned long)(uintptr_t)rseq_op_delay,
+			(unsigned long long)d->start_ip, (unsigned long long)d->abort_ip,
+			(unsigned long long)d->post_commit_offset, (unsigned long)(uintptr_t)d,
+			cfg.op_enabled[o] ? "true" : "false",
+			(unsigned long long)t->commits[o], (unsigned long long)t->aborts[o],
+			(unsigned long long)t->mismatch[o], (unsigned long long)t->cmp_fail[o]);
+	}
+	fputs("},\n", f);
+
+	fprintf(f, " \"totals\": {\"commits\": %llu, \"aborts\": %llu, \"cpu_mismatch\": %llu, "
+		"\"cmp_fail\": %llu, \"signals\": %llu},\n",
+		(unsigned long long)tc, (unsigned long long)ta, (unsigned long long)tm,
+		(unsigned long long)tf, (unsigned long long)t->signals);
+
+	fprintf(f, " \"membarrier\": {\"registered\": %s, \"register_error\": ",
+		mb_registered ? "true" : "false");
+	if (mb_register_errno)
+		fprintf(f, "\"%s\"", strerrorname_np(mb_register_errno) ?: "unknown");
+	else
+		fputs("null", f);
+	fprintf(f, ", \"calls\": %ld, \"ok\": %ld, \"errors\": {", mb_calls, mb_ok);
+	for (int i = 0; i < mb_nerrors; i++) {
+		const char *n = strerrorname_np(mb_errors[i].err);
+		char buf[32];
+
+		if (!n) {
+			snprintf(buf, sizeof(buf), "errno_%d", mb_errors[i].err);
+			n = buf;
+		}
+		fprintf(f, "%s\"%s\": %ld", i ? ", " : "", n, mb_errors[i].count);
+	}
+	fputs("}},\n", f);
+
+	fprintf(f, " \"signals_sent\": %ld, \"migrations_requested\": %ld,\n",
+		atomic_load(&signals_sent), atomic_load(&migrations_requested));
+	fputs(" \"duration_s\": ", f);
+	json_double(f, duration);
+	fputs(", \"ops_per_second\": ", f);
+	json_double(f, duration > 0 ? tc / duration : 0);
+	fputs(", \"ops_per_second_per_thread\": ", f);
+	json_double(f, duration > 0 ? tc / duration / cfg.threads : 0);
+	fprintf(f, ",\n \"self_check\": {\"ok\": %s, \"problems\": [", nproblems ? "false" : "true");
+	for (int i = 0; i < nproblems; i++) {
+		if (i)
+			fputs(", ", f);
+		json_str(f, problems[i]);
+	}
+	fputs("]}}\n", f);
+}
+
+/* ------------------------------------------------------------------ */
+/* Main                                                                */
+
+static void setup_registration(void)
+{
+	if (__rseq_size > 0) {
+		reg_mode = "glibc";
+		reg_size = __rseq_size;
+		g_rseq_offset = __rseq_offset;
+		return;
+	}
+	reg_mode = "own";
+	reg_size = sizeof(struct rseq);
+	g_rseq_offset = (char *)&own_rseq - (char *)__builtin_thread_pointer();
+	/* Try once in the main thread so that a kernel without rseq fails early
+	 * with a clear message; unregister right away (workers register their
+	 * own areas, and only those are counted). */
+	if (syscall(__NR_rseq, &own_rseq, sizeof(own_rseq), 0, WL_RSEQ_SIG) != 0)
+		fatal("rseq registration failed: %s (errno %d, %s); does this kernel have CONFIG_RSEQ?",
+		      strerrorname_np(errno) ?: "?", errno, strerror(errno));
+	probe_registrations = 1;
+	syscall(__NR_rseq, &own_rseq, sizeof(own_rseq), RSEQ_FLAG_UNREGISTER, WL_RSEQ_SIG);
+}
+
+static void setup_pool(void)
+{
+	pool_size = (long)nr_possible_cpus * NODES_PER_CPU;
+	pool = calloc(pool_size, sizeof(*pool));
+	if (!pool)
+		fatal("out of memory");
+	/* Distribute the nodes over the usable CPUs' lists. */
+	int usable[CPU_SETSIZE], n = 0;
+
+	for (int c = 0; c < nr_possible_cpus && c < CPU_SETSIZE; c++)
+		if (CPU_ISSET(c, &allowed_set))
+			usable[n++] = c;
+	if (n == 0)
+		usable[n++] = 0;
+	for (long i = 0; i < pool_size; i++) {
+		struct percpu_slot *s = &slots[usable[i % n]];
+
+		pool[i].id = i;
+		pool[i].next = s->head;
+		s->head = &pool[i];
+	}
+}
+
+int main(int argc, char **argv)
+{
+	sigset_t stopset;
+	struct sigaction sa;
+	pthread_t sig_thr, mig_thr, mb_thr;
+	int n_inducers = 0;
+	double t0, t1, deadline;
+	struct totals tot;
+	char comm[17] = {0};
+	FILE *out = stdout;
+
+	if (sched_getaffinity(0, sizeof(allowed_set), &allowed_set) != 0)
+		fatal("sched_getaffinity: %s", strerror(errno));
+	parse_args(argc, argv);
+
+	nr_possible_cpus = (int)sysconf(_SC_NPROCESSORS_CONF);
+	if (nr_possible_cpus < 1)
+		nr_possible_cpus = 1;
+	for (int c = 0; c < CPU_SETSIZE; c++)
+		if (CPU_ISSET(c, &allowed_set) && c >= nr_possible_cpus)
+			nr_possible_cpus = c + 1;
+	slots = aligned_alloc(128, sizeof(*slots) * nr_possible_cpus);
+	workers = calloc(cfg.threads, sizeof(*workers));
+	if (!slots || !workers)
+		fatal("out of memory");
+	memset(slots, 0, sizeof(*slots) * nr_possible_cpus);
+	for (int i = 0; i < cfg.threads; i++)
+		workers[i].index = i;
+	setup_pool();
+	setup_registration();
+
+	if (cfg.json_out) {
+		out = fopen(cfg.json_out, "w");
+		if (!out)
+			fatal("cannot write %s: %s", cfg.json_out, strerror(errno));
+	}
+	set_comm();
+	prctl(PR_GET_NAME, comm, 0, 0, 0);
+
+	/* SIGUSR1 is counted by the worker that receives it. */
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_sigusr1;
+	sa.sa_flags = SA_RESTART;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGUSR1, &sa, NULL);
+
+	/* SIGINT / SIGTERM: blocked everywhere, taken by the main thread. */
+	sigemptyset(&stopset);
+	sigaddset(&stopset, SIGINT);
+	sigaddset(&stopset, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &stopset, NULL);
+
+	if (cfg.signal_rate > 0)
+		n_inducers++;
+	if (cfg.migrate_rate > 0)
+		n_inducers++;
+	if (cfg.membarrier_rate > 0)
+		n_inducers++;
+	pthread_barrier_init(&start_barrier, NULL, cfg.threads + n_inducers + 1);
+
+	for (int i = 0; i < cfg.threads; i++) {
+		int err = pthread_create(&workers[i].thread, NULL, worker_main, &workers[i]);
+
+		if (err)
+			fatal("cannot create worker thread %d: %s", i, strerror(err));
+	}
+	if (cfg.signal_rate > 0 && pthread_create(&sig_thr, NULL, signal_main, NULL))
+		fatal("cannot create the signal thread");
+	if (cfg.migrate_rate > 0 && pthread_create(&mig_thr, NULL, migrate_main, NULL))
+		fatal("cannot create the migration thread");
+	if (cfg.membarrier_rate > 0 && pthread_create(&mb_thr, NULL, membarrier_main, NULL))
+		fatal("cannot create the membarrier thread");
+
+	pthread_barrier_wait(&start_barrier);
+	t0 = now_mono();
+	deadline = cfg.duration > 0 ? t0 + cfg.duration : INFINITY;
+
+	/* Wait for the deadline, a stop signal, or all workers done. */
+	for (;;) {
+		struct timespec ts = {0, 50 * 1000 * 1000};
+		double left = deadline - now_mono();
+		int all_done = 1, sig;
+
+		for (int i = 0; i < cfg.threads; i++)
+			if (!atomic_load(&workers[i].done))
+				all_done = 0;
+		if (all_done || left <= 0 || atomic_load(&stop_flag))
+			break;
+		if (left < 0.05)
+			ts.tv_nsec = (long)(left * 1e9);
+		sig = sigtimedwait(&stopset, NULL, &ts);
+		if (sig == SIGINT || sig == SIGTERM)
+			break;
+	}
+	atomic_store(&stop_flag, 1);
+	for (int i = 0; i < cfg.threads; i++)
+		pthread_join(workers[i].thread, NULL);
+	t1 = now_mono();
+	if (cfg.signal_rate > 0)
+		pthread_join(sig_thr, NULL);
+	if (cfg.migrate_rate > 0)
+		pthread_join(mig_thr, NULL);
+	if (cfg.membarrier_rate > 0)
+		pthread_join(mb_thr, NULL);
+
+	for (int i = 0; i < cfg.threads; i++) {
+		if (workers[i].reg_error) {
+			int e = workers[i].reg_error;
+
+			fatal("rseq registration failed in worker %d: %s (errno %d, %s)", i,
+			      strerrorname_np(e) ?: "?", e, strerror(e));
+		}
+	}
+
+	memset(&tot, 0, sizeof(tot));
+	for (int i = 0; i < cfg.threads; i++) {
+		const struct tstats *s = &workers[i].stats;
+
+		for (int o = 0; o < NR_OPS; o++) {
+			tot.commits[o] += s->commits[o];
+			tot.aborts[o] += s->aborts[o];
+			tot.mismatch[o] += s->mismatch[o];
+			tot.cmp_fail[o] += s->cmp_fail[o];
+		}
+		tot.signals += s->signals;
+	}
+	self_check(tot.commits);
+
+	write_json(out, comm, &tot, t1 - t0);
+	if (fflush(out) != 0 || (out != stdout && fclose(out) != 0))
+		fatal("cannot write the summary: %s", strerror(errno));
+
+	{
+		uint64_t c = 0, a = 0, m = 0;
+
+		for (int o = 0; o < NR_OPS; o++) {
+			c += tot.commits[o];
+			a += tot.aborts[o];
+			m += tot.mismatch[o];
+		}
+		fprintf(stderr, PROG ": %d threads, %.2f s, registration %s (%u bytes): "
+			"%llu commits (%.0f ops/s/thread), %llu kernel aborts, %llu cpu mismatches, "
+			"%llu signals received\n",
+			cfg.threads, t1 - t0, reg_mode, reg_size, (unsigned long long)c,
+			(t1 - t0) > 0 ? c / (t1 - t0) / cfg.threads : 0.0,
+			(unsigned long long)a, (unsigned long long)m,
+			(unsigned long long)tot.signals);
+		for (int o = 0; o < NR_OPS; o++)
+			if (tot.commits[o] || tot.aborts[o])
+				fprintf(stderr, "  %-9s commits %llu  aborts %llu  cpu_mismatch %llu\n",
+					op_names[o], (unsigned long long)tot.commits[o],
+					(unsigned long long)tot.aborts[o],
+					(unsigned long long)tot.mismatch[o]);
+	}
+	if (nproblems) {
+		for (int i = 0; i < nproblems; i++)
+			fprintf(stderr, PROG ": self-check failed: %s\n", problems[i]);
+		return EXIT_SELFCHECK;
+	}
+	return 0;
+}

@@ -1,0 +1,198 @@
+"""The collector against the real kernel and the bundled workload's ground truth.
+
+Every count compared here comes from the workload's own summary: kernel
+aborts counted in its abort handlers, which only abort_ip reaches.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from rseqtop import workload
+from rseqtop.collector import Collector
+
+NCPU = os.cpu_count() or 1
+
+
+@pytest.fixture(scope="module")
+def collector(bpf_ok):
+    workload.build()
+    with Collector() as c:
+        yield c
+
+
+def observe(collector, args, env=None):
+    """Run the workload to its end, then read the collector."""
+    summary = workload.run([str(a) for a in args], timeout=120, env=env)
+    return summary, collector.poll()
+
+
+def assert_exact(summary, snap):
+    pid = summary["pid"]
+    proc = snap.process(pid)
+    assert proc is not None, f"workload pid {pid} not seen"
+    threads = {t.tid: t for t in snap.threads_of(pid)}
+    for tid, rec in summary["threads"].items():
+        t = threads.get(int(tid))
+        assert t is not None, f"thread {tid} not seen"
+        assert t.counts.aborts == rec["aborts"], (tid, t.counts.aborts, rec["aborts"])
+    sites = {s.start_ip: s for s in snap.sites_of(pid)}
+    for name, op in summary["ops"].items():
+        if not op.get("enabled", True):
+            continue
+        got = sites[int(op["start_ip"], 16)].aborts if int(op["start_ip"], 16) in sites else 0
+        assert got == op["aborts"], (name, got, op["aborts"])
+        if op["aborts"]:
+            assert op["symbol"] in sites[int(op["start_ip"], 16)].symbol
+    assert proc.counts.aborts == summary["totals"]["aborts"]
+    assert sum(n for _, n in proc.counts.causes) == proc.counts.aborts
+    return proc
+
+
+INDUCERS = {
+    "oversubscribed": ["--threads", 4 * NCPU, "--in-cs-delay", 3000, "--op", "delay"],
+    "signals": ["--threads", NCPU, "--signal-rate", 2000, "--in-cs-delay", 3000],
+    "migration": ["--threads", NCPU, "--migrate-rate", 200, "--in-cs-delay", 3000],
+    "membarrier": ["--threads", NCPU, "--membarrier-rate", 500, "--in-cs-delay", 3000],
+}
+
+
+@pytest.mark.parametrize("pinned", [True, False], ids=["pinned", "unpinned"])
+@pytest.mark.parametrize("inducer", list(INDUCERS))
+def test_exact_per_thread_and_per_site(collector, inducer, pinned):
+    args = INDUCERS[inducer] + ["--duration", 1.0]
+    if pinned:
+        if inducer == "migration":
+            args += ["--cpus", f"0-{NCPU - 1}"]  # migration needs somewhere to go
+        else:
+            args += ["--cpus", 0]
+    summary, snap = observe(collector, args)
+    assert summary["totals"]["aborts"] > 0, "the inducer produced no aborts; the test proves nothing"
+    assert_exact(summary, snap)
+
+
+def shares(proc):
+    total = proc.counts.aborts
+    return {name: n / total for name, n in proc.counts.causes}
+
+
+def test_signal_only_run_is_attributed_to_signals(collector):
+    summary, snap = observe(collector, ["--threads", 1, "--cpus", NCPU - 1, "--signal-rate", 10000,
+                                        "--in-cs-delay", 5000, "--op", "delay", "--duration", 1.5, "--inducer-cpus", 0])
+    proc = assert_exact(summary, snap)
+    s = shares(proc)
+    signal_share = sum(v for k, v in s.items() if "signal" in k and not k.startswith("stale"))
+    print(f"signal-only run: aborts={proc.counts.aborts} shares={s}")
+    assert signal_share >= 0.99, s
+
+
+def test_membarrier_only_run_is_attributed_to_membarrier(collector):
+    summary, snap = observe(collector, ["--threads", 1, "--cpus", NCPU - 1, "--membarrier-rate", 1000,
+                                        "--in-cs-delay", 5000, "--op", "delay", "--duration", 1.5, "--inducer-cpus", 0])
+    proc = assert_exact(summary, snap)
+    s = shares(proc)
+    mb = sum(v for k, v in s.items() if "membarrier" in k and not k.startswith("stale"))
+    print(f"membarrier-only run: aborts={proc.counts.aborts} shares={s}")
+    assert mb >= 0.95, s
+    assert proc.counts.membarrier_ipis > 0
+
+
+def test_migration_run_shows_migrate(collector):
+    summary, snap = observe(collector, ["--threads", 1, "--migrate-rate", 300, "--in-cs-delay", 5000,
+                                        "--op", "delay", "--duration", 1.5])
+    proc = assert_exact(summary, snap)
+    print(f"migration run: aborts={proc.counts.aborts} causes={dict(proc.counts.causes)}")
+    assert any("migrate" in k for k, _ in proc.counts.causes), proc.counts.causes
+    assert proc.counts.migrations > 0
+
+
+def test_oversubscribed_run_is_dominated_by_preemption(collector):
+    summary, snap = observe(collector, ["--threads", 8, "--cpus", 0, "--in-cs-delay", 5000,
+                                        "--op", "delay", "--duration", 1.5])
+    proc = assert_exact(summary, snap)
+    s = shares(proc)
+    pre = sum(v for k, v in s.items() if k == "preempt")
+    print(f"oversubscribed run: aborts={proc.counts.aborts} shares={s}")
+    assert pre > 0.5, s
+    assert proc.counts.preempts > 0
+
+
+def test_membarrier_accounting(collector):
+    summary, snap = observe(collector, ["--threads", 1, "--membarrier-rate", 500, "--membarrier-unregistered",
+                                        "--duration", 0.5])
+    proc = snap.process(summary["pid"])
+    calls = summary["membarrier"]["calls"]
+    assert calls > 0 and summary["membarrier"]["errors"].get("EPERM") == calls
+    rseq_cmd = [m for m in proc.membarrier if m.cmd == "PRIVATE_EXPEDITED_RSEQ"]
+    assert rseq_cmd and rseq_cmd[0].calls == calls
+    assert dict(rseq_cmd[0].errors) == {"EPERM": calls}
+    assert sum(n for _, n in rseq_cmd[0].latency_log2_ns) == calls
+
+    summary, snap = observe(collector, ["--threads", 1, "--membarrier-rate", 500, "--duration", 0.5])
+    proc = snap.process(summary["pid"])
+    by_cmd = {m.cmd: m for m in proc.membarrier}
+    assert by_cmd["PRIVATE_EXPEDITED_RSEQ"].calls == summary["membarrier"]["calls"] > 0
+    assert not by_cmd["PRIVATE_EXPEDITED_RSEQ"].errors
+    assert by_cmd["REGISTER_PRIVATE_EXPEDITED_RSEQ"].calls == 1
+
+
+def test_own_registrations_counted(collector):
+    env = dict(os.environ, GLIBC_TUNABLES="glibc.pthread.rseq=0")
+    summary, snap = observe(collector, ["--threads", 3, "--duration", 0.3, "--op", "counter"], env=env)
+    assert summary["registration"]["mode"] == "own"
+    proc = snap.process(summary["pid"])
+    reg = summary["registration"]
+    assert reg["own_registrations"] == 3
+    assert proc.registrations == reg["own_registrations"] + reg["probe_registrations"]
+    assert proc.unregistrations == reg["own_unregistrations"] + reg["probe_registrations"]
+
+
+def test_negative_control_sleep_has_updates_and_no_aborts(collector):
+    p = subprocess.run(["sleep", "0.3"])
+    assert p.returncode == 0
+    # find the sleep by comm among processes that exited: it registered via glibc
+    snap = collector.poll()
+    sleeps = [x for x in snap.processes if x.comm == "sleep"]
+    assert sleeps, "sleep not seen"
+    assert all(x.counts.aborts == 0 for x in sleeps)
+    assert any(x.counts.updates > 0 for x in sleeps)
+
+
+def test_exited_threads_keep_totals_and_counters_are_monotonic(collector):
+    proc = workload.start(["--threads", "4", "--cpus", "0", "--in-cs-delay", "3000", "--op", "delay",
+                           "--duration", "1.5"])
+    seen = []
+    while proc.poll() is None:
+        snap = collector.poll()
+        p = snap.process(proc.pid)
+        if p:
+            seen.append((p.counts.aborts, p.counts.updates, p.counts.preempts))
+        time.sleep(0.05)
+    out, _ = proc.communicate()
+    summary = workload.parse_summary(out)
+    final = collector.poll().process(proc.pid)
+    seen.append((final.counts.aborts, final.counts.updates, final.counts.preempts))
+    for a, b in zip(seen, seen[1:]):
+        assert all(y >= x for x, y in zip(a, b)), (a, b)
+    assert final.counts.aborts == summary["totals"]["aborts"] > 0
+    assert not final.alive and final.threads_exited >= 4
+
+
+def test_perf_still_counts_while_attached(collector):
+    perf = shutil.which("perf")
+    if perf is None:
+        pytest.fail("perf is needed (scripts/setup test installs linux-perf)")
+    binary = workload.build()
+    args = ["--threads", "4", "--cpus", "0", "--in-cs-delay", "3000", "--op", "delay", "--duration", "1"]
+    out = subprocess.run([perf, "stat", "-x,", "-e", "rseq:rseq_ip_fixup", "--", str(binary), *args],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    summary = workload.parse_summary(out.stdout)
+    counted = [int(line.split(",")[0]) for line in out.stderr.splitlines() if "rseq:rseq_ip_fixup" in line]
+    assert counted and counted[0] == summary["totals"]["aborts"] > 0
+    assert_exact(summary, collector.poll())

@@ -1,0 +1,450 @@
+"""Tests of the bundled rseq workload (real builds and real, short runs).
+
+No timing assertions: the inducer tests only ask that aborts happen at all,
+and the quiet baseline uses a loose bound.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from rseqtop import paths, workload
+from rseqtop.errors import UserError
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or os.uname().machine != "x86_64",
+    reason="the rseq workload is x86-64 Linux only",
+)
+
+OPS = ["counter", "spinlock", "push", "pop", "delay"]
+OPTIONS = [
+    "--threads", "--cpus", "--op", "--duration", "--ops", "--in-cs-delay", "--yield",
+    "--signal-rate", "--migrate-rate", "--membarrier-rate", "--membarrier-unregistered",
+    "--name", "--json-out", "--help",
+]
+NO_GLIBC_RSEQ = {"GLIBC_TUNABLES": "glibc.pthread.rseq=0"}
+
+
+def usable_cpus() -> list[int]:
+    return sorted(os.sched_getaffinity(0))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_cache(tmp_path_factory):
+    """One cache (one build) for the whole module, never the system cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RSEQTOP_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        workload.build()
+        yield
+
+
+def env_with(extra: dict | None = None) -> dict:
+    env = dict(os.environ)
+    env.pop("GLIBC_TUNABLES", None)
+    env.update(extra or {})
+    return env
+
+
+# --------------------------------------------------------------------------
+# A small schema checker for the documented summary (docs/workload.md).
+
+INT, FLOAT, STR, BOOL = "int", "float", "str", "bool"
+HEX = re.compile(r"^0x[0-9a-f]+$")
+COUNTS = {"commits": INT, "aborts": INT, "cpu_mismatch": INT}
+SCHEMA = {
+    "schema_version": INT,
+    "pid": INT,
+    "comm": STR,
+    "registration": {"mode": STR, "rseq_size": INT, "own_registrations": INT,
+                     "own_unregistrations": INT},
+    "config": {"threads": INT, "ops": [STR], "in_cs_delay": INT, "yield": BOOL,
+               "membarrier_unregistered": BOOL},
+    "threads": {"*": {"tid": INT, "commits": INT, "aborts": INT, "cpu_mismatch": INT,
+                      "signals": INT, "ops": {"*": COUNTS}}},
+    "ops": {"*": {"symbol": STR, "start_ip": "hex", "abort_ip": "hex",
+                  "post_commit_offset": INT, **COUNTS}},
+    "totals": {"commits": INT, "aborts": INT, "cpu_mismatch": INT, "signals": INT},
+    "membarrier": {"registered": BOOL, "calls": INT, "ok": INT, "errors": {"*": INT}},
+    "signals_sent": INT,
+    "migrations_requested": INT,
+    "duration_s": FLOAT,
+    "ops_per_second": FLOAT,
+    "ops_per_second_per_thread": FLOAT,
+    "self_check": {"ok": BOOL, "problems": [STR]},
+}
+
+
+def check_schema(value, spec, where="summary"):
+    if isinstance(spec, dict):
+        assert isinstance(value, dict), f"{where}: expected an object, got {value!r}"
+        if "*" in spec:
+            for key, item in value.items():
+                assert isinstance(key, str)
+                check_schema(item, spec["*"], f"{where}.{key}")
+        for key, sub in spec.items():
+            if key == "*":
+                continue
+            assert key in value, f"{where}: missing {key!r}"
+            check_schema(value[key], sub, f"{where}.{key}")
+    elif isinstance(spec, list):
+        assert isinstance(value, list), f"{where}: expected an array, got {value!r}"
+        for i, item in enumerate(value):
+            check_schema(item, spec[0], f"{where}[{i}]")
+    elif spec == INT:
+        assert isinstance(value, int) and not isinstance(value, bool) and value >= 0, \
+            f"{where}: expected a non-negative integer, got {value!r}"
+    elif spec == FLOAT:
+        assert isinstance(value, (int, float)) and not isinstance(value, bool), \
+            f"{where}: expected a number, got {value!r}"
+    elif spec == STR:
+        assert isinstance(value, str), f"{where}: expected a string, got {value!r}"
+    elif spec == BOOL:
+        assert isinstance(value, bool), f"{where}: expected a boolean, got {value!r}"
+    elif spec == "hex":
+        assert isinstance(value, str) and HEX.match(value), f"{where}: bad hex {value!r}"
+    else:  # pragma: no cover - a mistake in SCHEMA
+        raise AssertionError(f"unknown spec {spec!r}")
+
+
+def check_consistent(s: dict) -> None:
+    """Per-thread numbers add up to the per-op and total numbers."""
+    check_schema(s, SCHEMA)
+    assert s["schema_version"] == 1
+    tids = [t["tid"] for t in s["threads"].values()]
+    assert len(set(tids)) == len(tids) == s["config"]["threads"]
+    assert all(str(t["tid"]) == key for key, t in s["threads"].items())
+    for field in ("commits", "aborts", "cpu_mismatch"):
+        assert s["totals"][field] == sum(t[field] for t in s["threads"].values())
+        assert s["totals"][field] == sum(o[field] for o in s["ops"].values())
+        for op, o in s["ops"].items():
+            assert o[field] == sum(t["ops"].get(op, {}).get(field, 0) for t in s["threads"].values())
+        for t in s["threads"].values():
+            assert t[field] == sum(o[field] for o in t["ops"].values())
+    assert s["totals"]["signals"] == sum(t["signals"] for t in s["threads"].values())
+    assert set(s["ops"]) == set(OPS)
+    starts = {o["start_ip"] for o in s["ops"].values()}
+    assert len(starts) == len(OPS), "each operation must have its own start_ip"
+    for name, o in s["ops"].items():
+        assert o["symbol"].startswith("rseq_op_")
+        assert o["post_commit_offset"] > 0
+        start, abort = int(o["start_ip"], 16), int(o["abort_ip"], 16)
+        assert not start <= abort < start + o["post_commit_offset"], "abort_ip inside the section"
+
+
+# --------------------------------------------------------------------------
+# Build
+
+
+def test_builds_from_clean_with_werror(tmp_path, monkeypatch):
+    monkeypatch.setenv("RSEQTOP_CACHE_DIR", str(tmp_path))
+    binary = workload.build()
+    digest = binary.parent.name
+    assert binary.name == "rseq-workload"
+    assert binary.parent.parent == tmp_path / "workload"
+    assert re.fullmatch(r"[0-9a-f]{16}", digest)
+    assert os.access(binary, os.X_OK)
+    assert "-Werror" in workload.CFLAGS and "-pthread" in workload.CFLAGS
+    mtime = binary.stat().st_mtime_ns
+    assert workload.build() == binary and binary.stat().st_mtime_ns == mtime  # cached
+    assert not [p for p in binary.parent.iterdir() if p.name != "rseq-workload"]  # no temp left
+
+
+def test_rebuilds_after_source_change(tmp_path, monkeypatch):
+    monkeypatch.setenv("RSEQTOP_CACHE_DIR", str(tmp_path / "cache"))
+    csrc = tmp_path / "csrc"
+    csrc.mkdir()
+    shutil.copy(paths.csrc_dir() / workload.SOURCE_NAME, csrc / workload.SOURCE_NAME)
+    monkeypatch.setattr(paths, "csrc_dir", lambda: csrc)
+    first = workload.build()
+    with open(csrc / workload.SOURCE_NAME, "a") as f:
+        f.write("\n/* changed */\n")
+    second = workload.build()
+    assert first != second and first.parent.parent == second.parent.parent
+    assert second.is_file()
+    # the explicit source= parameter gives the same answer
+    assert workload.build(source=csrc / workload.SOURCE_NAME) == second
+
+
+def test_concurrent_builds_are_atomic(tmp_path, monkeypatch):
+    monkeypatch.setenv("RSEQTOP_CACHE_DIR", str(tmp_path))
+    results, errors = [], []
+
+    def build():
+        try:
+            results.append(workload.build())
+        except Exception as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=build) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(set(results)) == 1
+    out = subprocess.run([str(results[0]), "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+
+
+def test_compile_error_is_a_user_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("RSEQTOP_CACHE_DIR", str(tmp_path))
+    bad = tmp_path / "bad.c"
+    bad.write_text("int main(void) { return nope; }\n")
+    with pytest.raises(UserError) as info:
+        workload.build(source=bad)
+    msg = str(info.value)
+    assert "error" in msg and "nope" in msg and "install gcc" in msg
+    assert "\n" not in msg
+    assert not list((tmp_path / "workload").rglob("*rseq-workload*"))
+
+
+# --------------------------------------------------------------------------
+# Operations and registration modes
+
+
+@pytest.mark.parametrize("mode", ["glibc", "own"])
+@pytest.mark.parametrize("op", OPS)
+def test_each_operation_passes_self_check(op, mode):
+    threads, n = 2, 20000
+    env = env_with(NO_GLIBC_RSEQ if mode == "own" else None)
+    s = workload.run(["--op", op, "--threads", threads, "--ops", n, "--in-cs-delay", "100"], env=env)
+    check_consistent(s)
+    assert s["self_check"] == {"ok": True, "problems": []}
+    assert s["config"]["ops"] == [op]
+    assert s["ops"][op]["commits"] == threads * n
+    for t in s["threads"].values():
+        assert t["ops"][op]["commits"] == n
+    reg = s["registration"]
+    assert reg["mode"] == mode
+    if mode == "own":
+        assert reg["rseq_size"] == 32
+        assert reg["own_registrations"] == reg["own_unregistrations"] == threads
+    else:
+        assert reg["rseq_size"] > 0
+        assert reg["own_registrations"] == reg["own_unregistrations"] == 0
+    if op in ("push", "pop"):  # they always come in pairs
+        assert s["ops"]["push"]["commits"] == s["ops"]["pop"]["commits"]
+
+
+def test_all_operations_round_robin():
+    s = workload.run(["--threads", 2, "--ops", 5000, "--yield"], env=env_with())
+    check_consistent(s)
+    assert s["self_check"]["ok"]
+    assert s["config"]["ops"] == OPS
+    for op in ("counter", "spinlock", "delay"):
+        assert s["ops"][op]["commits"] == 2 * 1000
+
+
+# --------------------------------------------------------------------------
+# Inducers
+
+DELAY = ["--op", "delay", "--in-cs-delay", "20000", "--duration", "1"]
+
+
+def test_oversubscription_makes_aborts():
+    s = workload.run(DELAY + ["--threads", "8", "--cpus", "0"], env=env_with())
+    check_consistent(s)
+    assert s["self_check"]["ok"]
+    assert s["config"]["cpus"] == [0]
+    assert s["totals"]["aborts"] > 0
+
+
+def test_signals_make_aborts():
+    s = workload.run(DELAY + ["--threads", "2", "--signal-rate", "2000"], env=env_with())
+    check_consistent(s)
+    assert s["self_check"]["ok"]
+    assert s["signals_sent"] > 0 and s["totals"]["signals"] > 0
+    assert s["totals"]["signals"] <= s["signals_sent"]
+    assert s["totals"]["aborts"] > 0
+
+
+@pytest.mark.skipif(len(usable_cpus()) < 2, reason="needs two CPUs")
+def test_migrations_make_aborts():
+    s = workload.run(DELAY + ["--threads", "2", "--migrate-rate", "500"], env=env_with())
+    check_consistent(s)
+    assert s["self_check"]["ok"]
+    assert s["migrations_requested"] > 0
+    assert s["totals"]["aborts"] > 0
+
+
+def test_membarrier_makes_aborts():
+    s = workload.run(DELAY + ["--threads", "2", "--membarrier-rate", "2000"], env=env_with())
+    check_consistent(s)
+    assert s["self_check"]["ok"]
+    mb = s["membarrier"]
+    assert mb["registered"] is True
+    assert mb["calls"] > 0 and mb["ok"] == mb["calls"] and mb["errors"] == {}
+    assert s["totals"]["aborts"] > 0
+
+
+def test_inducers_combine_with_own_registration():
+    s = workload.run(
+        ["--duration", "1", "--threads", "3", "--in-cs-delay", "5000", "--signal-rate", "500",
+         "--migrate-rate", "200", "--membarrier-rate", "500"],
+        env=env_with(NO_GLIBC_RSEQ),
+    )
+    check_consistent(s)
+    assert s["self_check"]["ok"]
+    assert s["registration"]["mode"] == "own"
+    assert s["registration"]["own_registrations"] == 3
+    assert s["totals"]["aborts"] > 0
+
+
+@pytest.mark.skipif(1 not in usable_cpus(), reason="needs CPU 1")
+def test_quiet_run_has_few_aborts():
+    s = workload.run(["--op", "counter", "--threads", "1", "--cpus", "1", "--in-cs-delay", "0",
+                      "--duration", "1"], env=env_with())
+    check_consistent(s)
+    assert s["self_check"]["ok"]
+    assert s["signals_sent"] == 0 and s["migrations_requested"] == 0
+    assert s["totals"]["aborts"] <= max(100, s["totals"]["commits"] // 100)
+
+
+def test_membarrier_unregistered_fails_with_eperm():
+    s = workload.run(["--op", "counter", "--threads", "1", "--duration", "0.5",
+                      "--membarrier-rate", "200", "--membarrier-unregistered"], env=env_with())
+    mb = s["membarrier"]
+    assert mb["registered"] is False
+    assert mb["calls"] > 0
+    assert mb["ok"] == 0
+    assert mb["errors"] == {"EPERM": mb["calls"]}
+
+
+# --------------------------------------------------------------------------
+# Output
+
+
+@pytest.mark.parametrize("name", ["[bold red]x\x1b[31m", "q\"u\\o\tte\n", "\u00e9" * 9])
+def test_hostile_names_give_valid_json(name):
+    proc = subprocess.run([str(workload.build()), "--name", name, "--op", "counter",
+                           "--threads", "2", "--ops", "1000"],
+                          capture_output=True, env=env_with())
+    assert proc.returncode == 0, proc.stderr
+    raw = proc.stdout
+    raw.decode("ascii")  # escaped to pure ASCII
+    s = workload.parse_summary(raw)
+    check_consistent(s)
+    kernel_comm = name.encode()[:15]
+    assert bytes.fromhex(s["comm_hex"]) == kernel_comm
+    assert s["comm"] == kernel_comm.decode("utf-8", "replace")
+    assert s["config"]["name"] == name
+
+
+def test_json_out_file(tmp_path):
+    out = tmp_path / "summary.json"
+    proc = subprocess.run([str(workload.build()), "--op", "counter", "--threads", "1",
+                           "--ops", "100", "--json-out", str(out)],
+                          capture_output=True, text=True, env=env_with())
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""
+    assert "commits" in proc.stderr  # human summary
+    check_consistent(workload.parse_summary(out.read_text()))
+
+
+def test_parse_summary_rejects_other_versions():
+    with pytest.raises(ValueError):
+        workload.parse_summary('{"schema_version": 2}')
+    with pytest.raises(ValueError):
+        workload.parse_summary("not json")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stop_signal_prints_complete_summary(sig):
+    proc = workload.start(["--duration", "30", "--threads", "2", "--signal-rate", "100"],
+                          stderr=subprocess.PIPE, env=env_with())
+    time.sleep(1)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    s = workload.parse_summary(out)
+    check_consistent(s)
+    assert s["self_check"]["ok"]
+    assert s["totals"]["commits"] > 0
+    assert s["duration_s"] < 30
+
+
+def test_cli_exec_passes_sigterm_to_workload():
+    cmd = [sys.executable, "-m", "rseqtop", "workload", "--duration", "30", "--threads", "1",
+           "--op", "counter"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env_with())
+    deadline = time.monotonic() + 30
+    comm = Path(f"/proc/{proc.pid}/comm")
+    while comm.read_text().strip() != "rseq-workload":  # exec done
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.terminate()
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    check_consistent(workload.parse_summary(out))
+
+
+# --------------------------------------------------------------------------
+# Bad input
+
+BAD = [
+    ["--op", "nope"],
+    ["--op", "counter,"],
+    ["--signal-rate", "0"],
+    ["--migrate-rate", "-5"],
+    ["--membarrier-rate", "abc"],
+    ["--signal-rate", "nan"],
+    ["--threads", "x"],
+    ["--threads", "0"],
+    ["--duration", "-1"],
+    ["--ops", "1.5"],
+    ["--in-cs-delay", "-1"],
+    ["--cpus", "4096"],
+    ["--cpus", str(max(usable_cpus()) + 1)],
+    ["--cpus", "0-"],
+    ["--cpus", "a"],
+    ["--bogus"],
+    ["--threads"],
+    ["stray"],
+    ["--membarrier-unregistered"],
+]
+
+
+@pytest.mark.parametrize("args", BAD, ids=lambda a: " ".join(a))
+def test_bad_input_exits_2_with_one_line(args):
+    proc = subprocess.run([str(workload.build()), *args], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rseq-workload: error: "), proc.stderr
+
+
+def test_run_raises_with_stderr_on_failure():
+    with pytest.raises(workload.WorkloadError) as info:
+        workload.run(["--op", "nope"])
+    assert info.value.exit_code == 2
+    assert "unknown operation" in str(info.value)
+
+
+def test_cli_help_lists_every_option():
+    proc = subprocess.run([sys.executable, "-m", "rseqtop", "workload", "--help"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    for option in OPTIONS:
+        assert option in proc.stdout, option
+    for op in OPS:
+        assert op in proc.stdout
+
+
+def test_cli_bad_option_exit_code_propagates():
+    proc = subprocess.run([sys.executable, "-m", "rseqtop", "workload", "--threads", "0"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("rseq-workload: error: ")

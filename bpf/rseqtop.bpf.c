@@ -4,8 +4,9 @@
  * with older rseq_update formats or without csd events. Only tracepoint
  * arguments are read: the kernel headers may not match the kernel.
  *
- * Every program returns 1: a tracepoint program returning 0 silences perf's
- * own counting of that tracepoint, and rseqtop must not blind other tools. */
+ * Every tracepoint program returns 1: one returning 0 silences perf's own
+ * counting of that tracepoint, and rseqtop must not blind other tools (raw
+ * tracepoint programs' return value is ignored). */
 #include "rseqtop.h"
 
 #ifndef RSEQTOP_MAX_THREADS
@@ -269,23 +270,39 @@ int on_rseq_update(struct tp_rseq_update *args)
 }
 
 #ifdef HAVE_SCHED_SWITCH
-int on_sched_switch(struct tp_sched_switch *args)
+/* Runs in the context of the task being switched out (prev), so its tid
+ * needs no struct access. The kernel flags an rseq "preempt" event on every
+ * switch-out: every switch-out is a pending cause, and the involuntary ones
+ * (still runnable) are counted as preemptions. */
+static __always_inline void switched_out(int runnable)
 {
-    /* Runs in the context of the task being switched out (prev). */
     u32 tid = (u32)bpf_get_current_pid_tgid();
     struct rseqtop_thread *t = threads.lookup(&tid);
     if (!t)
-        return 1;
-    /* The kernel flags an rseq "preempt" event on every switch-out; rseqtop
-     * counts the involuntary ones (still runnable: "R" or "R+") as
-     * preemptions, and every switch-out as a pending cause. */
+        return;
     t->fresh[0] = 1;
-    if ((args->prev_state & TASK_REPORT_MASK) == 0) {
+    if (runnable) {
         t->c.preempts++;
         count(RSEQTOP_CNT_PREEMPTS);
     }
+}
+
+#ifdef RAW_SCHED_SWITCH
+/* Raw tracepoint (5.18+ prototype: preempt, prev, next, prev_state): no
+ * trace record is built, which matters at the context-switch rate. */
+int on_sched_switch(struct bpf_raw_tracepoint_args *ctx)
+{
+    switched_out(ctx->args[0] || (u32)ctx->args[3] == 0);
+    return 0;
+}
+#else
+int on_sched_switch(struct tp_sched_switch *args)
+{
+    /* "R" or "R+": no state bit below TASK_REPORT_MAX */
+    switched_out((args->prev_state & TASK_REPORT_MASK) == 0);
     return 1;
 }
+#endif
 #endif
 
 #ifdef HAVE_SCHED_MIGRATE_TASK

@@ -55,6 +55,7 @@ class Plan:
     missing: tuple[str, ...]  # human lines: "csd:csd_function_entry (membarrier cause unavailable)"
     defines: dict = field(default_factory=dict)
     structs: str = ""
+    raw: tuple[str, ...] = ()  # events attached as raw tracepoints
 
     def has(self, event: str) -> bool:
         return any(e == event for _, e in self.attach)
@@ -107,8 +108,13 @@ def task_report_mask(switch_fmt: Optional[Format]) -> int:
     return 0xFF
 
 
+# Raw tracepoints whose argument layout rseqtop relies on, and the first
+# kernel with that layout (sched_switch gained prev_state as args[3] in 5.18).
+RAW_SINCE = {"sched_switch": (5, 18)}
+
+
 def plan(formats: Callable[[str, str], Optional[Format]], ipi_rseq_addr: Optional[int],
-         sizes: Optional[dict] = None) -> Plan:
+         sizes: Optional[dict] = None, kernel_version: tuple = (0, 0)) -> Plan:
     attach, missing, structs = [], [], []
     defines = dict(DEFAULT_SIZES)
     defines.update(sizes or {})
@@ -149,7 +155,10 @@ def plan(formats: Callable[[str, str], Optional[Format]], ipi_rseq_addr: Optiona
         defines["IPI_RSEQ_ADDR"] = f"0x{ipi_rseq_addr:x}ULL"
     sw = found.get("sched_switch")
     defines["TASK_REPORT_MASK"] = f"0x{task_report_mask(sw[1] if sw else None):x}"
-    return Plan(tuple(attach), tuple(missing), defines, "\n\n".join(structs))
+    raw = tuple(e for e, since in RAW_SINCE.items() if e in found and kernel_version >= since)
+    for e in raw:
+        defines[f"RAW_{e.upper()}"] = 1
+    return Plan(tuple(attach), tuple(missing), defines, "\n\n".join(structs), raw)
 
 
 def source(p: Plan, bpf_dir: Optional[Path] = None) -> str:

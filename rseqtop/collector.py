@@ -102,7 +102,8 @@ class Collector:
         """The BPF program for this kernel (what --ebpf prints)."""
         root = self._tracefs_root or tracefs.ensure_root()
         fs = tracefs.TraceFS(root)
-        self.plan = bpfgen.plan(fs.format, kernel.kallsyms_address("ipi_rseq"), self._sizes)
+        self.plan = bpfgen.plan(fs.format, kernel.kallsyms_address("ipi_rseq"), self._sizes,
+                                kernel.kernel_version())
         upd = fs.format("rseq", "rseq_update")
         self.era = kernel.rseq_era(kernel.kernel_version(),
                                    tuple(f.name for f in upd.fields) if upd else ())
@@ -121,7 +122,10 @@ class Collector:
                             f"see 'rseqtop doctor'") from None
         try:
             for system, event in self.plan.attach:
-                self.bpf.attach_tracepoint(tp=f"{system}:{event}", fn_name=f"on_{event}")
+                if event in self.plan.raw:
+                    self.bpf.attach_raw_tracepoint(tp=event, fn_name=f"on_{event}")
+                else:
+                    self.bpf.attach_tracepoint(tp=f"{system}:{event}", fn_name=f"on_{event}")
         except Exception as err:
             self.close()
             raise UserError(f"attaching to tracepoints failed ({_first_line(err)}); see 'rseqtop doctor'") from None

@@ -10,8 +10,12 @@ from rseqtop.errors import UserError
 DATA = Path(__file__).parent / "data"
 
 
+VERSIONS = {"tracefs-6.18": (6, 18), "tracefs-5.15": (5, 15)}
+
+
 def plan_for(name, ipi=0xFFFFFFFF81000000, **kw):
     fs = tracefs.TraceFS(DATA / name)
+    kw.setdefault("kernel_version", VERSIONS[name])
     return bpfgen.plan(fs.format, ipi, **kw)
 
 
@@ -66,16 +70,24 @@ def test_sizes_come_in_as_defines():
     assert "#define RSEQTOP_MAX_THREADS 16" in bpfgen.source(p)
 
 
+def test_sched_switch_is_raw_from_5_18():
+    assert plan_for("tracefs-6.18").raw == ("sched_switch",)
+    assert plan_for("tracefs-5.15").raw == ()
+    assert "RAW_SCHED_SWITCH" not in plan_for("tracefs-5.15").defines
+
+
 @pytest.mark.parametrize("name", ["tracefs-6.18", "tracefs-5.15"])
-def test_generated_programs_compile(bpf_ok, name):
+def test_generated_programs_compile_and_load(bpf_ok, name):
     from rseqtop.bccimport import import_bcc, prepare_headers
 
     prepare_headers()
     bcc = import_bcc()
-    b = bcc.BPF(text=bpfgen.source(plan_for(name)).encode())
+    p = plan_for(name)
+    b = bcc.BPF(text=bpfgen.source(p).encode())
     try:
-        for _, event in plan_for(name).attach:
-            b.load_func(f"on_{event}", bcc.BPF.TRACEPOINT)
+        for _, event in p.attach:
+            kind = bcc.BPF.RAW_TRACEPOINT if event in p.raw else bcc.BPF.TRACEPOINT
+            b.load_func(f"on_{event}", kind)
     finally:
         b.cleanup()
 

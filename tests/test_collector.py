@@ -92,7 +92,7 @@ def test_signal_only_run_is_attributed_to_signals(collector):
 
 
 def test_membarrier_only_run_is_attributed_to_membarrier(collector):
-    summary, snap = observe(collector, ["--threads", 1, "--cpus", NCPU - 1, "--membarrier-rate", 1000,
+    summary, snap = observe(collector, ["--threads", 1, "--cpus", NCPU - 1, "--membarrier-rate", 5000,
                                         "--in-cs-delay", 5000, "--op", "delay", "--duration", 1.5, "--inducer-cpus", 0])
     proc = assert_exact(summary, snap)
     s = shares(proc)

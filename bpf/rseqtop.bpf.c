@@ -392,11 +392,13 @@ int on_sched_process_exit(struct tp_sched_process_exit *args)
             p = procs.lookup(&tgid);
         }
     }
+    /* The name it dies with: threads rename themselves after creation. */
+    bpf_get_current_comm(&t->comm, sizeof(t->comm));
     if (p) {
         add_counts(&p->retired, &t->c);
         __sync_fetch_and_add(&p->exited_threads, 1);
         if (tid == tgid)
-            bpf_get_current_comm(&p->comm, sizeof(p->comm));
+            __builtin_memcpy(p->comm, t->comm, sizeof(p->comm));
     }
     dead_threads.update(&tid, t);
     threads.delete(&tid);

@@ -249,14 +249,15 @@ class Collector:
 
         threads = [self._thread(tid, v, True) for tid, v in live.items()] + \
                   [self._thread(tid, v, False) for tid, v in dead.items()]
-        processes = self._processes(procs, threads, pc_rows)
+        everyone = self._processes(procs, threads, pc_rows)
+        # System-wide totals, before the display filter.
+        totals = Counts(named["fixups"], named["updates"], named["preempts"], named["migrations"],
+                        named["signals"], named["membarrier_ipis"],
+                        pairs(_sum_causes(p.counts for p in everyone)))
+        processes = [p for p in everyone if self._shown(p)]
         keep = {p.pid for p in processes}
         threads = [t for t in threads if t.pid in keep]
         sites = self._sites(site_rows, offset_rows, keep)
-
-        totals = Counts(named["fixups"], named["updates"], named["preempts"], named["migrations"],
-                        named["signals"], named["membarrier_ipis"],
-                        pairs(_sum_causes(p.counts for p in processes)))
         run_ns, run_cnt = self._bpf_stats()
         ru = resource.getrusage(resource.RUSAGE_SELF)
         used = {"threads": len(live), "dead_threads": len(dead), "procs": len(procs), "sites": len(site_rows),
@@ -276,6 +277,8 @@ class Collector:
                            v.last_signal, alive)
 
     def _processes(self, procs: dict, threads: list, pc_rows: list) -> list:
+        """Every process with rseq activity, unfiltered: totals are exited
+        threads' (procs) plus live threads' counts."""
         by_pid: dict[int, list] = {}
         for t in threads:
             by_pid.setdefault(t.pid, []).append(t)
@@ -291,50 +294,40 @@ class Collector:
             for t in live:
                 counts = counts + t.counts
             counts = self._monotonic(pid, counts)
-            comm = self._process_comm(pid, ts, p)
-            if self._comm and not self._comm.search(comm):
-                continue
-            if self._pids and pid not in self._pids:
-                continue
-            reg = unreg = 0
-            reg_err: dict = {}
-            mb: dict[int, dict] = {}
-            for kind, cmd, code, n in pcs.get(pid, []):
-                if kind == K["RSEQTOP_PC_RSEQ_REG"] or kind == K["RSEQTOP_PC_RSEQ_UNREG"]:
-                    if code:
-                        reg_err[errno_name(code)] = reg_err.get(errno_name(code), 0) + n
-                    elif kind == K["RSEQTOP_PC_RSEQ_REG"]:
-                        reg += n
-                    else:
-                        unreg += n
-                else:
-                    m = mb.setdefault(cmd, {"calls": 0, "errors": {}, "lat": {}})
-                    if kind == K["RSEQTOP_PC_MB_CALL"]:
-                        m["calls"] += n
-                    elif kind == K["RSEQTOP_PC_MB_ERROR"]:
-                        m["errors"][errno_name(code)] = n
-                    elif kind == K["RSEQTOP_PC_MB_LATENCY"]:
-                        m["lat"][code] = n
-            membarrier = tuple(MembarrierStats(membarrier_cmd_name(cmd), m["calls"], pairs(m["errors"]), pairs(m["lat"]))
-                               for cmd, m in sorted(mb.items()))
-            out.append(ProcessStats(pid, comm, counts, len(live), int(p.exited_threads) if p else 0,
-                                    reg, unreg, pairs(reg_err), membarrier, alive=bool(live)))
+            reg, unreg, reg_err, membarrier = _process_calls(pcs.get(pid, []))
+            out.append(ProcessStats(pid, self._process_comm(pid, ts, p, bool(live)), counts, len(live),
+                                    int(p.exited_threads) if p else 0, reg, unreg, reg_err, membarrier,
+                                    alive=bool(live)))
         return out
 
+    def _shown(self, p: ProcessStats) -> bool:
+        return (not self._pids or p.pid in self._pids) and (not self._comm or bool(self._comm.search(p.comm)))
+
     def _monotonic(self, pid: int, counts: Counts) -> Counts:
+        """A thread that exits between the reads of procs and threads is in
+        neither for one poll; show the previous totals instead of a dip."""
         prev = self._last_totals.get(pid)
-        if prev is not None and counts.aborts < prev.aborts or prev is not None and counts.updates < prev.updates:
+        if prev is not None and _dipped(prev, counts):
             return prev
         self._last_totals[pid] = counts
         return counts
 
     @staticmethod
-    def _process_comm(pid: int, threads: list, proc) -> str:
+    def _process_comm(pid: int, threads: list, proc, alive: bool) -> str:
+        """A process's name is its main thread's comm: read live from /proc
+        (threads rename themselves after the kernel first saw them), else
+        the name its main thread died with."""
+        if alive:
+            try:
+                with open(f"/proc/{pid}/comm", "rb") as f:
+                    return f.read().rstrip(b"\n").decode("utf-8", errors="backslashreplace")
+            except OSError:
+                pass
+        if proc is not None and proc.comm[0]:
+            return _comm(proc.comm)
         for t in threads:
             if t.tid == pid:
                 return t.comm
-        if proc is not None and proc.comm[0]:
-            return _comm(proc.comm)
         return threads[0].comm if threads else ""
 
     def _sites(self, site_rows: list, offset_rows: list, keep: set) -> list:
@@ -364,6 +357,41 @@ class Collector:
             run_ns += int(m1.group(1)) if m1 else 0
             run_cnt += int(m2.group(1)) if m2 else 0
         return run_ns, run_cnt
+
+
+def _dipped(prev: Counts, cur: Counts) -> bool:
+    fields = ("aborts", "updates", "preempts", "migrations", "signals", "membarrier_ipis")
+    if any(getattr(cur, f) < getattr(prev, f) for f in fields):
+        return True
+    now = dict(cur.causes)
+    return any(now.get(k, 0) < v for k, v in prev.causes)
+
+
+def _process_calls(rows: list) -> tuple:
+    """(registrations, unregistrations, registration errors, membarrier stats)
+    from a process's keyed counters."""
+    reg = unreg = 0
+    reg_err: dict = {}
+    mb: dict[int, dict] = {}
+    for kind, cmd, code, n in rows:
+        if kind in (K["RSEQTOP_PC_RSEQ_REG"], K["RSEQTOP_PC_RSEQ_UNREG"]):
+            if code:
+                reg_err[errno_name(code)] = reg_err.get(errno_name(code), 0) + n
+            elif kind == K["RSEQTOP_PC_RSEQ_REG"]:
+                reg += n
+            else:
+                unreg += n
+            continue
+        m = mb.setdefault(cmd, {"calls": 0, "errors": {}, "lat": {}})
+        if kind == K["RSEQTOP_PC_MB_CALL"]:
+            m["calls"] += n
+        elif kind == K["RSEQTOP_PC_MB_ERROR"]:
+            m["errors"][errno_name(code)] = n
+        elif kind == K["RSEQTOP_PC_MB_LATENCY"]:
+            m["lat"][code] = n
+    membarrier = tuple(MembarrierStats(membarrier_cmd_name(cmd), m["calls"], pairs(m["errors"]), pairs(m["lat"]))
+                       for cmd, m in sorted(mb.items()))
+    return reg, unreg, pairs(reg_err), membarrier
 
 
 def _sum_causes(counts_iter) -> dict:

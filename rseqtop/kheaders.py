@@ -106,7 +106,9 @@ def locate(release: Optional[str] = None, build_generic: bool = True) -> HeaderS
     """Decide which headers bcc will use; builds the merged tree if needed."""
     release = release or platform.release()
     env = os.environ.get("BCC_KERNEL_SOURCE")
-    if env:
+    # A merged tree of our own (exported by a parent rseqtop) is not a user
+    # choice: describe it as what it is.
+    if env and not Path(env).resolve().is_relative_to((paths.cache_dir() / "kheaders").resolve()):
         return HeaderSource("env", Path(env), f"BCC_KERNEL_SOURCE={env}")
     exact = Path("/lib/modules") / release / "build"
     if (exact / "include").is_dir() or (exact / "Makefile").is_file():

@@ -1,0 +1,110 @@
+"""Batch output of `rseqtop -b` (plain text tables, like `top -b`) and
+`rseqtop --json` (one JSON object per interval). Both read only snapshots
+(through rseqtop.tui.rows) and show every comm and symbol through
+textsafe.printable (text) or JSON string escapes with ensure_ascii (JSON: the
+exact name, every control and non-ASCII character as \\uXXXX), so a hostile
+process name cannot reach the terminal raw.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from rseqtop.tui.columns import PROCESS_COLUMNS, THREAD_COLUMNS, rate, ratio, sort_rows
+from rseqtop.tui.rows import LiveModel
+
+SCHEMA_VERSION = 1
+BATCH_PROCESS_COLUMNS = tuple(c for c in PROCESS_COLUMNS if c.key != "trend")
+
+
+def table(rows: list, columns) -> list:
+    """Plain text lines: a header and one line per row, columns aligned."""
+    cells = [[c.title for c in columns]] + [[c.fmt(r) for c in columns] for r in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    out = []
+    for line in cells:
+        parts = [(v.rjust(w) if c.right else v.ljust(w)) for v, w, c in zip(line, widths, columns)]
+        out.append("  ".join(parts).rstrip())
+    return out
+
+
+def summary_line(model: LiveModel) -> str:
+    snap = model.cur
+    sysr = model.system()
+    stamp = time.strftime("%H:%M:%S", time.localtime(snap.wall))
+    cpu = model.self_cpu_percent()
+    st = snap.self_stats
+    return (f"rseqtop {stamp}  aborts/s {rate(sysr.aborts)}  preempt/s {rate(sysr.preempts)}  "
+            f"migr/s {rate(sysr.migrations)}  sig/s {rate(sysr.signals)}  membarrier/s {rate(sysr.membarrier_ipis)}  "
+            f"aborts/100 preempt {ratio(sysr.abort_ratio)}  era {snap.era}  "
+            f"probes {len(st.probes_attached)}  lost {st.events_lost}  "
+            f"cpu {'-' if cpu is None else f'{cpu:.1f}%'}")
+
+
+def batch_text(model: LiveModel, threads: bool = False, sort: str = "aborts_s",
+               include_idle: bool = False) -> str:
+    """One interval of `rseqtop -b`: a summary line, then the table."""
+    lines = [summary_line(model)]
+    if threads:
+        rows = sort_rows(model.thread_rows(include_idle=include_idle), THREAD_COLUMNS,
+                         sort if sort in {c.key for c in THREAD_COLUMNS} else "aborts_s")
+        lines += table(rows, THREAD_COLUMNS)
+    else:
+        rows = sort_rows(model.process_rows(include_idle=include_idle), BATCH_PROCESS_COLUMNS, sort)
+        lines += table(rows, BATCH_PROCESS_COLUMNS)
+    if not rows:
+        lines.append("(no rseq aborts yet; 'rseqtop demo' or 'rseqtop workload --threads 8 --in-cs-delay 200' "
+                     "makes some)")
+    return "\n".join(lines) + "\n"
+
+
+def _rates(r) -> dict:
+    return {"aborts": r.aborts, "preempts": r.preempts, "migrations": r.migrations, "signals": r.signals,
+            "membarrier_ipis": r.membarrier_ipis, "updates": r.updates, "aborts_per_100_preempts": r.abort_ratio}
+
+
+def _counts(c) -> dict:
+    return {"aborts": c.aborts, "preempts": c.preempts, "migrations": c.migrations, "signals": c.signals,
+            "membarrier_ipis": c.membarrier_ipis, "updates": c.updates,
+            "causes": dict(c.causes)}
+
+
+def json_record(model: LiveModel, include_idle: bool = False) -> dict:
+    """One interval of `rseqtop --json` (schema in docs/live-view.md)."""
+    snap = model.cur
+    st = snap.self_stats
+    threads_by_pid: dict = {}
+    for t in model.thread_rows(include_idle=True):
+        threads_by_pid.setdefault(t.pid, []).append(t)
+    processes = []
+    for p in sort_rows(model.process_rows(include_idle=include_idle), PROCESS_COLUMNS, "pid"):
+        processes.append({
+            "pid": p.pid, "comm": p.comm, "alive": p.alive, "threads_live": p.threads,
+            "totals": _counts(p.counts), "rates": _rates(p.rates), "top_cause": p.top_cause,
+            "top_section": p.top_site,
+            "threads": [{"tid": t.tid, "comm": t.comm, "cpu": t.cpu, "mm_cid": t.mm_cid,
+                         "alive": t.alive, "totals": _counts(t.counts), "rates": _rates(t.rates)}
+                        for t in threads_by_pid.get(p.pid, ()) if include_idle or t.counts.aborts],
+            "sections": [{"symbol": s.symbol, "start_ip": s.start_ip, "aborts": s.aborts,
+                          "aborts_per_s": s.aborts_per_s, "share_percent": s.share,
+                          "causes": dict(s.causes),
+                          "interrupted_offsets": {str(off): n for off, n in s.offsets}}
+                         for s in model.site_rows(p.pid)],
+        })
+    cpu = model.self_cpu_percent()
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "time": snap.wall,
+        "interval_s": model.interval,
+        "era": snap.era,
+        "system": {"totals": _counts(snap.totals), "rates": _rates(model.system())},
+        "self": {"probes_attached": list(st.probes_attached), "probes_missing": list(st.probes_missing),
+                 "events_lost": st.events_lost, "cpu_percent": cpu, "bpf_cpu_percent": model.bpf_cpu_percent(),
+                 "maps_dropped": st.dropped()},
+        "processes": processes,
+    }
+
+
+def json_line(model: LiveModel, include_idle: bool = False) -> str:
+    return json.dumps(json_record(model, include_idle), separators=(",", ":"), ensure_ascii=True) + "\n"

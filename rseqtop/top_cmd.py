@@ -1,0 +1,214 @@
+"""`rseqtop [top]`: the live view (TUI), or `-b` plain tables / `--json` lines."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import sys
+import time
+from typing import Optional
+
+from rseqtop.errors import UserError
+
+EPILOG = """examples:
+  rseqtop                      # live view of every process with rseq aborts
+  rseqtop demo                 # run the bundled workload and watch it
+  rseqtop -p 1234,5678         # only these processes
+  rseqtop --comm '^envoy'      # only processes whose name matches
+  rseqtop -d 2                 # refresh every 2 seconds
+  rseqtop -b -n 5              # five plain text tables, one per second (like top -b)
+  rseqtop -b 5 3               # three tables, 5 seconds apart
+  rseqtop --json -n 10 | jq .  # one JSON object per interval (docs/live-view.md)
+  rseqtop -b -H                # threads instead of processes
+
+keys in the live view: ? lists them all (q quits)."""
+
+
+class Terminated(Exception):
+    """SIGTERM arrived: detach and exit."""
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"the delay must be a positive number of seconds, not {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"the count must be at least 1, not {text}")
+    return value
+
+
+def pid_list(text: str) -> list:
+    pids = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.isdigit() or int(part) <= 0:
+            raise argparse.ArgumentTypeError(f"'{part}' is not a process id (give -p PID[,PID...])")
+        pids.append(int(part))
+    return pids
+
+
+def add_filter_args(parser) -> None:
+    parser.add_argument("-p", "--pid", dest="pids", type=pid_list, action="append", metavar="PID[,PID...]",
+                        help="only these processes (repeatable)")
+    parser.add_argument("--comm", metavar="REGEX", help="only processes whose name matches this regular expression")
+    parser.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)
+
+
+def configure(parser) -> None:
+    add_filter_args(parser)
+    parser.add_argument("-d", "--delay", type=positive_float, metavar="SECONDS",
+                        help="seconds between refreshes (default 1)")
+    parser.add_argument("-b", "--batch", action="store_true", help="print plain text tables, like top -b")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per interval")
+    parser.add_argument("-n", "--count", type=positive_int, metavar="COUNT",
+                        help="stop after COUNT intervals (batch and JSON)")
+    parser.add_argument("-H", "--threads", action="store_true", help="threads instead of processes")
+    parser.add_argument("-a", "--all", action="store_true",
+                        help="also show processes (threads) with rseq but without aborts")
+    parser.add_argument("-s", "--sort", default="aborts_s", metavar="COLUMN",
+                        help="batch sort column: aborts_s (default), aborts, pid, comm, preempt_s, ratio, ...")
+    parser.add_argument("interval", nargs="?", type=positive_float, help="same as -d")
+    parser.add_argument("icount", nargs="?", type=positive_int, metavar="count", help="same as -n")
+
+
+def flat_pids(args) -> list:
+    return sorted({p for group in (args.pids or ()) for p in group})
+
+
+def check_filters(args) -> None:
+    for pid in flat_pids(args):
+        if not os.path.exists(f"/proc/{pid}"):
+            raise UserError(f"no process with pid {pid} (check it with 'ps -p {pid}')", exit_code=2)
+    if args.comm:
+        try:
+            re.compile(args.comm)
+        except re.error as err:
+            raise UserError(f"bad --comm regular expression {args.comm!r}: {err}", exit_code=2) from None
+
+
+def watching(args) -> str:
+    parts = []
+    pids = flat_pids(args)
+    if pids:
+        parts.append("pid " + ",".join(map(str, pids)))
+    if args.comm:
+        parts.append(f"comm ~ /{args.comm}/")
+    return " and ".join(parts) or "all processes"
+
+
+def make_collector(args, emit_events: bool = False):
+    from rseqtop.collector import Collector
+
+    return Collector(pids=flat_pids(args) or None, comm=args.comm or None, emit_events=emit_events)
+
+
+def print_ebpf(args) -> int:
+    sys.stdout.write(make_collector(args).generate())
+    return 0
+
+
+def install_sigterm() -> None:
+    def on_term(signum, frame):
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
+def run(args) -> int:
+    delay = args.interval or args.delay or 1.0
+    count = args.icount or args.count
+    if args.ebpf:
+        return print_ebpf(args)
+    check_filters(args)
+    if args.batch or args.json:
+        from rseqtop.tui.columns import PROCESS_COLUMNS, THREAD_COLUMNS
+
+        keys = {c.key for c in (THREAD_COLUMNS if args.threads else PROCESS_COLUMNS)}
+        if args.sort not in keys:
+            raise UserError(f"unknown sort column '{args.sort}' (choose from {', '.join(sorted(keys))})", 2)
+        return run_batch(make_collector(args), args, delay, count)
+    if count:
+        raise UserError("-n/count only applies to -b or --json", exit_code=2)
+    if not sys.stdout.isatty():
+        raise UserError("the live view needs a terminal; use -b (text) or --json", exit_code=2)
+    return run_tui(make_collector(args), delay, watching(args), args)
+
+
+def run_batch(source, args, delay: float, count: Optional[int], out=None) -> int:
+    """Print an interval's table (or JSON line) every `delay` seconds.
+
+    The first output comes right after attaching (totals so far, no rates
+    yet) and does not count towards COUNT."""
+    from rseqtop import textout
+    from rseqtop.tui.rows import LiveModel
+
+    out = out or sys.stdout
+    install_sigterm()
+    model = LiveModel()
+    try:
+        if hasattr(source, "attach"):
+            source.attach()
+        printed = -1
+        next_at = time.monotonic()
+        failures = 0
+        while count is None or printed < count:
+            try:
+                snap = source.poll()
+                failures = 0
+            except (KeyboardInterrupt, Terminated):
+                raise
+            except Exception as err:  # a transient map read error: report it, skip the interval
+                failures += 1
+                sys.stderr.write(f"rseqtop: reading the maps failed ({type(err).__name__}: {err})\n")
+                if failures >= 3:
+                    raise UserError("reading the BPF maps failed 3 times in a row; see 'rseqtop doctor'") from None
+                next_at += delay
+                time.sleep(max(0.0, next_at - time.monotonic()))
+                continue
+            model.update(snap)
+            if args.json:
+                out.write(textout.json_line(model, include_idle=args.all))
+            else:
+                text = textout.batch_text(model, threads=args.threads, sort=args.sort, include_idle=args.all)
+                out.write(text + "\n")
+            out.flush()
+            printed += 1
+            if count is not None and printed >= count:
+                break
+            next_at += delay
+            time.sleep(max(0.0, next_at - time.monotonic()))
+    except (KeyboardInterrupt, Terminated):
+        pass
+    finally:
+        source.close()
+    return 0
+
+
+def run_tui(source, delay: float, what: str, args=None, before_exit=None) -> int:
+    from rseqtop.tui.app import make_app
+
+    if hasattr(source, "attach"):
+        source.attach()
+    try:
+        app = make_app(source, delay=delay, watching=what)
+        if args is not None and getattr(args, "threads", False):
+            app.threads_mode = True
+        if args is not None and getattr(args, "all", False):
+            app.include_idle = True
+        app.run()
+    finally:
+        source.close()
+    return 0

@@ -1,0 +1,111 @@
+"""Column definitions of the process and thread tables: title, formatter and
+sort key per column. Pure (no Textual), shared by the TUI and batch output."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from rseqtop.textsafe import printable
+from rseqtop.tui.rows import cause_split, sparkline
+
+
+def rate(v: float) -> str:
+    if v >= 100:
+        return f"{v:.0f}"
+    if v >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}" if v else "0"
+
+
+def ratio(v: Optional[float]) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def num(v: int) -> str:
+    return str(v)
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    title: str
+    fmt: Callable  # row -> str
+    sort: Callable  # row -> comparable
+    right: bool = True
+    descending: bool = True  # the natural first direction: biggest first for numbers
+
+
+def _ratio_sort(row):
+    r = row.rates.abort_ratio
+    return -1.0 if r is None else r
+
+
+PROCESS_COLUMNS = (
+    Column("pid", "PID", lambda r: str(r.pid), lambda r: r.pid, descending=False),
+    Column("comm", "COMM", lambda r: printable(r.comm), lambda r: r.comm, right=False, descending=False),
+    Column("threads", "THR", lambda r: num(r.threads), lambda r: r.threads),
+    Column("aborts_s", "ABORTS/s", lambda r: rate(r.rates.aborts), lambda r: r.rates.aborts),
+    Column("aborts", "ABORTS", lambda r: num(r.counts.aborts), lambda r: r.counts.aborts),
+    Column("preempt_s", "PREEMPT/s", lambda r: rate(r.rates.preempts), lambda r: r.rates.preempts),
+    Column("migr_s", "MIGR/s", lambda r: rate(r.rates.migrations), lambda r: r.rates.migrations),
+    Column("sig_s", "SIG/s", lambda r: rate(r.rates.signals), lambda r: r.rates.signals),
+    Column("membarrier_s", "MEMBAR/s", lambda r: rate(r.rates.membarrier_ipis), lambda r: r.rates.membarrier_ipis),
+    Column("ratio", "AB/100PR", lambda r: ratio(r.rates.abort_ratio), _ratio_sort),
+    Column("cause", "TOP CAUSE", lambda r: r.top_cause, lambda r: r.top_cause, right=False, descending=False),
+    Column("site", "TOP SECTION", lambda r: printable(r.top_site), lambda r: r.top_site, right=False,
+           descending=False),
+    Column("trend", "ABORTS/s TREND", lambda r: sparkline(r.history), lambda r: sum(r.history[-5:]), right=False),
+)
+
+THREAD_COLUMNS = (
+    Column("tid", "TID", lambda r: str(r.tid), lambda r: r.tid, descending=False),
+    Column("pid", "PID", lambda r: str(r.pid), lambda r: r.pid, descending=False),
+    Column("comm", "COMM", lambda r: printable(r.comm), lambda r: r.comm, right=False, descending=False),
+    Column("cpu", "CPU", lambda r: "-" if r.cpu < 0 else str(r.cpu), lambda r: r.cpu, descending=False),
+    Column("mm_cid", "MM_CID", lambda r: "-" if r.mm_cid < 0 else str(r.mm_cid), lambda r: r.mm_cid,
+           descending=False),
+    Column("aborts_s", "ABORTS/s", lambda r: rate(r.rates.aborts), lambda r: r.rates.aborts),
+    Column("aborts", "ABORTS", lambda r: num(r.counts.aborts), lambda r: r.counts.aborts),
+    Column("preempt_s", "PREEMPT/s", lambda r: rate(r.rates.preempts), lambda r: r.rates.preempts),
+    Column("ratio", "AB/100PR", lambda r: ratio(r.rates.abort_ratio), _ratio_sort),
+    Column("causes", "CAUSES", lambda r: cause_split(r.counts.causes), lambda r: r.counts.top_cause(),
+           right=False, descending=False),
+)
+
+SITE_COLUMNS = (
+    Column("symbol", "CRITICAL SECTION", lambda r: printable(r.symbol), lambda r: r.symbol, right=False),
+    Column("aborts_s", "ABORTS/s", lambda r: rate(r.aborts_per_s), lambda r: r.aborts_per_s),
+    Column("aborts", "ABORTS", lambda r: num(r.aborts), lambda r: r.aborts),
+    Column("share", "SHARE", lambda r: "-" if r.share is None else f"{r.share:.0f}%", lambda r: r.share or 0),
+    Column("causes", "CAUSES", lambda r: cause_split(r.causes, r.aborts), lambda r: r.causes, right=False),
+    Column("where", "INTERRUPTED AT", lambda r: offsets_text(r), lambda r: r.top_offset() or 0, right=False),
+)
+
+
+def offsets_text(row, limit: int = 3) -> str:
+    """"+0xf 91% +0x14 9%" (offset from the section's start, share of aborts)."""
+    total = sum(n for _, n in row.offsets)
+    if not total:
+        return ""
+    parts = sorted(row.offsets, key=lambda kv: (-kv[1], kv[0]))
+    text = " ".join(f"+{off:#x} {100.0 * n / total:.0f}%" for off, n in parts[:limit])
+    return text + (f" +{len(parts) - limit} more" if len(parts) > limit else "")
+
+
+def column(columns, key: str) -> Column:
+    for c in columns:
+        if c.key == key:
+            return c
+    raise KeyError(key)
+
+
+def sort_rows(rows: list, columns, key: str, reverse: bool = False) -> list:
+    """Rows ordered by column `key` in its natural direction (reversed on
+    request); ties broken by the first column so the order is stable."""
+    col = column(columns, key)
+    first = columns[0].sort
+    ordered = sorted(rows, key=lambda r: (col.sort(r), first(r)) if not col.descending else (col.sort(r), -first(r)))
+    if col.descending != reverse:
+        ordered.reverse()
+    return ordered

@@ -1,0 +1,73 @@
+"""Drill-down on one process: its threads and its critical sections."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import Static
+
+from rseqtop.textsafe import printable
+from rseqtop.tui.columns import SITE_COLUMNS, THREAD_COLUMNS, rate, ratio, sort_rows
+from rseqtop.tui.keyed_table import KeyedTable
+from rseqtop.tui.rows import LiveModel, cause_split
+
+DETAIL_THREAD_COLUMNS = tuple(c for c in THREAD_COLUMNS if c.key != "pid")
+
+
+class ProcessScreen(Screen):
+    DEFAULT_CSS = """
+    ProcessScreen #proc-summary { height: auto; padding: 0 1; background: $boost; }
+    ProcessScreen .title { height: 1; padding: 0 1; text-style: bold; }
+    ProcessScreen KeyedTable { height: 1fr; }
+    ProcessScreen #proc-keys { height: 1; dock: bottom; background: $boost; }
+    """
+    BINDINGS = [Binding("escape", "back", "back")]
+
+    def __init__(self, pid: int) -> None:
+        super().__init__()
+        self.pid = pid
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="proc-summary")
+        yield Static(Text("Threads"), classes="title")
+        yield KeyedTable(id="threads")
+        yield Static(Text("Critical sections (binary!symbol+offset; INTERRUPTED AT: offset from the section's start)"),
+                     classes="title")
+        yield KeyedTable(id="sites")
+        yield Static(Text("Escape back  Tab switch table  p pause  ? help  q quit"), id="proc-keys")
+
+    def on_mount(self) -> None:
+        self.query_one("#threads", KeyedTable).set_columns(DETAIL_THREAD_COLUMNS)
+        self.query_one("#sites", KeyedTable).set_columns(SITE_COLUMNS)
+        self.show(self.app.shown)  # type: ignore[attr-defined]
+
+    def action_back(self) -> None:
+        self.app.pop_screen()
+
+    def show(self, model: LiveModel) -> None:
+        summary = self.query_one("#proc-summary", Static)
+        snap = model.cur
+        proc = snap.process(self.pid) if snap else None
+        if proc is None:
+            summary.update(Text(f"process {self.pid}: no rseq data (it may have exited before rseqtop saw it)"))
+        else:
+            r = next((row for row in model.process_rows(include_idle=True) if row.pid == self.pid), None)
+            text = Text()
+            text.append(f"PID {proc.pid}  ", style="bold")
+            text.append(printable(proc.comm), style="bold")
+            text.append("" if proc.alive else "  (exited)")
+            text.append(f"\nthreads with rseq {proc.threads_live} (+{proc.threads_exited} exited)  "
+                        f"registrations {proc.registrations}  membarrier calls {proc.membarrier_calls()}")
+            if r is not None:
+                text.append(f"\naborts/s {rate(r.rates.aborts)}  total {proc.counts.aborts}  "
+                            f"preempt/s {rate(r.rates.preempts)}  migr/s {rate(r.rates.migrations)}  "
+                            f"sig/s {rate(r.rates.signals)}  membarrier/s {rate(r.rates.membarrier_ipis)}  "
+                            f"aborts/100 preempt {ratio(r.rates.abort_ratio)}")
+            text.append(f"\ncauses: {cause_split(proc.counts.causes, limit=6) or '-'}")
+            summary.update(text)
+        threads = sort_rows(model.thread_rows(self.pid, include_idle=True), THREAD_COLUMNS, "aborts_s")
+        self.query_one("#threads", KeyedTable).sync(threads, DETAIL_THREAD_COLUMNS, lambda t: t.tid)
+        sites = model.site_rows(self.pid) if snap else []
+        self.query_one("#sites", KeyedTable).sync(sites, SITE_COLUMNS, lambda s: s.start_ip)

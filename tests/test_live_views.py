@@ -1,0 +1,196 @@
+"""The live views against the real collector and the bundled workload (root).
+
+Each test attaches rseqtop first, then runs the workload, and reads the last
+interval after the workload has exited: the totals rseqtop prints for the
+workload's pid must equal the workload's own count of kernel aborts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from rseqtop import workload
+from rseqtop.textsafe import printable
+
+pytestmark = [pytest.mark.bpf, pytest.mark.slow]
+
+HOSTILE = "[b]x\x1b[31m\x07"  # markup, an escape sequence and a bell: 10 bytes, fits in comm
+PINNED = ["--threads", "3", "--cpus", "0", "--in-cs-delay", "200", "--signal-rate", "100", "--duration", "1.2"]
+
+
+class Lines:
+    """A subprocess whose stdout lines arrive on a queue (read by a thread)."""
+
+    def __init__(self, argv):
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     encoding="utf-8", errors="strict")
+        self.q: queue.Queue = queue.Queue()
+        self.raw: list = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.raw.append(line)
+            self.q.put(line)
+        self.q.put(None)
+
+    def next(self, timeout=30.0):
+        line = self.q.get(timeout=timeout)
+        if line is None:
+            raise AssertionError(f"rseqtop exited: {self.proc.wait()} {self.proc.stderr.read()}")
+        return line
+
+    def wait_for(self, pred, timeout=30.0):
+        end = time.monotonic() + timeout
+        while True:
+            line = self.next(max(0.1, end - time.monotonic()))
+            if pred(line):
+                return line
+
+    def more(self, pred, n=2, timeout=30.0):
+        """Wait until n more lines matching pred arrive than have arrived so far
+        (lines already queued do not count: they may predate an event)."""
+        target = sum(1 for line in list(self.raw) if pred(line)) + n
+        end = time.monotonic() + timeout
+        while sum(1 for line in list(self.raw) if pred(line)) < target:
+            if self.proc.poll() is not None or time.monotonic() > end:
+                raise AssertionError(f"rseqtop stopped or stalled: {self.proc.poll()} {self.proc.stderr.read() if self.proc.poll() is not None else ''}")
+            time.sleep(0.05)
+
+    def stop(self, sig=signal.SIGTERM) -> int:
+        self.proc.send_signal(sig)
+        rc = self.proc.wait(timeout=20)
+        return rc
+
+
+def run_workload(args):
+    return workload.run(args, timeout=60)
+
+
+def test_batch_totals_equal_the_workload_count(bpf_ok, rseqtop_cmd):
+    top = Lines(rseqtop_cmd + ["-b", "-d", "0.3"])
+    try:
+        top.wait_for(lambda line: line.startswith("rseqtop "))  # attached
+        summary = run_workload(PINNED)
+        pid = summary["pid"]
+        # two more intervals after the exit: the last one holds the final totals
+        top.more(lambda line: line.startswith("rseqtop "))
+    finally:
+        rc = top.stop()
+    assert rc == 0
+    text = "".join(top.raw)
+    last = text.rsplit("\nrseqtop ", 1)[1]
+    rows = [line.split() for line in last.splitlines()[2:]]
+    row = next(r for r in rows if r and r[0] == str(pid))
+    header = text.splitlines()[1].split()
+    assert int(row[header.index("ABORTS")]) == summary["totals"]["aborts"] > 0
+
+
+def test_json_totals_and_hostile_names(bpf_ok, rseqtop_cmd):
+    top = Lines(rseqtop_cmd + ["--json", "-d", "0.3"])
+    try:
+        top.next()
+        summary = run_workload(PINNED + ["--name", HOSTILE])
+        top.more(lambda line: True)
+    finally:
+        assert top.stop() == 0
+    assert all(line.isascii() and "\x1b" not in line and "\x07" not in line for line in top.raw)
+    rec = json.loads(top.raw[-1])
+    assert rec["schema_version"] == 1
+    proc = next(p for p in rec["processes"] if p["pid"] == summary["pid"])
+    assert proc["totals"]["aborts"] == summary["totals"]["aborts"] > 0
+    workers = [t for t in proc["threads"] if t["tid"] != summary["pid"]]
+    assert workers and all(t["comm"] == HOSTILE for t in workers)
+    by_tid = {int(tid): t["aborts"] for tid, t in summary["threads"].items()} \
+        if isinstance(summary.get("threads"), dict) else {}
+    for t in proc["threads"]:
+        if t["tid"] in by_tid:
+            assert t["totals"]["aborts"] == by_tid[t["tid"]]
+
+
+def test_batch_threads_show_hostile_names_literally(bpf_ok, rseqtop_cmd):
+    top = Lines(rseqtop_cmd + ["-b", "-H", "-d", "0.3"])
+    try:
+        top.next()
+        summary = run_workload(PINNED + ["--name", HOSTILE])
+        top.more(lambda line: line.startswith("rseqtop "))
+    finally:
+        assert top.stop() == 0
+    text = "".join(top.raw)
+    assert "\x1b" not in text and "\x07" not in text
+    assert re.search(rf"\b{summary['pid']}\s+{re.escape(printable(HOSTILE))}\s", text)
+
+
+def test_ebpf_prints_the_program(bpf_ok, rseqtop_cmd):
+    for argv in ([], ["trace"], ["demo"]):
+        res = subprocess.run(rseqtop_cmd + argv + ["--ebpf"], capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0 and "rseq_ip_fixup" in res.stdout
+
+
+# -- a real terminal ----------------------------------------------------------
+def tmux(*args) -> str:
+    return subprocess.run(["tmux", *args], capture_output=True, text=True, timeout=10).stdout
+
+
+@pytest.fixture
+def tmux_session(tmp_path):
+    if not shutil.which("tmux"):
+        pytest.skip("tmux is not installed")
+    name = f"rseqtop-test-{os.getpid()}"
+    yield name
+    subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+
+
+def wait_screen(session, pred, timeout=20.0) -> str:
+    end = time.monotonic() + timeout
+    screen = ""
+    while time.monotonic() < end:
+        screen = tmux("capture-pane", "-p", "-t", session)
+        if pred(screen):
+            return screen
+        time.sleep(0.2)
+    raise AssertionError(f"screen never matched:\n{screen}")
+
+
+def test_tui_in_tmux_shows_the_workload_and_quits_cleanly(bpf_ok, rseqtop_cmd, tmux_session, tmp_path):
+    wl = workload.start(["--threads", "4", "--in-cs-delay", "200", "--signal-rate", "100", "--duration", "30",
+                         "--name", HOSTILE], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = tmp_path / "after"
+    try:
+        cmd = " ".join(shlex.quote(a) for a in rseqtop_cmd + ["-d", "0.5"])
+        shell = f"cd {shlex.quote(str(Path.cwd()))}; {cmd}; echo EXIT=$?; stty -a > {marker}; sleep 60"
+        tmux("new-session", "-d", "-s", tmux_session, "-x", "200", "-y", "40", shell)
+        row = re.compile(rf"^\s*{wl.pid}\s+\S+\s+\d+\s+([\d.]+)\s+(\d+)", re.M)
+
+        def has_rate(screen):
+            m = row.search(screen)
+            return bool(m) and float(m.group(1)) > 0
+        wait_screen(tmux_session, has_rate)
+        tmux("send-keys", "-t", tmux_session, "H")
+        screen = wait_screen(tmux_session, lambda s: printable(HOSTILE) in s)
+        assert "\x1b" not in screen
+        tmux("send-keys", "-t", tmux_session, "q")
+        screen = wait_screen(tmux_session, lambda s: "EXIT=" in s)
+        assert "EXIT=0" in screen
+        assert tmux("display", "-p", "-t", tmux_session, "#{alternate_on}").strip() == "0"
+        deadline = time.monotonic() + 10
+        while not marker.exists() or not marker.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        modes = marker.read_text().split()
+        assert "icanon" in modes and "echo" in modes  # the terminal is back in cooked mode
+    finally:
+        wl.terminate()
+        wl.wait(timeout=10)

@@ -1,0 +1,332 @@
+"""Pilot and snapshot tests of the live view on SyntheticSource data.
+
+The app polls once at mount and once more right after (first_rate_after), so
+after two polls it shows rates; with delay=3600 nothing else happens unless a
+test calls app.poll_now(). SyntheticSource's clock is fake, so every number
+is exact and the screens are deterministic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+
+from rseqtop.synthetic import SyntheticSource
+from rseqtop.textsafe import printable
+from rseqtop.tui.app import make_app
+from rseqtop.tui.help_screen import HelpScreen
+from rseqtop.tui.keyed_table import Cell
+from rseqtop.tui.process_screen import ProcessScreen
+
+HOSTILE = "[bold red]x\x1b[31m"
+
+
+def sync(fn):
+    """Run an async test with asyncio.run (no pytest-asyncio needed)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return asyncio.run(fn(*args, **kwargs))
+    return wrapper
+SIZE = (180, 40)
+
+
+def new_app(processes=5, threads=3, comms=None, delay=3600.0):
+    return make_app(SyntheticSource(processes, threads, comms=comms), delay=delay, first_rate_after=0.01)
+
+
+async def wait_polls(pilot, app, n: int) -> None:
+    for _ in range(400):
+        if app.model.polls >= n and not app._polling:
+            await pilot.pause()
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"only {app.model.polls} polls")
+
+
+async def poll(pilot, app) -> None:
+    n = app.model.polls
+    app.poll_now()
+    await wait_polls(pilot, app, n + 1)
+
+
+def row_keys(table) -> list:
+    return [row.key.value for row in table.ordered_rows]
+
+
+def cell_text(table, row_key: str, col: str) -> str:
+    value = table.get_cell(row_key, col)
+    assert isinstance(value, Cell)  # plain text, never markup
+    return value.plain
+
+
+def selected(app) -> str:
+    return app.table.selected_key()
+
+
+# -- process view, sorting ---------------------------------------------------
+@sync
+async def test_process_view_sorted_by_abort_rate():
+    app = new_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_polls(pilot, app, 2)
+        table = app.table
+        assert row_keys(table) == ["1004", "1003", "1002", "1001", "1000"]
+        # pid 1004: (4 % 7 + 1) * (1 + 2 + 3) * 10 = 300 aborts/s over three threads
+        assert cell_text(table, "1004", "aborts_s") == "300"
+        assert cell_text(table, "1004", "aborts") == str(300 * 2)
+        assert cell_text(table, "1004", "threads") == "3"
+        assert cell_text(table, "1004", "preempt_s") == "600"
+        assert cell_text(table, "1004", "ratio") == "50.0"
+        assert cell_text(table, "1004", "cause") == "preempt"
+        assert cell_text(table, "1004", "site").endswith("!rseq_op_counter+0x0")
+        assert cell_text(table, "1004", "trend") == "█"
+
+
+@sync
+async def test_sort_keys_move_and_reverse():
+    app = new_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_polls(pilot, app, 2)
+        await pilot.press("less_than_sign", "less_than_sign", "less_than_sign")  # aborts_s -> threads -> comm -> pid
+        assert app.sort_key[False] == "pid"
+        assert row_keys(app.table) == ["1000", "1001", "1002", "1003", "1004"]
+        await pilot.press("r")
+        assert row_keys(app.table) == ["1004", "1003", "1002", "1001", "1000"]
+        await pilot.press("greater_than_sign")  # comm, ascending, ties by pid
+        assert app.sort_key[False] == "comm"
+        assert row_keys(app.table)[0] == "1001"  # envoy
+        assert "COMM▲" in app.table.columns["comm"].label.plain
+
+
+@sync
+async def test_header_click_sorts_by_that_column():
+    app = new_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_polls(pilot, app, 2)
+        app.sort_by("pid")
+        await pilot.pause()
+        assert row_keys(app.table) == ["1000", "1001", "1002", "1003", "1004"]
+        app.sort_by("pid")
+        await pilot.pause()
+        assert row_keys(app.table) == ["1004", "1003", "1002", "1001", "1000"]
+
+
+@sync
+async def test_every_column_sorts():
+    app = new_app(8, 2)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_polls(pilot, app, 2)
+        seen = set()
+        for _ in range(len(app.columns)):
+            await pilot.press("greater_than_sign")
+            seen.add(app.sort_key[False])
+            assert len(row_keys(app.table)) == 8
+        assert seen == {c.key for c in app.columns}
+
+
+# -- selection ----------------------------------------------------------------
+@sync
+async def test_selection_kept_across_refreshes_and_reorders():
+    app = new_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_polls(pilot, app, 2)
+        await pilot.press("down")
+        assert selected(app) == "1003"
+        before = cell_text(app.table, "1003", "aborts")
+        await poll(pilot, app)
+        assert selected(app) == "1003"
+        assert cell_text(app.table, "1003", "aborts") != before  # updated in place
+        await pilot.press("r")  # the row moves from index 1 to index 3
+        assert row_keys(app.table).index("1003") == 3
+        assert selected(app) == "1003"
+
+
+@sync
+async def test_rows_are_updated_in_place_not_rebuilt():
+    app = new_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_polls(pilot, app, 2)
+        calls = []
+        real = app.table.add_row
+        app.table.add_row = lambda *a, **k: calls.append(a) or real(*a, **k)
+        await poll(pilot, app)
+        assert calls == []
+
+
+# -- filter -------------------------------------------------------------------
+@sync
+async def test_filter_by_comm_then_pid_then_clear():
+    app = new_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_polls(pilot, app, 2)
+        await pilot.press("slash", *"envoy", "enter")
+        assert row_keys(app.table) == ["1001"]
+        await pilot.press("slash", "ctrl+u", *"1002", "enter")
+        assert row_keys(app.table) == ["1002"]
+        await pilot.press("escape")
+        assert len(row_keys(app.table)) == 5
+
+
+@sync
+async def test_filter_without_match_says_so():
+    app = new_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_polls(pilot, app, 2)
+        await pilot.press("slash", *"nomatch", "enter")
+        empty = app._empty
+        assert empty.display and "nomatch" in str(empty.render())
+
+
+# -- pause, delay, mode ---------------------------------------------------------
+@sync
+async def test_pause_freezes_display_but_counting_goes_on():
+    app = new_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_polls(pilot, app, 2)
+        await pilot.press("p")
+        frozen = cell_text(app.table, "1004", "aborts")
+        await poll(pilot, app)
+        await poll(pilot, app)
+        assert cell_text(app.table, "1004", "aborts") == frozen
+        assert app.model.cur.process(1004).counts.aborts == 300 * 4
+        assert "PAUSED" in str(app._summary.render())
+        await pilot.press("p")
+        assert cell_text(app.table, "1004", "aborts") == str(300 * 4)
+
+
+@sync
+async def test_plus_minus_change_the_delay():
+    app = new_app(delay=1.0)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("plus")
+        assert app.delay == 2.0
+        await pilot.press("plus")
+        assert app.delay == 3.0
+        await pilot.press("minus", "minus", "minus")
+        assert app.delay == 0.5
+
+
+@sync
+async def test_H_toggles_threads_and_back():
+    app = new_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_polls(pilot, app, 2)
+        await pilot.press("H")
+        assert app.threads_mode
+        assert "tid" in app.table.columns and len(row_keys(app.table)) == 15
+        # thread 2 of pid 1004 (tid 301004) has the highest rate: 5 * 3 * 10
+        assert row_keys(app.table)[0] == "301004"
+        assert cell_text(app.table, "301004", "aborts_s") == "150"
+        await pilot.press("H")
+        assert not app.threads_mode and "pid" in app.table.columns and len(row_keys(app.table)) == 5
+
+
+@sync
+async def test_help_lists_every_key_and_closes():
+    app = new_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        text = str(app.screen.query_one("#help-text").render())
+        for key in ("Enter", "Escape", "< / >", "/", "p", "H", "+ / -", "?", "q", "r"):
+            assert key in text
+        await pilot.press("x")
+        assert not isinstance(app.screen, HelpScreen)
+
+
+@sync
+async def test_q_quits():
+    app = new_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("q")
+        await pilot.pause()
+    assert app.return_code == 0 or app.return_code is None
+    assert not app.is_running
+
+
+# -- drill-down ----------------------------------------------------------------
+@sync
+async def test_enter_opens_process_and_escape_goes_back():
+    app = new_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_polls(pilot, app, 2)
+        await pilot.press("down", "enter")
+        screen = app.screen
+        assert isinstance(screen, ProcessScreen) and screen.pid == 1003
+        threads = screen.query_one("#threads")
+        assert row_keys(threads) == ["301003", "201003", "1003"]
+        assert cell_text(threads, "301003", "aborts_s") == "120"
+        sites = screen.query_one("#sites")
+        # pid 1003 runs the first four synthetic sections; the counter one holds half its aborts
+        assert len(row_keys(sites)) == 4
+        counter = str(0x401000)
+        assert cell_text(sites, counter, "share") == "50%"
+        assert cell_text(sites, counter, "where") == "+0x10 50% +0x18 50%"
+        await poll(pilot, app)  # the drill-down follows refreshes
+        assert cell_text(threads, "301003", "aborts") == str(120 * 3)
+        await pilot.press("escape")
+        assert not isinstance(app.screen, ProcessScreen)
+        assert selected(app) == "1003"
+
+
+@sync
+async def test_enter_on_a_thread_opens_its_process():
+    app = new_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_polls(pilot, app, 2)
+        await pilot.press("H", "enter")
+        assert isinstance(app.screen, ProcessScreen) and app.screen.pid == 1004
+
+
+# -- safety and empty state ------------------------------------------------------
+@sync
+async def test_hostile_comm_is_shown_literally():
+    app = new_app(comms=[HOSTILE])
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_polls(pilot, app, 2)
+        assert cell_text(app.table, "1000", "comm") == printable(HOSTILE) == "[bold red]x\\x1b[31m"
+        await pilot.press("enter")
+        assert cell_text(app.screen.query_one("#threads"), "1004", "comm") == printable(HOSTILE)
+        svg = app.export_screenshot()
+        assert "[bold&#160;red]x\\x1b[31m" in svg
+        assert "\x1b" not in svg
+
+
+@sync
+async def test_empty_state_says_what_is_watched_and_what_to_run():
+    app = make_app(SyntheticSource(0, 0), delay=3600.0, first_rate_after=0.01, watching="pid 4242")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_polls(pilot, app, 2)
+        empty = app._empty
+        assert empty.display and not app.table.display
+        text = str(empty.render())
+        assert "pid 4242" in text and "rseqtop demo" in text and "rseqtop workload" in text
+
+
+# -- snapshots ---------------------------------------------------------------------
+async def _two_polls(pilot):
+    await wait_polls(pilot, pilot.app, 2)
+
+
+def test_snapshot_process_view(snap_compare):
+    assert snap_compare(new_app(), terminal_size=(170, 16), run_before=_two_polls)
+
+
+def test_snapshot_drill_down(snap_compare):
+    async def before(pilot):
+        await _two_polls(pilot)
+        await pilot.press("down", "enter")
+        await pilot.pause()
+    assert snap_compare(new_app(), terminal_size=(120, 24), run_before=before)
+
+
+def test_snapshot_help(snap_compare):
+    async def before(pilot):
+        await _two_polls(pilot)
+        await pilot.press("question_mark")
+        await pilot.pause()
+    assert snap_compare(new_app(), terminal_size=(110, 30), run_before=before)
+
+
+def test_snapshot_hostile_names(snap_compare):
+    assert snap_compare(new_app(3, 2, comms=[HOSTILE, "ok\x07bell"]), terminal_size=(170, 12), run_before=_two_polls)

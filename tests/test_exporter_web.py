@@ -1,0 +1,315 @@
+"""The exporter's HTTP side with real clients on loopback: TLS, client
+certificates, basic auth (bcrypt via libcrypt), bad web configs, load,
+malformed and slow requests. The server runs in-process over SyntheticSource;
+`rseqtop export` itself is run as a subprocess for start-up errors."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import http.client
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from rseqtop.exporter import webconfig
+from rseqtop.exporter.metrics import RseqCollector
+from rseqtop.exporter.server import ExporterServer, parse_listen_address, serve_in_thread
+from rseqtop.synthetic import SyntheticSource
+
+
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pki")
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=rseqtop test CA", cwd=d)
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
+                      ("client", "subjectAltName=DNS:prometheus")):
+        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
+        (d / f"{name}.ext").write_text(ext + "\n")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext", cwd=d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def hashed():
+    return webconfig.bcrypt_hash("s3cret", cost=5)
+
+
+def start(web_yaml=None, tmp_path=None, **kw):
+    reg = CollectorRegistry()
+    reg.register(RseqCollector(SyntheticSource(processes=5), identity=None))
+    web = None
+    if web_yaml is not None:
+        path = tmp_path / "web.yml"
+        path.write_text(web_yaml)
+        web = webconfig.load(path)
+    srv = ExporterServer(("127.0.0.1", 0), reg, "/metrics", web, **kw)
+    srv.ready_event.set()
+    serve_in_thread(srv)
+    return srv
+
+
+@pytest.fixture
+def server():
+    srv = start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def get(url, context=None, headers=None, timeout=10):
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, context=context, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def basic(user, password):
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def assert_serving(url, context=None, headers=None):
+    status, body = get(url + "/metrics", context, headers)
+    assert status == 200 and b"rseqtop_aborts_total" in body
+
+
+# -- endpoints -----------------------------------------------------------------
+
+def test_landing_health_ready_and_404(server):
+    base = f"http://127.0.0.1:{server.port}"
+    status, body = get(base + "/")
+    assert status == 200 and b'href="/metrics"' in body
+    assert get(base + "/-/healthy")[0] == 200
+    assert get(base + "/-/ready")[0] == 200
+    server.ready_event.clear()
+    assert get(base + "/-/ready")[0] == 503
+    server.ready_event.set()
+    assert get(base + "/nope")[0] == 404
+    assert_serving(base)
+
+
+def test_openmetrics_and_gzip(server):
+    base = f"http://127.0.0.1:{server.port}"
+    req = urllib.request.Request(base + "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0",
+                                                             "Accept-Encoding": "gzip"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.headers["Content-Type"].startswith("application/openmetrics-text")
+        assert r.headers["Content-Encoding"] == "gzip"
+        import gzip
+        assert gzip.decompress(r.read()).rstrip().endswith(b"# EOF")
+
+
+def test_listen_address_parsing():
+    assert parse_listen_address(":9436") == ("", 9436)
+    assert parse_listen_address("127.0.0.1:80") == ("127.0.0.1", 80)
+    assert parse_listen_address("[::1]:9436") == ("::1", 9436)
+    for bad in ("9436", "host:port", ":70000"):
+        with pytest.raises(Exception):
+            parse_listen_address(bad)
+
+
+# -- basic auth and TLS --------------------------------------------------------
+
+def test_bcrypt_via_libcrypt(hashed):
+    assert hashed.startswith("$2b$05$") and webconfig.BCRYPT_RE.match(hashed)
+    assert webconfig.bcrypt_check("s3cret", hashed)
+    assert not webconfig.bcrypt_check("wrong", hashed)
+    # a hash made by htpasswd -nbBC 5 u s3cret ($2y$)
+    y = "$2y$05$" + hashed[7:]
+    assert webconfig.bcrypt_check("s3cret", y)
+
+
+def test_basic_auth(tmp_path, hashed):
+    srv = start(f"basic_auth_users:\n  alice: '{hashed}'\n", tmp_path)
+    base = f"http://127.0.0.1:{srv.port}"
+    try:
+        assert get(base + "/metrics")[0] == 401
+        assert get(base + "/metrics", headers=basic("alice", "wrong"))[0] == 401
+        assert get(base + "/metrics", headers=basic("bob", "s3cret"))[0] == 401
+        assert get(base + "/metrics", headers={"Authorization": "Basic !!notbase64"})[0] == 401
+        for _ in range(3):  # cached after the first success
+            assert_serving(base, headers=basic("alice", "s3cret"))
+        assert get(base + "/metrics", headers=basic("alice", "wrong"))[0] == 401
+        assert_serving(base, headers=basic("alice", "s3cret"))
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def tls_yaml(pki, auth="NoClientCert", users=""):
+    y = f"tls_server_config:\n  cert_file: {pki}/server.crt\n  key_file: {pki}/server.key\n"
+    if auth != "NoClientCert":
+        y += f"  client_auth_type: {auth}\n  client_ca_file: {pki}/ca.crt\n"
+    return y + users
+
+
+def client_ctx(pki, cert=True):
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    if cert:
+        ctx.load_cert_chain(str(pki / "client.crt"), str(pki / "client.key"))
+    return ctx
+
+
+def test_tls_with_basic_auth_and_plain_http_to_tls_port(tmp_path, pki, hashed):
+    srv = start(tls_yaml(pki, users=f"basic_auth_users:\n  alice: '{hashed}'\n"), tmp_path)
+    base = f"https://127.0.0.1:{srv.port}"
+    ctx = client_ctx(pki, cert=False)
+    try:
+        assert get(base + "/metrics", ctx, basic("alice", "wrong"))[0] == 401
+        assert_serving(base, ctx, basic("alice", "s3cret"))
+        # plain HTTP to the TLS port: a clean 400, as Go's net/http answers
+        status, body = get(f"http://127.0.0.1:{srv.port}/metrics")
+        assert status == 400 and b"HTTPS" in body
+        assert_serving(base, ctx, basic("alice", "s3cret"))
+        # an untrusted client (no CA) fails the handshake; the server goes on
+        with pytest.raises(urllib.error.URLError):
+            get(base + "/metrics", ssl.create_default_context())
+        assert_serving(base, ctx, basic("alice", "s3cret"))
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_client_certificates_required(tmp_path, pki):
+    srv = start(tls_yaml(pki, auth="RequireAndVerifyClientCert"), tmp_path)
+    base = f"https://127.0.0.1:{srv.port}"
+    try:
+        assert_serving(base, client_ctx(pki))
+        with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
+            status, _ = get(base + "/metrics", client_ctx(pki, cert=False))
+            # TLS 1.3: the refusal can arrive with the first read instead of the handshake
+            assert status != 200
+            raise ConnectionError("refused")
+        assert_serving(base, client_ctx(pki))
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+BAD_CONFIGS = {
+    "bad-yaml": "basic_auth_users: [unclosed\n",
+    "unknown-key": "tls_server_confg:\n  cert_file: x\n",
+    "not-bcrypt": "basic_auth_users:\n  alice: plaintext\n",
+    "md5-hash": "basic_auth_users:\n  alice: '$apr1$abc$0123456789abcdefghijkl'\n",
+    "missing-key": "tls_server_config:\n  cert_file: {pki}/server.crt\n",
+    "missing-file": "tls_server_config:\n  cert_file: /nonexistent.crt\n  key_file: /nonexistent.key\n",
+    "bad-auth-type": "tls_server_config:\n  cert_file: {pki}/server.crt\n  key_file: {pki}/server.key\n"
+                     "  client_auth_type: Sometimes\n",
+    "ca-without-auth": "tls_server_config:\n  cert_file: {pki}/server.crt\n  key_file: {pki}/server.key\n"
+                       "  client_ca_file: {pki}/ca.crt\n",
+    "key-mismatch": "tls_server_config:\n  cert_file: {pki}/server.crt\n  key_file: {pki}/client.key\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CONFIGS))
+def test_bad_web_config_exits_2_with_one_line(name, tmp_path, pki, rseqtop_cmd):
+    path = tmp_path / "web.yml"
+    path.write_text(BAD_CONFIGS[name].format(pki=pki))
+    res = subprocess.run(rseqtop_cmd + ["export", "--web.listen-address=127.0.0.1:0", f"--web.config.file={path}"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "web config" in lines[0] and "Traceback" not in res.stderr, res.stderr
+
+
+def test_bad_flags_exit_2(rseqtop_cmd):
+    for args in (["--web.listen-address=nonsense"], ["--series-ttl=soon"], ["--max-series=0"],
+                 ["--web.telemetry-path=metrics"]):
+        res = subprocess.run(rseqtop_cmd + ["export", *args], capture_output=True, text=True, timeout=60)
+        assert res.returncode == 2, (args, res.stderr)
+        assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+# -- load and bad input ----------------------------------------------------------
+
+def test_200_concurrent_scrapes(server):
+    url = f"http://127.0.0.1:{server.port}/metrics"
+
+    def one(_):
+        return get(url, timeout=60)[0]
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=200) as pool:
+        codes = list(pool.map(one, range(200)))
+    assert codes == [200] * 200
+
+
+def raw(port, data: bytes, read=True) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        if not read:
+            return b""
+        out = b""
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                out += chunk
+        except (socket.timeout, ConnectionResetError):
+            pass
+        return out
+
+
+def test_malformed_oversized_and_unknown_requests(server):
+    port = server.port
+    assert b"400" in raw(port, b"GARBAGE\r\n\r\n")
+    assert b"505" in raw(port, b"GET / HTTP/9.9\r\n\r\n")
+    assert b" 414" in raw(port, b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n")[:20]
+    many = b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(150)) + b"\r\n"
+    assert b" 431" in raw(port, many)[:20]
+    huge_header = raw(port, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"x" * 70000 + b"\r\n\r\n")[:20]
+    assert b" 431" in huge_header or b" 400" in huge_header
+    assert b" 405" in raw(port, b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc")[:20]
+    assert b" 404" in raw(port, b"GET /../../etc/passwd HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")[:20]
+    raw(port, b"\x00\xff\x16\x03binary junk\r\n\r\n")
+    raw(port, b"", read=False)
+    assert_serving(f"http://127.0.0.1:{port}")
+
+
+def test_slow_clients_do_not_block_others(tmp_path):
+    srv = start(conn_timeout=2.0)
+    port = srv.port
+    try:
+        slow = []
+        for _ in range(20):  # half a request line each, then silence
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"GET /met")
+            slow.append(s)
+        assert_serving(f"http://127.0.0.1:{port}")
+        # a slow client is cut off by the connection timeout (recv returns EOF)
+        slow[0].settimeout(30)
+        assert slow[0].recv(100) == b""
+        for s in slow:
+            s.close()
+        assert_serving(f"http://127.0.0.1:{port}")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_slow_tls_handshake_does_not_block(tmp_path, pki):
+    srv = start(tls_yaml(pki), tmp_path, conn_timeout=2.0)
+    try:
+        silent = socket.create_connection(("127.0.0.1", srv.port))  # connects, never says hello
+        assert_serving(f"https://127.0.0.1:{srv.port}", client_ctx(pki, cert=False))
+        silent.close()
+    finally:
+        srv.shutdown()
+        srv.server_close()

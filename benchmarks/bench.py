@@ -1,0 +1,365 @@
+"""Measure rseqtop's overhead, loss, start-up and front-end cost.
+
+Repetitions are interleaved (every mode once per round, in a rotating
+order) so that machine noise hits every mode alike; figures are medians with
+min..max. Prints a Markdown table and writes the same as JSON under
+benchmarks/results/ (not committed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from rseqtop import workload  # noqa: E402
+
+PY = sys.executable
+NCPU = os.cpu_count() or 1
+CONFIGS = {
+    "fast path": ["--threads", str(NCPU), "--op", "counter"],
+    "preemption-heavy": ["--threads", str(8 * NCPU), "--yield", "--op", "counter"],
+    "abort-heavy": ["--threads", str(NCPU), "--op", "delay", "--in-cs-delay", "2000", "--signal-rate", "2000"],
+}
+BPFTRACE_PROG = 'BEGIN { printf("ATTACHED\\n"); } tracepoint:rseq:rseq_ip_fixup { @[tid] = count(); }'
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_line(proc, pattern: str, timeout: float = 30.0) -> tuple[str, float]:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{proc.args[0]} exited before '{pattern}'")
+            continue
+        if re.search(pattern, line):
+            return line, time.monotonic() - t0
+    raise RuntimeError(f"timed out waiting for '{pattern}'")
+
+
+class Tracer:
+    """One observer running beside the workload."""
+
+    name = "none"
+
+    def start(self) -> None:
+        self.proc = None
+
+    def rss_mb(self) -> float:
+        if not getattr(self, "proc", None):
+            return 0.0
+        try:
+            p = psutil.Process(self.proc.pid)
+            return sum(x.memory_info().rss for x in [p, *p.children(recursive=True)]) / 2**20
+        except psutil.Error:
+            return 0.0
+
+    def stop(self) -> None:
+        if getattr(self, "proc", None) and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Perf(Tracer):
+    name = "perf stat"
+
+    def start(self):
+        self.proc = subprocess.Popen(["perf", "stat", "-e", "rseq:*", "-a", "--", "sleep", "100000"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.3)  # perf attaches in ~0.05 s
+
+
+def start_bpftrace():
+    """bpftrace with its output in a file: it prints its maps at exit and
+    must not block on a pipe nobody reads."""
+    import tempfile
+
+    out = tempfile.NamedTemporaryFile(prefix="rseqtop-bench-bt-", suffix=".out", delete=False)
+    proc = subprocess.Popen(["bpftrace", "-e", BPFTRACE_PROG], stdout=out, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while b"ATTACHED" not in Path(out.name).read_bytes():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError("bpftrace did not attach")
+        time.sleep(0.005)
+    return proc, out.name
+
+
+class Bpftrace(Tracer):
+    name = "bpftrace"
+
+    def start(self):
+        self.proc, self.out = start_bpftrace()
+
+    def stop(self):
+        super().stop()
+        os.unlink(self.out)
+
+
+class CollectorMode(Tracer):
+    name = "rseqtop collector"
+
+    def start(self):
+        self.proc = subprocess.Popen([PY, str(REPO / "benchmarks/collector_probe.py")], stdout=subprocess.PIPE,
+                                     text=True, cwd=REPO)
+        wait_line(self.proc, "FIRST")
+
+
+class Export(Tracer):
+    name = "rseqtop export (scraped 1/s)"
+
+    def start(self):
+        port = free_port()
+        self.proc = subprocess.Popen([PY, "-m", "rseqtop", "export", f"--web.listen-address=127.0.0.1:{port}"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if urllib.request.urlopen(base + "/-/ready", timeout=1).status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("rseqtop export did not become ready")
+            time.sleep(0.1)
+        self.stop_scrape = threading.Event()
+
+        def scrape():
+            while not self.stop_scrape.wait(1.0):
+                try:
+                    urllib.request.urlopen(base + "/metrics", timeout=5).read()
+                except OSError:
+                    pass
+
+        self.scraper = threading.Thread(target=scrape, daemon=True)
+        self.scraper.start()
+
+    def stop(self):
+        self.stop_scrape.set()
+        super().stop()
+
+
+class Tui(Tracer):
+    name = "rseqtop TUI (tmux)"
+
+    def start(self):
+        self.session = f"rseqtop-bench-{os.getpid()}"
+        subprocess.run(["tmux", "new-session", "-d", "-s", self.session, "-x", "200", "-y", "50",
+                        f"cd {REPO} && {PY} -m rseqtop -d 1"], check=True)
+        pid = subprocess.run(["tmux", "list-panes", "-t", self.session, "-F", "#{pane_pid}"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        self.proc = None
+        self.pane_pid = int(pid)
+        time.sleep(2)
+
+    def rss_mb(self):
+        try:
+            p = psutil.Process(self.pane_pid)
+            return sum(x.memory_info().rss for x in [p, *p.children(recursive=True)]) / 2**20
+        except psutil.Error:
+            return 0.0
+
+    def stop(self):
+        subprocess.run(["tmux", "send-keys", "-t", self.session, "q"], check=False)
+        for _ in range(20):
+            if not psutil.pid_exists(self.pane_pid):
+                break
+            time.sleep(0.05)
+        subprocess.run(["tmux", "kill-session", "-t", self.session], check=False, stderr=subprocess.DEVNULL)
+
+
+MODES = [Tracer, Perf, Bpftrace, CollectorMode, Export, Tui]
+
+
+def run_workload(args: list[str], seconds: float) -> dict:
+    return workload.run(args + ["--duration", str(seconds)], timeout=seconds + 60)
+
+
+def fmt(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
+    if not values:
+        return "n/a"
+    med = statistics.median(values) * scale
+    return f"{med:.{digits}f} ({min(values) * scale:.{digits}f}..{max(values) * scale:.{digits}f})"
+
+
+def overhead(reps: int, seconds: float, modes: list, configs: dict) -> dict:
+    results = {c: {m.name: [] for m in modes} for c in configs}
+    rss = {m.name: [] for m in modes}
+    for rep in range(reps):
+        order = modes[rep % len(modes):] + modes[: rep % len(modes)]
+        for cname, args in configs.items():
+            for mode in order:
+                tracer = mode()
+                tracer.start()
+                try:
+                    summary = run_workload(args, seconds)
+                    rss[mode.name].append(tracer.rss_mb())
+                finally:
+                    tracer.stop()
+                results[cname][mode.name].append(summary["ops_per_second"])
+                print(f"  round {rep + 1} {cname:17s} {mode.name:28s} {summary['ops_per_second']:.3e} ops/s",
+                      file=sys.stderr)
+    return {"throughput": results, "rss_mb": rss}
+
+
+def loss(seconds: float, quick: bool) -> dict:
+    """Counted vs self-reported aborts at a high abort rate, and the trace
+    stream's delivered vs lost events for shrinking ring buffers."""
+    from rseqtop.collector import Collector
+
+    args = ["--threads", str(2 * NCPU), "--op", "delay", "--in-cs-delay", "300", "--signal-rate", "20000",
+            "--membarrier-rate", "2000", "--duration", str(seconds)]
+    out = []
+    for pages in ([64, 1] if quick else [64, 16, 4, 1]):
+        delivered = [0]
+        with Collector(sizes={"RSEQTOP_RINGBUF_PAGES": pages}) as c:
+            c.open_events(lambda e: delivered.__setitem__(0, delivered[0] + 1))
+            proc = workload.start(args)
+            while proc.poll() is None:
+                c.poll_events(50)
+            for _ in range(20):
+                c.poll_events(10)
+            summary = workload.parse_summary(proc.communicate()[0])
+            snap = c.poll()
+            counted = snap.process(summary["pid"]).counts.aborts
+            out.append({"ringbuf_pages": pages, "abort_rate_per_s": summary["totals"]["aborts"] / summary["duration_s"],
+                        "self_reported": summary["totals"]["aborts"], "counted": counted,
+                        "events_sent": snap.self_stats.events_sent, "events_delivered": delivered[0],
+                        "events_lost": snap.self_stats.events_lost})
+        print(f"  loss: {out[-1]}", file=sys.stderr)
+    return {"runs": out}
+
+
+def startup(reps: int) -> dict:
+    res = {"rseqtop attached": [], "rseqtop first snapshot": [], "bpftrace attached": []}
+    for _ in range(reps):
+        t0 = time.monotonic()
+        p = subprocess.Popen([PY, str(REPO / "benchmarks/collector_probe.py")], stdout=subprocess.PIPE, text=True,
+                             cwd=REPO)
+        wait_line(p, "ATTACHED")
+        res["rseqtop attached"].append(time.monotonic() - t0)
+        wait_line(p, "FIRST")
+        res["rseqtop first snapshot"].append(time.monotonic() - t0)
+        p.send_signal(signal.SIGINT)
+        p.wait(10)
+        t0 = time.monotonic()
+        bt = Bpftrace()
+        bt.start()
+        res["bpftrace attached"].append(time.monotonic() - t0)
+        bt.stop()
+    return res
+
+
+def front_ends(quick: bool) -> dict:
+    """The front ends' own benchmarks (synthetic data, no BPF): their
+    figure lines, as they print them."""
+    out = {}
+    for name, script, args in (
+            ("TUI CPU, 2,000 threads in 200 processes, 1 s refresh", "tui_cpu.py",
+             ["--seconds", "3" if quick else "30"]),
+            ("exporter scrape latency, ~10,000 series", "scrape_latency.py",
+             ["--scrapes", "10" if quick else "200", "--soak", "2" if quick else "60"])):
+        r = subprocess.run([PY, str(REPO / "benchmarks" / script), *args], capture_output=True, text=True,
+                           cwd=REPO, timeout=1800)
+        lines = [l.strip() for l in r.stdout.splitlines() if re.search(r"cpu |p99|RSS|poll alone", l)]
+        out[name] = lines or [(r.stderr.strip().splitlines() or ["no output"])[-1]]
+    return out
+
+
+def markdown(doc: dict) -> str:
+    lines = [f"Measured on {doc['machine']}, {doc['date']}, {doc['reps']} interleaved rounds of "
+             f"{doc['seconds']} s per run; medians (min..max).", "",
+             "**Overhead**: workload throughput relative to the untraced run", "",
+             "| mode | " + " | ".join(CONFIGS) + " |", "|---|" + "---|" * len(CONFIGS)]
+    tp = doc["overhead"]["throughput"]
+    for mode in tp[next(iter(CONFIGS))]:
+        cells = []
+        for cname in CONFIGS:
+            base = statistics.median(tp[cname]["none"])
+            cells.append(fmt([v / base for v in tp[cname][mode]]))
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    lines += ["", "| untraced ops/s | " + " | ".join(f"{statistics.median(tp[c]['none']):.3e}" for c in CONFIGS) + " |",
+              "", "**RSS after the run** (MB): " + ", ".join(
+                  f"{m} {fmt(v, digits=0)}" for m, v in doc["overhead"]["rss_mb"].items() if m != "none"), ""]
+    lines += ["**Loss** at the highest abort rate", "",
+              "| ring buffer pages | aborts/s | self-reported | counted | events sent | delivered | lost |",
+              "|---|---|---|---|---|---|---|"]
+    for r in doc["loss"]["runs"]:
+        lines.append(f"| {r['ringbuf_pages']} | {r['abort_rate_per_s']:.0f} | {r['self_reported']} | {r['counted']} | "
+                     f"{r['events_sent']} | {r['events_delivered']} | {r['events_lost']} |")
+    lines += ["", "**Start-up** (s from launch)", "", "| | median (min..max) |", "|---|---|"]
+    for k, v in doc["startup"].items():
+        lines.append(f"| {k} | {fmt(v)} |")
+    lines += ["", "**Front ends**", ""]
+    for k, v in doc["front_ends"].items():
+        lines.append(f"- {k}:")
+        lines += [f"  - {line}" for line in v]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(prog="benchmarks/run", description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="smoke run: one round, short runs (< 60 s)")
+    ap.add_argument("--reps", type=int, help="interleaved rounds (default 5, 1 with --quick)")
+    ap.add_argument("--seconds", type=float, help="workload run length (default 3, 1 with --quick)")
+    ap.add_argument("--out", default=str(REPO / "benchmarks/results"), help="directory for the JSON results")
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        print("benchmarks/run: run as root (sudo benchmarks/run): it loads BPF programs", file=sys.stderr)
+        return 1
+    reps = a.reps or (1 if a.quick else 5)
+    seconds = a.seconds or (0.3 if a.quick else 3.0)
+    for tool in ("perf", "bpftrace", "tmux"):
+        if not shutil.which(tool):
+            print(f"benchmarks/run: {tool} is missing; run scripts/setup test", file=sys.stderr)
+            return 1
+    workload.build()
+    modes = MODES
+    configs = CONFIGS
+    doc = {"machine": f"{platform.node()} {platform.release()} {NCPU} CPUs", "date": time.strftime("%Y-%m-%d %H:%M"),
+           "reps": reps, "seconds": seconds, "quick": a.quick}
+    print("overhead ...", file=sys.stderr)
+    doc["overhead"] = overhead(reps, seconds, modes, configs)
+    print("loss ...", file=sys.stderr)
+    doc["loss"] = loss(0.5 if a.quick else 3.0, a.quick)
+    print("start-up ...", file=sys.stderr)
+    doc["startup"] = startup(1 if a.quick else 5)
+    print("front ends ...", file=sys.stderr)
+    doc["front_ends"] = front_ends(a.quick)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(doc, indent=2))
+    print(markdown(doc))
+    print(f"\n(JSON: {path})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -24,6 +24,8 @@ def test_quick_benchmark_has_every_row(bpf_ok, tmp_path):
     doc = json.loads(next(tmp_path.glob("bench-*.json")).read_text())
     runs = doc["loss"]["runs"]
     assert runs and all(r["counted"] == r["self_reported"] > 0 for r in runs), runs
-    assert all(r["events_delivered"] + r["events_lost"] == r["counted"] for r in runs), runs
+    # every abort of the workload was either delivered or counted as lost (other
+    # processes may add events of their own)
+    assert all(r["events_delivered"] + r["events_lost"] >= r["counted"] for r in runs), runs
     for mode_values in doc["overhead"]["throughput"].values():
         assert all(len(v) == 1 and v[0] > 0 for v in mode_values.values())

@@ -39,7 +39,9 @@ BPF_HASH(threads, u32, struct rseqtop_thread, RSEQTOP_MAX_THREADS);
 /* Final records of exited threads, for display only: exact totals live in
  * procs, so LRU eviction here loses no count. */
 BPF_TABLE("lru_hash", u32, struct rseqtop_thread, dead_threads, RSEQTOP_MAX_DEAD_THREADS);
-BPF_HASH(procs, u32, struct rseqtop_proc, RSEQTOP_MAX_PROCS);
+BPF_HASH(procs, struct rseqtop_proc_key, struct rseqtop_proc, RSEQTOP_MAX_PROCS);
+/* tgid -> generation, bumped when a watched process dies (absent: 0). */
+BPF_HASH(proc_gen, u32, u32, RSEQTOP_MAX_PROCS);
 BPF_HASH(sites, struct rseqtop_site_key, struct rseqtop_site, RSEQTOP_MAX_SITES);
 BPF_HASH(offsets, struct rseqtop_offset_key, u64, RSEQTOP_MAX_OFFSETS);
 BPF_HASH(pcounts, struct rseqtop_pcount_key, u64, RSEQTOP_MAX_PCOUNTS);
@@ -68,6 +70,12 @@ static __always_inline void count(u32 idx)
     u64 *v = counters.lookup(&idx);
     if (v)
         (*v)++;
+}
+
+static __always_inline u32 current_gen(u32 tgid)
+{
+    u32 *g = proc_gen.lookup(&tgid);
+    return g ? *g : 0;
 }
 
 static __always_inline int watched(u32 tgid)
@@ -100,9 +108,11 @@ static __always_inline struct rseqtop_thread *current_thread(u32 tid, u32 tgid)
     if (!z)
         return 0;
     z->tgid = tgid;
+    z->gen = current_gen(tgid);
     bpf_get_current_comm(&z->comm, sizeof(z->comm));
     int err = threads.insert(&tid, z);
     z->tgid = 0;
+    z->gen = 0;
     if (err && err != -RSEQTOP_EEXIST) {
         count(RSEQTOP_CNT_THREADS_DROPPED);
         return 0;
@@ -149,7 +159,8 @@ static __always_inline void offsets_add(struct rseqtop_offset_key *k)
 
 static __always_inline void pcount(u32 tgid, u16 kind, u16 cmd, u32 code)
 {
-    struct rseqtop_pcount_key k = {.tgid = tgid, .kind = kind, .cmd = cmd, .code = code};
+    struct rseqtop_pcount_key k = {.tgid = tgid, .kind = kind, .cmd = cmd, .code = code,
+                                   .gen = current_gen(tgid)};
     pcounts_add(&k);
 }
 
@@ -191,7 +202,7 @@ int on_rseq_ip_fixup(struct tp_rseq_ip_fixup *args)
 
     u64 start_ip = args->start_ip;
     u64 offset = args->regs_ip - start_ip;
-    struct rseqtop_site_key sk = {.tgid = tgid, .start_ip = start_ip};
+    struct rseqtop_site_key sk = {.tgid = tgid, .gen = t->gen, .start_ip = start_ip};
     struct rseqtop_site *s = sites.lookup(&sk);
     if (!s) {
         struct rseqtop_site *zs = zero_site.lookup(&zero);
@@ -212,7 +223,7 @@ int on_rseq_ip_fixup(struct tp_rseq_ip_fixup *args)
         __sync_fetch_and_add(&s->aborts, 1);
         __sync_fetch_and_add(&s->causes[code], 1);
     }
-    struct rseqtop_offset_key ok = {.tgid = tgid, .offset = (u32)offset, .start_ip = start_ip};
+    struct rseqtop_offset_key ok = {.tgid = tgid, .gen = t->gen, .start_ip = start_ip, .offset = (u32)offset};
     offsets_add(&ok);
 
     struct rseqtop_config *cfg = config.lookup(&zero);
@@ -230,7 +241,7 @@ int on_rseq_ip_fixup(struct tp_rseq_ip_fixup *args)
         e->cpu = bpf_get_smp_processor_id();
         e->cause = code;
         e->offset = (u32)offset;
-        e->pad = 0;
+        e->gen = t->gen;
         bpf_get_current_comm(&e->comm, sizeof(e->comm));
         events.ringbuf_submit(e, 0);
         count(RSEQTOP_CNT_EVENTS_SENT);
@@ -246,12 +257,12 @@ int on_rseq_update(struct tp_rseq_update *args)
         return 1;
     t->c.updates++;
     t->cpu_id = args->cpu_id;
-#ifdef HAVE_UPDATE_NODE_ID
+#ifdef HAVE_RSEQ_UPDATE_NODE_ID
     t->node_id = args->node_id;
 #else
     t->node_id = -1;
 #endif
-#ifdef HAVE_UPDATE_MM_CID
+#ifdef HAVE_RSEQ_UPDATE_MM_CID
     t->mm_cid = args->mm_cid;
 #else
     t->mm_cid = -1;
@@ -378,31 +389,50 @@ int on_sched_process_exit(struct tp_sched_process_exit *args)
      * into its process's totals so that nothing is lost. */
     u64 id = bpf_get_current_pid_tgid();
     u32 tid = (u32)id, tgid = id >> 32;
+#ifdef HAVE_SCHED_PROCESS_EXIT_GROUP_DEAD
+    int last = args->group_dead;
+#else
+    int last = tid == tgid; /* older kernels: the main thread's exit */
+#endif
     struct rseqtop_thread *t = threads.lookup(&tid);
-    if (!t)
-        return 1;
-    struct rseqtop_proc *p = procs.lookup(&tgid);
-    if (!p) {
-        int zero = 0;
-        struct rseqtop_proc *zp = zero_proc.lookup(&zero);
-        if (zp) {
-            int err = procs.insert(&tgid, zp);
-            if (err && err != -RSEQTOP_EEXIST)
+    int tracked = t != 0;
+    if (t) {
+        struct rseqtop_proc_key pk = {.tgid = tgid, .gen = t->gen};
+        struct rseqtop_proc *p = procs.lookup(&pk);
+        if (!p) {
+            int zero = 0;
+            struct rseqtop_proc *zp = zero_proc.lookup(&zero);
+            if (zp) {
+                int err = procs.insert(&pk, zp);
+                if (err && err != -RSEQTOP_EEXIST)
+                    count(RSEQTOP_CNT_PROCS_DROPPED);
+                p = procs.lookup(&pk);
+            }
+        }
+        /* The name it dies with: threads rename themselves after creation. */
+        bpf_get_current_comm(&t->comm, sizeof(t->comm));
+        if (p) {
+            add_counts(&p->retired, &t->c);
+            __sync_fetch_and_add(&p->exited_threads, 1);
+            if (tid == tgid)
+                __builtin_memcpy(p->comm, t->comm, sizeof(p->comm));
+        }
+        dead_threads.update(&tid, t);
+        threads.delete(&tid);
+        count(RSEQTOP_CNT_THREAD_EXITS);
+    }
+    if (last) {
+        /* The process is gone: a later process with this pid is another
+         * one and starts from zero. */
+        u32 *g = proc_gen.lookup(&tgid);
+        if (g) {
+            __sync_fetch_and_add(g, 1);
+        } else if (tracked) {
+            u32 one = 1;
+            if (proc_gen.insert(&tgid, &one) && !proc_gen.lookup(&tgid))
                 count(RSEQTOP_CNT_PROCS_DROPPED);
-            p = procs.lookup(&tgid);
         }
     }
-    /* The name it dies with: threads rename themselves after creation. */
-    bpf_get_current_comm(&t->comm, sizeof(t->comm));
-    if (p) {
-        add_counts(&p->retired, &t->c);
-        __sync_fetch_and_add(&p->exited_threads, 1);
-        if (tid == tgid)
-            __builtin_memcpy(p->comm, t->comm, sizeof(p->comm));
-    }
-    dead_threads.update(&tid, t);
-    threads.delete(&tid);
-    count(RSEQTOP_CNT_THREAD_EXITS);
     return 1;
 }
 #endif

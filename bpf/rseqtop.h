@@ -58,6 +58,7 @@ struct rseqtop_counts {
 struct rseqtop_thread {
     struct rseqtop_counts c;
     u32 tgid;
+    u32 gen; /* its process's generation (see proc_gen) */
     s32 cpu_id;
     s32 node_id;
     s32 mm_cid;
@@ -76,9 +77,16 @@ struct rseqtop_proc {
     char comm[RSEQTOP_COMM_LEN];
 };
 
+/* A process is (tgid, gen): gen counts the earlier processes that had the
+ * same tgid and died while rseqtop watched, so a recycled pid starts at zero. */
+struct rseqtop_proc_key {
+    u32 tgid;
+    u32 gen;
+};
+
 struct rseqtop_site_key {
     u32 tgid;
-    u32 pad;
+    u32 gen;
     u64 start_ip;
 };
 
@@ -91,8 +99,10 @@ struct rseqtop_site {
 
 struct rseqtop_offset_key {
     u32 tgid;
-    u32 offset;
+    u32 gen;
     u64 start_ip;
+    u32 offset;
+    u32 pad;
 };
 
 struct rseqtop_pcount_key {
@@ -100,7 +110,7 @@ struct rseqtop_pcount_key {
     u16 kind;
     u16 cmd;
     u32 code;
-    u32 pad;
+    u32 gen;
 };
 
 struct rseqtop_config {
@@ -117,7 +127,7 @@ struct rseqtop_event {
     u32 cpu;
     u32 cause;
     u32 offset;
-    u32 pad;
+    u32 gen;
     char comm[RSEQTOP_COMM_LEN];
 };
 

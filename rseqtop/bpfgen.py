@@ -25,7 +25,7 @@ PROBES = (
     ("sched", "sched_migrate_task", False, ("pid", "orig_cpu", "dest_cpu"), ()),
     ("signal", "signal_deliver", False, ("sig",), ()),
     ("csd", "csd_function_entry", False, ("func",), ()),
-    ("sched", "sched_process_exit", False, (), ()),
+    ("sched", "sched_process_exit", False, (), ("group_dead",)),
     ("syscalls", "sys_enter_rseq", False, ("flags",), ()),
     ("syscalls", "sys_exit_rseq", False, ("ret",), ()),
     ("syscalls", "sys_enter_membarrier", False, ("cmd",), ()),
@@ -60,7 +60,15 @@ class Plan:
     def has(self, event: str) -> bool:
         return any(e == event for _, e in self.attach)
 
+    @property
+    def unavailable_causes(self) -> tuple[str, ...]:
+        """Abort causes this kernel cannot attribute: front ends show them as
+        unavailable, never as zero."""
+        return tuple(cause for event, cause in CAUSE_EVENTS.items() if not self.has(event))
 
+
+CAUSE_EVENTS = {"sched_switch": "preempt", "sched_migrate_task": "migrate", "signal_deliver": "signal",
+                "csd_function_entry": "membarrier"}
 LOST = {
     "sched_switch": "preemption cause unavailable",
     "sched_migrate_task": "migration cause unavailable",
@@ -134,7 +142,7 @@ def plan(formats: Callable[[str, str], Optional[Format]], ipi_rseq_addr: Optiona
             continue
         have_opt = tuple(n for n in optional if fmt.has(n))
         for n in have_opt:
-            defines[f"HAVE_UPDATE_{n.upper()}"] = 1
+            defines[f"HAVE_{event.upper()}_{n.upper()}"] = 1
         found[event] = (system, fmt, fields + have_opt)
     for a, b in PAIRS.items():
         if (a in found) != (b in found):

@@ -85,7 +85,8 @@ class Collector:
         self.bpf = None
         self.plan: Optional[bpfgen.Plan] = None
         self.era = kernel.rseq_era(kernel.kernel_version())
-        self._last_totals: dict[int, Counts] = {}
+        self._last_totals: dict[tuple, Counts] = {}  # (pid, gen) -> last totals shown
+        self._gens: dict[int, int] = {}  # pid -> newest generation seen
         self.attach_seconds = 0.0
 
     # -- set-up ---------------------------------------------------------
@@ -141,6 +142,9 @@ class Collector:
 
         def on_new_site(cpu, data, size):
             key = ctypes.cast(data, ctypes.POINTER(key_type)).contents
+            if self._gens.get(key.tgid, key.gen) < key.gen:
+                self.symbolize.forget(key.tgid)  # a new process with a recycled pid
+                self._gens[key.tgid] = key.gen
             self.symbolize(key.tgid, key.start_ip)
 
         self.bpf["new_sites"].open_perf_buffer(on_new_site, page_cnt=8)
@@ -238,12 +242,12 @@ class Collector:
         # Read procs before threads: a thread that exits in between is then
         # missing from both for one poll (a dip that the monotonic guard
         # below hides) instead of being counted twice.
-        procs = {k.value: v for k, v in b["procs"].items()}
+        procs = {(k.tgid, k.gen): v for k, v in b["procs"].items()}
         live = {k.value: v for k, v in b["threads"].items()}
         dead = {k.value: v for k, v in b["dead_threads"].items() if k.value not in live}
-        pc_rows = [(k.tgid, k.kind, k.cmd, k.code, v.value) for k, v in b["pcounts"].items()]
+        pc_rows = [((k.tgid, k.gen), k.kind, k.cmd, k.code, v.value) for k, v in b["pcounts"].items()]
         site_rows = list(b["sites"].items())
-        offset_rows = [(k.tgid, k.start_ip, k.offset, v.value) for k, v in b["offsets"].items()]
+        offset_rows = [((k.tgid, k.gen), k.start_ip, k.offset, v.value) for k, v in b["offsets"].items()]
         cpu_aborts = tuple(b["cpu_aborts"][0]) if len(counters) else ()
         poll_seconds = time.monotonic() - t0
 
@@ -254,9 +258,18 @@ class Collector:
         totals = Counts(named["fixups"], named["updates"], named["preempts"], named["migrations"],
                         named["signals"], named["membarrier_ipis"],
                         pairs(_sum_causes(p.counts for p in everyone)))
-        processes = [p for p in everyone if self._shown(p)]
-        keep = {p.pid for p in processes}
-        threads = [t for t in threads if t.pid in keep]
+        # A recycled pid shows its newest process; older ones are over.
+        newest: dict[int, ProcessStats] = {}
+        for p in everyone:
+            if p.pid not in newest or p.gen > newest[p.pid].gen:
+                newest[p.pid] = p
+        for pid, p in newest.items():
+            if self._gens.get(pid, p.gen) != p.gen:
+                self.symbolize.forget(pid)  # names of the previous process with this pid
+            self._gens[pid] = p.gen
+        processes = [p for p in newest.values() if self._shown(p)]
+        keep = {(p.pid, p.gen) for p in processes}
+        threads = [t for t in threads if (t.pid, t.gen) in keep]
         sites = self._sites(site_rows, offset_rows, keep)
         run_ns, run_cnt = self._bpf_stats()
         ru = resource.getrusage(resource.RUSAGE_SELF)
@@ -264,8 +277,8 @@ class Collector:
                 "offsets": len(offset_rows), "pcounts": len(pc_rows)}
         maps = tuple(MapFill(name, used[name], int(self.plan.defines[size]), named.get(drop, 0) if drop else 0)
                      for name, (size, drop) in MAP_LIMITS.items())
-        stats = SelfStats(self.probes, self.plan.missing, named["events_sent"], named["events_lost"], maps,
-                          run_ns, run_cnt, ru.ru_utime + ru.ru_stime, poll_seconds)
+        stats = SelfStats(self.probes, self.plan.missing, self.plan.unavailable_causes, named["events_sent"],
+                          named["events_lost"], maps, run_ns, run_cnt, ru.ru_utime + ru.ru_stime, poll_seconds)
         return Snapshot(time.monotonic(), time.time(), self.era.name, self.era.description, totals,
                         tuple(sorted(processes, key=lambda p: p.pid)),
                         tuple(sorted(threads, key=lambda t: (t.pid, t.tid))),
@@ -274,42 +287,43 @@ class Collector:
 
     def _thread(self, tid: int, v, alive: bool) -> ThreadStats:
         return ThreadStats(v.tgid, tid, _comm(v.comm), _counts(v.c), v.cpu_id, v.node_id, v.mm_cid,
-                           v.last_signal, alive)
+                           v.last_signal, alive, v.gen)
 
     def _processes(self, procs: dict, threads: list, pc_rows: list) -> list:
-        """Every process with rseq activity, unfiltered: totals are exited
-        threads' (procs) plus live threads' counts."""
-        by_pid: dict[int, list] = {}
+        """Every process with rseq activity, unfiltered, by (pid, gen): totals
+        are exited threads' (procs) plus live threads' counts."""
+        by_proc: dict[tuple, list] = {}
         for t in threads:
-            by_pid.setdefault(t.pid, []).append(t)
-        pcs: dict[int, list] = {}
+            by_proc.setdefault((t.pid, t.gen), []).append(t)
+        pcs: dict[tuple, list] = {}
         for row in pc_rows:
             pcs.setdefault(row[0], []).append(row[1:])
         out = []
-        for pid in set(by_pid) | set(procs) | set(pcs):
-            ts = by_pid.get(pid, [])
+        for ident in set(by_proc) | set(procs) | set(pcs):
+            pid, gen = ident
+            ts = by_proc.get(ident, [])
             live = [t for t in ts if t.alive]
-            p = procs.get(pid)
+            p = procs.get(ident)
             counts = _counts(p.retired) if p else Counts()
             for t in live:
                 counts = counts + t.counts
-            counts = self._monotonic(pid, counts)
-            reg, unreg, reg_err, membarrier = _process_calls(pcs.get(pid, []))
+            counts = self._monotonic(ident, counts)
+            reg, unreg, reg_err, membarrier = _process_calls(pcs.get(ident, []))
             out.append(ProcessStats(pid, self._process_comm(pid, ts, p, bool(live)), counts, len(live),
                                     int(p.exited_threads) if p else 0, reg, unreg, reg_err, membarrier,
-                                    alive=bool(live)))
+                                    alive=bool(live), gen=gen))
         return out
 
     def _shown(self, p: ProcessStats) -> bool:
         return (not self._pids or p.pid in self._pids) and (not self._comm or bool(self._comm.search(p.comm)))
 
-    def _monotonic(self, pid: int, counts: Counts) -> Counts:
+    def _monotonic(self, ident: tuple, counts: Counts) -> Counts:
         """A thread that exits between the reads of procs and threads is in
         neither for one poll; show the previous totals instead of a dip."""
-        prev = self._last_totals.get(pid)
+        prev = self._last_totals.get(ident)
         if prev is not None and _dipped(prev, counts):
             return prev
-        self._last_totals[pid] = counts
+        self._last_totals[ident] = counts
         return counts
 
     @staticmethod
@@ -323,8 +337,9 @@ class Collector:
                     return f.read().rstrip(b"\n").decode("utf-8", errors="backslashreplace")
             except OSError:
                 pass
-        if proc is not None and proc.comm[0]:
-            return _comm(proc.comm)
+        name = _comm(proc.comm) if proc is not None else ""  # bcc gives char[] as bytes, b"" when unset
+        if name:
+            return name
         for t in threads:
             if t.tid == pid:
                 return t.comm
@@ -332,15 +347,16 @@ class Collector:
 
     def _sites(self, site_rows: list, offset_rows: list, keep: set) -> list:
         offs: dict[tuple, dict] = {}
-        for tgid, start_ip, offset, n in offset_rows:
-            offs.setdefault((tgid, start_ip), {})[offset] = n
+        for ident, start_ip, offset, n in offset_rows:
+            offs.setdefault((ident, start_ip), {})[offset] = n
         out = []
         for k, v in site_rows:
-            if k.tgid not in keep:
+            ident = (k.tgid, k.gen)
+            if ident not in keep:
                 continue
             causes = pairs({cause_name(i): v.causes[i] for i in range(K["RSEQTOP_NCODES"]) if v.causes[i]})
             out.append(SiteStats(k.tgid, k.start_ip, self.symbolize(k.tgid, k.start_ip), v.aborts, causes,
-                                 v.abort_ip, v.post_commit_offset, pairs(offs.get((k.tgid, k.start_ip), {}))))
+                                 v.abort_ip, v.post_commit_offset, pairs(offs.get((ident, k.start_ip), {}))))
         return out
 
     def _bpf_stats(self) -> tuple:

@@ -49,14 +49,15 @@ def system_rates(prev: Optional[Snapshot], cur: Snapshot) -> Rates:
 
 def process_rates(prev: Optional[Snapshot], cur: Snapshot) -> dict[int, Rates]:
     dt = interval(prev, cur)
-    before = {p.pid: p.counts for p in prev.processes} if prev else {}
-    return {p.pid: counts_rate(before.get(p.pid), p.counts, dt) for p in cur.processes}
+    # (pid, gen): a recycled pid is another process, counted from zero
+    before = {(p.pid, p.gen): p.counts for p in prev.processes} if prev else {}
+    return {p.pid: counts_rate(before.get((p.pid, p.gen)), p.counts, dt) for p in cur.processes}
 
 
 def thread_rates(prev: Optional[Snapshot], cur: Snapshot) -> dict[int, Rates]:
     dt = interval(prev, cur)
-    before = {t.tid: t.counts for t in prev.threads} if prev else {}
-    return {t.tid: counts_rate(before.get(t.tid), t.counts, dt) for t in cur.threads}
+    before = {(t.tid, t.pid, t.gen): t.counts for t in prev.threads} if prev else {}
+    return {t.tid: counts_rate(before.get((t.tid, t.pid, t.gen)), t.counts, dt) for t in cur.threads}
 
 
 def site_rates(prev: Optional[Snapshot], cur: Snapshot) -> dict[tuple[int, int], float]:

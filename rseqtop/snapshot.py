@@ -67,6 +67,7 @@ class ThreadStats:
     mm_cid: int = -1  # -1: not reported by this kernel
     last_signal: int = 0
     alive: bool = True
+    gen: int = 0  # its process's generation (see ProcessStats.gen)
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,9 @@ class ProcessStats:
     registration_errors: Pairs = ()  # (errno name, count), registrations and unregistrations
     membarrier: tuple = ()  # MembarrierStats, by command
     alive: bool = True
+    # How many earlier processes with this pid died while rseqtop watched: a
+    # recycled pid is a new process, with counts from zero.
+    gen: int = 0
 
     def membarrier_calls(self) -> int:
         return sum(m.calls for m in self.membarrier)
@@ -128,6 +132,7 @@ class MapFill:
 class SelfStats:
     probes_attached: tuple = ()  # "rseq:rseq_ip_fixup", ...
     probes_missing: tuple = ()  # human lines: what is missing and what that costs
+    unavailable_causes: tuple = ()  # causes this kernel cannot attribute, e.g. ("membarrier",)
     events_sent: int = 0
     events_lost: int = 0
     maps: tuple = ()  # MapFill

@@ -23,7 +23,7 @@ OPS = ("rseq_op_counter", "rseq_op_spinlock_lock", "rseq_op_push", "rseq_op_pop"
 
 class SyntheticSource:
     def __init__(self, processes: int = 3, threads_per_process: int = 4, step: float = 1.0,
-                 comms: Optional[list] = None, cpus: int = 2):
+                 comms: Optional[list] = None, cpus: int = 2, unavailable_causes: tuple = ()):
         self.nproc = processes
         self.nthreads = threads_per_process
         self.step = step
@@ -32,6 +32,7 @@ class SyntheticSource:
         self.polls = 0
         self.pids: set = set()
         self.comm: Optional[re.Pattern] = None
+        self.unavailable_causes = unavailable_causes
         self.probes = PROBES
         self.closed = False
 
@@ -85,9 +86,8 @@ class SyntheticSource:
                                   pairs({12: int(10 * elapsed)})),) if i % 4 == 0 else ()
             procs.append(ProcessStats(pid, comm, pc, self.nthreads, 0, self.nthreads, 0, (), mb))
             total = total + pc
-        stats = SelfStats(self.probes, (), 0, 0,
-                          (MapFill("threads", len(threads), 32768), MapFill("sites", len(sites), 4096)),
-                          None, None, 0.0, 0.0)
+        stats = SelfStats(probes_attached=self.probes, unavailable_causes=self.unavailable_causes,
+                          maps=(MapFill("threads", len(threads), 32768), MapFill("sites", len(sites), 4096)))
         return Snapshot(monotonic=elapsed, wall=1_700_000_000.0 + elapsed, era="classic",
                         era_description="up to 6.18 (synthetic)", totals=total, processes=tuple(procs),
                         threads=tuple(threads), sites=tuple(sites),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 
-from rseqtop.tui.columns import PROCESS_COLUMNS, THREAD_COLUMNS, rate, ratio, sort_rows
+from rseqtop.tui.columns import CAUSE_OF_FIELD, PROCESS_COLUMNS, THREAD_COLUMNS, sort_rows, system_rates_text
 from rseqtop.tui.rows import LiveModel
 
 SCHEMA_VERSION = 1
@@ -35,9 +35,7 @@ def summary_line(model: LiveModel) -> str:
     stamp = time.strftime("%H:%M:%S", time.localtime(snap.wall))
     cpu = model.self_cpu_percent()
     st = snap.self_stats
-    return (f"rseqtop {stamp}  aborts/s {rate(sysr.aborts)}  preempt/s {rate(sysr.preempts)}  "
-            f"migr/s {rate(sysr.migrations)}  sig/s {rate(sysr.signals)}  membarrier/s {rate(sysr.membarrier_ipis)}  "
-            f"aborts/100 preempt {ratio(sysr.abort_ratio)}  era {snap.era}  "
+    return (f"rseqtop {stamp}  {system_rates_text(sysr, st.unavailable_causes)}  era {snap.era}  "
             f"probes {len(st.probes_attached)}  lost {st.events_lost}  "
             f"cpu {'-' if cpu is None else f'{cpu:.1f}%'}")
 
@@ -59,21 +57,33 @@ def batch_text(model: LiveModel, threads: bool = False, sort: str = "aborts_s",
     return "\n".join(lines) + "\n"
 
 
-def _rates(r) -> dict:
-    return {"aborts": r.aborts, "preempts": r.preempts, "migrations": r.migrations, "signals": r.signals,
-            "membarrier_ipis": r.membarrier_ipis, "updates": r.updates, "aborts_per_100_preempts": r.abort_ratio}
+def _unseen(out: dict, unavailable: tuple) -> dict:
+    """Fields of causes this kernel cannot see are null, never 0."""
+    for field, cause in CAUSE_OF_FIELD.items():
+        if cause in unavailable:
+            out[field] = None
+    if "preempt" in unavailable and "aborts_per_100_preempts" in out:
+        out["aborts_per_100_preempts"] = None
+    return out
 
 
-def _counts(c) -> dict:
-    return {"aborts": c.aborts, "preempts": c.preempts, "migrations": c.migrations, "signals": c.signals,
-            "membarrier_ipis": c.membarrier_ipis, "updates": c.updates,
-            "causes": dict(c.causes)}
+def _rates(r, unavailable: tuple = ()) -> dict:
+    return _unseen({"aborts": r.aborts, "preempts": r.preempts, "migrations": r.migrations, "signals": r.signals,
+                    "membarrier_ipis": r.membarrier_ipis, "updates": r.updates,
+                    "aborts_per_100_preempts": r.abort_ratio}, unavailable)
+
+
+def _counts(c, unavailable: tuple = ()) -> dict:
+    return _unseen({"aborts": c.aborts, "preempts": c.preempts, "migrations": c.migrations, "signals": c.signals,
+                    "membarrier_ipis": c.membarrier_ipis, "updates": c.updates,
+                    "causes": dict(c.causes)}, unavailable)
 
 
 def json_record(model: LiveModel, include_idle: bool = False) -> dict:
     """One interval of `rseqtop --json` (schema in docs/live-view.md)."""
     snap = model.cur
     st = snap.self_stats
+    na = st.unavailable_causes
     threads_by_pid: dict = {}
     for t in model.thread_rows(include_idle=True):
         threads_by_pid.setdefault(t.pid, []).append(t)
@@ -81,10 +91,10 @@ def json_record(model: LiveModel, include_idle: bool = False) -> dict:
     for p in sort_rows(model.process_rows(include_idle=include_idle), PROCESS_COLUMNS, "pid"):
         processes.append({
             "pid": p.pid, "comm": p.comm, "alive": p.alive, "threads_live": p.threads,
-            "totals": _counts(p.counts), "rates": _rates(p.rates), "top_cause": p.top_cause,
+            "totals": _counts(p.counts, na), "rates": _rates(p.rates, na), "top_cause": p.top_cause,
             "top_section": p.top_site,
             "threads": [{"tid": t.tid, "comm": t.comm, "cpu": t.cpu, "mm_cid": t.mm_cid,
-                         "alive": t.alive, "totals": _counts(t.counts), "rates": _rates(t.rates)}
+                         "alive": t.alive, "totals": _counts(t.counts, na), "rates": _rates(t.rates, na)}
                         for t in threads_by_pid.get(p.pid, ()) if include_idle or t.counts.aborts],
             "sections": [{"symbol": s.symbol, "start_ip": s.start_ip, "aborts": s.aborts,
                           "aborts_per_s": s.aborts_per_s, "share_percent": s.share,
@@ -98,8 +108,9 @@ def json_record(model: LiveModel, include_idle: bool = False) -> dict:
         "time": snap.wall,
         "interval_s": model.interval,
         "era": snap.era,
-        "system": {"totals": _counts(snap.totals), "rates": _rates(model.system())},
+        "system": {"totals": _counts(snap.totals, na), "rates": _rates(model.system(), na)},
         "self": {"probes_attached": list(st.probes_attached), "probes_missing": list(st.probes_missing),
+                 "unavailable_causes": list(na),
                  "events_lost": st.events_lost, "cpu_percent": cpu, "bpf_cpu_percent": model.bpf_cpu_percent(),
                  "maps_dropped": st.dropped()},
         "processes": processes,

@@ -22,8 +22,9 @@ def plan_for(name, ipi=0xFFFFFFFF81000000, **kw):
 def test_current_kernel_format_uses_every_probe():
     p = plan_for("tracefs-6.18")
     assert len(p.attach) == len(bpfgen.PROBES) and not p.missing
-    assert p.defines["HAVE_UPDATE_MM_CID"] == 1 and p.defines["HAVE_CSD_FUNCTION_ENTRY"] == 1
+    assert p.defines["HAVE_RSEQ_UPDATE_MM_CID"] == 1 and p.defines["HAVE_CSD_FUNCTION_ENTRY"] == 1
     assert p.defines["TASK_REPORT_MASK"] == "0xff"
+    assert p.defines["HAVE_SCHED_PROCESS_EXIT_GROUP_DEAD"] == 1
     assert "struct tp_rseq_ip_fixup {" in p.structs
 
 
@@ -31,7 +32,7 @@ def test_old_kernel_without_csd_and_with_cpu_id_only_update():
     p = plan_for("tracefs-5.15")
     assert not p.has("csd_function_entry")
     assert any("membarrier cause unavailable" in m for m in p.missing)
-    assert "HAVE_UPDATE_MM_CID" not in p.defines and "HAVE_UPDATE_NODE_ID" not in p.defines
+    assert "HAVE_RSEQ_UPDATE_MM_CID" not in p.defines and "HAVE_RSEQ_UPDATE_NODE_ID" not in p.defines
     assert "mm_cid" not in p.structs
 
 

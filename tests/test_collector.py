@@ -196,3 +196,40 @@ def test_perf_still_counts_while_attached(collector):
     counted = [int(line.split(",")[0]) for line in out.stderr.splitlines() if "rseq:rseq_ip_fixup" in line]
     assert counted and counted[0] == summary["totals"]["aborts"] > 0
     assert_exact(summary, collector.poll())
+
+
+def start_with_pid(pid: int, args: list):
+    """Start the workload as `pid` (ns_last_pid = pid - 1); None if another
+    task took that pid first."""
+    with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+        f.write(str(pid - 1))
+    proc = workload.start(args)
+    if proc.pid != pid:
+        proc.kill()
+        proc.communicate()
+        return None
+    return proc
+
+
+def test_recycled_pid_starts_from_zero(collector):
+    args = ["--threads", "2", "--cpus", "0", "--in-cs-delay", "3000", "--op", "delay", "--duration", "0.5"]
+    first, snap = observe(collector, args + ["--name", "first-life"])
+    pid = first["pid"]
+    assert snap.process(pid).counts.aborts == first["totals"]["aborts"] > 0
+    for _ in range(20):
+        proc = start_with_pid(pid, args + ["--name", "second-life"])
+        if proc is not None:
+            break
+    else:
+        pytest.fail(f"could not get pid {pid} again")
+    out, _ = proc.communicate(timeout=60)
+    second = workload.parse_summary(out)
+    p = collector.poll().process(pid)
+    assert p.gen == 1 or p.gen > 0
+    assert p.comm == "second-life"
+    assert p.counts.aborts == second["totals"]["aborts"], (p.counts.aborts, first["totals"]["aborts"],
+                                                           second["totals"]["aborts"])
+    sites = {s.start_ip: s.aborts for s in collector.poll().sites_of(pid)}
+    for op in second["ops"].values():
+        if op["aborts"]:
+            assert sites[int(op["start_ip"], 16)] == op["aborts"]

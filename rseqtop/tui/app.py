@@ -19,7 +19,7 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Input, Static
 
 from rseqtop.textsafe import printable
-from rseqtop.tui.columns import PROCESS_COLUMNS, THREAD_COLUMNS, rate, ratio, sort_rows
+from rseqtop.tui.columns import PROCESS_COLUMNS, THREAD_COLUMNS, rate, ratio, sort_rows, system_rates_text
 from rseqtop.tui.help_screen import HelpScreen
 from rseqtop.tui.keyed_table import KeyedTable
 from rseqtop.tui.messages import PollFailed, SnapshotReady
@@ -189,10 +189,10 @@ class RseqtopApp(App):
             if bpf is not None:
                 text.append(f" + bpf {bpf:.2f}%")
             text.append(f"  refresh {self.delay:g}s")
-            text.append(f"\nsystem  aborts/s {rate(sysr.aborts)}  preempt/s {rate(sysr.preempts)}  "
-                        f"migr/s {rate(sysr.migrations)}  sig/s {rate(sysr.signals)}  "
-                        f"membarrier/s {rate(sysr.membarrier_ipis)}  aborts/100 preempt {ratio(sysr.abort_ratio)}  "
+            text.append(f"\nsystem  {system_rates_text(sysr, st.unavailable_causes)}  "
                         f"total aborts {snap.totals.aborts}")
+            if st.unavailable_causes:
+                text.append(f"  unavailable here: {', '.join(st.unavailable_causes)}", style="yellow")
         if self.paused:
             text.append("  PAUSED (p resumes)", style="bold reverse")
         if self.error:

@@ -22,6 +22,28 @@ def ratio(v: Optional[float]) -> str:
     return "-" if v is None else f"{v:.1f}"
 
 
+UNAVAILABLE = "n/a"
+# Rates fields that only exist when rseqtop can see their cause.
+CAUSE_OF_FIELD = {"preempts": "preempt", "migrations": "migrate", "signals": "signal",
+                  "membarrier_ipis": "membarrier"}
+
+
+def cause_rate(rates, field: str, unavailable: tuple) -> str:
+    """A per-cause rate, or "n/a" when this kernel cannot see that cause
+    (never a misleading 0)."""
+    if CAUSE_OF_FIELD.get(field) in unavailable:
+        return UNAVAILABLE
+    return rate(getattr(rates, field))
+
+
+def system_rates_text(sysr, unavailable: tuple = ()) -> str:
+    """The system-wide rates line shared by the TUI header and batch output."""
+    abort_ratio = UNAVAILABLE if "preempt" in unavailable else ratio(sysr.abort_ratio)
+    return (f"aborts/s {rate(sysr.aborts)}  preempt/s {cause_rate(sysr, 'preempts', unavailable)}  "
+            f"migr/s {cause_rate(sysr, 'migrations', unavailable)}  sig/s {cause_rate(sysr, 'signals', unavailable)}  "
+            f"membarrier/s {cause_rate(sysr, 'membarrier_ipis', unavailable)}  aborts/100 preempt {abort_ratio}")
+
+
 def num(v: int) -> str:
     return str(v)
 
@@ -47,10 +69,13 @@ PROCESS_COLUMNS = (
     Column("threads", "THR", lambda r: num(r.threads), lambda r: r.threads),
     Column("aborts_s", "ABORTS/s", lambda r: rate(r.rates.aborts), lambda r: r.rates.aborts),
     Column("aborts", "ABORTS", lambda r: num(r.counts.aborts), lambda r: r.counts.aborts),
-    Column("preempt_s", "PREEMPT/s", lambda r: rate(r.rates.preempts), lambda r: r.rates.preempts),
-    Column("migr_s", "MIGR/s", lambda r: rate(r.rates.migrations), lambda r: r.rates.migrations),
-    Column("sig_s", "SIG/s", lambda r: rate(r.rates.signals), lambda r: r.rates.signals),
-    Column("membarrier_s", "MEMBAR/s", lambda r: rate(r.rates.membarrier_ipis), lambda r: r.rates.membarrier_ipis),
+    Column("preempt_s", "PREEMPT/s", lambda r: cause_rate(r.rates, "preempts", r.unavailable),
+           lambda r: r.rates.preempts),
+    Column("migr_s", "MIGR/s", lambda r: cause_rate(r.rates, "migrations", r.unavailable),
+           lambda r: r.rates.migrations),
+    Column("sig_s", "SIG/s", lambda r: cause_rate(r.rates, "signals", r.unavailable), lambda r: r.rates.signals),
+    Column("membarrier_s", "MEMBAR/s", lambda r: cause_rate(r.rates, "membarrier_ipis", r.unavailable),
+           lambda r: r.rates.membarrier_ipis),
     Column("ratio", "AB/100PR", lambda r: ratio(r.rates.abort_ratio), _ratio_sort),
     Column("cause", "TOP CAUSE", lambda r: r.top_cause, lambda r: r.top_cause, right=False, descending=False),
     Column("site", "TOP SECTION", lambda r: printable(r.top_site), lambda r: r.top_site, right=False,
@@ -67,7 +92,8 @@ THREAD_COLUMNS = (
            descending=False),
     Column("aborts_s", "ABORTS/s", lambda r: rate(r.rates.aborts), lambda r: r.rates.aborts),
     Column("aborts", "ABORTS", lambda r: num(r.counts.aborts), lambda r: r.counts.aborts),
-    Column("preempt_s", "PREEMPT/s", lambda r: rate(r.rates.preempts), lambda r: r.rates.preempts),
+    Column("preempt_s", "PREEMPT/s", lambda r: cause_rate(r.rates, "preempts", r.unavailable),
+           lambda r: r.rates.preempts),
     Column("ratio", "AB/100PR", lambda r: ratio(r.rates.abort_ratio), _ratio_sort),
     Column("causes", "CAUSES", lambda r: cause_split(r.counts.causes), lambda r: r.counts.top_cause(),
            right=False, descending=False),

@@ -54,6 +54,7 @@ class ProcessRow:
     top_site: str
     history: tuple = ()
     alive: bool = True
+    unavailable: tuple = ()  # causes this kernel cannot see (shown as n/a)
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class ThreadRow:
     rates: Rates
     counts: Counts
     alive: bool = True
+    unavailable: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,8 @@ class LiveModel:
             site = best_site.get(p.pid)
             out.append(ProcessRow(p.pid, p.comm, p.threads_live, prates.get(p.pid, Rates()), p.counts,
                                   p.counts.top_cause(), site.symbol if site else "",
-                                  tuple(self.history.get(p.pid, ())), p.alive))
+                                  tuple(self.history.get(p.pid, ())), p.alive,
+                                  snap.self_stats.unavailable_causes))
         return out
 
     def thread_rows(self, pid: Optional[int] = None, include_idle: bool = False) -> list:
@@ -151,7 +154,9 @@ class LiveModel:
             return []
         trates = rates.thread_rates(self.prev, snap) if self.prev else {}
         threads = snap.threads_of(pid) if pid is not None else snap.threads
-        return [ThreadRow(t.pid, t.tid, t.comm, t.cpu, t.mm_cid, trates.get(t.tid, Rates()), t.counts, t.alive)
+        unavailable = snap.self_stats.unavailable_causes
+        return [ThreadRow(t.pid, t.tid, t.comm, t.cpu, t.mm_cid, trates.get(t.tid, Rates()), t.counts, t.alive,
+                          unavailable)
                 for t in threads if include_idle or t.counts.aborts]
 
     def site_rows(self, pid: int) -> list:

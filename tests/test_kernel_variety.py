@@ -1,0 +1,65 @@
+"""rseqtop on kernels unlike this one: missing tracepoints, no csd events,
+the older rseq_update format. Simulated with saved tracefs trees."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rseqtop import textout, workload
+from rseqtop.collector import Collector
+from rseqtop.errors import UserError
+from rseqtop.synthetic import SyntheticSource
+from rseqtop.tui.rows import LiveModel
+
+DATA = Path(__file__).parent / "data"
+
+
+def model_of(source) -> LiveModel:
+    m = LiveModel()
+    m.update(source.poll())
+    m.update(source.poll())
+    return m
+
+
+def test_unavailable_cause_is_shown_as_unavailable_not_zero():
+    m = model_of(SyntheticSource(3, 2, unavailable_causes=("membarrier",)))
+    text = textout.batch_text(m)
+    assert "membarrier/s n/a" in text
+    header, first = text.splitlines()[1:3]
+    col = header.index("MEMBAR/s")
+    assert "n/a" in first[col - 2:col + 10]
+    doc = json.loads(textout.json_line(m))
+    assert doc["self"]["unavailable_causes"] == ["membarrier"]
+    assert doc["system"]["rates"]["membarrier_ipis"] is None
+    assert all(p["rates"]["membarrier_ipis"] is None and p["totals"]["membarrier_ipis"] is None
+               for p in doc["processes"])
+    assert doc["processes"][0]["rates"]["signals"] is not None
+
+
+def test_old_kernel_without_csd_loads_and_says_what_is_missing(bpf_ok):
+    workload.build()
+    with Collector(tracefs_root=DATA / "tracefs-5.15") as c:
+        assert "csd:csd_function_entry" not in c.probes
+        summary = workload.run(["--threads", "1", "--membarrier-rate", "500", "--in-cs-delay", "3000",
+                                "--op", "delay", "--duration", "0.5"])
+        snap = c.poll()
+    assert snap.self_stats.unavailable_causes == ("membarrier",)
+    assert any("membarrier cause unavailable" in m for m in snap.self_stats.probes_missing)
+    proc = snap.process(summary["pid"])
+    # still exact, and no abort is blamed on a cause it could not see
+    assert proc.counts.aborts == summary["totals"]["aborts"]
+    assert not any("membarrier" in name for name, _ in proc.counts.causes)
+    # the old rseq_update format has no mm_cid: reported as unknown (-1)
+    assert all(t.mm_cid == -1 for t in snap.threads_of(summary["pid"]))
+
+
+def test_missing_rseq_tracepoint_is_a_one_line_error(tmp_path, bpf_ok):
+    tree = tmp_path / "tracefs"
+    shutil.copytree(DATA / "tracefs-6.18", tree)
+    shutil.rmtree(tree / "events/rseq/rseq_ip_fixup")
+    with pytest.raises(UserError) as err:
+        Collector(tracefs_root=tree).attach()
+    assert "rseq:rseq_ip_fixup" in str(err.value) and "doctor" in str(err.value)
+    assert "\n" not in str(err.value)

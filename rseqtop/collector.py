@@ -148,11 +148,26 @@ class Collector:
             self.symbolize(key.tgid, key.start_ip)
 
         self.bpf["new_sites"].open_perf_buffer(on_new_site, page_cnt=8)
-        self._stop_watcher = threading.Event()
+        self.resume_watcher()
+
+    def pause_watcher(self) -> None:
+        """Stop the new-site thread (for example while the caller changes its
+        credentials: capabilities are per thread, and a thread started later
+        inherits the caller's)."""
+        watcher = getattr(self, "_watcher", None)
+        if watcher is not None:
+            self._stop_watcher.set()
+            watcher.join(timeout=5)
+            self._watcher = None
+
+    def resume_watcher(self) -> None:
+        if getattr(self, "_watcher", None) is not None or self.bpf is None:
+            return
+        stop = self._stop_watcher = threading.Event()
         bpf = self.bpf
 
         def loop():
-            while not self._stop_watcher.is_set():
+            while not stop.is_set():
                 bpf.perf_buffer_poll(100)
 
         self._watcher = threading.Thread(target=loop, name="rseqtop-symbolizer", daemon=True)
@@ -165,11 +180,7 @@ class Collector:
         self.close()
 
     def close(self) -> None:
-        watcher = getattr(self, "_watcher", None)
-        if watcher is not None:
-            self._stop_watcher.set()
-            watcher.join(timeout=2)
-            self._watcher = None
+        self.pause_watcher()
         if self.bpf is not None:
             try:
                 self.bpf.cleanup()

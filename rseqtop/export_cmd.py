@@ -1,18 +1,28 @@
 """`rseqtop export`: serve Prometheus metrics about rseq aborts.
 
-The HTTP server starts first (so /-/healthy answers at once); /-/ready turns
-200 when the BPF probes are attached. If attaching fails, the command exits
-non-zero at once. See docs/production.md.
+Two processes (privilege separation, rseqtop/exporter/privsep.py): the
+listening socket is bound first, then the HTTP process is forked before
+anything BPF is loaded; it switches to --web.user with no capabilities at
+all and serves at once (/-/healthy answers at once). This process attaches
+the probes, then switches to the same user keeping only CAP_SYS_PTRACE and
+CAP_DAC_READ_SEARCH (symbolization), and answers the HTTP process's requests
+for metrics by reading the BPF maps at request time. /-/ready turns 200 when
+the probes are attached and this process answers. If attaching fails, or
+either process dies, the command exits non-zero. See docs/production.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import queue
 import re
 import signal
+import socket
 import sys
 import threading
+import time
 
 from rseqtop.errors import UsageError, UserError
 from rseqtop.exporter import DEFAULT_LISTEN, DEFAULT_PORT
@@ -74,6 +84,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                      help="path of the metrics (default /metrics)")
     web.add_argument("--web.config.file", dest="web_config", default=None, metavar="FILE",
                      help="exporter-toolkit web config: TLS and basic auth (bcrypt)")
+    web.add_argument("--web.user", dest="web_user", default="nobody", metavar="USER",
+                     help="unprivileged user (name or uid) both processes switch to after start-up when "
+                          "started as root; the HTTP process keeps no capability (default nobody)")
     lab = parser.add_argument_group("series")
     lab.add_argument("--labels", choices=("comm", "pid", "tid"), default="comm",
                      help="comm: comm + container labels, processes summed (default); "
@@ -111,12 +124,12 @@ def run(args) -> int:
         raise UsageError(f"--web.telemetry-path {args.telemetry_path!r}: give a path such as /metrics")
     address = parse_listen_address(args.listen)
     web = None
-    if args.web_config:
+    if args.web_config:  # read now, while the files are readable (the HTTP process could not)
         from rseqtop.exporter import webconfig
 
         web = webconfig.load(args.web_config)
 
-    from rseqtop.collector import Collector
+    from rseqtop.collector import Collector, check_privileges
 
     source = Collector(pids=args.pids, comm=args.comm, cgroups=args.cgroups)
     if args.ebpf:
@@ -125,25 +138,48 @@ def run(args) -> int:
 
     from prometheus_client import CollectorRegistry, ProcessCollector
 
+    from rseqtop.exporter import privsep
     from rseqtop.exporter.metrics import RseqCollector
-    from rseqtop.exporter.server import ExporterServer, serve_in_thread
+    from rseqtop.exporter.server import ExporterServer, render
 
+    check_privileges()  # one clear line before anything is forked
+    target = privsep.resolve_user(args.web_user)
     registry = CollectorRegistry()
     rc = RseqCollector(source, labels=args.labels, max_series=args.max_series, series_ttl=args.series_ttl,
                        top_sites=args.top_sites)
+    server = ExporterServer(address, registry, args.telemetry_path, web)  # bound here: low ports work
+    # Inherited by every thread created from now on (the link, the symbolizer): no exec can gain privileges.
+    privsep._prctl(privsep.PR_SET_NO_NEW_PRIVS, 1)
+    parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    sys.stderr.flush()
+    parent_pid = os.getpid()
+    child = os.fork()
+    if child == 0:  # the HTTP process: single-threaded here, no BPF loaded yet
+        parent_end.close()
+        privsep.run_child(server, child_end, target, parent_pid)  # never returns
+    child_end.close()
+    server.server_close()  # only the HTTP process holds the listening socket
+
     attached = threading.Event()
-    server = ExporterServer(address, registry, args.telemetry_path, web, ready=attached.is_set)
     stop = threading.Event()
+    requests: queue.Queue = queue.Queue()
+    child_gone = threading.Event()
+
+    def on_eof():
+        child_gone.set()
+        requests.put(None)
 
     def on_signal(signum, frame):
         stop.set()
+        requests.put(None)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    serve_in_thread(server)
+    link = privsep.ChildLink(parent_end, attached.is_set, lambda rid, key: requests.put((rid, key)), on_eof).start()
     scheme = "https" if server.web.tls else "http"
-    log.info("listening on %s://%s:%d%s (tls=%s, basic_auth=%s)", scheme, address[0] or "*", server.port,
-             args.telemetry_path, server.web.tls, bool(server.web.users))
+    log.info("listening on %s://%s:%d%s (tls=%s, basic_auth=%s; HTTP process %d as %s)", scheme,
+             address[0] or "*", server.port, args.telemetry_path, server.web.tls, bool(server.web.users),
+             child, target.name)
     try:
         try:
             source.attach()
@@ -153,16 +189,110 @@ def run(args) -> int:
             raise UserError(f"attaching the BPF probes failed: {type(err).__name__}: {err}") from None
         registry.register(rc)
         ProcessCollector(registry=registry)
-        server.ready_event.set()
+        _drop_parent(source, target, log)
         attached.set()
         log.info("ready: %d probes attached (%s labels, max %d label sets, series ttl %gs)",
                  len(source.probes), args.labels, args.max_series, args.series_ttl)
-        while not stop.wait(1.0):
-            pass
+        while not stop.is_set() and not child_gone.is_set():
+            _answer(requests, link, registry, render, log)
+        if child_gone.is_set() and not stop.is_set():
+            raise UserError(f"the HTTP process {child} exited unexpectedly ({_reap(child, 1.0)}); stopping")
         log.info("stopping")
     finally:
-        server.shutdown()
-        server.server_close()
+        if not child_gone.is_set() or _alive(child):
+            _stop_child(child)
+        parent_end.close()
         with rc.lock:
             source.close()
     return 0
+
+
+def _drop_parent(source, target, log) -> None:
+    """Keep only what reading maps and symbolizing needs. Capabilities are per
+    thread: pause the collector's symbolizer thread, drop in this thread,
+    restart it (it inherits the reduced set), then check every thread."""
+    from rseqtop.exporter import privsep
+
+    source.pause_watcher()
+    try:
+        privsep.drop(target, privsep.PARENT_KEEP)
+    except OSError as err:
+        raise UserError(f"dropping privileges after attaching failed: {err}") from None
+    source.resume_watcher()
+    allowed = privsep.mask(privsep.PARENT_KEEP)
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            st = privsep.status(f"/proc/self/task/{tid}/status")
+        except OSError:
+            continue
+        held = (st["CapEff"] | st["CapPrm"] | st["CapInh"] | st["CapAmb"]) & ~allowed
+        if held or (target.uid is not None and set(st["Uid"]) != {target.uid}):
+            raise UserError(f"thread {tid} still holds privileges after the drop (capabilities {held:#x}, "
+                            f"uids {st['Uid']}); refusing to serve")
+    log.info("privileges dropped: collector runs as %s with CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH", target.name)
+
+
+def _answer(requests: queue.Queue, link, registry, render, log) -> None:
+    """Build the metrics for waiting requests, in this thread (it holds the
+    capabilities symbolization needs); one build per format for a batch."""
+    try:
+        item = requests.get(timeout=1.0)
+    except queue.Empty:
+        return
+    batch = [item]
+    while True:
+        try:
+            batch.append(requests.get_nowait())
+        except queue.Empty:
+            break
+    by_key: dict = {}
+    for it in batch:
+        if it is not None:
+            by_key.setdefault(it[1], []).append(it[0])
+    from rseqtop.exporter import privsep
+
+    for key, rids in by_key.items():
+        try:
+            body, ctype = render(registry, key)
+            st, payload = privsep.OK, privsep.pack_metrics(body, ctype)
+        except Exception as err:  # the collector logs and counts its own errors; this is a last resort
+            log.error("building the metrics failed: %s: %s", type(err).__name__, err)
+            st, payload = privsep.ERROR, f"error building the metrics: {type(err).__name__}\n".encode()
+        for rid in rids:
+            link.reply(rid, st, payload)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        return False
+
+
+def _reap(pid: int, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            done, st = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return "already reaped"
+        if done:
+            if os.WIFSIGNALED(st):
+                return f"killed by {signal.Signals(os.WTERMSIG(st)).name}"
+            return f"exit status {os.WEXITSTATUS(st)}"
+        if time.monotonic() > deadline:
+            return "still running"
+        time.sleep(0.02)
+
+
+def _stop_child(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    if _reap(pid, 1.0) == "still running":
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        _reap(pid, 1.0)

@@ -4,6 +4,11 @@ One thread per connection (a slow client holds only its own thread), a
 per-connection socket timeout, the TLS handshake done in that thread (never
 in the accept loop), and a plain "400" to clients that speak HTTP to a TLS
 port, as Go's net/http does.
+
+The metrics body comes from `registry` in this process, or, when
+`metrics_source` is set (the privilege-separated HTTP process of `rseqtop
+export`, see privsep.py), from an object whose `metrics(key)` returns
+(HTTP status, body, content type) for a format key from `negotiate()`.
 """
 
 from __future__ import annotations
@@ -28,6 +33,22 @@ log = logging.getLogger("rseqtop.export")
 
 PLAIN_TO_TLS = (b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"
                 b"Client sent an HTTP request to an HTTPS server.\n")
+
+
+def negotiate(accept: Optional[str]) -> str:
+    """The format an Accept header asks for, as a key for render(): "text"
+    (classic 0.0.4) or the full OpenMetrics content type (version, escaping)."""
+    ctype = choose_encoder(accept)[1]
+    return ctype if "openmetrics" in ctype else "text"
+
+
+def render(registry, accept: Optional[str]) -> tuple:
+    """(body, content type) of the registry for an Accept header or a negotiate() key."""
+    encoder, ctype = choose_encoder(accept)
+    if "openmetrics" in ctype:
+        return encoder(registry), ctype
+    # the classic text format, written without per-sample re-validation
+    return exposition.encode(registry), exposition.CONTENT_TYPE
 
 
 def parse_listen_address(text: str) -> tuple:
@@ -74,6 +95,7 @@ class ExporterServer(ThreadingHTTPServer):
         self.conn_timeout = conn_timeout
         self.ready_event = threading.Event()
         self._ready_fn = ready
+        self.metrics_source = None  # set in the privilege-separated HTTP process
         try:
             super().__init__((host, port), Handler)
         except OSError as err:
@@ -193,15 +215,24 @@ class Handler(BaseHTTPRequestHandler):
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse
 
     def _metrics(self):
+        source = self.server.metrics_source
+        if source is not None:
+            try:
+                code, body, ctype = source.metrics(negotiate(self.headers.get("Accept")))
+            except Exception as err:  # the collector process is gone or stuck
+                log.error("the collector process did not answer: %s", type(err).__name__)
+                return self._send(503, b"the collector process is not answering\n")
+            if code != 200:
+                return self._send(code, body, ctype)
+            return self._send_metrics(body, ctype)
         try:
-            encoder, ctype = choose_encoder(self.headers.get("Accept"))
-            if "openmetrics" in ctype:
-                body = encoder(self.server.registry)
-            else:  # the classic text format, written without per-sample re-validation
-                body, ctype = exposition.encode(self.server.registry), exposition.CONTENT_TYPE
+            body, ctype = render(self.server.registry, self.headers.get("Accept"))
         except Exception as err:  # the collector logs and counts its own errors; this is a last resort
             log.error("building the metrics failed: %s: %s", type(err).__name__, err)
             return self._send(500, f"error building the metrics: {type(err).__name__}\n".encode())
+        self._send_metrics(body, ctype)
+
+    def _send_metrics(self, body: bytes, ctype: str):
         extra = {}
         if "gzip" in (self.headers.get("Accept-Encoding") or ""):
             body = gzip.compress(body, compresslevel=1)

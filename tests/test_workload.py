@@ -31,7 +31,8 @@ OPS = ["counter", "spinlock", "push", "pop", "delay"]
 OPTIONS = [
     "--threads", "--cpus", "--op", "--duration", "--ops", "--in-cs-delay", "--yield",
     "--signal-rate", "--migrate-rate", "--membarrier-rate", "--membarrier-unregistered",
-    "--name", "--json-out", "--help",
+    "--name", "--json-out", "--help", "--churn-threads", "--churn-processes", "--churn-ops",
+    "--churn-rate",
 ]
 NO_GLIBC_RSEQ = {"GLIBC_TUNABLES": "glibc.pthread.rseq=0"}
 
@@ -117,6 +118,11 @@ def check_schema(value, spec, where="summary"):
         raise AssertionError(f"unknown spec {spec!r}")
 
 
+def _with_churn(t: dict) -> list[dict]:
+    """A thread record and, with --churn-*, the counts of its churn threads."""
+    return [t, t["churn"]] if "churn" in t else [t]
+
+
 def check_consistent(s: dict) -> None:
     """Per-thread numbers add up to the per-op and total numbers."""
     check_schema(s, SCHEMA)
@@ -124,14 +130,34 @@ def check_consistent(s: dict) -> None:
     tids = [t["tid"] for t in s["threads"].values()]
     assert len(set(tids)) == len(tids) == s["config"]["threads"]
     assert all(str(t["tid"]) == key for key, t in s["threads"].items())
-    for field in ("commits", "aborts", "cpu_mismatch"):
-        assert s["totals"][field] == sum(t[field] for t in s["threads"].values())
+    churn = s["config"]["churn"]
+    assert all(("churn" in t) == bool(churn) for t in s["threads"].values())
+    parts = [p for t in s["threads"].values() for p in _with_churn(t)]
+    for field in ("commits", "aborts", "cpu_mismatch", "cmp_fail"):
+        assert s["totals"][field] == sum(p[field] for p in parts)
         assert s["totals"][field] == sum(o[field] for o in s["ops"].values())
         for op, o in s["ops"].items():
-            assert o[field] == sum(t["ops"].get(op, {}).get(field, 0) for t in s["threads"].values())
-        for t in s["threads"].values():
-            assert t[field] == sum(o[field] for o in t["ops"].values())
-    assert s["totals"]["signals"] == sum(t["signals"] for t in s["threads"].values())
+            assert o[field] == sum(p["ops"].get(op, {}).get(field, 0) for p in parts)
+        for p in parts:
+            assert p[field] == sum(o[field] for o in p["ops"].values())
+    assert s["totals"]["signals"] == sum(p["signals"] for p in parts)
+    if churn:
+        assert s["churn"]["mode"] == churn
+        assert s["churn"]["created"] == sum(t["churn"]["created"] for t in s["threads"].values())
+        assert s["churn"]["ops_per_thread"] == s["config"]["churn_ops"]
+        # churn slots run no sections themselves
+        assert all(t["commits"] == t["aborts"] == 0 for t in s["threads"].values())
+    else:
+        assert s["churn"] is None
+    if churn == "processes":
+        kids, ct = s["children"], s["children_totals"]
+        assert ct["pids"] == len(kids)
+        assert ct["processes"] == sum(c["processes"] for c in kids.values()) == s["churn"]["created"]
+        for field in ("commits", "aborts", "cpu_mismatch", "cmp_fail"):
+            assert ct[field] == sum(c[field] for c in kids.values())
+            assert ct[field] == s["totals"][field]  # the parent ran no sections
+    else:
+        assert s["children"] is None and s["children_totals"] is None
     assert set(s["ops"]) == set(OPS)
     starts = {o["start_ip"] for o in s["ops"].values()}
     assert len(starts) == len(OPS), "each operation must have its own start_ip"
@@ -322,6 +348,81 @@ def test_membarrier_unregistered_fails_with_eperm():
 
 
 # --------------------------------------------------------------------------
+# Churn: short-lived threads / child processes
+
+
+@pytest.mark.parametrize("mode", ["glibc", "own"])
+@pytest.mark.parametrize("churn", ["threads", "processes"])
+def test_churn_with_ops_is_exact(churn, mode):
+    slots, n, k = 3, 1000, 30
+    env = env_with(NO_GLIBC_RSEQ if mode == "own" else None)
+    s = workload.run([f"--churn-{churn}", "--threads", slots, "--ops", n, "--churn-ops", k],
+                     env=env)
+    check_consistent(s)
+    assert s["self_check"] == {"ok": True, "problems": []}
+    per_slot = -(-n // k)  # ceil: the last churn thread of a slot runs the rest
+    assert s["churn"]["created"] == slots * per_slot
+    assert s["churn"]["failed"] == 0
+    for t in s["threads"].values():
+        assert t["churn"]["created"] == per_slot
+    for op in ("counter", "spinlock", "delay"):  # round robin continues across churn threads
+        assert s["ops"][op]["commits"] == slots * n // 5
+    assert s["ops"]["push"]["commits"] == s["ops"]["pop"]["commits"]
+    reg = s["registration"]
+    assert reg["mode"] == mode
+    expected = s["churn"]["created"] if mode == "own" else 0
+    assert reg["own_registrations"] == reg["own_unregistrations"] == expected
+    if churn == "processes":
+        assert len(s["children"]) >= 1
+        assert all(int(pid) != s["pid"] for pid in s["children"])
+
+
+@pytest.mark.parametrize("churn", ["threads", "processes"])
+def test_churn_oversubscribed_makes_aborts(churn):
+    s = workload.run([f"--churn-{churn}", "--threads", "6", "--cpus", "0", "--op", "delay",
+                      "--in-cs-delay", "20000", "--churn-ops", "50", "--duration", "1"],
+                     env=env_with())
+    check_consistent(s)
+    assert s["self_check"]["ok"]
+    assert s["churn"]["created"] > 0 and s["churn"]["per_second"] > 0
+    assert s["totals"]["aborts"] > 0
+
+
+def test_churn_threads_with_inducers():
+    s = workload.run(["--churn-threads", "--threads", "3", "--op", "delay", "--in-cs-delay", "5000",
+                      "--duration", "1", "--signal-rate", "2000", "--migrate-rate", "500",
+                      "--membarrier-rate", "500"], env=env_with())
+    check_consistent(s)
+    assert s["self_check"]["ok"]
+    assert s["signals_sent"] > 0
+    assert s["totals"]["signals"] <= s["signals_sent"]
+    assert s["totals"]["aborts"] > 0
+
+
+def test_churn_rate_limits_creation():
+    s = workload.run(["--churn-threads", "--threads", "2", "--churn-rate", "200",
+                      "--duration", "0.5", "--op", "counter"], env=env_with())
+    check_consistent(s)
+    assert s["config"]["churn_rate"] == 200
+    assert 0 < s["churn"]["created"] <= 2 * 200  # never more than the rate allows (+ slack)
+
+
+@pytest.mark.parametrize("churn", ["threads", "processes"])
+def test_churn_stop_signal_prints_complete_summary(churn):
+    proc = workload.start([f"--churn-{churn}", "--duration", "30", "--threads", "2"],
+                          stderr=subprocess.PIPE, env=env_with())
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    s = workload.parse_summary(out)
+    check_consistent(s)
+    assert s["self_check"]["ok"]
+    assert s["churn"]["created"] > 0
+    assert "churn:" in err
+
+
+# --------------------------------------------------------------------------
 # Output
 
 
@@ -414,6 +515,15 @@ BAD = [
     ["--threads"],
     ["stray"],
     ["--membarrier-unregistered"],
+    ["--churn-threads", "--churn-processes"],
+    ["--churn-ops", "5"],
+    ["--churn-rate", "100"],
+    ["--churn-threads", "--churn-ops", "0"],
+    ["--churn-threads", "--churn-ops", "x"],
+    ["--churn-threads", "--churn-rate", "0"],
+    ["--churn-processes", "--signal-rate", "10"],
+    ["--churn-processes", "--migrate-rate", "10"],
+    ["--churn-processes", "--membarrier-rate", "10"],
 ]
 
 

@@ -18,6 +18,11 @@
  * make the kernel abort sections. At exit the program checks its per-CPU data
  * against the counts and prints one JSON summary (see docs/workload.md).
  *
+ * --churn-threads / --churn-processes: the workers become slots that start
+ * short-lived threads (or fork short-lived child processes) one after the
+ * other, each running --churn-ops operations with the same exact counting;
+ * their counts are summed per slot (children report through a pipe).
+ *
  * Built by rseqtop.workload with: cc -O2 -Wall -Wextra -Werror -pthread.
  */
 #define _GNU_SOURCE
@@ -34,9 +39,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/prctl.h>
 #include <sys/rseq.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include <linux/membarrier.h>
@@ -52,6 +59,11 @@
 #define NODES_PER_CPU 1024
 #define EXIT_USAGE 2
 #define EXIT_SELFCHECK 3
+#define CHURN_OPS_DEFAULT 20
+#define CHURN_STACK_SIZE (256 * 1024)
+
+enum churn_mode { CHURN_NONE, CHURN_THREADS, CHURN_PROCESSES };
+static const char *const churn_mode_names[] = { NULL, "threads", "processes" };
 
 /* ------------------------------------------------------------------ */
 /* Operations                                                          */
@@ -327,6 +339,10 @@ struct config {
 	long in_cs_delay;
 	const char *name;
 	const char *json_out;
+	int churn;               /* enum churn_mode */
+	long long churn_ops;     /* operations per churn thread / child */
+	int churn_ops_given;
+	double churn_rate;       /* churn threads / children per second, 0: no limit */
 };
 
 static struct config cfg;
@@ -338,9 +354,31 @@ static atomic_int stop_flag;
 
 /* Registration bookkeeping. */
 static const char *reg_mode = "glibc";
+static int own_mode;             /* reg_mode is "own" */
 static unsigned int reg_size;
 static atomic_long own_registrations, own_unregistrations;
 static long probe_registrations; /* the main thread's availability check */
+
+/* One child process of --churn-processes, as the parent saw it. */
+struct child_rec {
+	int pid;
+	int processes;         /* > 1 only after merging reused pids */
+	uint64_t commits, aborts, mismatch, cmp_fail;
+};
+
+/* What a churn child sends to its parent through the slot's pipe (one
+ * write, smaller than PIPE_BUF, so atomic). */
+#define CHILD_REPORT_MAGIC 0x52534551u
+struct child_report {
+	uint32_t magic;
+	int32_t reg_error;      /* errno of a failed registration, 0 if none */
+	int32_t own_reg, own_unreg;
+	int32_t nproblems;      /* self-check problems found in the child */
+	int32_t pad;
+	long long done_ops;
+	struct tstats stats;
+	char problem[256];      /* the first of them */
+};
 
 struct worker {
 	int index;
@@ -349,6 +387,26 @@ struct worker {
 	atomic_int done;
 	int reg_error;         /* errno of a failed own registration */
 	struct tstats stats;   /* copied at thread exit */
+
+	/* --churn-*: this worker is a slot that starts short-lived threads or
+	 * child processes one after the other, and only they run sections. */
+	pthread_mutex_t churn_lock;  /* held while an inducer acts on churn_tid */
+	atomic_int churn_tid;        /* live churn thread, 0 if none */
+	long long churn_k;           /* steps for the current churn thread */
+	long long churn_step;        /* round-robin position over cfg.ops */
+	long long churn_done;        /* commits counted against --ops */
+	long long churn_ran;         /* the current churn thread's commits */
+	uint64_t churn_created;
+	struct tstats churn_stats;   /* sum over its churn threads / children */
+	int churn_reg_error;         /* first registration failure of a churn thread */
+	int churn_error;             /* errno of a failed pthread_create / fork */
+	const char *churn_error_what;
+	long churn_own_reg, churn_own_unreg;  /* children's own (un)registrations */
+	int churn_pipe[2];
+	struct child_rec *children;
+	size_t nchildren, children_cap;
+	long child_failures;         /* children that failed or reported problems */
+	char child_problem[320];     /* the first such failure */
 };
 static struct worker *workers;
 
@@ -538,14 +596,16 @@ static void print_help(void)
 "Stops after --duration or --ops, or cleanly on SIGINT / SIGTERM.\n"
 "\n"
 "Options:\n"
-"  --threads N              worker threads (default: number of usable CPUs)\n"
+"  --threads N              worker threads (default: number of usable CPUs); with\n"
+"                           --churn-*, worker slots that start churn threads\n"
 "  --cpus LIST              pin workers round-robin to CPUs, e.g. 0,1 or 0-1\n"
 "  --inducer-cpus LIST      pin the signal, migration and membarrier threads to\n"
 "                           these CPUs (keeps them from preempting the workers)\n"
 "  --op NAME[,NAME...]      sections to run in round robin: counter, spinlock,\n"
 "                           push, pop, delay, or all (default: all)\n"
 "  --duration SECONDS       run time (float; default 5 unless --ops is given)\n"
-"  --ops N                  operations per worker thread (round-robin steps);\n"
+"  --ops N                  operations per worker thread (round-robin steps; with\n"
+"                           --churn-*, per slot over all its churn threads);\n"
 "                           with --duration, stop at whichever comes first\n"
 "  --in-cs-delay N          delay-loop iterations inside the delay section\n"
 "                           before its commit (default 1000; 0 allowed)\n"
@@ -556,6 +616,15 @@ static void print_help(void)
 "  --membarrier-rate HZ     call membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ)\n"
 "                           HZ times per second (registered first)\n"
 "  --membarrier-unregistered  skip the membarrier registration (calls fail EPERM)\n"
+"  --churn-threads          each worker slot starts short-lived threads one after\n"
+"                           the other; each registers rseq, runs --churn-ops\n"
+"                           operations, adds its exact counts to the totals, exits\n"
+"  --churn-processes        the same with short-lived child processes (fork); each\n"
+"                           self-checks and reports its counts through a pipe\n"
+"                           (not with --signal-rate, --migrate-rate, --membarrier-rate)\n"
+"  --churn-ops K            operations per churn thread / child (default 20)\n"
+"  --churn-rate HZ          at most HZ churn threads / children per second in\n"
+"                           total (default: as fast as possible)\n"
 "  --name NAME              set every thread's comm (kernel keeps 15 bytes)\n"
 "  --json-out FILE          write the JSON summary to FILE instead of stdout\n"
 "  -h, --help               show this help and exit\n"
@@ -571,6 +640,7 @@ static void print_help(void)
 enum {
 	O_THREADS = 1000, O_CPUS, O_OP, O_DURATION, O_OPS, O_DELAY, O_YIELD,
 	O_SIGNAL, O_MIGRATE, O_MEMBARRIER, O_MB_UNREG, O_NAME, O_JSON_OUT, O_INDUCER_CPUS,
+	O_CHURN_THREADS, O_CHURN_PROCESSES, O_CHURN_OPS, O_CHURN_RATE,
 };
 
 static void parse_args(int argc, char **argv)
@@ -590,12 +660,17 @@ static void parse_args(int argc, char **argv)
 		{"membarrier-unregistered", no_argument, 0, O_MB_UNREG},
 		{"name", required_argument, 0, O_NAME},
 		{"json-out", required_argument, 0, O_JSON_OUT},
+		{"churn-threads", no_argument, 0, O_CHURN_THREADS},
+		{"churn-processes", no_argument, 0, O_CHURN_PROCESSES},
+		{"churn-ops", required_argument, 0, O_CHURN_OPS},
+		{"churn-rate", required_argument, 0, O_CHURN_RATE},
 		{"help", no_argument, 0, 'h'},
 		{0, 0, 0, 0},
 	};
 	int c, threads_given = 0;
 
 	cfg.in_cs_delay = 1000;
+	cfg.churn_ops = CHURN_OPS_DEFAULT;
 	parse_ops("all");
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
@@ -636,6 +711,22 @@ static void parse_args(int argc, char **argv)
 				usage_error("--json-out: empty file name");
 			cfg.json_out = optarg;
 			break;
+		case O_CHURN_THREADS:
+		case O_CHURN_PROCESSES: {
+			int m = c == O_CHURN_THREADS ? CHURN_THREADS : CHURN_PROCESSES;
+
+			if (cfg.churn && cfg.churn != m)
+				usage_error("--churn-threads and --churn-processes exclude each other");
+			cfg.churn = m;
+			break;
+		}
+		case O_CHURN_OPS:
+			cfg.churn_ops = parse_int("--churn-ops", optarg, 1, 1000000000LL);
+			cfg.churn_ops_given = 1;
+			break;
+		case O_CHURN_RATE:
+			cfg.churn_rate = parse_positive_double("--churn-rate", optarg);
+			break;
 		case 'h':
 			print_help();
 			exit(0);
@@ -655,6 +746,21 @@ static void parse_args(int argc, char **argv)
 		cfg.duration = 5.0;
 	if (cfg.membarrier_unregistered && cfg.membarrier_rate <= 0)
 		usage_error("--membarrier-unregistered needs --membarrier-rate");
+	if (cfg.churn_ops_given && !cfg.churn)
+		usage_error("--churn-ops needs --churn-threads or --churn-processes");
+	if (cfg.churn_rate > 0 && !cfg.churn)
+		usage_error("--churn-rate needs --churn-threads or --churn-processes");
+	if (cfg.churn == CHURN_PROCESSES) {
+		/* The inducers act on this process's threads and memory map: they
+		 * cannot reach the children (and a reaped child's pid may already
+		 * belong to another process). */
+		if (cfg.signal_rate > 0)
+			usage_error("--signal-rate cannot be combined with --churn-processes");
+		if (cfg.migrate_rate > 0)
+			usage_error("--migrate-rate cannot be combined with --churn-processes");
+		if (cfg.membarrier_rate > 0)
+			usage_error("--membarrier-rate cannot be combined with --churn-processes");
+	}
 }
 
 /* ------------------------------------------------------------------ */
@@ -714,6 +820,78 @@ static void pin_inducer(void)
 		CPU_SET(cfg.inducer_cpus[i], &set);
 	if (sched_setaffinity(0, sizeof(set), &set))
 		fatal("--inducer-cpus: sched_setaffinity failed: %s", strerror(errno));
+}
+
+/* ------------------------------------------------------------------ */
+/* Self-check                                                          */
+
+#define MAX_PROBLEMS 16
+static char problems[MAX_PROBLEMS][256];
+static int nproblems;
+
+static void problem(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void problem(const char *fmt, ...)
+{
+	va_list ap;
+
+	if (nproblems >= MAX_PROBLEMS)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(problems[nproblems++], sizeof(problems[0]), fmt, ap);
+	va_end(ap);
+}
+
+static long pool_size;
+static struct node *pool;
+static char *pool_mark;   /* pool_size bytes, allocated up front: a churn
+			   * child (forked from a threaded process) self-checks
+			   * without calling malloc */
+
+static void self_check(const uint64_t *commits)
+{
+	intptr_t sum = 0, dsum = 0, lsum = 0;
+	long seen = 0;
+	char *mark = pool_mark;
+
+	memset(mark, 0, pool_size);
+
+	for (int c = 0; c < nr_possible_cpus; c++) {
+		sum += slots[c].counter;
+		dsum += slots[c].delay_counter;
+		lsum += slots[c].locked_count;
+		if (slots[c].lock != 0)
+			problem("spinlock of CPU %d still held at exit", c);
+	}
+	if ((uint64_t)sum != commits[OP_COUNTER])
+		problem("per-CPU counters sum to %ld but counter commits are %llu",
+			(long)sum, (unsigned long long)commits[OP_COUNTER]);
+	if ((uint64_t)dsum != commits[OP_DELAY])
+		problem("per-CPU delay counters sum to %ld but delay commits are %llu",
+			(long)dsum, (unsigned long long)commits[OP_DELAY]);
+	if ((uint64_t)lsum != commits[OP_SPINLOCK])
+		problem("spinlock-protected counters sum to %ld but spinlock commits are %llu",
+			(long)lsum, (unsigned long long)commits[OP_SPINLOCK]);
+	if (commits[OP_PUSH] != commits[OP_POP])
+		problem("push commits (%llu) differ from pop commits (%llu)",
+			(unsigned long long)commits[OP_PUSH], (unsigned long long)commits[OP_POP]);
+	for (int c = 0; c < nr_possible_cpus; c++) {
+		for (struct node *n = slots[c].head; n; n = n->next) {
+			long id = n - pool;
+
+			if (id < 0 || id >= pool_size) {
+				problem("free list of CPU %d holds a foreign pointer", c);
+				break;
+			}
+			if (mark[id]) {
+				problem("node %ld appears twice in the free lists", id);
+				break;
+			}
+			mark[id] = 1;
+			seen++;
+		}
+	}
+	if (seen != pool_size)
+		problem("free lists hold %ld nodes, expected %ld", seen, pool_size);
 }
 
 /* ------------------------------------------------------------------ */
@@ -861,10 +1039,263 @@ static void unregister_own_rseq(void)
 			strerror(errno));
 }
 
+/* ---- churn ---- */
+
+static void add_stats(struct tstats *dst, const struct tstats *src)
+{
+	for (int o = 0; o < NR_OPS; o++) {
+		dst->commits[o] += src->commits[o];
+		dst->aborts[o] += src->aborts[o];
+		dst->mismatch[o] += src->mismatch[o];
+		dst->cmp_fail[o] += src->cmp_fail[o];
+	}
+	dst->signals += src->signals;
+}
+
+/* The body of a churn thread or child: up to k round-robin steps over
+ * cfg.ops, continuing the slot's round robin. Returns the commits. */
+static long long churn_run(struct worker *w, long long k)
+{
+	long long done = 0;
+
+	for (long long i = 0; i < k; i++) {
+		if (atomic_load_explicit(&stop_flag, memory_order_relaxed))
+			break;
+		if (run_op(cfg.ops[(w->churn_step + i) % cfg.nops]))
+			done++;
+		if (cfg.yield)
+			sched_yield();
+	}
+	if (t_held)
+		do_push();   /* give the node back */
+	return done;
+}
+
+/* Steps for the next churn thread / child of w; 0 when --ops is reached. */
+static long long churn_next_k(const struct worker *w)
+{
+	long long k = cfg.churn_ops;
+
+	if (cfg.ops_per_thread) {
+		long long left = cfg.ops_per_thread - w->churn_done;
+
+		if (left <= 0)
+			return 0;
+		if (left < k)
+			k = left;
+	}
+	return k;
+}
+
+static void *churn_thread_main(void *arg)
+{
+	struct worker *w = arg;
+	int publish = cfg.signal_rate > 0 || cfg.migrate_rate > 0;
+	sigset_t usr1;
+
+	/* A new thread: glibc registered its rseq area before calling us (or
+	 * we register our own); t_stats and t_held start zeroed (fresh TLS). */
+	if (own_mode) {
+		int err = register_own_rseq();
+
+		if (err) {
+			w->churn_reg_error = err;
+			atomic_store(&stop_flag, 1);
+			return NULL;
+		}
+	}
+	if (publish)
+		atomic_store(&w->churn_tid, (int)gettid());
+	w->churn_ran = churn_run(w, w->churn_k);
+	if (publish) {
+		/* an inducer holding the lock is acting on this (live) tid */
+		pthread_mutex_lock(&w->churn_lock);
+		atomic_store(&w->churn_tid, 0);
+		pthread_mutex_unlock(&w->churn_lock);
+	}
+	sigemptyset(&usr1);
+	sigaddset(&usr1, SIGUSR1);
+	pthread_sigmask(SIG_BLOCK, &usr1, NULL);
+	/* the slot reads churn_stats only after pthread_join */
+	add_stats(&w->churn_stats, &t_stats);
+	if (own_mode)
+		unregister_own_rseq();
+	return NULL;
+}
+
+static void slot_churn_threads(struct worker *w)
+{
+	pthread_attr_t attr;
+	long long k;
+
+	struct timespec next;
+
+	clock_gettime(CLOCK_MONOTONIC, &next);
+	pthread_attr_init(&attr);
+	pthread_attr_setstacksize(&attr, CHURN_STACK_SIZE);
+	while (!atomic_load_explicit(&stop_flag, memory_order_relaxed) &&
+	       (k = churn_next_k(w)) > 0) {
+		pthread_t t;
+		int err;
+
+		if (cfg.churn_rate > 0 && !tick_wait(&next, cfg.threads / cfg.churn_rate))
+			break;
+		w->churn_k = k;
+		w->churn_ran = 0;
+		err = pthread_create(&t, &attr, churn_thread_main, w);
+		if (err) {
+			w->churn_error = err;
+			w->churn_error_what = "cannot create a churn thread";
+			atomic_store(&stop_flag, 1);
+			break;
+		}
+		w->churn_created++;
+		pthread_join(t, NULL);
+		w->churn_done += w->churn_ran;
+		w->churn_step += k;
+	}
+	pthread_attr_destroy(&attr);
+}
+
+/* A forked child: this thread alone, with a copy of the parent's memory
+ * (same addresses, so the same start_ip / abort_ip) in which no other
+ * thread runs sections. The rseq registration of the forking thread is
+ * inherited (glibc mode); in own mode the child registers its own. Runs k
+ * operations, self-checks its copy of the per-CPU data, reports through the
+ * slot's pipe and _exits. Only async-signal-safe calls: other threads of
+ * the parent may have held locks at fork time. */
+static void churn_child(struct worker *w, long long k) __attribute__((noreturn));
+static void churn_child(struct worker *w, long long k)
+{
+	struct child_report rep;
+
+	memset(&rep, 0, sizeof(rep));
+	rep.magic = CHILD_REPORT_MAGIC;
+	memset(&t_stats, 0, sizeof(t_stats));
+	t_held = NULL;
+	nproblems = 0;
+	if (own_mode) {
+		memset(&own_rseq, 0, sizeof(own_rseq));
+		own_rseq.cpu_id = (uint32_t)RSEQ_CPU_ID_UNINITIALIZED;
+		if (syscall(__NR_rseq, &own_rseq, sizeof(own_rseq), 0, WL_RSEQ_SIG) != 0) {
+			rep.reg_error = errno;
+			goto send;
+		}
+		rep.own_reg = 1;
+	} else if ((int32_t)rseq_area()->cpu_id < 0) {
+		rep.reg_error = -1;   /* no registration inherited through fork */
+		goto send;
+	}
+	rep.done_ops = churn_run(w, k);
+	self_check(t_stats.commits);
+	rep.nproblems = nproblems;
+	if (nproblems)
+		memcpy(rep.problem, problems[0], sizeof(rep.problem) - 1);
+	rep.stats = t_stats;
+	if (own_mode &&
+	    syscall(__NR_rseq, &own_rseq, sizeof(own_rseq), RSEQ_FLAG_UNREGISTER, WL_RSEQ_SIG) == 0)
+		rep.own_unreg = 1;
+send:
+	if (write(w->churn_pipe[1], &rep, sizeof(rep)) != (ssize_t)sizeof(rep))
+		_exit(1);
+	_exit(0);
+}
+
+static void child_failure(struct worker *w, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+static void child_failure(struct worker *w, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (w->child_failures++ == 0) {
+		va_start(ap, fmt);
+		vsnprintf(w->child_problem, sizeof(w->child_problem), fmt, ap);
+		va_end(ap);
+	}
+}
+
+static void slot_churn_processes(struct worker *w)
+{
+	long long k;
+	struct timespec next;
+
+	clock_gettime(CLOCK_MONOTONIC, &next);
+	while (!atomic_load_explicit(&stop_flag, memory_order_relaxed) &&
+	       (k = churn_next_k(w)) > 0) {
+		struct child_report rep;
+		struct child_rec *rec;
+		ssize_t n;
+		int status = 0;
+		pid_t pid;
+
+		if (cfg.churn_rate > 0 && !tick_wait(&next, cfg.threads / cfg.churn_rate))
+			break;
+		if (w->nchildren == w->children_cap) {
+			size_t cap = w->children_cap ? w->children_cap * 2 : 4096;
+			struct child_rec *c = realloc(w->children, cap * sizeof(*c));
+
+			if (!c) {
+				w->churn_error = ENOMEM;
+				w->churn_error_what = "out of memory";
+				atomic_store(&stop_flag, 1);
+				break;
+			}
+			w->children = c;
+			w->children_cap = cap;
+		}
+		/* _Fork: no atfork handlers, no malloc / stdio locks taken; the
+		 * child uses none of them. */
+		pid = _Fork();
+		if (pid < 0) {
+			w->churn_error = errno;
+			w->churn_error_what = "cannot fork a churn child";
+			atomic_store(&stop_flag, 1);
+			break;
+		}
+		if (pid == 0)
+			churn_child(w, k);
+		w->churn_created++;
+		while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+			;
+		rec = &w->children[w->nchildren++];
+		memset(rec, 0, sizeof(*rec));
+		rec->pid = pid;
+		rec->processes = 1;
+		n = read(w->churn_pipe[0], &rep, sizeof(rep));
+		if (n == (ssize_t)sizeof(rep) && rep.magic == CHILD_REPORT_MAGIC) {
+			if (rep.reg_error) {
+				if (!w->churn_reg_error)
+					w->churn_reg_error = rep.reg_error;
+				atomic_store(&stop_flag, 1);
+			}
+			w->churn_own_reg += rep.own_reg;
+			w->churn_own_unreg += rep.own_unreg;
+			w->churn_done += rep.done_ops;
+			add_stats(&w->churn_stats, &rep.stats);
+			for (int o = 0; o < NR_OPS; o++) {
+				rec->commits += rep.stats.commits[o];
+				rec->aborts += rep.stats.aborts[o];
+				rec->mismatch += rep.stats.mismatch[o];
+				rec->cmp_fail += rep.stats.cmp_fail[o];
+			}
+			if (rep.nproblems)
+				child_failure(w, "child %d: %s", (int)pid, rep.problem);
+		} else {
+			child_failure(w, "child %d sent no report", (int)pid);
+		}
+		if (WIFSIGNALED(status))
+			child_failure(w, "child %d killed by signal %d", (int)pid, WTERMSIG(status));
+		else if (WIFEXITED(status) && WEXITSTATUS(status))
+			child_failure(w, "child %d exited with status %d", (int)pid,
+				      WEXITSTATUS(status));
+		w->churn_step += k;
+	}
+}
+
 static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
-	int own = !strcmp(reg_mode, "own");
+	int own = own_mode && !cfg.churn;   /* churn slots run no sections */
 	long long done_ops = 0;
 	sigset_t usr1;
 
@@ -886,7 +1317,11 @@ static void *worker_main(void *arg)
 	atomic_store(&w->tid, (int)gettid());
 	pthread_barrier_wait(&start_barrier);
 
-	if (!w->reg_error) {
+	if (cfg.churn == CHURN_THREADS) {
+		slot_churn_threads(w);
+	} else if (cfg.churn == CHURN_PROCESSES) {
+		slot_churn_processes(w);
+	} else if (!w->reg_error) {
 		for (int i = 0; !atomic_load_explicit(&stop_flag, memory_order_relaxed); i++) {
 			if (cfg.ops_per_thread && done_ops >= cfg.ops_per_thread)
 				break;
@@ -913,6 +1348,31 @@ static void *worker_main(void *arg)
 /* ------------------------------------------------------------------ */
 /* Inducers                                                            */
 
+/* The thread an inducer should act on for worker w: the worker itself, or
+ * with --churn-threads the slot's live churn thread, whose lock is then held
+ * (the thread cannot exit, so its tid cannot be reused, until
+ * inducer_release). Returns 0 when there is none. */
+static int inducer_target(struct worker *w)
+{
+	int tid;
+
+	if (cfg.churn == CHURN_THREADS) {
+		pthread_mutex_lock(&w->churn_lock);
+		tid = atomic_load(&w->churn_tid);
+		if (!tid)
+			pthread_mutex_unlock(&w->churn_lock);
+		return tid;
+	}
+	tid = atomic_load(&w->tid);
+	return atomic_load(&w->done) ? 0 : tid;
+}
+
+static void inducer_release(struct worker *w)
+{
+	if (cfg.churn == CHURN_THREADS)
+		pthread_mutex_unlock(&w->churn_lock);
+}
+
 static void *signal_main(void *arg)
 {
 	struct timespec next;
@@ -929,12 +1389,13 @@ static void *signal_main(void *arg)
 		/* next live worker, round robin */
 		for (int k = 0; k < cfg.threads; k++) {
 			struct worker *w = &workers[i++ % cfg.threads];
-			int tid = atomic_load(&w->tid);
+			int tid = inducer_target(w);
 
-			if (!tid || atomic_load(&w->done))
+			if (!tid)
 				continue;
 			if (syscall(SYS_tgkill, pid, tid, SIGUSR1) == 0)
 				atomic_fetch_add(&signals_sent, 1);
+			inducer_release(w);
 			break;
 		}
 	}
@@ -966,16 +1427,17 @@ static void *migrate_main(void *arg)
 	while (n > 0 && tick_wait(&next, period)) {
 		int k = i++ % cfg.threads;
 		struct worker *w = &workers[k];
-		int tid = atomic_load(&w->tid);
+		int tid = inducer_target(w);
 		cpu_set_t set;
 
-		if (!tid || atomic_load(&w->done))
+		if (!tid)
 			continue;
 		pos[k] = (pos[k] + 1) % n;
 		CPU_ZERO(&set);
 		CPU_SET(list[pos[k]], &set);
 		if (sched_setaffinity(tid, sizeof(set), &set) == 0)
 			atomic_fetch_add(&migrations_requested, 1);
+		inducer_release(w);
 	}
 	free(pos);
 	return NULL;
@@ -1020,74 +1482,6 @@ static void *membarrier_main(void *arg)
 			mb_count_error(errno);
 	}
 	return NULL;
-}
-
-/* ------------------------------------------------------------------ */
-/* Self-check                                                          */
-
-#define MAX_PROBLEMS 16
-static char problems[MAX_PROBLEMS][256];
-static int nproblems;
-
-static void problem(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void problem(const char *fmt, ...)
-{
-	va_list ap;
-
-	if (nproblems >= MAX_PROBLEMS)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(problems[nproblems++], sizeof(problems[0]), fmt, ap);
-	va_end(ap);
-}
-
-static long pool_size;
-static struct node *pool;
-
-static void self_check(const uint64_t *commits)
-{
-	intptr_t sum = 0, dsum = 0, lsum = 0;
-	long seen = 0;
-	char *mark = calloc(pool_size ? pool_size : 1, 1);
-
-	for (int c = 0; c < nr_possible_cpus; c++) {
-		sum += slots[c].counter;
-		dsum += slots[c].delay_counter;
-		lsum += slots[c].locked_count;
-		if (slots[c].lock != 0)
-			problem("spinlock of CPU %d still held at exit", c);
-	}
-	if ((uint64_t)sum != commits[OP_COUNTER])
-		problem("per-CPU counters sum to %ld but counter commits are %llu",
-			(long)sum, (unsigned long long)commits[OP_COUNTER]);
-	if ((uint64_t)dsum != commits[OP_DELAY])
-		problem("per-CPU delay counters sum to %ld but delay commits are %llu",
-			(long)dsum, (unsigned long long)commits[OP_DELAY]);
-	if ((uint64_t)lsum != commits[OP_SPINLOCK])
-		problem("spinlock-protected counters sum to %ld but spinlock commits are %llu",
-			(long)lsum, (unsigned long long)commits[OP_SPINLOCK]);
-	if (commits[OP_PUSH] != commits[OP_POP])
-		problem("push commits (%llu) differ from pop commits (%llu)",
-			(unsigned long long)commits[OP_PUSH], (unsigned long long)commits[OP_POP]);
-	for (int c = 0; c < nr_possible_cpus; c++) {
-		for (struct node *n = slots[c].head; n; n = n->next) {
-			long id = n - pool;
-
-			if (id < 0 || id >= pool_size) {
-				problem("free list of CPU %d holds a foreign pointer", c);
-				break;
-			}
-			if (mark[id]) {
-				problem("node %ld appears twice in the free lists", id);
-				break;
-			}
-			mark[id] = 1;
-			seen++;
-		}
-	}
-	if (seen != pool_size)
-		problem("free lists hold %ld nodes, expected %ld", seen, pool_size);
-	free(mark);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1174,6 +1568,115 @@ struct totals {
 	uint64_t signals;
 };
 
+/* A slot's "churn" object: what its churn threads / children did. */
+static void write_churn_counts(FILE *f, const struct worker *w)
+{
+	const struct tstats *s = &w->churn_stats;
+	uint64_t c = 0, a = 0, m = 0, cf = 0;
+	int first = 1;
+
+	for (int o = 0; o < NR_OPS; o++) {
+		c += s->commits[o];
+		a += s->aborts[o];
+		m += s->mismatch[o];
+		cf += s->cmp_fail[o];
+	}
+	fprintf(f, ",\n   \"churn\": {\"created\": %llu, \"commits\": %llu, \"aborts\": %llu, "
+		"\"cpu_mismatch\": %llu, \"cmp_fail\": %llu, \"signals\": %llu, \"ops\": {",
+		(unsigned long long)w->churn_created, (unsigned long long)c,
+		(unsigned long long)a, (unsigned long long)m, (unsigned long long)cf,
+		(unsigned long long)s->signals);
+	for (int o = 0; o < NR_OPS; o++) {
+		if (!cfg.op_enabled[o] && !s->commits[o] && !s->aborts[o] &&
+		    !s->mismatch[o] && !s->cmp_fail[o])
+			continue;
+		fprintf(f, "%s\"%s\": {\"commits\": %llu, \"aborts\": %llu, "
+			"\"cpu_mismatch\": %llu, \"cmp_fail\": %llu}",
+			first ? "" : ", ", op_names[o],
+			(unsigned long long)s->commits[o], (unsigned long long)s->aborts[o],
+			(unsigned long long)s->mismatch[o], (unsigned long long)s->cmp_fail[o]);
+		first = 0;
+	}
+	fputs("}}", f);
+}
+
+static int child_rec_cmp(const void *a, const void *b)
+{
+	const struct child_rec *x = a, *y = b;
+
+	return (x->pid > y->pid) - (x->pid < y->pid);
+}
+
+/* "churn", "children" and "children_totals". */
+static void write_churn_json(FILE *f, double duration)
+{
+	uint64_t created = 0;
+	long failed = 0;
+	size_t n = 0, m = 0;
+	struct child_rec *all = NULL;
+	struct child_rec sum;
+
+	if (!cfg.churn) {
+		fputs(" \"churn\": null, \"children_totals\": null, \"children\": null,\n", f);
+		return;
+	}
+	for (int i = 0; i < cfg.threads; i++) {
+		created += workers[i].churn_created;
+		failed += workers[i].child_failures;
+	}
+	fprintf(f, " \"churn\": {\"mode\": \"%s\", \"created\": %llu, \"per_second\": ",
+		churn_mode_names[cfg.churn], (unsigned long long)created);
+	json_double(f, duration > 0 ? created / duration : 0);
+	fprintf(f, ", \"ops_per_thread\": %lld, \"failed\": %ld},\n", cfg.churn_ops, failed);
+	if (cfg.churn != CHURN_PROCESSES) {
+		fputs(" \"children_totals\": null, \"children\": null,\n", f);
+		return;
+	}
+
+	/* All children, by pid; a pid the kernel reused for a later child
+	 * (pid_max is often 32768) becomes one entry with "processes" > 1. */
+	for (int i = 0; i < cfg.threads; i++)
+		n += workers[i].nchildren;
+	all = malloc((n ? n : 1) * sizeof(*all));
+	if (!all)
+		fatal("out of memory");
+	for (int i = 0; i < cfg.threads; i++) {
+		memcpy(all + m, workers[i].children, workers[i].nchildren * sizeof(*all));
+		m += workers[i].nchildren;
+	}
+	qsort(all, n, sizeof(*all), child_rec_cmp);
+	memset(&sum, 0, sizeof(sum));
+	m = 0;
+	for (size_t i = 0; i < n; i++) {
+		sum.commits += all[i].commits;
+		sum.aborts += all[i].aborts;
+		sum.mismatch += all[i].mismatch;
+		sum.cmp_fail += all[i].cmp_fail;
+		if (m && all[m - 1].pid == all[i].pid) {
+			all[m - 1].processes += all[i].processes;
+			all[m - 1].commits += all[i].commits;
+			all[m - 1].aborts += all[i].aborts;
+			all[m - 1].mismatch += all[i].mismatch;
+			all[m - 1].cmp_fail += all[i].cmp_fail;
+		} else {
+			all[m++] = all[i];
+		}
+	}
+	fprintf(f, " \"children_totals\": {\"processes\": %zu, \"pids\": %zu, \"commits\": %llu, "
+		"\"aborts\": %llu, \"cpu_mismatch\": %llu, \"cmp_fail\": %llu},\n", n, m,
+		(unsigned long long)sum.commits, (unsigned long long)sum.aborts,
+		(unsigned long long)sum.mismatch, (unsigned long long)sum.cmp_fail);
+	fputs(" \"children\": {", f);
+	for (size_t i = 0; i < m; i++)
+		fprintf(f, "%s\n  \"%d\": {\"processes\": %d, \"commits\": %llu, \"aborts\": %llu, "
+			"\"cpu_mismatch\": %llu, \"cmp_fail\": %llu}", i ? "," : "", all[i].pid,
+			all[i].processes, (unsigned long long)all[i].commits,
+			(unsigned long long)all[i].aborts, (unsigned long long)all[i].mismatch,
+			(unsigned long long)all[i].cmp_fail);
+	fputs("},\n", f);
+	free(all);
+}
+
 static void write_json(FILE *f, const char *comm, const struct totals *t, double duration)
 {
 	uint64_t tc = 0, ta = 0, tm = 0, tf = 0;
@@ -1236,6 +1739,13 @@ static void write_json(FILE *f, const char *comm, const struct totals *t, double
 		json_str(f, cfg.json_out);
 	else
 		fputs("null", f);
+	if (cfg.churn) {
+		fprintf(f, ", \"churn\": \"%s\", \"churn_ops\": %lld, \"churn_rate\": ",
+			churn_mode_names[cfg.churn], cfg.churn_ops);
+		json_rate(f, cfg.churn_rate);
+	} else {
+		fputs(", \"churn\": null, \"churn_ops\": null, \"churn_rate\": null", f);
+	}
 	fputs("},\n", f);
 
 	fputs(" \"threads\": {", f);
@@ -1268,7 +1778,10 @@ static void write_json(FILE *f, const char *comm, const struct totals *t, double
 				(unsigned long long)s->mismatch[o], (unsigned long long)s->cmp_fail[o]);
 			first = 0;
 		}
-		fputs("}}", f);
+		fputc('}', f);
+		if (cfg.churn)
+			write_churn_counts(f, w);
+		fputc('}', f);
 	}
 	fputs("},\n", f);
 
@@ -1318,6 +1831,7 @@ static void write_json(FILE *f, const char *comm, const struct totals *t, double
 	}
 	fputs("}},\n", f);
 
+	write_churn_json(f, duration);
 	fprintf(f, " \"signals_sent\": %ld, \"migrations_requested\": %ld,\n",
 		atomic_load(&signals_sent), atomic_load(&migrations_requested));
 	fputs(" \"duration_s\": ", f);
@@ -1347,6 +1861,7 @@ static void setup_registration(void)
 		return;
 	}
 	reg_mode = "own";
+	own_mode = 1;
 	reg_size = sizeof(struct rseq);
 	g_rseq_offset = (char *)&own_rseq - (char *)__builtin_thread_pointer();
 	/* Try once in the main thread so that a kernel without rseq fails early
@@ -1363,7 +1878,8 @@ static void setup_pool(void)
 {
 	pool_size = (long)nr_possible_cpus * NODES_PER_CPU;
 	pool = calloc(pool_size, sizeof(*pool));
-	if (!pool)
+	pool_mark = calloc(pool_size, 1);
+	if (!pool || !pool_mark)
 		fatal("out of memory");
 	/* Distribute the nodes over the usable CPUs' lists. */
 	int usable[CPU_SETSIZE], n = 0;
@@ -1408,8 +1924,16 @@ int main(int argc, char **argv)
 	if (!slots || !workers)
 		fatal("out of memory");
 	memset(slots, 0, sizeof(*slots) * nr_possible_cpus);
-	for (int i = 0; i < cfg.threads; i++)
+	for (int i = 0; i < cfg.threads; i++) {
 		workers[i].index = i;
+		pthread_mutex_init(&workers[i].churn_lock, NULL);
+		workers[i].churn_pipe[0] = workers[i].churn_pipe[1] = -1;
+		/* the parent reads a report only after reaping its child: a
+		 * child that died without writing leaves the pipe empty */
+		if (cfg.churn == CHURN_PROCESSES &&
+		    pipe2(workers[i].churn_pipe, O_CLOEXEC | O_NONBLOCK) != 0)
+			fatal("pipe: %s", strerror(errno));
+	}
 	setup_pool();
 	setup_registration();
 
@@ -1488,27 +2012,59 @@ int main(int argc, char **argv)
 		pthread_join(mb_thr, NULL);
 
 	for (int i = 0; i < cfg.threads; i++) {
-		if (workers[i].reg_error) {
-			int e = workers[i].reg_error;
+		const struct worker *w = &workers[i];
+		int e = w->reg_error;
 
+		if (e)
 			fatal("rseq registration failed in worker %d: %s (errno %d, %s)", i,
 			      strerrorname_np(e) ?: "?", e, strerror(e));
-		}
+		e = w->churn_reg_error;
+		if (e == -1)
+			fatal("a churn child of worker %d had no rseq registration after fork", i);
+		if (e)
+			fatal("rseq registration failed in a churn %s of worker %d: %s (errno %d, %s)",
+			      cfg.churn == CHURN_PROCESSES ? "child" : "thread", i,
+			      strerrorname_np(e) ?: "?", e, strerror(e));
+		e = w->churn_error;
+		if (e)
+			fatal("%s (worker %d): %s", w->churn_error_what, i, strerror(e));
 	}
 
 	memset(&tot, 0, sizeof(tot));
-	for (int i = 0; i < cfg.threads; i++) {
-		const struct tstats *s = &workers[i].stats;
+	{
+		struct tstats own;
 
-		for (int o = 0; o < NR_OPS; o++) {
-			tot.commits[o] += s->commits[o];
-			tot.aborts[o] += s->aborts[o];
-			tot.mismatch[o] += s->mismatch[o];
-			tot.cmp_fail[o] += s->cmp_fail[o];
+		memset(&own, 0, sizeof(own));
+		for (int i = 0; i < cfg.threads; i++) {
+			add_stats(&own, &workers[i].stats);
+			add_stats(&own, &workers[i].churn_stats);
+			if (cfg.churn == CHURN_PROCESSES) {
+				atomic_fetch_add(&own_registrations, workers[i].churn_own_reg);
+				atomic_fetch_add(&own_unregistrations, workers[i].churn_own_unreg);
+			}
 		}
-		tot.signals += s->signals;
+		memcpy(tot.commits, own.commits, sizeof(tot.commits));
+		memcpy(tot.aborts, own.aborts, sizeof(tot.aborts));
+		memcpy(tot.mismatch, own.mismatch, sizeof(tot.mismatch));
+		memcpy(tot.cmp_fail, own.cmp_fail, sizeof(tot.cmp_fail));
+		tot.signals = own.signals;
 	}
-	self_check(tot.commits);
+	if (cfg.churn == CHURN_PROCESSES) {
+		/* this process's per-CPU data saw only its own threads (none run
+		 * sections); each child checked its own copy */
+		struct tstats mine;
+
+		memset(&mine, 0, sizeof(mine));
+		for (int i = 0; i < cfg.threads; i++)
+			add_stats(&mine, &workers[i].stats);
+		self_check(mine.commits);
+		for (int i = 0; i < cfg.threads; i++)
+			if (workers[i].child_failures)
+				problem("%ld churn child(ren) of worker %d failed, first: %s",
+					workers[i].child_failures, i, workers[i].child_problem);
+	} else {
+		self_check(tot.commits);
+	}
 
 	write_json(out, comm, &tot, t1 - t0);
 	if (fflush(out) != 0 || (out != stdout && fclose(out) != 0))
@@ -1529,6 +2085,16 @@ int main(int argc, char **argv)
 			(t1 - t0) > 0 ? c / (t1 - t0) / cfg.threads : 0.0,
 			(unsigned long long)a, (unsigned long long)m,
 			(unsigned long long)tot.signals);
+		if (cfg.churn) {
+			uint64_t created = 0;
+
+			for (int i = 0; i < cfg.threads; i++)
+				created += workers[i].churn_created;
+			fprintf(stderr, "  churn: %llu short-lived %s (%.0f/s), %lld operations each\n",
+				(unsigned long long)created,
+				cfg.churn == CHURN_THREADS ? "threads" : "child processes",
+				(t1 - t0) > 0 ? created / (t1 - t0) : 0.0, cfg.churn_ops);
+		}
 		for (int o = 0; o < NR_OPS; o++)
 			if (tot.commits[o] || tot.aborts[o])
 				fprintf(stderr, "  %-9s commits %llu  aborts %llu  cpu_mismatch %llu\n",

@@ -13,10 +13,13 @@
 #define RSEQTOP_MAX_THREADS 32768
 #endif
 #ifndef RSEQTOP_MAX_DEAD_THREADS
-#define RSEQTOP_MAX_DEAD_THREADS 8192
+#define RSEQTOP_MAX_DEAD_THREADS 2048
 #endif
 #ifndef RSEQTOP_MAX_PROCS
-#define RSEQTOP_MAX_PROCS 8192
+#define RSEQTOP_MAX_PROCS 65536
+#endif
+#ifndef RSEQTOP_MAX_PROC_GENS
+#define RSEQTOP_MAX_PROC_GENS 131072
 #endif
 #ifndef RSEQTOP_MAX_SITES
 #define RSEQTOP_MAX_SITES 4096
@@ -39,9 +42,11 @@ BPF_HASH(threads, u32, struct rseqtop_thread, RSEQTOP_MAX_THREADS);
 /* Final records of exited threads, for display only: exact totals live in
  * procs, so LRU eviction here loses no count. */
 BPF_TABLE("lru_hash", u32, struct rseqtop_thread, dead_threads, RSEQTOP_MAX_DEAD_THREADS);
-BPF_HASH(procs, struct rseqtop_proc_key, struct rseqtop_proc, RSEQTOP_MAX_PROCS);
+/* Processes' retired totals. Not preallocated: sized for process churn,
+ * paid for as used; user space deletes dead processes after a while. */
+BPF_F_TABLE("hash", struct rseqtop_proc_key, struct rseqtop_proc, procs, RSEQTOP_MAX_PROCS, BPF_F_NO_PREALLOC);
 /* tgid -> generation, bumped when a watched process dies (absent: 0). */
-BPF_HASH(proc_gen, u32, u32, RSEQTOP_MAX_PROCS);
+BPF_F_TABLE("hash", u32, u32, proc_gen, RSEQTOP_MAX_PROC_GENS, BPF_F_NO_PREALLOC);
 BPF_HASH(sites, struct rseqtop_site_key, struct rseqtop_site, RSEQTOP_MAX_SITES);
 BPF_HASH(offsets, struct rseqtop_offset_key, u64, RSEQTOP_MAX_OFFSETS);
 BPF_HASH(pcounts, struct rseqtop_pcount_key, u64, RSEQTOP_MAX_PCOUNTS);

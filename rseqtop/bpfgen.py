@@ -35,8 +35,9 @@ PROBES = (
 PAIRS = {"sys_enter_rseq": "sys_exit_rseq", "sys_enter_membarrier": "sys_exit_membarrier"}
 DEFAULT_SIZES = {
     "RSEQTOP_MAX_THREADS": 32768,
-    "RSEQTOP_MAX_DEAD_THREADS": 8192,
-    "RSEQTOP_MAX_PROCS": 8192,
+    "RSEQTOP_MAX_DEAD_THREADS": 2048,
+    "RSEQTOP_MAX_PROCS": 65536,
+    "RSEQTOP_MAX_PROC_GENS": 131072,
     "RSEQTOP_MAX_SITES": 4096,
     "RSEQTOP_MAX_OFFSETS": 16384,
     "RSEQTOP_MAX_PCOUNTS": 8192,

@@ -74,7 +74,8 @@ class Collector:
     def __init__(self, pids: Optional[Iterable[int]] = None, comm: Optional[str] = None,
                  cgroups: Optional[Iterable[str]] = None, sizes: Optional[dict] = None,
                  emit_events: bool = False, tracefs_root: Optional[Path] = None,
-                 symbolizer: Optional[Symbolizer] = None):
+                 symbolizer: Optional[Symbolizer] = None, keep_dead_seconds: float = 60.0,
+                 keep_dead_max: int = 4096):
         self._pids = set(pids) if pids else set()
         self._comm = self._compile_comm(comm)
         self._cgroups = list(cgroups or ())
@@ -87,6 +88,10 @@ class Collector:
         self.era = kernel.rseq_era(kernel.kernel_version())
         self._last_totals: dict[tuple, Counts] = {}  # (pid, gen) -> last totals shown
         self._gens: dict[int, int] = {}  # pid -> newest generation seen
+        self._dead_since: dict[tuple, float] = {}  # (pid, gen) -> when it was first seen dead
+        self._forgotten_causes: dict[str, int] = {}  # causes of processes dropped from the maps
+        self.keep_dead_seconds = keep_dead_seconds
+        self.keep_dead_max = keep_dead_max
         self.attach_seconds = 0.0
 
     # -- set-up ---------------------------------------------------------
@@ -265,10 +270,13 @@ class Collector:
         threads = [self._thread(tid, v, True) for tid, v in live.items()] + \
                   [self._thread(tid, v, False) for tid, v in dead.items()]
         everyone = self._processes(procs, threads, pc_rows)
-        # System-wide totals, before the display filter.
+        # System-wide totals, before the display filter; processes already
+        # dropped from the maps still count.
+        causes = _sum_causes(p.counts for p in everyone)
+        for k, v in self._forgotten_causes.items():
+            causes[k] = causes.get(k, 0) + v
         totals = Counts(named["fixups"], named["updates"], named["preempts"], named["migrations"],
-                        named["signals"], named["membarrier_ipis"],
-                        pairs(_sum_causes(p.counts for p in everyone)))
+                        named["signals"], named["membarrier_ipis"], pairs(causes))
         # A recycled pid shows its newest process; older ones are over.
         newest: dict[int, ProcessStats] = {}
         for p in everyone:
@@ -279,8 +287,9 @@ class Collector:
                 self.symbolize.forget(pid)  # names of the previous process with this pid
             self._gens[pid] = p.gen
         processes = [p for p in newest.values() if self._shown(p)]
+        earlier = [p for p in everyone if p is not newest[p.pid] and self._shown(p)]
         keep = {(p.pid, p.gen) for p in processes}
-        threads = [t for t in threads if (t.pid, t.gen) in keep]
+        shown_threads = [t for t in threads if (t.pid, t.gen) in keep]
         sites = self._sites(site_rows, offset_rows, keep)
         run_ns, run_cnt = self._bpf_stats()
         ru = resource.getrusage(resource.RUSAGE_SELF)
@@ -290,11 +299,75 @@ class Collector:
                      for name, (size, drop) in MAP_LIMITS.items())
         stats = SelfStats(self.probes, self.plan.missing, self.plan.unavailable_causes, named["events_sent"],
                           named["events_lost"], maps, run_ns, run_cnt, ru.ru_utime + ru.ru_stime, poll_seconds)
-        return Snapshot(time.monotonic(), time.time(), self.era.name, self.era.description, totals,
+        snap = Snapshot(time.monotonic(), time.time(), self.era.name, self.era.description, totals,
                         tuple(sorted(processes, key=lambda p: p.pid)),
-                        tuple(sorted(threads, key=lambda t: (t.pid, t.tid))),
+                        tuple(sorted(shown_threads, key=lambda t: (t.pid, t.tid))),
                         tuple(sorted(sites, key=lambda s: (s.pid, s.start_ip))),
-                        cpu_aborts, stats)
+                        cpu_aborts, stats, tuple(sorted(earlier, key=lambda p: (p.pid, p.gen))))
+        self._collect_dead(everyone, newest, threads, site_rows, offset_rows, pc_rows, dead)
+        return snap
+
+    # -- dead processes -------------------------------------------------
+    def _collect_dead(self, everyone, newest, threads, site_rows, offset_rows, pc_rows, dead) -> None:
+        """Drop dead processes from the maps KEEP_DEAD_SECONDS after they
+        died, sooner (oldest first) when more than KEEP_DEAD_MAX are dead, so
+        that process churn never fills the maps. Snapshots showed their final
+        totals meanwhile; the exporter keeps them for its series TTL."""
+        now = time.monotonic()
+        live = {(t.pid, t.gen) for t in threads if t.alive}
+        present = set()
+        for p in everyone:
+            ident = (p.pid, p.gen)
+            present.add(ident)
+            if ident in live:
+                self._dead_since.pop(ident, None)
+            elif ident not in self._dead_since and self._is_dead(ident, newest):
+                self._dead_since[ident] = now
+        for ident in [i for i in self._dead_since if i not in present]:
+            del self._dead_since[ident]
+        by_age = sorted(self._dead_since.items(), key=lambda kv: kv[1])
+        excess = max(0, len(by_age) - self.keep_dead_max)
+        gone = {i for n, (i, t) in enumerate(by_age) if n < excess or now - t > self.keep_dead_seconds}
+        if gone:
+            self._forget(gone, everyone, site_rows, offset_rows, pc_rows, dead)
+
+    def _is_dead(self, ident: tuple, newest: dict) -> bool:
+        pid, gen = ident
+        if newest[pid].gen > gen:
+            return True
+        if not os.path.exists(f"/proc/{pid}"):
+            return True
+        g = self.bpf["proc_gen"].get(ctypes.c_uint32(pid))
+        return g is not None and g.value > gen
+
+    def _forget(self, gone: set, everyone, site_rows, offset_rows, pc_rows, dead) -> None:
+        b = self.bpf
+        for p in everyone:
+            if (p.pid, p.gen) in gone:
+                for k, v in p.counts.causes:
+                    self._forgotten_causes[k] = self._forgotten_causes.get(k, 0) + v
+        deletions = (
+            (b["procs"], [b["procs"].Key(pid, gen) for pid, gen in gone]),
+            (b["sites"], [k for k, _ in site_rows if (k.tgid, k.gen) in gone]),
+            (b["offsets"], [b["offsets"].Key(i[0], i[1], start, off) for i, start, off, _ in offset_rows
+                            if i in gone]),
+            (b["pcounts"], [b["pcounts"].Key(i[0], kind, cmd, code, i[1]) for i, kind, cmd, code, _ in pc_rows
+                            if i in gone]),
+            (b["dead_threads"], [ctypes.c_uint32(tid) for tid, v in dead.items() if (v.tgid, v.gen) in gone]),
+        )
+        for table, keys in deletions:
+            for key in keys:
+                try:
+                    del table[key]
+                except KeyError:
+                    pass
+        for ident in gone:
+            self._dead_since.pop(ident, None)
+            self._last_totals.pop(ident, None)
+            pid = ident[0]
+            if self._gens.get(pid) == ident[1] and not os.path.exists(f"/proc/{pid}"):
+                self._gens.pop(pid, None)
+                self.symbolize.forget(pid)
 
     def _thread(self, tid: int, v, alive: bool) -> ThreadStats:
         return ThreadStats(v.tgid, tid, _comm(v.comm), _counts(v.c), v.cpu_id, v.node_id, v.mm_cid,

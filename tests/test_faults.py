@@ -30,6 +30,17 @@ def bpftool_ids(kind: str) -> dict:
     return {p["id"]: p.get("type", "") for p in items}
 
 
+def released(ids: set, kind: str = "prog", timeout: float = 10.0) -> bool:
+    """The kernel frees programs and links with the last reference; raw
+    tracepoint links are released asynchronously, so allow it a moment."""
+    deadline = time.monotonic() + timeout
+    while ids & set(bpftool_ids(kind)):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def start_and_wait(args: list, ready: str, stream: str = "stdout", timeout: float = 60):
     proc = subprocess.Popen([sys.executable, "-m", "rseqtop", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=REPO)
@@ -55,12 +66,7 @@ def test_kill_9_leaves_no_programs_or_links(bpf_ok):
     proc.wait(10)
     proc.stdout.close()
     proc.stderr.close()
-    # The kernel frees programs and links with the last file descriptor.
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and (ours & set(bpftool_ids("prog")) or our_links & set(bpftool_ids("link"))):
-        time.sleep(0.1)
-    assert not ours & set(bpftool_ids("prog"))
-    assert not our_links & set(bpftool_ids("link"))
+    assert released(ours, "prog") and released(our_links, "link")
 
 
 MODES = {
@@ -85,7 +91,7 @@ def test_signals_detach_and_exit_promptly(bpf_ok, mode, sig):
     print(f"{mode} {sig.name}: exited {proc.returncode} after {took:.2f} s")
     assert proc.returncode == 0, err
     assert "Traceback" not in err
-    assert not ours & set(bpftool_ids("prog"))
+    assert released(ours)
 
 
 def test_two_instances_side_by_side_both_exact(bpf_ok):

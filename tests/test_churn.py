@@ -1,0 +1,52 @@
+"""Thread and process churn with rseqtop attached: exited threads' and
+processes' counts are kept exactly, and maps never fill silently."""
+
+import pytest
+
+from rseqtop import workload
+from rseqtop.collector import Collector
+
+
+@pytest.fixture(scope="module")
+def collector(bpf_ok):
+    workload.build()
+    with Collector() as c:
+        yield c
+
+
+def test_thread_churn_totals_exact(collector):
+    # 10,000 short-lived threads per second, each registering rseq and
+    # running a few sections (benchmarks/churn.py runs it for a minute)
+    summary = workload.run(["--churn-threads", "--threads", "8", "--in-cs-delay", "5000", "--churn-rate", "10000",
+                            "--duration", "10"], timeout=120)
+    snap = collector.poll()
+    created = summary["churn"]["created"]
+    print(f"thread churn: {created} threads ({summary['churn']['per_second']:.0f}/s), "
+          f"{summary['totals']['aborts']} aborts")
+    assert created > 10000 and summary["totals"]["aborts"] > 0
+    proc = snap.process(summary["pid"])
+    maps = {m.name: m for m in snap.self_stats.maps}
+    assert maps["threads"].dropped == 0 and maps["procs"].dropped == 0
+    assert proc.counts.aborts == summary["totals"]["aborts"]
+    assert proc.threads_exited >= created
+
+
+def test_process_churn_totals_exact_per_pid(collector):
+    summary = workload.run(["--churn-processes", "--threads", "4", "--in-cs-delay", "5000", "--duration", "2"],
+                           timeout=120)
+    snap = collector.poll()
+    children = summary["children"]
+    assert summary["children_totals"]["aborts"] > 0 and len(children) > 100
+    got: dict = {}
+    for p in snap.processes + snap.earlier:
+        if str(p.pid) in children:
+            got[p.pid] = got.get(p.pid, 0) + p.counts.aborts
+    maps = {m.name: m for m in snap.self_stats.maps}
+    assert maps["procs"].dropped == 0 and maps["threads"].dropped == 0
+    wrong = {pid: (got.get(int(pid), 0), rec["aborts"]) for pid, rec in children.items()
+             if got.get(int(pid), 0) != rec["aborts"]}
+    print(f"process churn: {summary['children_totals']['processes']} children, "
+          f"{summary['children_totals']['aborts']} aborts, {len(wrong)} pids wrong")
+    assert not wrong, dict(list(wrong.items())[:10])
+    # the parent ran no section itself
+    assert snap.process(summary["pid"]).counts.aborts == 0

@@ -295,14 +295,15 @@ def front_ends(quick: bool) -> dict:
 def markdown(doc: dict) -> str:
     lines = [f"Measured on {doc['machine']}, {doc['date']}, {doc['reps']} interleaved rounds of "
              f"{doc['seconds']} s per run; medians (min..max).", "",
-             "**Overhead**: workload throughput relative to the untraced run", "",
+             "**Overhead**: workload throughput relative to the untraced run of the same round "
+             "(1.000 = no cost; the spread is this shared VM's noise)", "",
              "| mode | " + " | ".join(CONFIGS) + " |", "|---|" + "---|" * len(CONFIGS)]
     tp = doc["overhead"]["throughput"]
     for mode in tp[next(iter(CONFIGS))]:
         cells = []
         for cname in CONFIGS:
-            base = statistics.median(tp[cname]["none"])
-            cells.append(fmt([v / base for v in tp[cname][mode]]))
+            # paired: each round's run against the same round's untraced run
+            cells.append(fmt([v / base for v, base in zip(tp[cname][mode], tp[cname]["none"])]))
         lines.append(f"| {mode} | " + " | ".join(cells) + " |")
     lines += ["", "| untraced ops/s | " + " | ".join(f"{statistics.median(tp[c]['none']):.3e}" for c in CONFIGS) + " |",
               "", "**RSS after the run** (MB): " + ", ".join(
@@ -333,8 +334,8 @@ def main() -> int:
     if os.geteuid() != 0:
         print("benchmarks/run: run as root (sudo benchmarks/run): it loads BPF programs", file=sys.stderr)
         return 1
-    reps = a.reps or (1 if a.quick else 5)
-    seconds = a.seconds or (0.3 if a.quick else 3.0)
+    reps = a.reps or (1 if a.quick else 7)
+    seconds = a.seconds or (0.3 if a.quick else 2.0)
     for tool in ("perf", "bpftrace", "tmux"):
         if not shutil.which(tool):
             print(f"benchmarks/run: {tool} is missing; run scripts/setup test", file=sys.stderr)

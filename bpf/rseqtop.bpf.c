@@ -70,6 +70,8 @@ BPF_PERF_OUTPUT(new_sites);
 
 #define RSEQTOP_EEXIST 17
 
+/* Global counters: map health and the event stream only. Activity is
+ * counted per thread (no second map update on the hot paths). */
 static __always_inline void count(u32 idx)
 {
     u64 *v = counters.lookup(&idx);
@@ -169,18 +171,17 @@ static __always_inline void pcount(u32 tgid, u16 kind, u16 cmd, u32 code)
     pcounts_add(&k);
 }
 
+/* Four 0/1 bytes (bits 0, 8, 16, 24 of the word) -> cause bits 0..3. */
+static __always_inline u32 cause_bits(u32 w)
+{
+    return (w & 1) | ((w >> 7) & 2) | ((w >> 14) & 4) | ((w >> 21) & 8);
+}
+
 static __always_inline u32 take_causes(struct rseqtop_thread *t)
 {
-    u32 fresh = 0, carried = 0;
-#pragma unroll
-    for (int i = 0; i < RSEQTOP_NCAUSES; i++) {
-        if (t->fresh[i])
-            fresh |= 1u << i;
-        if (t->carried[i])
-            carried |= 1u << i;
-        t->fresh[i] = 0;
-        t->carried[i] = 0;
-    }
+    u32 fresh = cause_bits(t->fresh.w), carried = cause_bits(t->carried.w);
+    t->fresh.w = 0;
+    t->carried.w = 0;
     if (fresh)
         return fresh;
     if (carried)
@@ -199,7 +200,6 @@ int on_rseq_ip_fixup(struct tp_rseq_ip_fixup *args)
     t->c.aborts++;
     t->c.causes[code]++;
     bpf_get_current_comm(&t->comm, sizeof(t->comm));
-    count(RSEQTOP_CNT_FIXUPS);
     int zero = 0;
     u64 *cpu = cpu_aborts.lookup(&zero);
     if (cpu)
@@ -274,14 +274,11 @@ int on_rseq_update(struct tp_rseq_update *args)
 #endif
     /* Up to 6.18 the kernel keeps its event mask until an abort consumes
      * it; causes seen before this notify-resume become "carried". */
-#pragma unroll
-    for (int i = 0; i < RSEQTOP_NCAUSES; i++) {
-        if (t->fresh[i]) {
-            t->carried[i] = 1;
-            t->fresh[i] = 0;
-        }
+    u32 fresh = t->fresh.w;
+    if (fresh) {
+        t->carried.w |= fresh;
+        t->fresh.w = 0;
     }
-    count(RSEQTOP_CNT_UPDATES);
     return 1;
 }
 
@@ -296,11 +293,9 @@ static __always_inline void switched_out(int runnable)
     struct rseqtop_thread *t = threads.lookup(&tid);
     if (!t)
         return;
-    t->fresh[0] = 1;
-    if (runnable) {
+    t->fresh.b[0] = 1;
+    if (runnable)
         t->c.preempts++;
-        count(RSEQTOP_CNT_PREEMPTS);
-    }
 }
 
 #ifdef RAW_SCHED_SWITCH
@@ -331,9 +326,8 @@ int on_sched_migrate_task(struct tp_sched_migrate_task *args)
     struct rseqtop_thread *t = threads.lookup(&tid);
     if (!t)
         return 1;
-    t->fresh[1] = 1;
+    t->fresh.b[1] = 1;
     __sync_fetch_and_add(&t->c.migrations, 1);
-    count(RSEQTOP_CNT_MIGRATIONS);
     return 1;
 }
 #endif
@@ -345,10 +339,9 @@ int on_signal_deliver(struct tp_signal_deliver *args)
     struct rseqtop_thread *t = threads.lookup(&tid);
     if (!t)
         return 1;
-    t->fresh[2] = 1;
+    t->fresh.b[2] = 1;
     t->c.signals++;
     t->last_signal = args->sig;
-    count(RSEQTOP_CNT_SIGNALS);
     return 1;
 }
 #endif
@@ -366,9 +359,8 @@ int on_csd_function_entry(struct tp_csd_function_entry *args)
     struct rseqtop_thread *t = threads.lookup(&tid);
     if (!t)
         return 1;
-    t->fresh[3] = 1;
+    t->fresh.b[3] = 1;
     t->c.membarrier_ipis++;
-    count(RSEQTOP_CNT_MEMBARRIER_IPIS);
     return 1;
 }
 #endif

@@ -14,22 +14,17 @@
 #define RSEQTOP_NCAUSES 4
 #define RSEQTOP_NCODES 32
 
-/* Indices of the per-CPU global counters (map "counters"). */
-#define RSEQTOP_CNT_FIXUPS 0
-#define RSEQTOP_CNT_UPDATES 1
-#define RSEQTOP_CNT_PREEMPTS 2
-#define RSEQTOP_CNT_MIGRATIONS 3
-#define RSEQTOP_CNT_SIGNALS 4
-#define RSEQTOP_CNT_MEMBARRIER_IPIS 5
-#define RSEQTOP_CNT_THREADS_DROPPED 6
-#define RSEQTOP_CNT_SITES_DROPPED 7
-#define RSEQTOP_CNT_OFFSETS_DROPPED 8
-#define RSEQTOP_CNT_PROCS_DROPPED 9
-#define RSEQTOP_CNT_PCOUNTS_DROPPED 10
-#define RSEQTOP_CNT_EVENTS_SENT 11
-#define RSEQTOP_CNT_EVENTS_LOST 12
-#define RSEQTOP_CNT_THREAD_EXITS 13
-#define RSEQTOP_NCOUNTERS 14
+/* Indices of the per-CPU global counters (map "counters"): map health and
+ * the event stream. Activity is counted per thread, and user space sums. */
+#define RSEQTOP_CNT_THREADS_DROPPED 0
+#define RSEQTOP_CNT_SITES_DROPPED 1
+#define RSEQTOP_CNT_OFFSETS_DROPPED 2
+#define RSEQTOP_CNT_PROCS_DROPPED 3
+#define RSEQTOP_CNT_PCOUNTS_DROPPED 4
+#define RSEQTOP_CNT_EVENTS_SENT 5
+#define RSEQTOP_CNT_EVENTS_LOST 6
+#define RSEQTOP_CNT_THREAD_EXITS 7
+#define RSEQTOP_NCOUNTERS 8
 
 /* Kinds of per-process keyed counters (map "pcounts"). */
 #define RSEQTOP_PC_RSEQ_REG 1        /* code = errno (0: success) */
@@ -63,11 +58,14 @@ struct rseqtop_thread {
     s32 node_id;
     s32 mm_cid;
     u32 last_signal;
-    /* Pending causes, one byte each so that events on other CPUs
-     * (migration) can set them with plain stores. fresh: since the last
-     * rseq_update; carried: older, not yet consumed by an abort. */
-    u8 fresh[RSEQTOP_NCAUSES];
-    u8 carried[RSEQTOP_NCAUSES];
+    /* Pending causes, one byte each (0 or 1) so that events on other CPUs
+     * (migration) can set them with plain stores, read as one word by the
+     * hot paths. fresh: since the last rseq_update; carried: older, not yet
+     * consumed by an abort. */
+    union {
+        u8 b[RSEQTOP_NCAUSES];
+        u32 w;
+    } fresh, carried;
     char comm[RSEQTOP_COMM_LEN];
 };
 

@@ -89,7 +89,7 @@ class Collector:
         self._last_totals: dict[tuple, Counts] = {}  # (pid, gen) -> last totals shown
         self._gens: dict[int, int] = {}  # pid -> newest generation seen
         self._dead_since: dict[tuple, float] = {}  # (pid, gen) -> when it was first seen dead
-        self._forgotten_causes: dict[str, int] = {}  # causes of processes dropped from the maps
+        self._forgotten = Counts()  # processes dropped from the maps, for the system totals
         self.keep_dead_seconds = keep_dead_seconds
         self.keep_dead_max = keep_dead_max
         self.attach_seconds = 0.0
@@ -272,11 +272,9 @@ class Collector:
         everyone = self._processes(procs, threads, pc_rows)
         # System-wide totals, before the display filter; processes already
         # dropped from the maps still count.
-        causes = _sum_causes(p.counts for p in everyone)
-        for k, v in self._forgotten_causes.items():
-            causes[k] = causes.get(k, 0) + v
-        totals = Counts(named["fixups"], named["updates"], named["preempts"], named["migrations"],
-                        named["signals"], named["membarrier_ipis"], pairs(causes))
+        totals = self._forgotten
+        for p in everyone:
+            totals = totals + p.counts
         # A recycled pid shows its newest process; older ones are over.
         newest: dict[int, ProcessStats] = {}
         for p in everyone:
@@ -344,8 +342,7 @@ class Collector:
         b = self.bpf
         for p in everyone:
             if (p.pid, p.gen) in gone:
-                for k, v in p.counts.causes:
-                    self._forgotten_causes[k] = self._forgotten_causes.get(k, 0) + v
+                self._forgotten = self._forgotten + p.counts
         deletions = (
             (b["procs"], [b["procs"].Key(pid, gen) for pid, gen in gone]),
             (b["sites"], [k for k, _ in site_rows if (k.tgid, k.gen) in gone]),
@@ -492,14 +489,6 @@ def _process_calls(rows: list) -> tuple:
     membarrier = tuple(MembarrierStats(membarrier_cmd_name(cmd), m["calls"], pairs(m["errors"]), pairs(m["lat"]))
                        for cmd, m in sorted(mb.items()))
     return reg, unreg, pairs(reg_err), membarrier
-
-
-def _sum_causes(counts_iter) -> dict:
-    out: dict = {}
-    for c in counts_iter:
-        for k, v in c.causes:
-            out[k] = out.get(k, 0) + v
-    return out
 
 
 def _first_line(err: Exception) -> str:

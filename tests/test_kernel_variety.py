@@ -63,3 +63,17 @@ def test_missing_rseq_tracepoint_is_a_one_line_error(tmp_path, bpf_ok):
         Collector(tracefs_root=tree).attach()
     assert "rseq:rseq_ip_fixup" in str(err.value) and "doctor" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_exporter_leaves_unavailable_cause_absent_not_zero():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from rseqtop.exporter.metrics import RseqCollector
+
+    reg = CollectorRegistry()
+    reg.register(RseqCollector(SyntheticSource(3, 2, unavailable_causes=("membarrier",)), identity=None))
+    text = generate_latest(reg).decode()
+    assert not any(line.startswith("rseqtop_membarrier_ipis_total{") for line in text.splitlines())
+    assert 'rseqtop_cause_available{cause="membarrier"} 0.0' in text
+    assert 'rseqtop_cause_available{cause="signal"} 1.0' in text
+    assert any(line.startswith("rseqtop_signals_total{") for line in text.splitlines())

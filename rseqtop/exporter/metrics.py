@@ -52,6 +52,8 @@ COUNTERS = {
     "updates": ("rseqtop_rseq_updates",
                 "rseq_update events: the kernel rewrote the thread's rseq area on return to user space", ()),
 }
+# Counters that exist only when rseqtop can see their cause.
+CAUSE_COUNTERS = {"preempts": "preempt", "migrations": "migrate", "signals": "signal", "ipis": "membarrier"}
 PROCESS_COUNTERS = {
     "registrations": ("rseqtop_registrations", "Successful rseq registrations (rseq syscalls without the unregister flag)", ()),
     "unregistrations": ("rseqtop_unregistrations", "Successful rseq unregistrations", ()),
@@ -311,9 +313,13 @@ class RseqCollector:
         threads = GaugeMetricFamily("rseqtop_threads_registered",
                                     "Live threads with rseq registered", labels=pl)
 
+        # A cause this kernel cannot see has no series at all (an absent
+        # series, not a misleading 0); rseqtop_cause_available says why.
+        unseen = {sid for sid, cause in CAUSE_COUNTERS.items()
+                  if self.last is not None and cause in self.last.self_stats.unavailable_causes}
         for key, group, tot, gauge in counter_set.totals():
             for sid, v in tot.items():
-                if sid[0] in COUNTERS:
+                if sid[0] in COUNTERS and sid[0] not in unseen:
                     fams[sid[0]].add_metric(list(key) + list(sid[1:]), v)
         for key, group, tot, gauge in self.procs.totals():
             labels = list(key)
@@ -367,6 +373,12 @@ class RseqCollector:
         out.append(g)
         g = GaugeMetricFamily("rseqtop_probes_missing", "Tracepoints rseqtop wanted but this kernel lacks")
         g.add_metric([], len(st.probes_missing) if st else 0)
+        out.append(g)
+        g = GaugeMetricFamily("rseqtop_cause_available",
+                              "1 when this kernel lets rseqtop attribute aborts to the cause, 0 when it cannot "
+                              "(its counters are then absent, not zero)", labels=["cause"])
+        for cause in ("preempt", "migrate", "signal", "membarrier"):
+            g.add_metric([cause], 0 if st and cause in st.unavailable_causes else 1)
         out.append(g)
         c = CounterMetricFamily("rseqtop_events_lost", "Sampled abort events lost because the ring buffer was full")
         c.add_metric([], st.events_lost if st else 0)

@@ -15,7 +15,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,8 @@ import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from common import free_port, wait_ready  # noqa: E402
 from rseqtop import workload  # noqa: E402
 
 PY = sys.executable
@@ -38,12 +39,6 @@ CONFIGS = {
     "abort-heavy": ["--threads", str(NCPU), "--op", "delay", "--in-cs-delay", "2000", "--signal-rate", "2000"],
 }
 BPFTRACE_PROG = 'BEGIN { printf("ATTACHED\\n"); } tracepoint:rseq:rseq_ip_fixup { @[tid] = count(); }'
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_line(proc, pattern: str, timeout: float = 30.0) -> tuple[str, float]:
@@ -138,16 +133,7 @@ class Export(Tracer):
         self.proc = subprocess.Popen([PY, "-m", "rseqtop", "export", f"--web.listen-address=127.0.0.1:{port}"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if urllib.request.urlopen(base + "/-/ready", timeout=1).status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("rseqtop export did not become ready")
-            time.sleep(0.1)
+        wait_ready(base, self.proc)
         self.stop_scrape = threading.Event()
 
         def scrape():

@@ -14,10 +14,10 @@ import argparse
 import statistics
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import psutil  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
@@ -25,10 +25,21 @@ from prometheus_client import CollectorRegistry  # noqa: E402
 from rseqtop.exporter.metrics import RseqCollector  # noqa: E402
 from rseqtop.exporter.server import ExporterServer, serve_in_thread  # noqa: E402
 from rseqtop.synthetic import SyntheticSource  # noqa: E402
+from common import timed_get  # noqa: E402
 
 
 def count_series(text: str) -> int:
     return sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+
+
+def serve(source, labels: str):
+    """An exporter on a free loopback port over `source`: (server, metrics url)."""
+    reg = CollectorRegistry()
+    reg.register(RseqCollector(source, labels=labels, max_series=100000, identity=None))
+    srv = ExporterServer(("127.0.0.1", 0), reg)
+    srv.ready_event.set()
+    serve_in_thread(srv)
+    return srv, f"http://127.0.0.1:{srv.port}/metrics"
 
 
 def main(argv=None) -> int:
@@ -56,21 +67,9 @@ def main(argv=None) -> int:
     figures = {}
     for label, source in (("exporter (pre-built snapshot)", Frozen()),
                           ("end to end (SyntheticSource.poll at scrape time)", synthetic)):
-        reg = CollectorRegistry()
-        reg.register(RseqCollector(source, labels=args.labels, max_series=100000, identity=None))
-        srv = ExporterServer(("127.0.0.1", 0), reg)
-        srv.ready_event.set()
-        serve_in_thread(srv)
-        url = f"http://127.0.0.1:{srv.port}/metrics"
-
-        def scrape() -> tuple:
-            t0 = time.perf_counter()
-            with urllib.request.urlopen(url, timeout=30) as r:
-                body = r.read()
-            return time.perf_counter() - t0, body
-
-        _, body = scrape()
-        lat = sorted(scrape()[0] for _ in range(args.scrapes))
+        srv, url = serve(source, args.labels)
+        _, body = timed_get(url)
+        lat = sorted(timed_get(url)[0] for _ in range(args.scrapes))
         p50 = statistics.median(lat) * 1e3
         p99 = lat[min(len(lat) - 1, int(round(0.99 * len(lat))) - 1)] * 1e3
         figures[label] = p99
@@ -82,18 +81,7 @@ def main(argv=None) -> int:
     print(f"SyntheticSource.poll alone: {poll_ms:.1f} ms per call (data generation, not exporter work)")
     p99 = figures["exporter (pre-built snapshot)"]
 
-    reg = CollectorRegistry()
-    reg.register(RseqCollector(synthetic, labels=args.labels, max_series=100000, identity=None))
-    srv = ExporterServer(("127.0.0.1", 0), reg)
-    srv.ready_event.set()
-    serve_in_thread(srv)
-    url = f"http://127.0.0.1:{srv.port}/metrics"
-
-    def scrape() -> tuple:
-        t0 = time.perf_counter()
-        with urllib.request.urlopen(url, timeout=30) as r:
-            body = r.read()
-        return time.perf_counter() - t0, body
+    srv, url = serve(synthetic, args.labels)
 
     proc = psutil.Process()
     warm = min(30.0, args.soak / 4)
@@ -102,7 +90,7 @@ def main(argv=None) -> int:
     samples = []
     while time.monotonic() - start < args.soak:
         t0 = time.monotonic()
-        scrape()
+        timed_get(url)
         if rss0 is None and t0 - start >= warm:
             rss0 = proc.memory_info().rss
         if rss0 is not None:

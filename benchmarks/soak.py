@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -24,15 +23,11 @@ import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from common import free_port, wait_ready  # noqa: E402
 from rseqtop import workload  # noqa: E402
 
 PY = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tree(pid: int) -> list:
@@ -77,16 +72,7 @@ def soak(seconds: float, warmup_fraction: float = 0.25) -> dict:
     tui_pid = None
     work = None
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if urllib.request.urlopen(base + "/-/ready", timeout=1).status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or exporter.poll() is not None:
-                raise RuntimeError(f"exporter not ready: {exporter.stderr.read()[-500:] if exporter.poll() is not None else ''}")
-            time.sleep(0.2)
+        wait_ready(base, exporter)
         subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "200", "-y", "50",
                         f"cd {REPO} && {PY} -m rseqtop -d 1 --comm '^{name}$'"], check=True)
         tui_pid = int(subprocess.run(["tmux", "list-panes", "-t", session, "-F", "#{pane_pid}"],

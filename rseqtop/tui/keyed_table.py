@@ -14,6 +14,7 @@ from typing import Callable, Optional
 from rich.cells import cell_len, set_cell_size
 from rich.measure import Measurement
 from rich.segment import Segment
+from rich.style import Style
 from rich.text import Text
 from textual.widgets import DataTable
 
@@ -35,18 +36,21 @@ class Cell:
         return Measurement(width, width)
 
     def __rich_console__(self, console, options):
-        width = options.max_width
+        style = console.get_style(self.style) if self.style else None
+        yield Segment(self.fit(options.max_width), style)
+
+    def __str__(self) -> str:
+        return self.plain
+
+    def fit(self, width: int) -> str:
+        """The text aligned and cut to exactly `width` cells."""
         text = self.plain
         used = cell_len(text)
         if used > width:
             text = set_cell_size(text, max(0, width - 1)) + "…" if width else ""
             used = width
         pad = " " * (width - used)
-        style = console.get_style(self.style) if self.style else None
-        yield Segment(pad + text if self.right else text + pad, style)
-
-    def __str__(self) -> str:
-        return self.plain
+        return pad + text if self.right else text + pad
 
 
 def label_text(text: str, right: bool) -> Text:
@@ -65,6 +69,41 @@ class KeyedTable(DataTable):
         self._layout: tuple = ()
         self._plain: dict = {}
         self._order: list = []
+        self._fast_cells: dict = {}
+
+    def _render_cell(self, row_index: int, column_index: int, base_style: Style, width: int,
+                     cursor: bool = False, hover: bool = False):
+        """DataTable re-renders every visible cell through Rich after any
+        update_cell (its cache key holds a global update count); a Cell is a
+        single styled line, so render it directly, cached by its content.
+        Same segments as the Rich path: padding, then the text."""
+        if row_index < 0 or column_index < 0 or self.cell_padding < 0:
+            return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
+        row_key = self._row_locations.get_key(row_index)
+        column_key = self._column_locations.get_key(column_index)
+        cell = self._data.get(row_key, {}).get(column_key)
+        row = self.rows.get(row_key)
+        if not isinstance(cell, Cell) or row is None or row.height != 1:
+            return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
+        key = (cell.plain, cell.style, cell.right, row_index, column_index, base_style, width, cursor, hover,
+               self._show_hover_cursor, self._pseudo_class_state)
+        lines = self._fast_cells.get(key)
+        if lines is None:
+            fixed = row_index < self.fixed_rows or column_index < self.fixed_columns
+            component_style, post_style = self._get_styles_to_render_cell(
+                False, False, fixed, hover, cursor, self.show_cursor, self._show_hover_cursor,
+                self.cursor_foreground_priority == "css", self.cursor_background_priority == "css")
+            pre = base_style + Style.from_meta({"row": row_index, "column": column_index}) + component_style
+            pad = " " * self.cell_padding
+            inner = max(0, width - 2 * self.cell_padding)
+            own = self.app.console.get_style(cell.style) if cell.style else None
+            segments = [Segment(pad, pre + post_style), Segment(cell.fit(inner), pre + own + post_style if own else pre + post_style),
+                        Segment(pad, pre + post_style)]
+            lines = [[s for s in segments if s.text]]
+            if len(self._fast_cells) > 20000:
+                self._fast_cells.clear()
+            self._fast_cells[key] = lines
+        return lines
 
     def set_columns(self, columns, titles: Optional[dict] = None) -> None:
         """Install these columns (a no-op when unchanged, but titles follow)."""

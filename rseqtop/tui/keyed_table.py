@@ -19,6 +19,9 @@ from rich.text import Text
 from textual.widgets import DataTable
 
 
+FAST_CELLS_MAX = 4096
+
+
 class Cell:
     """A one-line table cell: plain text (never markup), aligned, cut with an
     ellipsis. Cheaper to render than a rich Text (no wrapping machinery): the
@@ -100,8 +103,8 @@ class KeyedTable(DataTable):
             segments = [Segment(pad, pre + post_style), Segment(cell.fit(inner), pre + own + post_style if own else pre + post_style),
                         Segment(pad, pre + post_style)]
             lines = [[s for s in segments if s.text]]
-            if len(self._fast_cells) > 20000:
-                self._fast_cells.clear()
+            if len(self._fast_cells) >= FAST_CELLS_MAX:
+                self._fast_cells.clear()  # a few screens' worth; cheaper than LRU bookkeeping
             self._fast_cells[key] = lines
         return lines
 

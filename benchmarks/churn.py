@@ -7,7 +7,6 @@ every second: exactness, map fill and the collector's memory.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rseqtop import doctor, kheaders
-from rseqtop.doctor import FAIL, PASS, SKIP, WARN, Facts, LoadResult
+from rseqtop.doctor import FAIL, PASS, WARN, Facts, LoadResult
 
 ALL_CAPS = (1 << 41) - 1
 ALL_TPS = {f"{s}:{e}": True for s, e, _, _ in doctor.TRACEPOINTS}

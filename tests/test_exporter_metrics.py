@@ -4,7 +4,6 @@ and the cgroup parser on saved /proc/PID/cgroup contents."""
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import subprocess
 from pathlib import Path

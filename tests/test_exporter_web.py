@@ -7,13 +7,9 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
-import http.client
 import socket
 import ssl
 import subprocess
-import sys
-import threading
-import time
 import urllib.error
 import urllib.request
 

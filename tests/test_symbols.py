@@ -4,7 +4,6 @@ crafted files mapped by a live process)."""
 
 from __future__ import annotations
 
-import mmap
 import os
 import re
 import shutil

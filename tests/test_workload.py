@@ -6,7 +6,6 @@ and the quiet baseline uses a loose bound.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil

@@ -19,7 +19,7 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Input, Static
 
 from rseqtop.textsafe import printable
-from rseqtop.tui.columns import PROCESS_COLUMNS, THREAD_COLUMNS, rate, ratio, sort_rows, system_rates_text
+from rseqtop.tui.columns import PROCESS_COLUMNS, THREAD_COLUMNS, sort_rows, system_rates_text
 from rseqtop.tui.help_screen import HelpScreen
 from rseqtop.tui.keyed_table import KeyedTable
 from rseqtop.tui.messages import PollFailed, SnapshotReady

@@ -903,20 +903,31 @@ static void on_sigusr1(int sig)
 	t_stats.signals++;
 }
 
+/* Book one attempt of section `op`: 1 when it committed. A cpu_id mismatch
+ * is the section's own retry (not a kernel abort: those are counted in the
+ * abort handlers only). */
+static inline int settle(int op, int r)
+{
+	if (r == RS_COMMIT) {
+		t_stats.commits[op]++;
+		return 1;
+	}
+	if (r == RS_MISMATCH)
+		t_stats.mismatch[op]++;
+	else if (r == RS_CMPFAIL)
+		t_stats.cmp_fail[op]++;
+	return 0;
+}
+
 /* Run a section until it commits (or the run stops while a compare keeps
  * failing). Returns 1 on commit. */
 static int do_counter(void)
 {
 	for (;;) {
 		int cpu = (int)rseq_cpu_start();
-		int r = rseq_op_counter(&slots[cpu].counter, cpu);
 
-		if (r == RS_COMMIT) {
-			t_stats.commits[OP_COUNTER]++;
+		if (settle(OP_COUNTER, rseq_op_counter(&slots[cpu].counter, cpu)))
 			return 1;
-		}
-		if (r == RS_MISMATCH)
-			t_stats.mismatch[OP_COUNTER]++;
 	}
 }
 
@@ -924,14 +935,9 @@ static int do_delay(void)
 {
 	for (;;) {
 		int cpu = (int)rseq_cpu_start();
-		int r = rseq_op_delay(&slots[cpu].delay_counter, cfg.in_cs_delay, cpu);
 
-		if (r == RS_COMMIT) {
-			t_stats.commits[OP_DELAY]++;
+		if (settle(OP_DELAY, rseq_op_delay(&slots[cpu].delay_counter, cfg.in_cs_delay, cpu)))
 			return 1;
-		}
-		if (r == RS_MISMATCH)
-			t_stats.mismatch[OP_DELAY]++;
 	}
 }
 
@@ -941,20 +947,14 @@ static int do_spinlock(void)
 		int cpu = (int)rseq_cpu_start();
 		int r = rseq_op_spinlock_lock(&slots[cpu].lock, cpu);
 
-		if (r == RS_COMMIT) {
-			t_stats.commits[OP_SPINLOCK]++;
+		if (settle(OP_SPINLOCK, r)) {
 			/* lock of `cpu` held: update the data it protects, release */
 			slots[cpu].locked_count++;
 			__atomic_store_n(&slots[cpu].lock, 0, __ATOMIC_RELEASE);
 			return 1;
 		}
-		if (r == RS_MISMATCH) {
-			t_stats.mismatch[OP_SPINLOCK]++;
-		} else if (r == RS_CMPFAIL) {
-			/* held by a thread preempted or migrated while holding it */
-			t_stats.cmp_fail[OP_SPINLOCK]++;
-			sched_yield();
-		}
+		if (r == RS_CMPFAIL)
+			sched_yield(); /* held by a thread preempted or migrated while holding it */
 	}
 }
 
@@ -964,15 +964,11 @@ static int do_push(void)
 {
 	for (;;) {
 		int cpu = (int)rseq_cpu_start();
-		int r = rseq_op_push(&slots[cpu].head, t_held, cpu);
 
-		if (r == RS_COMMIT) {
-			t_stats.commits[OP_PUSH]++;
+		if (settle(OP_PUSH, rseq_op_push(&slots[cpu].head, t_held, cpu))) {
 			t_held = NULL;
 			return 1;
 		}
-		if (r == RS_MISMATCH)
-			t_stats.mismatch[OP_PUSH]++;
 	}
 }
 
@@ -983,16 +979,12 @@ static int do_pop(void)
 		struct node *n = NULL;
 		int r = rseq_op_pop(&slots[cpu].head, &n, cpu);
 
-		if (r == RS_COMMIT) {
-			t_stats.commits[OP_POP]++;
+		if (settle(OP_POP, r)) {
 			t_held = n;
 			return 1;
 		}
-		if (r == RS_MISMATCH) {
-			t_stats.mismatch[OP_POP]++;
-		} else if (r == RS_CMPFAIL) {
+		if (r == RS_CMPFAIL) {
 			/* this CPU's list is empty: wait for a push or a migration */
-			t_stats.cmp_fail[OP_POP]++;
 			if (atomic_load_explicit(&stop_flag, memory_order_relaxed))
 				return 0;
 			sched_yield();

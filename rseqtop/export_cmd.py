@@ -26,6 +26,7 @@ import time
 
 from rseqtop.errors import UsageError, UserError
 from rseqtop.exporter import DEFAULT_LISTEN, DEFAULT_PORT
+from rseqtop.top_cmd import positive_int
 
 EPILOG = f"""\
 examples:
@@ -61,18 +62,8 @@ def parse_duration(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return n
-
-
 def _pid(text: str) -> int:
-    n = _positive_int(text)
+    n = positive_int(text)
     return n
 
 
@@ -91,12 +82,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     lab.add_argument("--labels", choices=("comm", "pid", "tid"), default="comm",
                      help="comm: comm + container labels, processes summed (default); "
                           "pid: one series set per process; tid: also per thread")
-    lab.add_argument("--max-series", type=_positive_int, default=2000, metavar="N",
+    lab.add_argument("--max-series", type=positive_int, default=2000, metavar="N",
                      help="most label sets kept (per level); refused ones are counted in "
                           "rseqtop_series_dropped_total (default 2000)")
     lab.add_argument("--series-ttl", type=parse_duration, default=600.0, metavar="DURATION",
                      help="forget a label set when its processes are gone this long (default 10m)")
-    lab.add_argument("--top-sites", type=_positive_int, default=10, metavar="N",
+    lab.add_argument("--top-sites", type=positive_int, default=10, metavar="N",
                      help="critical sections with their own series per label set (default 10)")
     flt = parser.add_argument_group("filters")
     flt.add_argument("-p", "--pid", dest="pids", type=_pid, action="append", default=None, metavar="PID",

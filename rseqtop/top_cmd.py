@@ -46,7 +46,7 @@ def positive_int(text: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
     if value <= 0:
-        raise argparse.ArgumentTypeError(f"the count must be at least 1, not {text}")
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
     return value
 
 

@@ -1560,12 +1560,29 @@ struct totals {
 	uint64_t signals;
 };
 
+/* The members of an "ops" object: per-operation counts of one record. */
+static void write_op_counts(FILE *f, const struct tstats *s)
+{
+	int first = 1;
+
+	for (int o = 0; o < NR_OPS; o++) {
+		if (!cfg.op_enabled[o] && !s->commits[o] && !s->aborts[o] &&
+		    !s->mismatch[o] && !s->cmp_fail[o])
+			continue;
+		fprintf(f, "%s\"%s\": {\"commits\": %llu, \"aborts\": %llu, "
+			"\"cpu_mismatch\": %llu, \"cmp_fail\": %llu}",
+			first ? "" : ", ", op_names[o],
+			(unsigned long long)s->commits[o], (unsigned long long)s->aborts[o],
+			(unsigned long long)s->mismatch[o], (unsigned long long)s->cmp_fail[o]);
+		first = 0;
+	}
+}
+
 /* A slot's "churn" object: what its churn threads / children did. */
 static void write_churn_counts(FILE *f, const struct worker *w)
 {
 	const struct tstats *s = &w->churn_stats;
 	uint64_t c = 0, a = 0, m = 0, cf = 0;
-	int first = 1;
 
 	for (int o = 0; o < NR_OPS; o++) {
 		c += s->commits[o];
@@ -1578,17 +1595,7 @@ static void write_churn_counts(FILE *f, const struct worker *w)
 		(unsigned long long)w->churn_created, (unsigned long long)c,
 		(unsigned long long)a, (unsigned long long)m, (unsigned long long)cf,
 		(unsigned long long)s->signals);
-	for (int o = 0; o < NR_OPS; o++) {
-		if (!cfg.op_enabled[o] && !s->commits[o] && !s->aborts[o] &&
-		    !s->mismatch[o] && !s->cmp_fail[o])
-			continue;
-		fprintf(f, "%s\"%s\": {\"commits\": %llu, \"aborts\": %llu, "
-			"\"cpu_mismatch\": %llu, \"cmp_fail\": %llu}",
-			first ? "" : ", ", op_names[o],
-			(unsigned long long)s->commits[o], (unsigned long long)s->aborts[o],
-			(unsigned long long)s->mismatch[o], (unsigned long long)s->cmp_fail[o]);
-		first = 0;
-	}
+	write_op_counts(f, s);
 	fputs("}}", f);
 }
 
@@ -1745,7 +1752,6 @@ static void write_json(FILE *f, const char *comm, const struct totals *t, double
 		const struct worker *w = &workers[i];
 		const struct tstats *s = &w->stats;
 		uint64_t c = 0, a = 0, m = 0, cf = 0;
-		int first = 1;
 
 		for (int o = 0; o < NR_OPS; o++) {
 			c += s->commits[o];
@@ -1759,17 +1765,7 @@ static void write_json(FILE *f, const char *comm, const struct totals *t, double
 			i ? "," : "", atomic_load(&w->tid), atomic_load(&w->tid), i,
 			(unsigned long long)c, (unsigned long long)a, (unsigned long long)m,
 			(unsigned long long)cf, (unsigned long long)s->signals);
-		for (int o = 0; o < NR_OPS; o++) {
-			if (!cfg.op_enabled[o] && !s->commits[o] && !s->aborts[o] &&
-			    !s->mismatch[o] && !s->cmp_fail[o])
-				continue;
-			fprintf(f, "%s\"%s\": {\"commits\": %llu, \"aborts\": %llu, "
-				"\"cpu_mismatch\": %llu, \"cmp_fail\": %llu}",
-				first ? "" : ", ", op_names[o],
-				(unsigned long long)s->commits[o], (unsigned long long)s->aborts[o],
-				(unsigned long long)s->mismatch[o], (unsigned long long)s->cmp_fail[o]);
-			first = 0;
-		}
+		write_op_counts(f, s);
 		fputc('}', f);
 		if (cfg.churn)
 			write_churn_counts(f, w);

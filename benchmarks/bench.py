@@ -85,7 +85,9 @@ class Perf(Tracer):
     name = "perf stat"
 
     def start(self):
-        self.proc = subprocess.Popen(["perf", "stat", "-e", "rseq:*", "-a", "--", "sleep", "100000"],
+        # No command: perf counts system-wide until SIGINT (a "sleep" child
+        # would outlive it).
+        self.proc = subprocess.Popen(["perf", "stat", "-e", "rseq:*", "-a"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.3)  # perf attaches in ~0.05 s
 
@@ -122,6 +124,17 @@ class CollectorMode(Tracer):
     def start(self):
         self.proc = subprocess.Popen([PY, str(REPO / "benchmarks/collector_probe.py")], stdout=subprocess.PIPE,
                                      text=True, cwd=REPO)
+        wait_line(self.proc, "FIRST")
+
+
+class CollectorSyscallsMode(Tracer):
+    """The opt-in syscall accounting: what it adds to every system call."""
+
+    name = "rseqtop collector --syscalls"
+
+    def start(self):
+        self.proc = subprocess.Popen([PY, str(REPO / "benchmarks/collector_probe.py"), "--syscalls"],
+                                     stdout=subprocess.PIPE, text=True, cwd=REPO)
         wait_line(self.proc, "FIRST")
 
 
@@ -180,7 +193,7 @@ class Tui(Tracer):
         subprocess.run(["tmux", "kill-session", "-t", self.session], check=False, stderr=subprocess.DEVNULL)
 
 
-MODES = [Tracer, Perf, Bpftrace, CollectorMode, Export, Tui]
+MODES = [Tracer, Perf, Bpftrace, CollectorMode, CollectorSyscallsMode, Export, Tui]
 
 
 def run_workload(args: list[str], seconds: float) -> dict:
@@ -313,8 +326,8 @@ def markdown(doc: dict) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(prog="benchmarks/run", description=__doc__)
     ap.add_argument("--quick", action="store_true", help="smoke run: one round, short runs (< 60 s)")
-    ap.add_argument("--reps", type=int, help="interleaved rounds (default 5, 1 with --quick)")
-    ap.add_argument("--seconds", type=float, help="workload run length (default 3, 1 with --quick)")
+    ap.add_argument("--reps", type=int, help="interleaved rounds (default 7, 1 with --quick)")
+    ap.add_argument("--seconds", type=float, help="workload run length in seconds (default 2, 0.3 with --quick)")
     ap.add_argument("--out", default=str(REPO / "benchmarks/results"), help="directory for the JSON results")
     a = ap.parse_args()
     if os.geteuid() != 0:

@@ -1,5 +1,7 @@
 """Attach rseqtop's collector and poll it every second until SIGINT/SIGTERM.
 
+    collector_probe.py [INTERVAL] [--syscalls]
+
 Used by benchmarks/run as the "collector" mode and for start-up timing:
 prints `ATTACHED <seconds since launch>` and `FIRST <seconds>` on stdout.
 """
@@ -18,8 +20,9 @@ def main() -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     signal.signal(signal.SIGINT, lambda *a: stop.set())
-    interval = float(sys.argv[1]) if len(sys.argv) > 1 else 1.0
-    with Collector() as c:
+    args = [a for a in sys.argv[1:] if a != "--syscalls"]
+    interval = float(args[0]) if args else 1.0
+    with Collector(syscalls="--syscalls" in sys.argv) as c:
         print(f"ATTACHED {time.monotonic() - T0:.3f}", flush=True)
         c.poll()
         print(f"FIRST {time.monotonic() - T0:.3f}", flush=True)

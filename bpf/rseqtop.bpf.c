@@ -116,6 +116,7 @@ static __always_inline struct rseqtop_thread *current_thread(u32 tid, u32 tgid)
         return 0;
     z->tgid = tgid;
     z->gen = current_gen(tgid);
+    z->mm_cid = -1; /* unknown until the kernel reports it */
     bpf_get_current_comm(&z->comm, sizeof(z->comm));
     int err = threads.insert(&tid, z);
     z->tgid = 0;
@@ -189,13 +190,14 @@ static __always_inline u32 take_causes(struct rseqtop_thread *t)
     return 0;
 }
 
-int on_rseq_ip_fixup(struct tp_rseq_ip_fixup *args)
+/* An abort. ctx is the program's context (for the perf buffer). */
+static __always_inline void aborted(void *ctx, u64 regs_ip, u64 start_ip, u64 post_commit_offset, u64 abort_ip)
 {
     u64 id = bpf_get_current_pid_tgid();
     u32 tid = (u32)id, tgid = id >> 32;
     struct rseqtop_thread *t = current_thread(tid, tgid);
     if (!t)
-        return 1;
+        return;
     u32 code = take_causes(t) & (RSEQTOP_NCODES - 1);
     t->c.aborts++;
     t->c.causes[code]++;
@@ -205,18 +207,17 @@ int on_rseq_ip_fixup(struct tp_rseq_ip_fixup *args)
     if (cpu)
         (*cpu)++;
 
-    u64 start_ip = args->start_ip;
-    u64 offset = args->regs_ip - start_ip;
+    u64 offset = regs_ip - start_ip;
     struct rseqtop_site_key sk = {.tgid = tgid, .gen = t->gen, .start_ip = start_ip};
     struct rseqtop_site *s = sites.lookup(&sk);
     if (!s) {
         struct rseqtop_site *zs = zero_site.lookup(&zero);
         if (zs) {
-            zs->abort_ip = args->abort_ip;
-            zs->post_commit_offset = args->post_commit_offset;
+            zs->abort_ip = abort_ip;
+            zs->post_commit_offset = post_commit_offset;
             int err = sites.insert(&sk, zs);
             if (!err)
-                new_sites.perf_submit(args, &sk, sizeof(sk));
+                new_sites.perf_submit(ctx, &sk, sizeof(sk));
             else if (err != -RSEQTOP_EEXIST)
                 count(RSEQTOP_CNT_SITES_DROPPED);
             zs->abort_ip = 0;
@@ -236,11 +237,11 @@ int on_rseq_ip_fixup(struct tp_rseq_ip_fixup *args)
         struct rseqtop_event *e = events.ringbuf_reserve(sizeof(*e));
         if (!e) {
             count(RSEQTOP_CNT_EVENTS_LOST);
-            return 1;
+            return;
         }
         e->ts_ns = bpf_ktime_get_ns();
         e->start_ip = start_ip;
-        e->abort_ip = args->abort_ip;
+        e->abort_ip = abort_ip;
         e->tgid = tgid;
         e->tid = tid;
         e->cpu = bpf_get_smp_processor_id();
@@ -251,27 +252,19 @@ int on_rseq_ip_fixup(struct tp_rseq_ip_fixup *args)
         events.ringbuf_submit(e, 0);
         count(RSEQTOP_CNT_EVENTS_SENT);
     }
-    return 1;
 }
 
-int on_rseq_update(struct tp_rseq_update *args)
+/* A notify-resume: the thread returns to user space with its rseq fields
+ * updated. */
+static __always_inline struct rseqtop_thread *updated(s32 cpu_id, s32 node_id)
 {
     u64 id = bpf_get_current_pid_tgid();
     struct rseqtop_thread *t = current_thread((u32)id, id >> 32);
     if (!t)
-        return 1;
+        return 0;
     t->c.updates++;
-    t->cpu_id = args->cpu_id;
-#ifdef HAVE_RSEQ_UPDATE_NODE_ID
-    t->node_id = args->node_id;
-#else
-    t->node_id = -1;
-#endif
-#ifdef HAVE_RSEQ_UPDATE_MM_CID
-    t->mm_cid = args->mm_cid;
-#else
-    t->mm_cid = -1;
-#endif
+    t->cpu_id = cpu_id;
+    t->node_id = node_id;
     /* Up to 6.18 the kernel keeps its event mask until an abort consumes
      * it; causes seen before this notify-resume become "carried". */
     u32 fresh = t->fresh.w;
@@ -279,8 +272,63 @@ int on_rseq_update(struct tp_rseq_update *args)
         t->carried.w |= fresh;
         t->fresh.w = 0;
     }
+    return t;
+}
+
+/* Raw tracepoints where the arguments allow: no trace record is built,
+ * which matters at the rate of rseq_update (once per context switch of
+ * every rseq thread). bpfgen checks that the format's leading fields are
+ * the prototype's arguments before it chooses this. */
+#ifdef RAW_RSEQ_IP_FIXUP
+int on_rseq_ip_fixup(struct bpf_raw_tracepoint_args *ctx)
+{
+    aborted(ctx, ctx->args[0], ctx->args[1], ctx->args[2], ctx->args[3]);
+    return 0;
+}
+#else
+int on_rseq_ip_fixup(struct tp_rseq_ip_fixup *args)
+{
+    aborted(args, args->regs_ip, args->start_ip, args->post_commit_offset, args->abort_ip);
     return 1;
 }
+#endif
+
+#ifdef RAW_RSEQ_UPDATE
+/* rseq_update runs in the thread's context on the CPU it returns on: its
+ * cpu_id and node_id are this CPU's. */
+int on_rseq_update(struct bpf_raw_tracepoint_args *ctx)
+{
+    updated(bpf_get_smp_processor_id(), bpf_get_numa_node_id());
+    return 0;
+}
+
+#ifdef HAVE_RSEQ_UPDATE_MM_CID
+/* mm_cid is only in the trace record. This regular tracepoint program is
+ * attached only while a front end shows threads (Collector.want_mm_cid). */
+int on_rseq_update_ids(struct tp_rseq_update *args)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct rseqtop_thread *t = threads.lookup(&tid);
+    if (t)
+        t->mm_cid = args->mm_cid;
+    return 1;
+}
+#endif
+#else
+int on_rseq_update(struct tp_rseq_update *args)
+{
+#ifdef HAVE_RSEQ_UPDATE_NODE_ID
+    struct rseqtop_thread *t = updated(args->cpu_id, args->node_id);
+#else
+    struct rseqtop_thread *t = updated(args->cpu_id, -1);
+#endif
+#ifdef HAVE_RSEQ_UPDATE_MM_CID
+    if (t)
+        t->mm_cid = args->mm_cid;
+#endif
+    return 1;
+}
+#endif
 
 #ifdef HAVE_SCHED_SWITCH
 /* Runs in the context of the task being switched out (prev), so its tid
@@ -333,36 +381,63 @@ int on_sched_migrate_task(struct tp_sched_migrate_task *args)
 #endif
 
 #ifdef HAVE_SIGNAL_DELIVER
-int on_signal_deliver(struct tp_signal_deliver *args)
+static __always_inline void signalled(u32 sig)
 {
     u32 tid = (u32)bpf_get_current_pid_tgid();
     struct rseqtop_thread *t = threads.lookup(&tid);
     if (!t)
-        return 1;
+        return;
     t->fresh.b[2] = 1;
     t->c.signals++;
-    t->last_signal = args->sig;
+    t->last_signal = sig;
+}
+
+#ifdef RAW_SIGNAL_DELIVER
+int on_signal_deliver(struct bpf_raw_tracepoint_args *ctx)
+{
+    signalled((u32)ctx->args[0]); /* (int sig, siginfo, k_sigaction) */
+    return 0;
+}
+#else
+int on_signal_deliver(struct tp_signal_deliver *args)
+{
+    signalled(args->sig);
     return 1;
 }
 #endif
+#endif
 
 #ifdef HAVE_CSD_FUNCTION_ENTRY
-int on_csd_function_entry(struct tp_csd_function_entry *args)
+/* The membarrier RSEQ IPI runs ipi_rseq on the target CPU, with the
+ * interrupted thread as current. csd_function_entry fires for every
+ * cross-CPU function call, so the address test comes first. */
+static __always_inline void csd_called(u64 func)
 {
-    /* The membarrier RSEQ IPI runs ipi_rseq on the target CPU, with the
-     * interrupted thread as current. */
-    if ((u64)args->func != IPI_RSEQ_ADDR)
-        return 1;
+    if (func != IPI_RSEQ_ADDR)
+        return;
     u32 tid = (u32)bpf_get_current_pid_tgid();
     if (!tid)
-        return 1;
+        return;
     struct rseqtop_thread *t = threads.lookup(&tid);
     if (!t)
-        return 1;
+        return;
     t->fresh.b[3] = 1;
     t->c.membarrier_ipis++;
+}
+
+#ifdef RAW_CSD_FUNCTION_ENTRY
+int on_csd_function_entry(struct bpf_raw_tracepoint_args *ctx)
+{
+    csd_called(ctx->args[0]); /* (smp_call_func_t func, call_single_data_t *csd) */
+    return 0;
+}
+#else
+int on_csd_function_entry(struct tp_csd_function_entry *args)
+{
+    csd_called((u64)args->func);
     return 1;
 }
+#endif
 #endif
 
 #ifdef HAVE_SCHED_PROCESS_EXIT

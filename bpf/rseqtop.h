@@ -51,21 +51,23 @@ struct rseqtop_counts {
 };
 
 struct rseqtop_thread {
-    struct rseqtop_counts c;
-    u32 tgid;
-    u32 gen; /* its process's generation (see proc_gen) */
-    s32 cpu_id;
-    s32 node_id;
-    s32 mm_cid;
-    u32 last_signal;
-    /* Pending causes, one byte each (0 or 1) so that events on other CPUs
-     * (migration) can set them with plain stores, read as one word by the
-     * hot paths. fresh: since the last rseq_update; carried: older, not yet
-     * consumed by an abort. */
+    /* Hot fields first: every context switch and every notify-resume of the
+     * thread writes them, and together they fit in the record's first cache
+     * line. Pending causes are one byte each (0 or 1) so that events on other
+     * CPUs (migration) can set them with plain stores; the hot paths read
+     * them as one word. fresh: since the last rseq_update; carried: older,
+     * not yet consumed by an abort. */
     union {
         u8 b[RSEQTOP_NCAUSES];
         u32 w;
     } fresh, carried;
+    s32 cpu_id;
+    s32 node_id;
+    struct rseqtop_counts c;
+    u32 tgid;
+    u32 gen; /* its process's generation (see proc_gen) */
+    s32 mm_cid;
+    u32 last_signal;
     char comm[RSEQTOP_COMM_LEN];
 };
 

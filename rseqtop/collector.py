@@ -75,12 +75,15 @@ class Collector:
                  cgroups: Optional[Iterable[str]] = None, sizes: Optional[dict] = None,
                  emit_events: bool = False, tracefs_root: Optional[Path] = None,
                  symbolizer: Optional[Symbolizer] = None, keep_dead_seconds: float = 60.0,
-                 keep_dead_max: int = 4096):
+                 keep_dead_max: int = 4096, syscalls: bool = False):
         self._pids = set(pids) if pids else set()
         self._comm = self._compile_comm(comm)
         self._cgroups = list(cgroups or ())
         self._sizes = sizes or {}
         self._emit_events = emit_events
+        self._syscalls = syscalls
+        self._want_mm_cid = False
+        self._mm_cid_attached = False
         self._tracefs_root = tracefs_root
         self.symbolize = symbolizer or Symbolizer()
         self.bpf = None
@@ -109,7 +112,7 @@ class Collector:
         root = self._tracefs_root or tracefs.ensure_root()
         fs = tracefs.TraceFS(root)
         self.plan = bpfgen.plan(fs.format, kernel.kallsyms_address("ipi_rseq"), self._sizes,
-                                kernel.kernel_version())
+                                kernel.kernel_version(), syscalls=self._syscalls)
         upd = fs.format("rseq", "rseq_update")
         self.era = kernel.rseq_era(kernel.kernel_version(),
                                    tuple(f.name for f in upd.fields) if upd else ())
@@ -186,6 +189,7 @@ class Collector:
 
     def close(self) -> None:
         self.pause_watcher()
+        self._mm_cid_attached = False
         if self.bpf is not None:
             try:
                 self.bpf.cleanup()
@@ -232,6 +236,22 @@ class Collector:
         if self.bpf is not None:
             self._apply_filter()
 
+    def want_mm_cid(self, on: bool) -> None:
+        """Ask for threads' mm_cid from the next poll on. Where rseq_update is
+        a raw tracepoint, mm_cid is only in the regular tracepoint's record,
+        whose program costs as much again per context switch: front ends ask
+        while they show threads. Elsewhere mm_cid comes with every update."""
+        self._want_mm_cid = on
+
+    def _sync_mm_cid(self) -> None:
+        if not self.plan.mm_cid_on_demand or self._want_mm_cid == self._mm_cid_attached:
+            return
+        if self._want_mm_cid:
+            self.bpf.attach_tracepoint(tp="rseq:rseq_update", fn_name="on_rseq_update_ids")
+        else:
+            self.bpf.detach_tracepoint(tp="rseq:rseq_update")  # only this program is a regular one there
+        self._mm_cid_attached = self._want_mm_cid
+
     # -- events ---------------------------------------------------------
     def open_events(self, callback: Callable) -> None:
         """callback(event) for each abort, with event a ctypes rseqtop_event."""
@@ -252,6 +272,7 @@ class Collector:
         if self.bpf is None:
             raise RuntimeError("collector is not attached")
         b = self.bpf
+        self._sync_mm_cid()
         t0 = time.monotonic()
         counters = [sum(v) for v in b["counters"].values()]
         named = {COUNTER_NAMES[i]: n for i, n in enumerate(counters) if i in COUNTER_NAMES}
@@ -296,7 +317,8 @@ class Collector:
         maps = tuple(MapFill(name, used[name], int(self.plan.defines[size]), named.get(drop, 0) if drop else 0)
                      for name, (size, drop) in MAP_LIMITS.items())
         stats = SelfStats(self.probes, self.plan.missing, self.plan.unavailable_causes, named["events_sent"],
-                          named["events_lost"], maps, run_ns, run_cnt, ru.ru_utime + ru.ru_stime, poll_seconds)
+                          named["events_lost"], maps, run_ns, run_cnt, ru.ru_utime + ru.ru_stime, poll_seconds,
+                          self._syscalls)
         snap = Snapshot(time.monotonic(), time.time(), self.era.name, self.era.description, totals,
                         tuple(sorted(processes, key=lambda p: p.pid)),
                         tuple(sorted(shown_threads, key=lambda t: (t.pid, t.tid))),

@@ -73,7 +73,9 @@ def run(args) -> int:
         return 0
     if not sys.stdout.isatty():
         raise UserError("rseqtop demo needs a terminal (it opens the live view)", exit_code=2)
-    collector = Collector()
+    # The demo shows everything, registrations and membarrier calls included:
+    # a demo is not production, so the syscall tracepoints' cost is fine here.
+    collector = Collector(syscalls=True)
     collector.attach()  # first: a missing privilege fails before anything starts
     try:
         proc = workload.start(workload_args(args), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)

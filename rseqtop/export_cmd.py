@@ -95,6 +95,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     flt.add_argument("--comm", default=None, metavar="REGEX", help="only processes whose comm matches")
     flt.add_argument("--cgroup", dest="cgroups", action="append", default=None, metavar="DIR",
                      help="only tasks in this cgroup v2 directory (repeatable)")
+    parser.add_argument("--syscalls", action="store_true",
+                        help="also count rseq registrations and membarrier calls, errors and latency (enables "
+                             "syscall tracepoints: every system call on the machine gets ~30 ns slower)")
     parser.add_argument("--log.level", dest="log_level", choices=("debug", "info", "warn", "error"),
                         default="info", help="log level (default info)")
     parser.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)
@@ -122,7 +125,7 @@ def run(args) -> int:
 
     from rseqtop.collector import Collector, check_privileges
 
-    source = Collector(pids=args.pids, comm=args.comm, cgroups=args.cgroups)
+    source = Collector(pids=args.pids, comm=args.comm, cgroups=args.cgroups, syscalls=args.syscalls)
     if args.ebpf:
         print(source.generate())
         return 0

@@ -140,6 +140,8 @@ class SelfStats:
     bpf_run_count: Optional[int] = None
     cpu_seconds: float = 0.0  # rseqtop's own user+system CPU time
     poll_seconds: float = 0.0  # how long reading the maps took
+    # rseq and membarrier system calls counted (opt-in: --syscalls)
+    syscall_accounting: bool = True
 
     def dropped(self) -> int:
         return sum(m.dropped for m in self.maps)

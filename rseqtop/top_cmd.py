@@ -67,6 +67,12 @@ def add_filter_args(parser) -> None:
     parser.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)
 
 
+def add_syscalls_arg(parser) -> None:
+    parser.add_argument("--syscalls", action="store_true",
+                        help="also count rseq registrations and membarrier calls (enables syscall tracepoints, "
+                             "which slow every system call on the machine by ~30 ns)")
+
+
 def configure(parser) -> None:
     add_filter_args(parser)
     parser.add_argument("-d", "--delay", type=positive_float, metavar="SECONDS",
@@ -80,6 +86,7 @@ def configure(parser) -> None:
                         help="also show processes (threads) with rseq but without aborts")
     parser.add_argument("-s", "--sort", default="aborts_s", metavar="COLUMN",
                         help="batch sort column: aborts_s (default), aborts, pid, comm, preempt_s, ratio, ...")
+    add_syscalls_arg(parser)
     parser.add_argument("interval", nargs="?", type=positive_float, help="same as -d")
     parser.add_argument("icount", nargs="?", type=positive_int, metavar="count", help="same as -n")
 
@@ -112,7 +119,8 @@ def watching(args) -> str:
 def make_collector(args, emit_events: bool = False):
     from rseqtop.collector import Collector
 
-    return Collector(pids=flat_pids(args) or None, comm=args.comm or None, emit_events=emit_events)
+    return Collector(pids=flat_pids(args) or None, comm=args.comm or None, emit_events=emit_events,
+                     syscalls=getattr(args, "syscalls", False))
 
 
 def print_ebpf(args) -> int:
@@ -161,6 +169,8 @@ def run_batch(source, args, delay: float, count: Optional[int], out=None) -> int
     try:
         if hasattr(source, "attach"):
             source.attach()
+        if (args.json or args.threads) and hasattr(source, "want_mm_cid"):
+            source.want_mm_cid(True)  # thread rows show it
         printed = -1
         next_at = time.monotonic()
         failures = 0

@@ -14,7 +14,7 @@ def test_quick_benchmark_has_every_row(bpf_ok, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     table = out.stdout
     print(table)
-    for row in ("| none |", "| perf stat |", "| bpftrace |", "| rseqtop collector |",
+    for row in ("| none |", "| perf stat |", "| bpftrace |", "| rseqtop collector |", "| rseqtop collector --syscalls |",
                 "| rseqtop export (scraped 1/s) |", "| rseqtop TUI (tmux) |", "untraced ops/s",
                 "| rseqtop attached |", "| rseqtop first snapshot |", "| bpftrace attached |",
                 "TUI CPU", "scrape latency", "RSS after the run"):

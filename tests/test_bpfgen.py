@@ -20,12 +20,20 @@ def plan_for(name, ipi=0xFFFFFFFF81000000, **kw):
 
 
 def test_current_kernel_format_uses_every_probe():
-    p = plan_for("tracefs-6.18")
+    p = plan_for("tracefs-6.18", syscalls=True)
     assert len(p.attach) == len(bpfgen.PROBES) and not p.missing
     assert p.defines["HAVE_RSEQ_UPDATE_MM_CID"] == 1 and p.defines["HAVE_CSD_FUNCTION_ENTRY"] == 1
     assert p.defines["TASK_REPORT_MASK"] == "0xff"
     assert p.defines["HAVE_SCHED_PROCESS_EXIT_GROUP_DEAD"] == 1
     assert "struct tp_rseq_ip_fixup {" in p.structs
+
+
+def test_syscall_tracepoints_only_when_asked():
+    p = plan_for("tracefs-6.18")
+    assert not any(e in bpfgen.SYSCALL_EVENTS for _, e in p.attach)
+    assert not p.missing, "not asked for is not missing"
+    assert "HAVE_SYS_MEMBARRIER" not in p.defines and "HAVE_SYS_RSEQ" not in p.defines
+    assert len(p.attach) == len(bpfgen.PROBES) - len(bpfgen.SYSCALL_EVENTS)
 
 
 def test_old_kernel_without_csd_and_with_cpu_id_only_update():
@@ -61,7 +69,8 @@ def test_half_a_syscall_pair_is_dropped(tmp_path):
 
     shutil.copytree(DATA / "tracefs-6.18", tmp_path / "t")
     shutil.rmtree(tmp_path / "t/events/syscalls/sys_exit_membarrier")
-    p = bpfgen.plan(tracefs.TraceFS(tmp_path / "t").format, 1)
+    p = bpfgen.plan(tracefs.TraceFS(tmp_path / "t").format, 1, syscalls=True)
+    assert p.has("sys_enter_rseq")
     assert not p.has("sys_enter_membarrier") and "HAVE_SYS_MEMBARRIER" not in p.defines
 
 
@@ -71,10 +80,30 @@ def test_sizes_come_in_as_defines():
     assert "#define RSEQTOP_MAX_THREADS 16" in bpfgen.source(p)
 
 
-def test_sched_switch_is_raw_from_5_18():
-    assert plan_for("tracefs-6.18").raw == ("sched_switch",)
-    assert plan_for("tracefs-5.15").raw == ()
-    assert "RAW_SCHED_SWITCH" not in plan_for("tracefs-5.15").defines
+def test_raw_tracepoints_where_the_prototype_allows():
+    new = plan_for("tracefs-6.18")
+    assert new.raw == ("rseq_ip_fixup", "rseq_update", "sched_switch", "signal_deliver", "csd_function_entry")
+    assert new.mm_cid_on_demand  # raw rseq_update: mm_cid only through the regular tracepoint
+    old = plan_for("tracefs-5.15")
+    # sched_switch gained prev_state as an argument in 5.18; csd events in 6.3
+    assert old.raw == ("rseq_ip_fixup", "rseq_update", "signal_deliver")
+    assert "RAW_SCHED_SWITCH" not in old.defines
+    assert not old.mm_cid_on_demand  # no mm_cid in this kernel at all
+    assert plan_for("tracefs-6.18", kernel_version=(4, 16)).raw == ()
+
+
+def test_raw_needs_the_arguments_in_prototype_order(tmp_path):
+    """If a kernel reordered rseq_ip_fixup's fields (and so, presumably, its
+    prototype), reading raw arguments would misread them: use the record."""
+    import shutil
+
+    shutil.copytree(DATA / "tracefs-6.18", tmp_path / "t")
+    f = tmp_path / "t/events/rseq/rseq_ip_fixup/format"
+    text = f.read_text()
+    text = text.replace("regs_ip;\toffset:8", "regs_ip;\toffset:16").replace("start_ip;\toffset:16", "start_ip;\toffset:8")
+    f.write_text(text)
+    p = bpfgen.plan(tracefs.TraceFS(tmp_path / "t").format, 1, kernel_version=(6, 18))
+    assert "rseq_ip_fixup" not in p.raw and "rseq_update" in p.raw
 
 
 @pytest.mark.parametrize("name", ["tracefs-6.18", "tracefs-5.15"])
@@ -83,12 +112,14 @@ def test_generated_programs_compile_and_load(bpf_ok, name):
 
     prepare_headers()
     bcc = import_bcc()
-    p = plan_for(name)
+    p = plan_for(name, syscalls=True)
     b = bcc.BPF(text=bpfgen.source(p).encode())
     try:
         for _, event in p.attach:
             kind = bcc.BPF.RAW_TRACEPOINT if event in p.raw else bcc.BPF.TRACEPOINT
             b.load_func(f"on_{event}", kind)
+        if p.mm_cid_on_demand:
+            b.load_func("on_rseq_update_ids", bcc.BPF.TRACEPOINT)
     finally:
         b.cleanup()
 

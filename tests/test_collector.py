@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -133,7 +134,27 @@ def test_oversubscribed_run_is_dominated_by_preemption(collector):
     assert proc.counts.preempts > 0
 
 
-def test_membarrier_accounting(collector):
+@pytest.fixture
+def sys_collector(bpf_ok):
+    """A collector with the opt-in syscall accounting (--syscalls)."""
+    workload.build()
+    with Collector(syscalls=True) as c:
+        assert "syscalls:sys_enter_membarrier" in c.probes and c.poll().self_stats.syscall_accounting
+        yield c
+
+
+def test_syscalls_are_opt_in(collector):
+    """By default no syscall tracepoint is enabled (each would tax every
+    system call on the machine) and snapshots say so."""
+    assert not any(p.startswith("syscalls:") for p in collector.probes)
+    summary, snap = observe(collector, ["--threads", 1, "--membarrier-rate", 500, "--duration", 0.3])
+    assert summary["membarrier"]["calls"] > 0
+    assert not snap.self_stats.syscall_accounting
+    assert snap.process(summary["pid"]).membarrier == ()
+
+
+def test_membarrier_accounting(sys_collector):
+    collector = sys_collector
     summary, snap = observe(collector, ["--threads", 1, "--membarrier-rate", 500, "--membarrier-unregistered",
                                         "--duration", 0.5])
     proc = snap.process(summary["pid"])
@@ -152,7 +173,8 @@ def test_membarrier_accounting(collector):
     assert by_cmd["REGISTER_PRIVATE_EXPEDITED_RSEQ"].calls == 1
 
 
-def test_own_registrations_counted(collector):
+def test_own_registrations_counted(sys_collector):
+    collector = sys_collector
     env = dict(os.environ, GLIBC_TUNABLES="glibc.pthread.rseq=0")
     summary, snap = observe(collector, ["--threads", 3, "--duration", 0.3, "--op", "counter"], env=env)
     assert summary["registration"]["mode"] == "own"
@@ -244,3 +266,39 @@ def test_recycled_pid_starts_from_zero(collector):
     for op in second["ops"].values():
         if op["aborts"]:
             assert sites[int(op["start_ip"], 16)] == op["aborts"]
+
+
+def _sleep_thread(collector):
+    p = subprocess.Popen(["sleep", "0.3"])
+    p.wait()
+    threads = [t for t in collector.poll().threads if t.pid == p.pid]
+    assert len(threads) == 1, f"sleep {p.pid} not seen"
+    return threads[0]
+
+
+def _node_of(cpu: int) -> int:
+    nodes = list(Path(f"/sys/devices/system/cpu/cpu{cpu}").glob("node[0-9]*"))
+    return int(nodes[0].name[4:]) if nodes else 0
+
+
+def test_thread_ids_and_mm_cid_on_demand(collector):
+    """cpu/node come with every update; mm_cid (only in the regular
+    tracepoint's record) while a front end asks. Ground truth: a
+    single-threaded process always has mm_cid 0, and a thread's node is its
+    CPU's node in sysfs."""
+    t = _sleep_thread(collector)
+    assert 0 <= t.cpu < NCPU and t.node == _node_of(t.cpu)
+    if collector.plan.mm_cid_on_demand:
+        assert t.mm_cid == -1, "mm_cid reported without being asked for"
+    collector.want_mm_cid(True)
+    try:
+        collector.poll()
+        assert _sleep_thread(collector).mm_cid == 0
+        summary, snap = observe(collector, ["--threads", 2, "--duration", 0.3, "--op", "counter"])
+        cids = [t.mm_cid for t in snap.threads_of(summary["pid"]) if t.counts.updates]
+        assert cids and all(0 <= c < NCPU for c in cids), cids
+    finally:
+        collector.want_mm_cid(False)
+        collector.poll()
+    if collector.plan.mm_cid_on_demand:
+        assert _sleep_thread(collector).mm_cid == -1

@@ -89,7 +89,8 @@ def stack(bpf_ok, tmp_path_factory, rseqtop_cmd):
     tmp = tmp_path_factory.mktemp("prom")
     eport, pport = free_port(), free_port()
     # Default labels (comm, container): the workload is found by its --name.
-    exporter = subprocess.Popen(rseqtop_cmd + ["export", f"--web.listen-address=127.0.0.1:{eport}"],
+    # --syscalls: the membarrier series and the EPERM alert are checked too.
+    exporter = subprocess.Popen(rseqtop_cmd + ["export", "--syscalls", f"--web.listen-address=127.0.0.1:{eport}"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)
     prom = None
     try:

@@ -79,11 +79,12 @@ def _counts_values(c, out: dict) -> None:
     out[("updates",)] = c.updates
 
 
-def _process_values(p, sites) -> dict:
+def _process_values(p, sites, syscalls: bool = True) -> dict:
     out: dict = {}
     _counts_values(p.counts, out)
-    out[("registrations",)] = p.registrations
-    out[("unregistrations",)] = p.unregistrations
+    if syscalls:  # not counted is absent, not zero
+        out[("registrations",)] = p.registrations
+        out[("unregistrations",)] = p.unregistrations
     for name, n in p.registration_errors:
         out[("reg_errors", name)] = n
     for m in p.membarrier:
@@ -251,13 +252,14 @@ class RseqCollector:
             sites.setdefault(s.pid, []).append(s)
         with_pid = self.labels in ("pid", "tid")
         present = set()
+        syscalls = snap.self_stats.syscall_accounting
 
         def proc_rows():
             for p in snap.processes:
                 present.add(p.pid)
                 ident = self._ident(p.pid)
                 key = (p.comm, ident.pod_uid, ident.container_id) + ((str(p.pid),) if with_pid else ())
-                yield p.pid, key, p.alive, _process_values(p, sites.get(p.pid, ())), p.threads_live
+                yield p.pid, key, p.alive, _process_values(p, sites.get(p.pid, ()), syscalls), p.threads_live
 
         self.procs.update(snap.monotonic, proc_rows())
         if self.threads is not None:
@@ -373,6 +375,11 @@ class RseqCollector:
         out.append(g)
         g = GaugeMetricFamily("rseqtop_probes_missing", "Tracepoints rseqtop wanted but this kernel lacks")
         g.add_metric([], len(st.probes_missing) if st else 0)
+        out.append(g)
+        g = GaugeMetricFamily("rseqtop_syscall_accounting",
+                              "1 when rseq registrations and membarrier calls are counted (rseqtop export "
+                              "--syscalls), 0 when not (their series are then absent)")
+        g.add_metric([], 1 if st and st.syscall_accounting else 0)
         out.append(g)
         g = GaugeMetricFamily("rseqtop_cause_available",
                               "1 when this kernel lets rseqtop attribute aborts to the cause, 0 when it cannot "

@@ -253,7 +253,15 @@ class RseqtopApp(App):
         if isinstance(self.screen, ProcessScreen):
             return
         self.threads_mode = not self.threads_mode
+        self.want_thread_details(self.threads_mode)
         self.render_all()
+
+    def want_thread_details(self, on: bool) -> None:
+        """Thread rows show mm_cid, which may cost the collector a probe:
+        ask for it only while threads are on screen."""
+        want = getattr(self.source, "want_mm_cid", None)
+        if want is not None:
+            want(on)
 
     def action_toggle_idle(self) -> None:
         self.include_idle = not self.include_idle
@@ -339,6 +347,7 @@ class RseqtopApp(App):
         self.open_process(pid)
 
     def open_process(self, pid: int) -> None:
+        self.want_thread_details(True)
         self.push_screen(ProcessScreen(pid))
 
     async def action_quit(self) -> None:

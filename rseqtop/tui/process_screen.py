@@ -45,6 +45,7 @@ class ProcessScreen(Screen):
 
     def action_back(self) -> None:
         self.app.pop_screen()
+        self.app.want_thread_details(self.app.threads_mode)  # type: ignore[attr-defined]
 
     def show(self, model: LiveModel) -> None:
         summary = self.query_one("#proc-summary", Static)
@@ -58,8 +59,11 @@ class ProcessScreen(Screen):
             text.append(f"PID {proc.pid}  ", style="bold")
             text.append(printable(proc.comm), style="bold")
             text.append("" if proc.alive else "  (exited)")
-            text.append(f"\nthreads with rseq {proc.threads_live} (+{proc.threads_exited} exited)  "
-                        f"registrations {proc.registrations}  membarrier calls {proc.membarrier_calls()}")
+            text.append(f"\nthreads with rseq {proc.threads_live} (+{proc.threads_exited} exited)  ")
+            if snap.self_stats.syscall_accounting:
+                text.append(f"registrations {proc.registrations}  membarrier calls {proc.membarrier_calls()}")
+            else:
+                text.append("registrations, membarrier calls: not counted (start with --syscalls)", style="dim")
             if r is not None:
                 text.append(f"\naborts/s {rate(r.rates.aborts)}  total {proc.counts.aborts}  "
                             f"preempt/s {rate(r.rates.preempts)}  migr/s {rate(r.rates.migrations)}  "

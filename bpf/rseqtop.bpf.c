@@ -59,6 +59,12 @@ BPF_HASH(watch_cgroups, u64, u8, 256);
 BPF_PERCPU_ARRAY(zero_thread, struct rseqtop_thread, 1);
 BPF_PERCPU_ARRAY(zero_site, struct rseqtop_site, 1);
 BPF_PERCPU_ARRAY(zero_proc, struct rseqtop_proc, 1);
+#ifdef HOT_TASK_STORAGE
+/* Hot per-thread state in task-local storage: a pointer chase from the
+ * task instead of a hash lookup, on the two paths that run on every
+ * context switch. User space reads it through pidfds (PIDFD_THREAD). */
+BPF_TASK_STORAGE(hot, struct rseqtop_hot);
+#endif
 /* In-flight syscalls: enter -> exit. */
 BPF_HASH(rseq_calls, u32, u32, 4096);
 struct mb_call { u64 ts; u32 cmd; u32 pad; };
@@ -117,6 +123,7 @@ static __always_inline struct rseqtop_thread *current_thread(u32 tid, u32 tgid)
     z->tgid = tgid;
     z->gen = current_gen(tgid);
     z->mm_cid = -1; /* unknown until the kernel reports it */
+    z->h.cpu_id = -1;  /* set by track_current */
     bpf_get_current_comm(&z->comm, sizeof(z->comm));
     int err = threads.insert(&tid, z);
     z->tgid = 0;
@@ -126,6 +133,37 @@ static __always_inline struct rseqtop_thread *current_thread(u32 tid, u32 tgid)
         return 0;
     }
     return threads.lookup(&tid);
+}
+
+/* The current thread's hot state; 0 if it is not tracked (yet). */
+static __always_inline struct rseqtop_hot *current_hot(void)
+{
+#ifdef HOT_TASK_STORAGE
+    return hot.task_storage_get(bpf_get_current_task_btf(), 0, 0);
+#else
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct rseqtop_thread *t = threads.lookup(&tid);
+    return t ? &t->h : 0;
+#endif
+}
+
+/* Start tracking the current thread if its process is watched: its record
+ * and its hot state, which starts on this CPU (so that the first update is
+ * no migration). */
+static __always_inline struct rseqtop_hot *track_current(s32 cpu)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    struct rseqtop_thread *t = current_thread((u32)id, id >> 32);
+    if (!t)
+        return 0;
+#ifdef HOT_TASK_STORAGE
+    struct rseqtop_hot init = {.cpu_id = cpu};
+    return hot.task_storage_get(bpf_get_current_task_btf(), &init, BPF_LOCAL_STORAGE_GET_F_CREATE);
+#else
+    if (t->h.cpu_id < 0)
+        t->h.cpu_id = cpu;
+    return &t->h;
+#endif
 }
 
 /* Count one for a key of a u64-valued hash. Creation races are settled by
@@ -178,11 +216,16 @@ static __always_inline u32 cause_bits(u32 w)
     return (w & 1) | ((w >> 7) & 2) | ((w >> 14) & 4) | ((w >> 21) & 8);
 }
 
-static __always_inline u32 take_causes(struct rseqtop_thread *t)
+/* An abort consumes the pending causes. It runs before this notify-resume's
+ * rseq_update, so a CPU other than the last update's is a fresh migration
+ * (the kernel flags one whenever set_task_cpu changes the task's CPU). */
+static __always_inline u32 take_causes(struct rseqtop_hot *h, s32 cpu)
 {
-    u32 fresh = cause_bits(t->fresh.w), carried = cause_bits(t->carried.w);
-    t->fresh.w = 0;
-    t->carried.w = 0;
+    if (h->cpu_id != cpu)
+        h->fresh.b[1] = 1;
+    u32 fresh = cause_bits(h->fresh.w), carried = cause_bits(h->carried.w);
+    h->fresh.w = 0;
+    h->carried.w = 0;
     if (fresh)
         return fresh;
     if (carried)
@@ -195,10 +238,14 @@ static __always_inline void aborted(void *ctx, u64 regs_ip, u64 start_ip, u64 po
 {
     u64 id = bpf_get_current_pid_tgid();
     u32 tid = (u32)id, tgid = id >> 32;
-    struct rseqtop_thread *t = current_thread(tid, tgid);
-    if (!t)
+    s32 this_cpu = bpf_get_smp_processor_id();
+    struct rseqtop_hot *h = current_hot();
+    if (!h)
+        h = track_current(this_cpu);
+    struct rseqtop_thread *t = threads.lookup(&tid);
+    if (!h || !t)
         return;
-    u32 code = take_causes(t) & (RSEQTOP_NCODES - 1);
+    u32 code = take_causes(h, this_cpu) & (RSEQTOP_NCODES - 1);
     t->c.aborts++;
     t->c.causes[code]++;
     bpf_get_current_comm(&t->comm, sizeof(t->comm));
@@ -244,7 +291,7 @@ static __always_inline void aborted(void *ctx, u64 regs_ip, u64 start_ip, u64 po
         e->abort_ip = abort_ip;
         e->tgid = tgid;
         e->tid = tid;
-        e->cpu = bpf_get_smp_processor_id();
+        e->cpu = this_cpu;
         e->cause = code;
         e->offset = (u32)offset;
         e->gen = t->gen;
@@ -255,24 +302,27 @@ static __always_inline void aborted(void *ctx, u64 regs_ip, u64 start_ip, u64 po
 }
 
 /* A notify-resume: the thread returns to user space with its rseq fields
- * updated. */
-static __always_inline struct rseqtop_thread *updated(s32 cpu_id, s32 node_id)
+ * updated. Runs on every return after a context switch: hot state only. */
+static __always_inline void updated(s32 cpu)
 {
-    u64 id = bpf_get_current_pid_tgid();
-    struct rseqtop_thread *t = current_thread((u32)id, id >> 32);
-    if (!t)
-        return 0;
-    t->c.updates++;
-    t->cpu_id = cpu_id;
-    t->node_id = node_id;
+    struct rseqtop_hot *h = current_hot();
+    if (!h) {
+        h = track_current(cpu);
+        if (!h)
+            return;
+    }
+    h->updates++;
+    if (h->cpu_id != cpu) {
+        h->fresh.b[1] = 1;
+        h->cpu_id = cpu;
+    }
     /* Up to 6.18 the kernel keeps its event mask until an abort consumes
      * it; causes seen before this notify-resume become "carried". */
-    u32 fresh = t->fresh.w;
+    u32 fresh = h->fresh.w;
     if (fresh) {
-        t->carried.w |= fresh;
-        t->fresh.w = 0;
+        h->carried.w |= fresh;
+        h->fresh.w = 0;
     }
-    return t;
 }
 
 /* Raw tracepoints where the arguments allow: no trace record is built,
@@ -295,10 +345,10 @@ int on_rseq_ip_fixup(struct tp_rseq_ip_fixup *args)
 
 #ifdef RAW_RSEQ_UPDATE
 /* rseq_update runs in the thread's context on the CPU it returns on: its
- * cpu_id and node_id are this CPU's. */
+ * cpu_id is this CPU (user space maps it to the node). */
 int on_rseq_update(struct bpf_raw_tracepoint_args *ctx)
 {
-    updated(bpf_get_smp_processor_id(), bpf_get_numa_node_id());
+    updated(bpf_get_smp_processor_id());
     return 0;
 }
 
@@ -317,12 +367,10 @@ int on_rseq_update_ids(struct tp_rseq_update *args)
 #else
 int on_rseq_update(struct tp_rseq_update *args)
 {
-#ifdef HAVE_RSEQ_UPDATE_NODE_ID
-    struct rseqtop_thread *t = updated(args->cpu_id, args->node_id);
-#else
-    struct rseqtop_thread *t = updated(args->cpu_id, -1);
-#endif
+    updated(args->cpu_id);
 #ifdef HAVE_RSEQ_UPDATE_MM_CID
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct rseqtop_thread *t = threads.lookup(&tid);
     if (t)
         t->mm_cid = args->mm_cid;
 #endif
@@ -337,13 +385,12 @@ int on_rseq_update(struct tp_rseq_update *args)
  * (still runnable) are counted as preemptions. */
 static __always_inline void switched_out(int runnable)
 {
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct rseqtop_thread *t = threads.lookup(&tid);
-    if (!t)
+    struct rseqtop_hot *h = current_hot();
+    if (!h)
         return;
-    t->fresh.b[0] = 1;
+    h->fresh.b[0] = 1;
     if (runnable)
-        t->c.preempts++;
+        h->preempts++;
 }
 
 #ifdef RAW_SCHED_SWITCH
@@ -367,15 +414,15 @@ int on_sched_switch(struct tp_sched_switch *args)
 #ifdef HAVE_SCHED_MIGRATE_TASK
 int on_sched_migrate_task(struct tp_sched_migrate_task *args)
 {
-    /* Fires in another task's context: key by the pid field. */
+    /* Fires in another task's context: key by the pid field. Only counted
+     * here: the thread's next abort or update sees its new CPU (the pending
+     * cause), without a write to another task's hot state. */
     if (args->orig_cpu == args->dest_cpu)
         return 1;
     u32 tid = args->pid;
     struct rseqtop_thread *t = threads.lookup(&tid);
-    if (!t)
-        return 1;
-    t->fresh.b[1] = 1;
-    __sync_fetch_and_add(&t->c.migrations, 1);
+    if (t)
+        __sync_fetch_and_add(&t->c.migrations, 1);
     return 1;
 }
 #endif
@@ -383,11 +430,12 @@ int on_sched_migrate_task(struct tp_sched_migrate_task *args)
 #ifdef HAVE_SIGNAL_DELIVER
 static __always_inline void signalled(u32 sig)
 {
+    struct rseqtop_hot *h = current_hot();
     u32 tid = (u32)bpf_get_current_pid_tgid();
     struct rseqtop_thread *t = threads.lookup(&tid);
-    if (!t)
+    if (!h || !t)
         return;
-    t->fresh.b[2] = 1;
+    h->fresh.b[2] = 1;
     t->c.signals++;
     t->last_signal = sig;
 }
@@ -418,10 +466,11 @@ static __always_inline void csd_called(u64 func)
     u32 tid = (u32)bpf_get_current_pid_tgid();
     if (!tid)
         return;
+    struct rseqtop_hot *h = current_hot();
     struct rseqtop_thread *t = threads.lookup(&tid);
-    if (!t)
+    if (!h || !t)
         return;
-    t->fresh.b[3] = 1;
+    h->fresh.b[3] = 1;
     t->c.membarrier_ipis++;
 }
 
@@ -469,6 +518,14 @@ int on_sched_process_exit(struct tp_sched_process_exit *args)
     struct rseqtop_thread *t = threads.lookup(&tid);
     int tracked = t != 0;
     if (t) {
+        struct rseqtop_hot *h = current_hot();
+        if (h) {
+#ifdef HOT_TASK_STORAGE
+            __builtin_memcpy(&t->h, h, sizeof(t->h));
+#endif
+            t->c.updates = h->updates;
+            t->c.preempts = h->preempts;
+        }
         struct rseqtop_proc_key pk = {.tgid = tgid, .gen = t->gen};
         struct rseqtop_proc *p = procs.lookup(&pk);
         if (!p) {

@@ -50,19 +50,26 @@ struct rseqtop_counts {
     u64 causes[RSEQTOP_NCODES];
 };
 
-struct rseqtop_thread {
-    /* Hot fields first: every context switch and every notify-resume of the
-     * thread writes them, and together they fit in the record's first cache
-     * line. Pending causes are one byte each (0 or 1) so that events on other
-     * CPUs (migration) can set them with plain stores; the hot paths read
-     * them as one word. fresh: since the last rseq_update; carried: older,
-     * not yet consumed by an abort. */
+/* What every context switch and every notify-resume of a thread writes.
+ * With HOT_TASK_STORAGE it lives in task-local storage (no hash lookup on
+ * those paths) and rseqtop_thread.h is a copy made when the thread exits;
+ * otherwise rseqtop_thread.h is the live state. Pending causes are one byte
+ * each (0 or 1), read as one word: fresh since the last rseq_update, carried
+ * from before it and not yet consumed by an abort. */
+struct rseqtop_hot {
     union {
         u8 b[RSEQTOP_NCAUSES];
         u32 w;
     } fresh, carried;
-    s32 cpu_id;
-    s32 node_id;
+    s32 cpu_id; /* CPU at the last rseq_update: a change is a migration */
+    u32 pad;
+    u64 updates;
+    u64 preempts;
+};
+
+struct rseqtop_thread {
+    struct rseqtop_hot h;
+    /* updates and preempts here are filled from h when the thread exits */
     struct rseqtop_counts c;
     u32 tgid;
     u32 gen; /* its process's generation (see proc_gen) */

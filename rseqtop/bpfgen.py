@@ -61,6 +61,8 @@ class Plan:
     # rseq_update is raw and its record has mm_cid: a second, regular program
     # (on_rseq_update_ids) reads it, attached only while someone looks.
     mm_cid_on_demand: bool = False
+    # hot per-thread state in task-local storage (read back through pidfds)
+    hot_storage: bool = False
 
     def has(self, event: str) -> bool:
         return any(e == event for _, e in self.attach)
@@ -144,11 +146,14 @@ def raw_ok(fmt: Format, event: str, kernel_version: tuple) -> bool:
 
 
 def plan(formats: Callable[[str, str], Optional[Format]], ipi_rseq_addr: Optional[int],
-         sizes: Optional[dict] = None, kernel_version: tuple = (0, 0), syscalls: bool = False) -> Plan:
+         sizes: Optional[dict] = None, kernel_version: tuple = (0, 0), syscalls: bool = False,
+         hot_storage: bool = False) -> Plan:
     """What to attach on this kernel. The syscall tracepoints are attached
     only with `syscalls`: enabling any of them sends every system call on
     the machine through the kernel's slow path (measured: +33 ns on a 112 ns
-    getppid), so counting membarrier and rseq calls is opt-in."""
+    getppid), so counting membarrier and rseq calls is opt-in. hot_storage:
+    the kernel has task-local storage for tracing programs and thread pidfds
+    to read it with (see Collector)."""
     attach, missing, structs = [], [], []
     defines = dict(DEFAULT_SIZES)
     defines.update(sizes or {})
@@ -195,7 +200,9 @@ def plan(formats: Callable[[str, str], Optional[Format]], ipi_rseq_addr: Optiona
     for e in raw:
         defines[f"RAW_{e.upper()}"] = 1
     on_demand = "rseq_update" in raw and "HAVE_RSEQ_UPDATE_MM_CID" in defines
-    return Plan(tuple(attach), tuple(missing), defines, "\n\n".join(structs), raw, on_demand)
+    if hot_storage:
+        defines["HOT_TASK_STORAGE"] = 1
+    return Plan(tuple(attach), tuple(missing), defines, "\n\n".join(structs), raw, on_demand, hot_storage)
 
 
 def source(p: Plan, bpf_dir: Optional[Path] = None) -> str:

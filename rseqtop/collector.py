@@ -15,10 +15,11 @@ import re
 import resource
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from rseqtop import bpfgen, kernel, tracefs
+from rseqtop import bpfgen, kernel, taskstorage, tracefs
 from rseqtop.bccimport import import_bcc, prepare_headers
 from rseqtop.errors import UserError
 from rseqtop.snapshot import (
@@ -63,6 +64,13 @@ def check_privileges() -> None:
         raise UserError(f"not privileged: missing {', '.join(missing)}; run as root (sudo) or see 'rseqtop doctor'")
 
 
+def hot_storage_usable() -> bool:
+    """Task-local storage from tracing programs (5.11+, with the kernel's
+    BTF) and pidfds of single threads to read it back (6.9+)."""
+    return kernel.kernel_version() >= (6, 9) and Path("/sys/kernel/btf/vmlinux").exists() \
+        and taskstorage.thread_pidfds_supported()
+
+
 class Collector:
     """Attach rseqtop's probes; poll() returns a Snapshot.
 
@@ -96,6 +104,9 @@ class Collector:
         self.keep_dead_seconds = keep_dead_seconds
         self.keep_dead_max = keep_dead_max
         self.attach_seconds = 0.0
+        self._nodes = kernel.cpu_nodes()
+        self._last_hot: dict[int, tuple] = {}  # tid -> (updates, preempts, cpu) last read from task storage
+        self._seen_hot: dict[int, tuple] = {}
 
     # -- set-up ---------------------------------------------------------
     @staticmethod
@@ -112,7 +123,7 @@ class Collector:
         root = self._tracefs_root or tracefs.ensure_root()
         fs = tracefs.TraceFS(root)
         self.plan = bpfgen.plan(fs.format, kernel.kallsyms_address("ipi_rseq"), self._sizes,
-                                kernel.kernel_version(), syscalls=self._syscalls)
+                                kernel.kernel_version(), syscalls=self._syscalls, hot_storage=hot_storage_usable())
         upd = fs.format("rseq", "rseq_update")
         self.era = kernel.rseq_era(kernel.kernel_version(),
                                    tuple(f.name for f in upd.fields) if upd else ())
@@ -139,6 +150,9 @@ class Collector:
             self.close()
             raise UserError(f"attaching to tracepoints failed ({_first_line(err)}); see 'rseqtop doctor'") from None
         self.attach_seconds = time.monotonic() - t0
+        if self.plan.hot_storage:
+            self._hot_fd = bcc.lib.bpf_table_fd(self.bpf.module, b"hot")
+            self._hot_value = dict(self.bpf["threads"].Leaf._fields_)["h"]()
         self._apply_filter()
         self._start_site_watcher()
         return self
@@ -288,8 +302,10 @@ class Collector:
         cpu_aborts = tuple(b["cpu_aborts"][0]) if len(counters) else ()
         poll_seconds = time.monotonic() - t0
 
+        self._seen_hot = {}
         threads = [self._thread(tid, v, True) for tid, v in live.items()] + \
                   [self._thread(tid, v, False) for tid, v in dead.items()]
+        self._last_hot = self._seen_hot
         everyone = self._processes(procs, threads, pc_rows)
         # System-wide totals, before the display filter; processes already
         # dropped from the maps still count.
@@ -389,8 +405,21 @@ class Collector:
                 self.symbolize.forget(pid)
 
     def _thread(self, tid: int, v, alive: bool) -> ThreadStats:
-        return ThreadStats(v.tgid, tid, _comm(v.comm), _counts(v.c), v.cpu_id, v.node_id, v.mm_cid,
-                           v.last_signal, alive, v.gen)
+        counts = _counts(v.c)
+        cpu = v.h.cpu_id
+        if alive:
+            # Live threads' update and preemption counts are in their hot
+            # state (exited ones' were copied into v.c at exit).
+            hot = (v.h.updates, v.h.preempts, cpu)
+            if self.plan.hot_storage:
+                h = taskstorage.lookup(self._hot_fd, tid, self._hot_value)
+                # gone between the two reads: its last values (exit copies the final ones)
+                hot = (h.updates, h.preempts, h.cpu_id) if h else self._last_hot.get(tid, (0, 0, -1))
+                self._seen_hot[tid] = hot
+            counts = replace(counts, updates=hot[0], preempts=hot[1])
+            cpu = hot[2]
+        return ThreadStats(v.tgid, tid, _comm(v.comm), counts, cpu, self._nodes.get(cpu, 0) if cpu >= 0 else -1,
+                           v.mm_cid, v.last_signal, alive, v.gen)
 
     def _processes(self, procs: dict, threads: list, pc_rows: list) -> list:
         """Every process with rseq activity, unfiltered, by (pid, gen): totals

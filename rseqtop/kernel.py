@@ -119,3 +119,20 @@ def kallsyms_address(symbol: str, path: str = "/proc/kallsyms") -> Optional[int]
     except OSError:
         return None
     return None
+
+
+def cpu_nodes(root: Path = Path("/sys/devices/system/node")) -> dict[int, int]:
+    """CPU number -> NUMA node, from sysfs (empty without NUMA information:
+    callers take node 0)."""
+    out: dict[int, int] = {}
+    for node_dir in root.glob("node[0-9]*"):
+        try:
+            text = (node_dir / "cpulist").read_text().strip()
+        except OSError:
+            continue
+        node = int(node_dir.name[4:])
+        for part in filter(None, text.split(",")):
+            lo, _, hi = part.partition("-")
+            for cpu in range(int(lo), int(hi or lo) + 1):
+                out[cpu] = node
+    return out

@@ -106,13 +106,14 @@ def test_raw_needs_the_arguments_in_prototype_order(tmp_path):
     assert "rseq_ip_fixup" not in p.raw and "rseq_update" in p.raw
 
 
+@pytest.mark.parametrize("hot_storage", [True, False], ids=["task-storage", "hash"])
 @pytest.mark.parametrize("name", ["tracefs-6.18", "tracefs-5.15"])
-def test_generated_programs_compile_and_load(bpf_ok, name):
+def test_generated_programs_compile_and_load(bpf_ok, name, hot_storage):
     from rseqtop.bccimport import import_bcc, prepare_headers
 
     prepare_headers()
     bcc = import_bcc()
-    p = plan_for(name, syscalls=True)
+    p = plan_for(name, syscalls=True, hot_storage=hot_storage)
     b = bcc.BPF(text=bpfgen.source(p).encode())
     try:
         for _, event in p.attach:
@@ -127,3 +128,9 @@ def test_generated_programs_compile_and_load(bpf_ok, name):
 def test_header_constants_parse():
     k = bpfgen.header_constants()
     assert k["RSEQTOP_CAUSE_STALE"] == 16 and k["RSEQTOP_NCODES"] == 32
+
+
+def test_hot_state_in_task_storage_only_when_asked():
+    assert plan_for("tracefs-6.18", hot_storage=True).defines["HOT_TASK_STORAGE"] == 1
+    assert plan_for("tracefs-6.18", hot_storage=True).hot_storage
+    assert "HOT_TASK_STORAGE" not in plan_for("tracefs-6.18").defines

@@ -302,3 +302,58 @@ def test_thread_ids_and_mm_cid_on_demand(collector):
         collector.poll()
     if collector.plan.mm_cid_on_demand:
         assert _sleep_thread(collector).mm_cid == -1
+
+
+def test_preemptions_match_the_kernels_own_count(collector):
+    """Per-thread preemptions (runnable switch-outs) against the thread's
+    own getrusage ru_nivcsw, read as it finishes. The few switches between
+    that read and the thread's exit, or before rseqtop first saw it, are the
+    tolerance."""
+    summary, snap = observe(collector, ["--threads", 4, "--cpus", 0, "--in-cs-delay", 2000, "--op", "delay",
+                                        "--duration", 0.5])
+    threads = {t.tid: t for t in snap.threads_of(summary["pid"])}
+    total = 0
+    for tid, rec in summary["threads"].items():
+        got, want = threads[int(tid)].counts.preempts, rec["nivcsw"]
+        total += want
+        assert abs(got - want) <= 3 + want // 100, (tid, got, want)
+    assert total > 50, "the oversubscribed run should have preempted its workers"
+
+
+def test_hot_state_fallback_without_task_storage(bpf_ok, monkeypatch):
+    """Kernels without thread pidfds keep the hot state in the threads
+    hash; same counts."""
+    from rseqtop import collector as collector_mod
+
+    monkeypatch.setattr(collector_mod, "hot_storage_usable", lambda: False)
+    with Collector() as c:
+        assert not c.plan.hot_storage and "HOT_TASK_STORAGE" not in c.plan.defines
+        summary, snap = observe(c, INDUCERS["oversubscribed"] + ["--duration", 0.5])
+        assert_exact(summary, snap)
+        for tid, rec in summary["threads"].items():
+            t = next(t for t in snap.threads_of(summary["pid"]) if t.tid == int(tid))
+            assert abs(t.counts.preempts - rec["nivcsw"]) <= 3 + rec["nivcsw"] // 100
+            assert t.counts.updates > 0
+
+
+def test_hot_state_in_task_storage_is_read_while_threads_live(collector):
+    """Live threads' updates and preemptions come from task storage (through
+    pidfds) on kernels that have it: they grow while the workload runs."""
+    assert collector.plan.hot_storage == collector_mod_usable()
+    proc = workload.start(["--threads", "2", "--cpus", "0", "--yield", "--op", "counter", "--duration", "1.5"])
+    try:
+        time.sleep(0.5)
+        a = collector.poll().process(proc.pid)
+        time.sleep(0.4)
+        b = collector.poll().process(proc.pid)
+    finally:
+        proc.communicate()
+    assert a is not None and b is not None and b.threads_live >= 2
+    assert b.counts.updates > a.counts.updates > 0
+    assert b.counts.preempts > a.counts.preempts > 0
+
+
+def collector_mod_usable() -> bool:
+    from rseqtop.collector import hot_storage_usable
+
+    return hot_storage_usable()

@@ -71,7 +71,7 @@ SCHEMA = {
     "config": {"threads": INT, "ops": [STR], "in_cs_delay": INT, "yield": BOOL,
                "membarrier_unregistered": BOOL},
     "threads": {"*": {"tid": INT, "commits": INT, "aborts": INT, "cpu_mismatch": INT,
-                      "signals": INT, "ops": {"*": COUNTS}}},
+                      "signals": INT, "nivcsw": INT, "nvcsw": INT, "ops": {"*": COUNTS}}},
     "ops": {"*": {"symbol": STR, "start_ip": "hex", "abort_ip": "hex",
                   "post_commit_offset": INT, **COUNTS}},
     "totals": {"commits": INT, "aborts": INT, "cpu_mismatch": INT, "signals": INT},

@@ -41,6 +41,7 @@
 #include <string.h>
 #include <fcntl.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/rseq.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -387,6 +388,7 @@ struct worker {
 	atomic_int done;
 	int reg_error;         /* errno of a failed own registration */
 	struct tstats stats;   /* copied at thread exit */
+	long nivcsw, nvcsw;    /* the kernel's context-switch counts, at thread exit */
 
 	/* --churn-*: this worker is a slot that starts short-lived threads or
 	 * child processes one after the other, and only they run sections. */
@@ -1334,6 +1336,12 @@ static void *worker_main(void *arg)
 	w->stats = t_stats;
 	if (own && !w->reg_error)
 		unregister_own_rseq();
+	/* Ground truth for tracers' per-thread preemption counts. */
+	struct rusage ru;
+	if (getrusage(RUSAGE_THREAD, &ru) == 0) {
+		w->nivcsw = ru.ru_nivcsw;
+		w->nvcsw = ru.ru_nvcsw;
+	}
 	return NULL;
 }
 
@@ -1761,10 +1769,10 @@ static void write_json(FILE *f, const char *comm, const struct totals *t, double
 		}
 		fprintf(f, "%s\n  \"%d\": {\"tid\": %d, \"index\": %d, \"commits\": %llu, "
 			"\"aborts\": %llu, \"cpu_mismatch\": %llu, \"cmp_fail\": %llu, "
-			"\"signals\": %llu, \"ops\": {",
+			"\"signals\": %llu, \"nivcsw\": %ld, \"nvcsw\": %ld, \"ops\": {",
 			i ? "," : "", atomic_load(&w->tid), atomic_load(&w->tid), i,
 			(unsigned long long)c, (unsigned long long)a, (unsigned long long)m,
-			(unsigned long long)cf, (unsigned long long)s->signals);
+			(unsigned long long)cf, (unsigned long long)s->signals, w->nivcsw, w->nvcsw);
 		write_op_counts(f, s);
 		fputc('}', f);
 		if (cfg.churn)

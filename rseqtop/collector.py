@@ -22,6 +22,7 @@ from typing import Callable, Iterable, Optional
 from rseqtop import bpfgen, kernel, taskstorage, tracefs
 from rseqtop.bccimport import import_bcc, prepare_headers
 from rseqtop.errors import UserError
+from rseqtop.kernel import hot_storage_usable
 from rseqtop.snapshot import (
     Counts, MapFill, MembarrierStats, ProcessStats, SelfStats, SiteStats, Snapshot, ThreadStats, cause_name, pairs,
 )
@@ -62,13 +63,6 @@ def check_privileges() -> None:
     missing = kernel.missing_caps(kernel.effective_caps(), kernel.kernel_version())
     if missing:
         raise UserError(f"not privileged: missing {', '.join(missing)}; run as root (sudo) or see 'rseqtop doctor'")
-
-
-def hot_storage_usable() -> bool:
-    """Task-local storage from tracing programs (5.11+, with the kernel's
-    BTF) and pidfds of single threads to read it back (6.9+)."""
-    return kernel.kernel_version() >= (6, 9) and Path("/sys/kernel/btf/vmlinux").exists() \
-        and taskstorage.thread_pidfds_supported()
 
 
 class Collector:

@@ -68,6 +68,7 @@ class Facts:
     glibc_rseq_size: int = -1
     glibc_tunables: str = ""
     membarrier_mask: Optional[int] = None
+    hot_storage: Optional[bool] = None  # task-local storage + thread pidfds (None: not checked)
     load: Optional[LoadResult] = None
 
     @property
@@ -145,6 +146,14 @@ def evaluate(f: Facts) -> list[Check]:
         else:
             checks.append(Check("membarrier", WARN, detail + " (no PRIVATE_EXPEDITED_RSEQ)",
                                 "needs CONFIG_RSEQ and CONFIG_MEMBARRIER (5.10+)"))
+
+    if f.hot_storage:
+        checks.append(Check("per-thread state", PASS, "task-local storage, read through thread pidfds "
+                                                      "(no hash lookup per context switch)"))
+    elif f.hot_storage is not None:
+        checks.append(Check("per-thread state", WARN, "in a hash map (kernel before 6.9 or without BTF): "
+                                                      "two hash lookups per context switch of a thread with rseq",
+                            "a 6.9+ kernel with CONFIG_DEBUG_INFO_BTF makes rseqtop cheaper; it works either way"))
 
     if f.load is None:
         checks.append(Check("bpf load", SKIP, "not attempted (needs privileges, bcc, headers and tracefs)",
@@ -224,6 +233,7 @@ def gather(attempt_load: bool = True) -> Facts:
     f.glibc_tunables = os.environ.get("GLIBC_TUNABLES", "")
     f.glibc_rseq_size = kernel.glibc_rseq_size()
     f.membarrier_mask = kernel.membarrier_query()
+    f.hot_storage = kernel.hot_storage_usable(release)
     ready = privileged and f.bcc_version and f.headers and f.headers.kind != "missing" and \
         f.tracepoints.get("rseq:rseq_update")
     if attempt_load and ready:

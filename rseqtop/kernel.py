@@ -136,3 +136,13 @@ def cpu_nodes(root: Path = Path("/sys/devices/system/node")) -> dict[int, int]:
             for cpu in range(int(lo), int(hi or lo) + 1):
                 out[cpu] = node
     return out
+
+
+def hot_storage_usable(release: Optional[str] = None) -> bool:
+    """Whether rseqtop can keep per-thread hot state in task-local storage:
+    tracing programs may use it from 5.11 (with the kernel's BTF), and user
+    space reads it through pidfds of single threads, from 6.9."""
+    from rseqtop import taskstorage
+
+    return kernel_version(release) >= (6, 9) and Path("/sys/kernel/btf/vmlinux").exists() \
+        and taskstorage.thread_pidfds_supported()

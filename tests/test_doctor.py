@@ -19,7 +19,7 @@ def healthy(**over) -> Facts:
               headers=kheaders.HeaderSource("generic", Path("/c/kheaders/x"), "generic headers linux-headers-6.1.0-56-amd64"),
               tracefs_root="/sys/kernel/tracing", tracepoints=dict(ALL_TPS),
               update_fields=("cpu_id", "node_id", "mm_cid"), glibc_rseq_size=32, membarrier_mask=0x3FF,
-              load=LoadResult(True, 0.3, 1))
+              hot_storage=True, load=LoadResult(True, 0.3, 1))
     for k, v in over.items():
         setattr(f, k, v)
     return f
@@ -35,6 +35,12 @@ def test_healthy_machine_passes_everything():
     names = by_name(checks)
     assert "generic headers" in names["kernel headers"].detail
     assert "0.30 s" in names["bpf load"].detail
+
+
+def test_per_thread_state_without_task_storage_is_a_warning_with_a_fix():
+    c = by_name(doctor.evaluate(healthy(hot_storage=False)))["per-thread state"]
+    assert c.status == WARN and "6.9" in c.fix and "hash" in c.detail
+    assert by_name(doctor.evaluate(healthy()))["per-thread state"].status == PASS
 
 
 def test_every_tracepoint_is_checked():

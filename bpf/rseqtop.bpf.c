@@ -135,11 +135,13 @@ static __always_inline struct rseqtop_thread *current_thread(u32 tid, u32 tgid)
     return threads.lookup(&tid);
 }
 
-/* The current thread's hot state; 0 if it is not tracked (yet). */
+/* The current thread's hot state; 0 if it is not tracked (yet, or because
+ * the filter excludes its process). */
 static __always_inline struct rseqtop_hot *current_hot(void)
 {
 #ifdef HOT_TASK_STORAGE
-    return hot.task_storage_get(bpf_get_current_task_btf(), 0, 0);
+    struct rseqtop_hot *h = hot.task_storage_get(bpf_get_current_task_btf(), 0, 0);
+    return h && !h->ignored ? h : 0;
 #else
     u32 tid = (u32)bpf_get_current_pid_tgid();
     struct rseqtop_thread *t = threads.lookup(&tid);
@@ -153,13 +155,42 @@ static __always_inline struct rseqtop_hot *current_hot(void)
 static __always_inline struct rseqtop_hot *track_current(s32 cpu)
 {
     u64 id = bpf_get_current_pid_tgid();
+#ifdef HOT_TASK_STORAGE
+    /* A thread the filter excluded is remembered as such in its storage
+     * until the filter changes: no hash lookup and no filter check on each
+     * of its notify-resumes. */
+    int zero = 0;
+    struct rseqtop_config *cfg = config.lookup(&zero);
+    u32 gen = cfg ? cfg->filter_gen : 0;
+    struct task_struct *task = bpf_get_current_task_btf();
+    struct rseqtop_hot *h = hot.task_storage_get(task, 0, 0);
+    if (h && h->ignored && h->ignored == gen)
+        return 0;
+    if (!watched(id >> 32)) {
+        if (gen) {
+            struct rseqtop_hot skip = {.ignored = gen};
+            if (h)
+                h->ignored = gen;
+            else
+                hot.task_storage_get(task, &skip, BPF_LOCAL_STORAGE_GET_F_CREATE);
+        }
+        return 0;
+    }
+    struct rseqtop_thread *t = current_thread((u32)id, id >> 32);
+    if (!t)
+        return 0; /* threads map full (counted): tried again next time */
+    if (h) {
+        /* excluded before, watched now: start afresh */
+        __builtin_memset(h, 0, sizeof(*h));
+        h->cpu_id = cpu;
+        return h;
+    }
+    struct rseqtop_hot init = {.cpu_id = cpu};
+    return hot.task_storage_get(task, &init, BPF_LOCAL_STORAGE_GET_F_CREATE);
+#else
     struct rseqtop_thread *t = current_thread((u32)id, id >> 32);
     if (!t)
         return 0;
-#ifdef HOT_TASK_STORAGE
-    struct rseqtop_hot init = {.cpu_id = cpu};
-    return hot.task_storage_get(bpf_get_current_task_btf(), &init, BPF_LOCAL_STORAGE_GET_F_CREATE);
-#else
     if (t->h.cpu_id < 0)
         t->h.cpu_id = cpu;
     return &t->h;

@@ -62,7 +62,9 @@ struct rseqtop_hot {
         u32 w;
     } fresh, carried;
     s32 cpu_id; /* CPU at the last rseq_update: a change is a migration */
-    u32 pad;
+    /* With HOT_TASK_STORAGE: nonzero for a thread whose process the filter
+     * excluded, the config's filter_gen then; 0 for a tracked thread. */
+    u32 ignored;
     u64 updates;
     u64 preempts;
 };
@@ -123,6 +125,8 @@ struct rseqtop_pcount_key {
 struct rseqtop_config {
     u32 filter;      /* RSEQTOP_FILTER_* bits */
     u32 emit_events; /* send abort events to the ring buffer */
+    u32 filter_gen;  /* bumped by user space at every filter change (from 1) */
+    u32 pad;
 };
 
 struct rseqtop_event {

@@ -237,6 +237,8 @@ class Collector:
         value.filter = (K["RSEQTOP_FILTER_PIDS"] if self._pids else 0) | \
             (K["RSEQTOP_FILTER_CGROUPS"] if self._cgroups else 0)
         value.emit_events = 1 if self._emit_events else 0
+        # Threads the previous filter excluded are checked again.
+        value.filter_gen = value.filter_gen % 0xFFFFFFFF + 1
         cfg[0] = value
 
     def set_emit_events(self, on: bool) -> None:

@@ -357,3 +357,25 @@ def collector_mod_usable() -> bool:
     from rseqtop.collector import hot_storage_usable
 
     return hot_storage_usable()
+
+
+def test_pid_filter_in_the_kernel_and_changed_at_run_time(bpf_ok):
+    """Threads of processes the filter excludes are not tracked (and are
+    remembered as excluded); changing the filter starts tracking them."""
+    workload.build()
+    proc = workload.start(["--threads", "2", "--yield", "--op", "counter", "--duration", "2.5"])
+    try:
+        with Collector(pids=[os.getpid()]) as c:
+            time.sleep(0.4)
+            assert c.poll().process(proc.pid) is None
+            c.set_filter(pids=[proc.pid])
+            time.sleep(0.4)
+            first = c.poll().process(proc.pid)
+            time.sleep(0.3)
+            second = c.poll().process(proc.pid)
+            assert first is not None and first.threads_live >= 2
+            assert second.counts.updates > first.counts.updates > 0
+            assert not any(p.pid != proc.pid for p in c.poll().processes if p.alive), "filter leaked"
+    finally:
+        out, _ = proc.communicate()
+    assert workload.parse_summary(out)["self_check"]["ok"]

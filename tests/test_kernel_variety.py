@@ -77,3 +77,18 @@ def test_exporter_leaves_unavailable_cause_absent_not_zero():
     assert 'rseqtop_cause_available{cause="membarrier"} 0.0' in text
     assert 'rseqtop_cause_available{cause="signal"} 1.0' in text
     assert any(line.startswith("rseqtop_signals_total{") for line in text.splitlines())
+
+
+def test_cpu_to_node_map_from_sysfs(tmp_path):
+    from rseqtop import kernel
+
+    (tmp_path / "node0").mkdir()
+    (tmp_path / "node0/cpulist").write_text("0-3,8\n")
+    (tmp_path / "node1").mkdir()
+    (tmp_path / "node1/cpulist").write_text("4-7,9-10\n")
+    (tmp_path / "node2").mkdir()
+    (tmp_path / "node2/cpulist").write_text("\n")  # a memory-only node
+    (tmp_path / "possible").write_text("0-1\n")  # not a node directory
+    nodes = kernel.cpu_nodes(tmp_path)
+    assert nodes == {0: 0, 1: 0, 2: 0, 3: 0, 8: 0, 4: 1, 5: 1, 6: 1, 7: 1, 9: 1, 10: 1}
+    assert kernel.cpu_nodes(tmp_path / "absent") == {}

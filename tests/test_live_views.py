@@ -113,6 +113,10 @@ def test_json_totals_and_hostile_names(bpf_ok, rseqtop_cmd):
     assert proc["totals"]["aborts"] == summary["totals"]["aborts"] > 0
     workers = [t for t in proc["threads"] if t["tid"] != summary["pid"]]
     assert workers and all(t["comm"] == HOSTILE for t in workers)
+    # --json shows threads, so it asks for mm_cid (2 CPUs: cids 0 or 1)
+    assert all(0 <= t["mm_cid"] < (os.cpu_count() or 1) for t in workers), workers
+    assert rec["self"]["syscall_accounting"] is False
+    assert not any(p.startswith("syscalls:") for p in rec["self"]["probes_attached"])
     by_tid = {int(tid): t["aborts"] for tid, t in summary["threads"].items()} \
         if isinstance(summary.get("threads"), dict) else {}
     for t in proc["threads"]:
@@ -194,3 +198,12 @@ def test_tui_in_tmux_shows_the_workload_and_quits_cleanly(bpf_ok, rseqtop_cmd, t
     finally:
         wl.terminate()
         wl.wait(timeout=10)
+
+
+def test_syscalls_flag_turns_on_syscall_accounting(bpf_ok, rseqtop_cmd):
+    out = subprocess.run(rseqtop_cmd + ["--json", "--syscalls", "-d", "0.2", "-n", "1"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    rec = json.loads(out.stdout.splitlines()[-1])
+    assert rec["self"]["syscall_accounting"] is True
+    assert "syscalls:sys_enter_membarrier" in rec["self"]["probes_attached"]

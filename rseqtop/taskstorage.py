@@ -43,7 +43,9 @@ def lookup(map_fd: int, tid: int, value) -> Optional[object]:
     try:
         key = ctypes.c_int(pidfd)
         attr = _LookupAttr(map_fd, 0, ctypes.addressof(key), ctypes.addressof(value), 0)
-        if _libc.syscall(SYS_BPF, BPF_MAP_LOOKUP_ELEM, ctypes.byref(attr), ctypes.sizeof(attr)) != 0:
+        # syscall(2) reads longs from its varargs
+        if _libc.syscall(ctypes.c_long(SYS_BPF), ctypes.c_long(BPF_MAP_LOOKUP_ELEM), ctypes.byref(attr),
+                         ctypes.c_long(ctypes.sizeof(attr))) != 0:
             err = ctypes.get_errno()
             if err in (errno.ENOENT, errno.ESRCH, errno.EBADF):
                 return None

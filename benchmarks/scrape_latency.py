@@ -73,8 +73,7 @@ def main(argv=None) -> int:
         p50 = statistics.median(lat) * 1e3
         p99 = lat[min(len(lat) - 1, int(round(0.99 * len(lat))) - 1)] * 1e3
         figures[label] = p99
-        print(f"{label}:")
-        print(f"  series {count_series(body.decode())}, body {len(body) / 1024:.0f} KiB; latency p50 {p50:.1f} ms, "
+        print(f"{label}: series {count_series(body.decode())}, body {len(body) / 1024:.0f} KiB; latency p50 {p50:.1f} ms, "
               f"p99 {p99:.1f} ms, max {lat[-1] * 1e3:.1f} ms over {len(lat)} scrapes (target p99 < 100 ms)")
         srv.shutdown()
         srv.server_close()

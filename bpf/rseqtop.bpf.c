@@ -135,13 +135,12 @@ static __always_inline struct rseqtop_thread *current_thread(u32 tid, u32 tgid)
     return threads.lookup(&tid);
 }
 
-/* The current thread's hot state; 0 if it is not tracked (yet, or because
- * the filter excludes its process). */
-static __always_inline struct rseqtop_hot *current_hot(void)
+/* The current thread's hot state as stored: with HOT_TASK_STORAGE also the
+ * entries of threads the filter excluded (ignored != 0); 0 if none. */
+static __always_inline struct rseqtop_hot *hot_entry(void)
 {
 #ifdef HOT_TASK_STORAGE
-    struct rseqtop_hot *h = hot.task_storage_get(bpf_get_current_task_btf(), 0, 0);
-    return h && !h->ignored ? h : 0;
+    return hot.task_storage_get(bpf_get_current_task_btf(), 0, 0);
 #else
     u32 tid = (u32)bpf_get_current_pid_tgid();
     struct rseqtop_thread *t = threads.lookup(&tid);
@@ -149,10 +148,29 @@ static __always_inline struct rseqtop_hot *current_hot(void)
 #endif
 }
 
+/* The current thread's hot state; 0 if it is not tracked (yet, or because
+ * the filter excludes its process). */
+static __always_inline struct rseqtop_hot *current_hot(void)
+{
+    struct rseqtop_hot *h = hot_entry();
+    return h && !h->ignored ? h : 0;
+}
+
+/* The hot state of t, the current thread's record, without a second hash
+ * lookup where the record holds it. */
+static __always_inline struct rseqtop_hot *hot_of(struct rseqtop_thread *t)
+{
+#ifdef HOT_TASK_STORAGE
+    return current_hot();
+#else
+    return &t->h;
+#endif
+}
+
 /* Start tracking the current thread if its process is watched: its record
  * and its hot state, which starts on this CPU (so that the first update is
- * no migration). */
-static __always_inline struct rseqtop_hot *track_current(s32 cpu)
+ * no migration). h: what hot_entry() returned (0, or an ignored entry). */
+static __always_inline struct rseqtop_hot *track_current(s32 cpu, struct rseqtop_hot *h)
 {
     u64 id = bpf_get_current_pid_tgid();
 #ifdef HOT_TASK_STORAGE
@@ -162,9 +180,7 @@ static __always_inline struct rseqtop_hot *track_current(s32 cpu)
     int zero = 0;
     struct rseqtop_config *cfg = config.lookup(&zero);
     u32 gen = cfg ? cfg->filter_gen : 0;
-    struct task_struct *task = bpf_get_current_task_btf();
-    struct rseqtop_hot *h = hot.task_storage_get(task, 0, 0);
-    if (h && h->ignored && h->ignored == gen)
+    if (h && gen && h->ignored == gen)
         return 0;
     if (!watched(id >> 32)) {
         if (gen) {
@@ -172,7 +188,7 @@ static __always_inline struct rseqtop_hot *track_current(s32 cpu)
             if (h)
                 h->ignored = gen;
             else
-                hot.task_storage_get(task, &skip, BPF_LOCAL_STORAGE_GET_F_CREATE);
+                hot.task_storage_get(bpf_get_current_task_btf(), &skip, BPF_LOCAL_STORAGE_GET_F_CREATE);
         }
         return 0;
     }
@@ -186,7 +202,7 @@ static __always_inline struct rseqtop_hot *track_current(s32 cpu)
         return h;
     }
     struct rseqtop_hot init = {.cpu_id = cpu};
-    return hot.task_storage_get(task, &init, BPF_LOCAL_STORAGE_GET_F_CREATE);
+    return hot.task_storage_get(bpf_get_current_task_btf(), &init, BPF_LOCAL_STORAGE_GET_F_CREATE);
 #else
     struct rseqtop_thread *t = current_thread((u32)id, id >> 32);
     if (!t)
@@ -270,9 +286,9 @@ static __always_inline void aborted(void *ctx, u64 regs_ip, u64 start_ip, u64 po
     u64 id = bpf_get_current_pid_tgid();
     u32 tid = (u32)id, tgid = id >> 32;
     s32 this_cpu = bpf_get_smp_processor_id();
-    struct rseqtop_hot *h = current_hot();
-    if (!h)
-        h = track_current(this_cpu);
+    struct rseqtop_hot *h = hot_entry();
+    if (!h || h->ignored)
+        h = track_current(this_cpu, h);
     struct rseqtop_thread *t = threads.lookup(&tid);
     if (!h || !t)
         return;
@@ -336,9 +352,9 @@ static __always_inline void aborted(void *ctx, u64 regs_ip, u64 start_ip, u64 po
  * updated. Runs on every return after a context switch: hot state only. */
 static __always_inline void updated(s32 cpu)
 {
-    struct rseqtop_hot *h = current_hot();
-    if (!h) {
-        h = track_current(cpu);
+    struct rseqtop_hot *h = hot_entry();
+    if (!h || h->ignored) {
+        h = track_current(cpu, h);
         if (!h)
             return;
     }
@@ -461,10 +477,12 @@ int on_sched_migrate_task(struct tp_sched_migrate_task *args)
 #ifdef HAVE_SIGNAL_DELIVER
 static __always_inline void signalled(u32 sig)
 {
-    struct rseqtop_hot *h = current_hot();
     u32 tid = (u32)bpf_get_current_pid_tgid();
     struct rseqtop_thread *t = threads.lookup(&tid);
-    if (!h || !t)
+    if (!t)
+        return;
+    struct rseqtop_hot *h = hot_of(t);
+    if (!h)
         return;
     h->fresh.b[2] = 1;
     t->c.signals++;
@@ -497,9 +515,11 @@ static __always_inline void csd_called(u64 func)
     u32 tid = (u32)bpf_get_current_pid_tgid();
     if (!tid)
         return;
-    struct rseqtop_hot *h = current_hot();
     struct rseqtop_thread *t = threads.lookup(&tid);
-    if (!h || !t)
+    if (!t)
+        return;
+    struct rseqtop_hot *h = hot_of(t);
+    if (!h)
         return;
     h->fresh.b[3] = 1;
     t->c.membarrier_ipis++;
@@ -549,7 +569,7 @@ int on_sched_process_exit(struct tp_sched_process_exit *args)
     struct rseqtop_thread *t = threads.lookup(&tid);
     int tracked = t != 0;
     if (t) {
-        struct rseqtop_hot *h = current_hot();
+        struct rseqtop_hot *h = hot_of(t);
         if (h) {
 #ifdef HOT_TASK_STORAGE
             __builtin_memcpy(&t->h, h, sizeof(t->h));

@@ -22,13 +22,10 @@ import urllib.error
 import urllib.request
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 import test_exporter_web as web
-from rseqtop.exporter import privsep, webconfig
-from rseqtop.exporter.metrics import RseqCollector
-from rseqtop.exporter.server import ExporterServer, render
-from rseqtop.synthetic import SyntheticSource
+from rseqtop.exporter import privsep
+from rseqtop.exporter.server import render
 from test_exporter_web import hashed, pki  # noqa: F401  (fixtures)
 
 CAP_SYS_ADMIN, CAP_BPF = 21, 39
@@ -358,14 +355,7 @@ class Separated:
     export`; this test process plays the collector over the socketpair."""
 
     def __init__(self, web_yaml=None, tmp_path=None, **kw):
-        reg = CollectorRegistry()
-        reg.register(RseqCollector(SyntheticSource(processes=5), identity=None))
-        cfg = None
-        if web_yaml is not None:
-            path = tmp_path / "web.yml"
-            path.write_text(web_yaml)
-            cfg = webconfig.load(path)
-        srv = ExporterServer(("127.0.0.1", 0), reg, "/metrics", cfg, **kw)
+        srv, reg = web.synthetic_server(web_yaml, tmp_path, **kw)
         self.port = srv.port
         self.ready_event = threading.Event()
         self.ready_event.set()

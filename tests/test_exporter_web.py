@@ -46,7 +46,9 @@ def hashed():
     return webconfig.bcrypt_hash("s3cret", cost=5)
 
 
-def start(web_yaml=None, tmp_path=None, **kw):
+def synthetic_server(web_yaml=None, tmp_path=None, **kw) -> tuple:
+    """An ExporterServer on a free loopback port for a synthetic source, not
+    yet serving, and its registry. web_yaml: a web config file's text."""
     reg = CollectorRegistry()
     reg.register(RseqCollector(SyntheticSource(processes=5), identity=None))
     web = None
@@ -54,7 +56,11 @@ def start(web_yaml=None, tmp_path=None, **kw):
         path = tmp_path / "web.yml"
         path.write_text(web_yaml)
         web = webconfig.load(path)
-    srv = ExporterServer(("127.0.0.1", 0), reg, "/metrics", web, **kw)
+    return ExporterServer(("127.0.0.1", 0), reg, "/metrics", web, **kw), reg
+
+
+def start(web_yaml=None, tmp_path=None, **kw):
+    srv, _ = synthetic_server(web_yaml, tmp_path, **kw)
     srv.ready_event.set()
     serve_in_thread(srv)
     return srv

@@ -406,17 +406,23 @@ def test_churn_rate_limits_creation():
     assert 0 < s["churn"]["created"] <= 2 * 200  # never more than the rate allows (+ slack)
 
 
-@pytest.mark.parametrize("churn", ["threads", "processes"])
-def test_churn_stop_signal_prints_complete_summary(churn):
-    proc = workload.start([f"--churn-{churn}", "--duration", "30", "--threads", "2"],
-                          stderr=subprocess.PIPE, env=env_with())
+def stopped_after_a_second(args, sig=signal.SIGTERM) -> tuple:
+    """Run the workload for 30 s, stop it with `sig` after one: its summary
+    must be complete and consistent. Returns (summary, stderr)."""
+    proc = workload.start(args + ["--duration", "30"], stderr=subprocess.PIPE, env=env_with())
     time.sleep(1)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     s = workload.parse_summary(out)
     check_consistent(s)
     assert s["self_check"]["ok"]
+    return s, err
+
+
+@pytest.mark.parametrize("churn", ["threads", "processes"])
+def test_churn_stop_signal_prints_complete_summary(churn):
+    s, err = stopped_after_a_second([f"--churn-{churn}", "--threads", "2"])
     assert s["churn"]["created"] > 0
     assert "churn:" in err
 
@@ -461,15 +467,7 @@ def test_parse_summary_rejects_other_versions():
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_stop_signal_prints_complete_summary(sig):
-    proc = workload.start(["--duration", "30", "--threads", "2", "--signal-rate", "100"],
-                          stderr=subprocess.PIPE, env=env_with())
-    time.sleep(1)
-    proc.send_signal(sig)
-    out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
-    s = workload.parse_summary(out)
-    check_consistent(s)
-    assert s["self_check"]["ok"]
+    s, _ = stopped_after_a_second(["--threads", "2", "--signal-rate", "100"], sig)
     assert s["totals"]["commits"] > 0
     assert s["duration_s"] < 30
 

@@ -1563,10 +1563,23 @@ static void json_double(FILE *f, double v)
 		fprintf(f, "%.6f", v);
 }
 
-struct totals {
-	uint64_t commits[NR_OPS], aborts[NR_OPS], mismatch[NR_OPS], cmp_fail[NR_OPS];
-	uint64_t signals;
+/* A record's counts summed over the operations. */
+struct op_sums {
+	uint64_t commits, aborts, mismatch, cmp_fail;
 };
+
+static struct op_sums sum_ops(const struct tstats *s)
+{
+	struct op_sums r = {0, 0, 0, 0};
+
+	for (int o = 0; o < NR_OPS; o++) {
+		r.commits += s->commits[o];
+		r.aborts += s->aborts[o];
+		r.mismatch += s->mismatch[o];
+		r.cmp_fail += s->cmp_fail[o];
+	}
+	return r;
+}
 
 /* The members of an "ops" object: per-operation counts of one record. */
 static void write_op_counts(FILE *f, const struct tstats *s)
@@ -1590,18 +1603,12 @@ static void write_op_counts(FILE *f, const struct tstats *s)
 static void write_churn_counts(FILE *f, const struct worker *w)
 {
 	const struct tstats *s = &w->churn_stats;
-	uint64_t c = 0, a = 0, m = 0, cf = 0;
+	struct op_sums n = sum_ops(s);
 
-	for (int o = 0; o < NR_OPS; o++) {
-		c += s->commits[o];
-		a += s->aborts[o];
-		m += s->mismatch[o];
-		cf += s->cmp_fail[o];
-	}
 	fprintf(f, ",\n   \"churn\": {\"created\": %llu, \"commits\": %llu, \"aborts\": %llu, "
 		"\"cpu_mismatch\": %llu, \"cmp_fail\": %llu, \"signals\": %llu, \"ops\": {",
-		(unsigned long long)w->churn_created, (unsigned long long)c,
-		(unsigned long long)a, (unsigned long long)m, (unsigned long long)cf,
+		(unsigned long long)w->churn_created, (unsigned long long)n.commits,
+		(unsigned long long)n.aborts, (unsigned long long)n.mismatch, (unsigned long long)n.cmp_fail,
 		(unsigned long long)s->signals);
 	write_op_counts(f, s);
 	fputs("}}", f);
@@ -1684,16 +1691,10 @@ static void write_churn_json(FILE *f, double duration)
 	free(all);
 }
 
-static void write_json(FILE *f, const char *comm, const struct totals *t, double duration)
+static void write_json(FILE *f, const char *comm, const struct tstats *t, double duration)
 {
-	uint64_t tc = 0, ta = 0, tm = 0, tf = 0;
-
-	for (int o = 0; o < NR_OPS; o++) {
-		tc += t->commits[o];
-		ta += t->aborts[o];
-		tm += t->mismatch[o];
-		tf += t->cmp_fail[o];
-	}
+	struct op_sums sum = sum_ops(t);
+	uint64_t tc = sum.commits, ta = sum.aborts, tm = sum.mismatch, tf = sum.cmp_fail;
 
 	fprintf(f, "{\"schema_version\": %d, \"pid\": %d, \"comm\": ", SCHEMA_VERSION, (int)getpid());
 	json_str(f, comm);
@@ -1759,20 +1760,14 @@ static void write_json(FILE *f, const char *comm, const struct totals *t, double
 	for (int i = 0; i < cfg.threads; i++) {
 		const struct worker *w = &workers[i];
 		const struct tstats *s = &w->stats;
-		uint64_t c = 0, a = 0, m = 0, cf = 0;
+		struct op_sums n = sum_ops(s);
 
-		for (int o = 0; o < NR_OPS; o++) {
-			c += s->commits[o];
-			a += s->aborts[o];
-			m += s->mismatch[o];
-			cf += s->cmp_fail[o];
-		}
 		fprintf(f, "%s\n  \"%d\": {\"tid\": %d, \"index\": %d, \"commits\": %llu, "
 			"\"aborts\": %llu, \"cpu_mismatch\": %llu, \"cmp_fail\": %llu, "
 			"\"signals\": %llu, \"nivcsw\": %ld, \"nvcsw\": %ld, \"ops\": {",
 			i ? "," : "", atomic_load(&w->tid), atomic_load(&w->tid), i,
-			(unsigned long long)c, (unsigned long long)a, (unsigned long long)m,
-			(unsigned long long)cf, (unsigned long long)s->signals, w->nivcsw, w->nvcsw);
+			(unsigned long long)n.commits, (unsigned long long)n.aborts, (unsigned long long)n.mismatch,
+			(unsigned long long)n.cmp_fail, (unsigned long long)s->signals, w->nivcsw, w->nvcsw);
 		write_op_counts(f, s);
 		fputc('}', f);
 		if (cfg.churn)
@@ -1901,7 +1896,7 @@ int main(int argc, char **argv)
 	pthread_t sig_thr, mig_thr, mb_thr;
 	int n_inducers = 0;
 	double t0, t1, deadline;
-	struct totals tot;
+	struct tstats tot;
 	char comm[17] = {0};
 	FILE *out = stdout;
 
@@ -2027,23 +2022,13 @@ int main(int argc, char **argv)
 	}
 
 	memset(&tot, 0, sizeof(tot));
-	{
-		struct tstats own;
-
-		memset(&own, 0, sizeof(own));
-		for (int i = 0; i < cfg.threads; i++) {
-			add_stats(&own, &workers[i].stats);
-			add_stats(&own, &workers[i].churn_stats);
-			if (cfg.churn == CHURN_PROCESSES) {
-				atomic_fetch_add(&own_registrations, workers[i].churn_own_reg);
-				atomic_fetch_add(&own_unregistrations, workers[i].churn_own_unreg);
-			}
+	for (int i = 0; i < cfg.threads; i++) {
+		add_stats(&tot, &workers[i].stats);
+		add_stats(&tot, &workers[i].churn_stats);
+		if (cfg.churn == CHURN_PROCESSES) {
+			atomic_fetch_add(&own_registrations, workers[i].churn_own_reg);
+			atomic_fetch_add(&own_unregistrations, workers[i].churn_own_unreg);
 		}
-		memcpy(tot.commits, own.commits, sizeof(tot.commits));
-		memcpy(tot.aborts, own.aborts, sizeof(tot.aborts));
-		memcpy(tot.mismatch, own.mismatch, sizeof(tot.mismatch));
-		memcpy(tot.cmp_fail, own.cmp_fail, sizeof(tot.cmp_fail));
-		tot.signals = own.signals;
 	}
 	if (cfg.churn == CHURN_PROCESSES) {
 		/* this process's per-CPU data saw only its own threads (none run
@@ -2067,13 +2052,9 @@ int main(int argc, char **argv)
 		fatal("cannot write the summary: %s", strerror(errno));
 
 	{
-		uint64_t c = 0, a = 0, m = 0;
+		struct op_sums n = sum_ops(&tot);
+		uint64_t c = n.commits, a = n.aborts, m = n.mismatch;
 
-		for (int o = 0; o < NR_OPS; o++) {
-			c += tot.commits[o];
-			a += tot.aborts[o];
-			m += tot.mismatch[o];
-		}
 		fprintf(stderr, PROG ": %d threads, %.2f s, registration %s (%u bytes): "
 			"%llu commits (%.0f ops/s/thread), %llu kernel aborts, %llu cpu mismatches, "
 			"%llu signals received\n",

@@ -237,6 +237,18 @@ def recv_frame(sock: socket.socket) -> Optional[tuple]:
     return rid, kind, payload
 
 
+def frames(sock: socket.socket):
+    """Frames as they arrive, until the peer closes or the link fails."""
+    try:
+        while True:
+            frame = recv_frame(sock)
+            if frame is None:
+                return
+            yield frame
+    except OSError:
+        return
+
+
 def send_frame(sock: socket.socket, rid: int, kind: int, payload: bytes = b"") -> None:
     sock.sendall(FRAME.pack(rid, len(payload), kind) + payload)
 
@@ -286,21 +298,14 @@ class ParentLink:
         self._reader.start()
 
     def _read(self) -> None:
-        try:
-            while True:
-                frame = recv_frame(self.sock)
-                if frame is None:
-                    break
-                rid, st, payload = frame
-                with self._lock:
-                    slot = self._pending.pop(rid, None)
-                    if slot is not None and self._inflight.get(slot.key) is slot:
-                        del self._inflight[slot.key]
-                if slot is not None:
-                    slot.status, slot.payload = st, payload
-                    slot.event.set()
-        except OSError:
-            pass
+        for rid, st, payload in frames(self.sock):
+            with self._lock:
+                slot = self._pending.pop(rid, None)
+                if slot is not None and self._inflight.get(slot.key) is slot:
+                    del self._inflight[slot.key]
+            if slot is not None:
+                slot.status, slot.payload = st, payload
+                slot.event.set()
         with self._lock:
             self.dead = True
             slots = list(self._pending.values())
@@ -407,21 +412,14 @@ class ChildLink:
                 pass  # the child is gone; the reader sees EOF
 
     def _read(self) -> None:
-        try:
-            while True:
-                frame = recv_frame(self.sock)
-                if frame is None:
-                    break
-                rid, kind, payload = frame
-                if kind == KIND_READY:
-                    self.reply(rid, OK if self.is_ready() else NOT_READY)
-                elif kind == KIND_METRICS:
-                    if not self.is_ready():
-                        self.reply(rid, NOT_READY, b"Not ready: the BPF probes are not attached yet\n")
-                    else:
-                        self.submit(rid, payload.decode("ascii", "replace"))
+        for rid, kind, payload in frames(self.sock):
+            if kind == KIND_READY:
+                self.reply(rid, OK if self.is_ready() else NOT_READY)
+            elif kind == KIND_METRICS:
+                if not self.is_ready():
+                    self.reply(rid, NOT_READY, b"Not ready: the BPF probes are not attached yet\n")
                 else:
-                    self.reply(rid, ERROR, b"unknown request\n")
-        except OSError:
-            pass
+                    self.submit(rid, payload.decode("ascii", "replace"))
+            else:
+                self.reply(rid, ERROR, b"unknown request\n")
         self.on_eof()

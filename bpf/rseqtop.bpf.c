@@ -66,7 +66,8 @@ BPF_PERCPU_ARRAY(zero_proc, struct rseqtop_proc, 1);
 BPF_TASK_STORAGE(hot, struct rseqtop_hot);
 #endif
 /* In-flight syscalls: enter -> exit. */
-BPF_HASH(rseq_calls, u32, u32, 4096);
+struct rseq_call { u32 flags; u32 len; };
+BPF_HASH(rseq_calls, u32, struct rseq_call, 4096);
 struct mb_call { u64 ts; u32 cmd; u32 pad; };
 BPF_HASH(mb_calls, u32, struct mb_call, 4096);
 BPF_RINGBUF_OUTPUT(events, RSEQTOP_RINGBUF_PAGES);
@@ -263,9 +264,29 @@ static __always_inline u32 cause_bits(u32 w)
     return (w & 1) | ((w >> 7) & 2) | ((w >> 14) & 4) | ((w >> 21) & 8);
 }
 
-/* An abort consumes the pending causes. It runs before this notify-resume's
- * rseq_update, so a CPU other than the last update's is a fresh migration
- * (the kernel flags one whenever set_task_cpu changes the task's CPU). */
+/* A cause event of the current thread: a switch-out, a signal delivery or
+ * a membarrier IPI (slot: the byte of its cause bit).
+ *
+ * Up to 6.18 the kernel's event mask survives returns to user space until
+ * an abort consumes it, so causes add up (and go stale, see updated()).
+ * From 6.19 (RSEQTOP_EXIT_CLEARS) the kernel clears its rseq event on every
+ * return to user space, and it only aborts a section on a return whose
+ * kernel entry had a switch-out, a signal or a membarrier IPI: the latest
+ * such event is the cause, and what came before it ended with an earlier
+ * return to user space. When two meet in one kernel entry (an IPI and then
+ * a preemption on its way out) the later one is reported. */
+static __always_inline void note_cause(struct rseqtop_hot *h, int slot)
+{
+#ifdef RSEQTOP_EXIT_CLEARS
+    h->fresh.w = 0;
+#endif
+    h->fresh.b[slot & (RSEQTOP_NCAUSES - 1)] = 1;
+}
+
+/* An abort consumes the pending causes. Up to 6.18 it runs before this
+ * notify-resume's rseq_update (from 6.19 after it, when the IDs changed), so
+ * a CPU other than the last update's is a fresh migration (the kernel flags
+ * one whenever set_task_cpu changes the task's CPU). */
 static __always_inline u32 take_causes(struct rseqtop_hot *h, s32 cpu)
 {
     if (h->cpu_id != cpu)
@@ -363,13 +384,18 @@ static __always_inline void updated(s32 cpu)
         h->fresh.b[1] = 1;
         h->cpu_id = cpu;
     }
-    /* Up to 6.18 the kernel keeps its event mask until an abort consumes
-     * it; causes seen before this notify-resume become "carried". */
+#ifndef RSEQTOP_EXIT_CLEARS
+    /* Up to 6.18 an update ends a notify-resume (it follows the abort, if
+     * any), but the kernel keeps its event mask until an abort consumes
+     * it: causes seen before this notify-resume become "carried" (stale).
+     * From 6.19 an update comes before the abort it may belong to, and
+     * nothing outlives the return to user space: no carrying. */
     u32 fresh = h->fresh.w;
     if (fresh) {
         h->carried.w |= fresh;
         h->fresh.w = 0;
     }
+#endif
 }
 
 /* Raw tracepoints where the arguments allow: no trace record is built,
@@ -435,7 +461,7 @@ static __always_inline void switched_out(int runnable)
     struct rseqtop_hot *h = current_hot();
     if (!h)
         return;
-    h->fresh.b[0] = 1;
+    note_cause(h, 0);
     if (runnable)
         h->preempts++;
 }
@@ -484,7 +510,7 @@ static __always_inline void signalled(u32 sig)
     struct rseqtop_hot *h = hot_of(t);
     if (!h)
         return;
-    h->fresh.b[2] = 1;
+    note_cause(h, 2);
     t->c.signals++;
     t->last_signal = sig;
 }
@@ -521,7 +547,7 @@ static __always_inline void csd_called(u64 func)
     struct rseqtop_hot *h = hot_of(t);
     if (!h)
         return;
-    h->fresh.b[3] = 1;
+    note_cause(h, 3);
     t->c.membarrier_ipis++;
 }
 
@@ -624,8 +650,8 @@ int on_sys_enter_rseq(struct tp_sys_enter_rseq *args)
     if (!watched(id >> 32))
         return 1;
     u32 tid = (u32)id;
-    u32 flags = (u32)args->flags;
-    rseq_calls.update(&tid, &flags);
+    struct rseq_call c = {.flags = (u32)args->flags, .len = (u32)args->rseq_len};
+    rseq_calls.update(&tid, &c);
     return 1;
 }
 
@@ -633,13 +659,14 @@ int on_sys_exit_rseq(struct tp_sys_exit_rseq *args)
 {
     u64 id = bpf_get_current_pid_tgid();
     u32 tid = (u32)id, tgid = id >> 32;
-    u32 *flags = rseq_calls.lookup(&tid);
-    if (!flags)
+    struct rseq_call *c = rseq_calls.lookup(&tid);
+    if (!c)
         return 1;
-    u16 kind = (*flags & 1) ? RSEQTOP_PC_RSEQ_UNREG : RSEQTOP_PC_RSEQ_REG;
+    u16 kind = (c->flags & 1) ? RSEQTOP_PC_RSEQ_UNREG : RSEQTOP_PC_RSEQ_REG;
+    u16 abi = c->len > RSEQTOP_RSEQ_LEGACY_LEN ? RSEQTOP_ABI_V2 : RSEQTOP_ABI_LEGACY;
     rseq_calls.delete(&tid);
     long ret = args->ret;
-    pcount(tgid, kind, 0, ret < 0 ? (u32)-ret : 0);
+    pcount(tgid, kind, abi, ret < 0 ? (u32)-ret : 0);
     if (ret == 0 && kind == RSEQTOP_PC_RSEQ_REG)
         current_thread(tid, tgid);
     return 1;

@@ -27,11 +27,18 @@
 #define RSEQTOP_NCOUNTERS 8
 
 /* Kinds of per-process keyed counters (map "pcounts"). */
-#define RSEQTOP_PC_RSEQ_REG 1        /* code = errno (0: success) */
-#define RSEQTOP_PC_RSEQ_UNREG 2      /* code = errno (0: success) */
+#define RSEQTOP_PC_RSEQ_REG 1        /* cmd = RSEQTOP_ABI_*, code = errno (0: success) */
+#define RSEQTOP_PC_RSEQ_UNREG 2      /* cmd = RSEQTOP_ABI_*, code = errno (0: success) */
 #define RSEQTOP_PC_MB_CALL 3         /* cmd = membarrier command */
 #define RSEQTOP_PC_MB_ERROR 4        /* cmd, code = errno */
 #define RSEQTOP_PC_MB_LATENCY 5      /* cmd, code = log2(ns) slot */
+
+/* The ABI a registration asks for, by its rseq_len: the original 32-byte
+ * area is "legacy"; a longer one (the extended area of 6.3+) is "V2", which
+ * 7.1 and 7.0.10+ treat differently (IDs written only when they change). */
+#define RSEQTOP_ABI_LEGACY 1
+#define RSEQTOP_ABI_V2 2
+#define RSEQTOP_RSEQ_LEGACY_LEN 32
 
 #define RSEQTOP_FILTER_PIDS 1
 #define RSEQTOP_FILTER_CGROUPS 2

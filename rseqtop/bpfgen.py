@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from rseqtop import paths
+from rseqtop import kernel, paths
 from rseqtop.errors import UserError
 from rseqtop.tracefs import Format
 
@@ -26,7 +26,7 @@ PROBES = (
     ("signal", "signal_deliver", False, ("sig",), ()),
     ("csd", "csd_function_entry", False, ("func",), ()),
     ("sched", "sched_process_exit", False, (), ("group_dead",)),
-    ("syscalls", "sys_enter_rseq", False, ("flags",), ()),
+    ("syscalls", "sys_enter_rseq", False, ("flags", "rseq_len"), ()),
     ("syscalls", "sys_exit_rseq", False, ("ret",), ()),
     ("syscalls", "sys_enter_membarrier", False, ("cmd",), ()),
     ("syscalls", "sys_exit_membarrier", False, ("ret",), ()),
@@ -202,6 +202,8 @@ def plan(formats: Callable[[str, str], Optional[Format]], ipi_rseq_addr: Optiona
     on_demand = "rseq_update" in raw and "HAVE_RSEQ_UPDATE_MM_CID" in defines
     if hot_storage:
         defines["HOT_TASK_STORAGE"] = 1
+    if kernel_version >= kernel.EXIT_CLEARS_SINCE:
+        defines["RSEQTOP_EXIT_CLEARS"] = 1  # the cause rules of 6.19+ (see note_cause in the BPF program)
     return Plan(tuple(attach), tuple(missing), defines, "\n\n".join(structs), raw, on_demand, hot_storage)
 
 

@@ -24,7 +24,7 @@ from rseqtop.bccimport import import_bcc, prepare_headers
 from rseqtop.errors import UserError
 from rseqtop.kernel import hot_storage_usable
 from rseqtop.snapshot import (
-    Counts, MapFill, MembarrierStats, ProcessStats, SelfStats, SiteStats, Snapshot, ThreadStats, cause_name, pairs,
+    ABI_NAMES, Counts, MapFill, MembarrierStats, ProcessStats, SelfStats, SiteStats, Snapshot, ThreadStats, cause_name, pairs,
 )
 from rseqtop.symbols import Symbolizer
 
@@ -436,10 +436,10 @@ class Collector:
             for t in live:
                 counts = counts + t.counts
             counts = self._monotonic(ident, counts)
-            reg, unreg, reg_err, membarrier = _process_calls(pcs.get(ident, []))
+            reg, unreg, reg_err, membarrier, by_abi = _process_calls(pcs.get(ident, []))
             out.append(ProcessStats(pid, self._process_comm(pid, ts, p, bool(live)), counts, len(live),
                                     int(p.exited_threads) if p else 0, reg, unreg, reg_err, membarrier,
-                                    alive=bool(live), gen=gen))
+                                    alive=bool(live), gen=gen, registrations_by_abi=by_abi))
         return out
 
     def _shown(self, p: ProcessStats) -> bool:
@@ -512,9 +512,10 @@ def _dipped(prev: Counts, cur: Counts) -> bool:
 
 
 def _process_calls(rows: list) -> tuple:
-    """(registrations, unregistrations, registration errors, membarrier stats)
-    from a process's keyed counters."""
+    """(registrations, unregistrations, registration errors, membarrier stats,
+    registrations by ABI) from a process's keyed counters."""
     reg = unreg = 0
+    by_abi: dict = {}
     reg_err: dict = {}
     mb: dict[int, dict] = {}
     for kind, cmd, code, n in rows:
@@ -523,6 +524,8 @@ def _process_calls(rows: list) -> tuple:
                 reg_err[errno_name(code)] = reg_err.get(errno_name(code), 0) + n
             elif kind == K["RSEQTOP_PC_RSEQ_REG"]:
                 reg += n
+                abi = ABI_NAMES.get(cmd, f"abi{cmd}")
+                by_abi[abi] = by_abi.get(abi, 0) + n
             else:
                 unreg += n
             continue
@@ -535,7 +538,7 @@ def _process_calls(rows: list) -> tuple:
             m["lat"][code] = n
     membarrier = tuple(MembarrierStats(membarrier_cmd_name(cmd), m["calls"], pairs(m["errors"]), pairs(m["lat"]))
                        for cmd, m in sorted(mb.items()))
-    return reg, unreg, pairs(reg_err), membarrier
+    return reg, unreg, pairs(reg_err), membarrier, pairs(by_abi)
 
 
 def _first_line(err: Exception) -> str:

@@ -53,6 +53,18 @@ class LoadResult:
 
 
 @dataclass
+class CanaryResult:
+    """The kernel canary: the bundled workload run for a fraction of a second
+    with preemptions inside its sections (two threads on one CPU)."""
+
+    ran: bool
+    aborts: int = 0  # the workload's own count of kernel aborts (its abort handler)
+    fixups: int = 0  # rseq_ip_fixup events of its process
+    stale: int = 0  # aborts after which cpu_id_start still held the workload's sentinel
+    error: str = ""  # why it did not run
+
+
+@dataclass
 class Facts:
     release: str
     euid: int
@@ -70,6 +82,8 @@ class Facts:
     membarrier_mask: Optional[int] = None
     hot_storage: Optional[bool] = None  # task-local storage + thread pidfds (None: not checked)
     load: Optional[LoadResult] = None
+    canary: Optional[CanaryResult] = None
+    machine: str = field(default_factory=platform.machine)
 
     @property
     def version(self) -> tuple[int, int]:
@@ -155,6 +169,8 @@ def evaluate(f: Facts) -> list[Check]:
                                                       "two hash lookups per context switch of a thread with rseq",
                             "a 6.9+ kernel with CONFIG_DEBUG_INFO_BTF makes rseqtop cheaper; it works either way"))
 
+    checks += canary_checks(f)
+
     if f.load is None:
         checks.append(Check("bpf load", SKIP, "not attempted (needs privileges, bcc, headers and tracefs)",
                             "fix the failures above"))
@@ -166,18 +182,74 @@ def evaluate(f: Facts) -> list[Check]:
     return checks
 
 
+def canary_checks(f: Facts) -> list:
+    """(a) the kernel aborts sections, exactly once per rseq_ip_fixup;
+    (b) it rewrites cpu_id_start after every abort, as tcmalloc needs."""
+    known = kernel.known_rseq_breakage(f.release, f.machine)
+    c = f.canary
+    if c is None or not c.ran:
+        why = c.error if c is not None and c.error else "not run (needs the BPF load check to pass)"
+        if known:
+            return [Check("kernel canary", WARN, f"{why}; kernel {f.release} is in a known-broken range: "
+                                                 + "; ".join(known), "upgrade the kernel")]
+        return [Check("kernel canary", SKIP if c is None else WARN, why, "fix the failures above")]
+    out = []
+    if c.aborts > 0 and c.aborts == c.fixups:
+        out.append(Check("kernel aborts", PASS, f"{c.aborts} aborts of the bundled workload's sections, "
+                                                f"{c.fixups} rseq_ip_fixup events"))
+    else:
+        arm = f" ({kernel.ARM64_FIX})" if f.machine == "aarch64" else ""
+        what = "aborted no section" if c.aborts == 0 else f"aborted {c.aborts} sections but reported {c.fixups}"
+        out.append(Check("kernel aborts", FAIL, f"kernel {f.release} {what} while two threads preempted each "
+                                                f"other inside them{arm}",
+                         "upgrade the kernel" + (f": {kernel.ARM64_FIX}" if arm else "")))
+    if c.aborts and c.stale == 0:
+        out.append(Check("cpu_id_start", PASS, f"rewritten by the kernel after all {c.aborts} aborts"))
+    elif c.aborts:
+        out.append(Check("cpu_id_start", FAIL, f"kernel {f.release} left cpu_id_start unchanged after {c.stale} of "
+                                               f"{c.aborts} aborts: tcmalloc and other programs that rely on it "
+                                               f"break", f"upgrade the kernel: {kernel.CPU_ID_START_FIX}"))
+    return out
+
+
 LOAD_PROGRAM = r"""
 BPF_ARRAY(seen, u64, 1);
+BPF_HASH(fixups, u32, u64, 64);
 TRACEPOINT_PROBE(rseq, rseq_update) {
     int zero = 0;
     u64 *v = seen.lookup(&zero);
     if (v) __sync_fetch_and_add(v, 1);
     return 1;
 }
+TRACEPOINT_PROBE(rseq, rseq_ip_fixup) {
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    u64 zero = 0, *v = fixups.lookup_or_try_init(&tgid, &zero);
+    if (v) __sync_fetch_and_add(v, 1);
+    return 1;
+}
 """
+# Two threads on one CPU preempt each other, mostly inside the long delay
+# section; every attempt first writes a sentinel into cpu_id_start.
+CANARY_ARGS = ["--threads", "2", "--cpus", "0", "--op", "delay", "--in-cs-delay", "20000",
+               "--duration", "0.4", "--check-cpu-id-start"]
 
 
-def try_load(timeout: float = 3.0) -> LoadResult:
+def run_canary(prog) -> CanaryResult:
+    """The bundled workload under `prog` (LOAD_PROGRAM, attached)."""
+    from rseqtop import workload
+
+    try:
+        summary = workload.run(CANARY_ARGS, timeout=60)
+    except UserError as err:
+        return CanaryResult(False, error=f"the bundled workload did not run: {err}")
+    totals = summary["totals"]
+    v = prog["fixups"].get(prog["fixups"].Key(summary["pid"]))
+    return CanaryResult(True, totals["aborts"], v.value if v is not None else 0,
+                        totals.get("cpu_id_start_stale", 0))
+
+
+def try_load(timeout: float = 3.0, canary: bool = False) -> tuple:
+    """(LoadResult, CanaryResult or None)."""
     from rseqtop.bccimport import import_bcc
 
     bcc = import_bcc()
@@ -185,7 +257,7 @@ def try_load(timeout: float = 3.0) -> LoadResult:
     try:
         prog = bcc.BPF(text=LOAD_PROGRAM.encode())
     except Exception as err:  # bcc raises bare Exception on compile/attach errors
-        return LoadResult(False, error=f"compile/attach failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+        return LoadResult(False, error=f"compile/attach failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}"), None
     elapsed = time.monotonic() - t0
     try:
         deadline = time.monotonic() + timeout
@@ -196,13 +268,13 @@ def try_load(timeout: float = 3.0) -> LoadResult:
             if events:
                 break
         if not events:
-            return LoadResult(False, elapsed, 0, f"attached but no rseq_update event within {timeout:.0f} s")
-        return LoadResult(True, elapsed, events)
+            return LoadResult(False, elapsed, 0, f"attached but no rseq_update event within {timeout:.0f} s"), None
+        return LoadResult(True, elapsed, events), run_canary(prog) if canary else None
     finally:
         prog.cleanup()
 
 
-def gather(attempt_load: bool = True) -> Facts:
+def gather(attempt_load: bool = True, canary: bool = True) -> Facts:
     from rseqtop import tracefs
 
     release = platform.release()
@@ -238,7 +310,7 @@ def gather(attempt_load: bool = True) -> Facts:
         f.tracepoints.get("rseq:rseq_update")
     if attempt_load and ready:
         kheaders.export_for_bcc(f.headers)
-        f.load = try_load()
+        f.load, f.canary = try_load(canary=canary)
     return f
 
 
@@ -253,12 +325,17 @@ def _cache_parent():
 
 EPILOG = """examples:
   rseqtop doctor          # one line per check, exit 0 when rseqtop can run
-  rseqtop doctor --json   # the same as one JSON object"""
+  rseqtop doctor --json   # the same as one JSON object
+
+The kernel canary runs the bundled workload for 0.4 s (two threads preempting
+each other inside critical sections) and checks that the kernel aborted each
+section once per rseq_ip_fixup event and rewrote cpu_id_start after each abort."""
 
 
 def configure(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print the checks as one JSON object")
-    parser.add_argument("--no-load", action="store_true", help="skip the real BPF compile/attach check")
+    parser.add_argument("--no-load", action="store_true",
+                        help="skip the real BPF compile/attach check and the kernel canary")
 
 
 def render(checks: list[Check]) -> str:
@@ -276,7 +353,7 @@ def run(args) -> int:
     facts = gather(attempt_load=not args.no_load)
     checks = evaluate(facts)
     if args.no_load:
-        checks = [c for c in checks if c.name != "bpf load"]
+        checks = [c for c in checks if c.name != "bpf load" and not (c.name == "kernel canary" and c.status == SKIP)]
     ok = not any(c.status in (FAIL, SKIP) for c in checks)
     if args.json:
         doc = {"ok": ok, "kernel": facts.release, "checks": [asdict(c) for c in checks]}

@@ -39,6 +39,40 @@ def kernel_version(release: Optional[str] = None) -> tuple[int, int]:
     return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
+def kernel_version3(release: Optional[str] = None) -> tuple[int, int, int]:
+    """(major, minor, patch) of a release such as "7.0.9-amd64" (Debian's
+    bookworm names its 6.1 kernels "6.1.0-N": patch 0 there)."""
+    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", release or platform.release())
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)) if m else (0, 0, 0)
+
+
+CPU_ID_START_FIX = ('fixed in 7.0.10 and 7.1 by "rseq: Revert to historical performance killing behaviour" '
+                    '(google/tcmalloc issue 292)')
+ARM64_FIX = 'fixed in 7.0.14 by "arm64/entry: Fix arm64-specific rseq brokenness"'
+
+
+def known_rseq_breakage(release: Optional[str] = None, machine: Optional[str] = None) -> list[str]:
+    """What this kernel version is known to get wrong about rseq, from its
+    version alone (doctor's canary checks the kernel itself where it can)."""
+    v = kernel_version3(release)
+    machine = machine or platform.machine()
+    out = []
+    if (6, 19, 0) <= v < (7, 0, 10):
+        out.append(f"6.19 to 7.0.9 do not rewrite cpu_id_start after every preemption (tcmalloc crashes); "
+                   f"{CPU_ID_START_FIX}")
+    if machine == "aarch64" and (6, 19, 0) <= v < (7, 0, 14):
+        out.append(f"arm64 6.19 to 7.0.13 miss aborts after a preemption on the same CPU; {ARM64_FIX}")
+    return out
+
+
+# From 6.19 the kernel clears its rseq event on every return to user space
+# (no stale causes) and rseq_update fires only when it writes the IDs.
+EXIT_CLEARS_SINCE = (6, 19)
+# From 7.1, and 7.0.10 on the 7.0 stable branch, a 32-byte registration is
+# "legacy" (IDs rewritten after every switch) and a longer one "V2".
+LEGACY_SPLIT_SINCE = ((7, 1, 0), (7, 0, 10))
+
+
 @dataclass(frozen=True)
 class Era:
     name: str  # "classic", "rewrite", "v2"
@@ -50,7 +84,7 @@ def rseq_era(version: tuple[int, int], update_fields: tuple[str, ...] = ()) -> E
     ids = "+".join(f for f in ("cpu_id", "node_id", "mm_cid") if f in update_fields) or "none"
     if version >= (7, 0):
         return Era("v2", f"7.x: 32-byte registrations legacy, larger ones V2 (lazy updates); rseq_update fields {ids}")
-    if version >= (6, 19):
+    if version >= EXIT_CLEARS_SINCE:
         return Era("rewrite", f"6.19+ rewrite: rseq_ip_fixup after the IP is set, rseq_update only when IDs are written; fields {ids}")
     return Era("classic", f"up to 6.18: rseq_ip_fixup once per abort, rseq_update on every notify-resume; fields {ids}")
 

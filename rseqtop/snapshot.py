@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 CAUSES = ("preempt", "migrate", "signal", "membarrier")
+# Registration ABIs by the RSEQTOP_ABI_* code of bpf/rseqtop.h.
+ABI_NAMES = {1: "legacy", 2: "v2"}
 STALE_BIT = 16
 
 
@@ -93,6 +95,9 @@ class ProcessStats:
     # How many earlier processes with this pid died while rseqtop watched: a
     # recycled pid is a new process, with counts from zero.
     gen: int = 0
+    # successful registrations by the ABI their length asks for: ("legacy",
+    # n) for 32-byte areas, ("v2", n) for longer ones (see ABI_NAMES)
+    registrations_by_abi: Pairs = ()
 
     def membarrier_calls(self) -> int:
         return sum(m.calls for m in self.membarrier)

@@ -84,7 +84,8 @@ class SyntheticSource:
                                        pairs({0x10: share // 2, 0x18: share - share // 2})))
             mb = (MembarrierStats("PRIVATE_EXPEDITED_RSEQ", int(10 * elapsed), pairs({"EPERM": int(10 * elapsed)}),
                                   pairs({12: int(10 * elapsed)})),) if i % 4 == 0 else ()
-            procs.append(ProcessStats(pid, comm, pc, self.nthreads, 0, self.nthreads, 0, (), mb))
+            procs.append(ProcessStats(pid, comm, pc, self.nthreads, 0, self.nthreads, 0, (), mb,
+                                      registrations_by_abi=pairs({"legacy": self.nthreads})))
             total = total + pc
         stats = SelfStats(probes_attached=self.probes, unavailable_causes=self.unavailable_causes,
                           maps=(MapFill("threads", len(threads), 32768), MapFill("sites", len(sites), 4096)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Optional
 
 from rseqtop.tui.columns import CAUSE_OF_FIELD, PROCESS_COLUMNS, THREAD_COLUMNS, sort_rows, system_rates_text
 from rseqtop.tui.rows import LiveModel
@@ -79,6 +80,14 @@ def _counts(c, unavailable: tuple = ()) -> dict:
                     "causes": dict(c.causes)}, unavailable)
 
 
+def _registrations(proc, counted: bool) -> Optional[dict]:
+    """A process's rseq(2) calls; null when not counted (no --syscalls)."""
+    if not counted or proc is None:
+        return None
+    return {"total": proc.registrations, "by_abi": {abi: n for abi, n in proc.registrations_by_abi},
+            "unregistrations": proc.unregistrations, "errors": dict(proc.registration_errors)}
+
+
 def json_record(model: LiveModel, include_idle: bool = False) -> dict:
     """One interval of `rseqtop --json` (schema in docs/live-view.md)."""
     snap = model.cur
@@ -93,6 +102,7 @@ def json_record(model: LiveModel, include_idle: bool = False) -> dict:
             "pid": p.pid, "comm": p.comm, "alive": p.alive, "threads_live": p.threads,
             "totals": _counts(p.counts, na), "rates": _rates(p.rates, na), "top_cause": p.top_cause,
             "top_section": p.top_site,
+            "registrations": _registrations(snap.process(p.pid), st.syscall_accounting),
             "threads": [{"tid": t.tid, "comm": t.comm, "cpu": t.cpu, "mm_cid": t.mm_cid,
                          "alive": t.alive, "totals": _counts(t.counts, na), "rates": _rates(t.rates, na)}
                         for t in threads_by_pid.get(p.pid, ()) if include_idle or t.counts.aborts],

@@ -6,6 +6,8 @@ aborts counted in its abort handlers, which only abort_ip reaches.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import shutil
 import subprocess
@@ -14,10 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from rseqtop import workload
+from rseqtop import kernel, workload
 from rseqtop.collector import Collector
 
+# Every test here faces the kernel: scripts/kernels runs them in a VM of
+# each kernel in the matrix, and its table shows each one's "figure".
+pytestmark = pytest.mark.kernel
+
 NCPU = os.cpu_count() or 1
+EXIT_CLEARS = kernel.kernel_version() >= kernel.EXIT_CLEARS_SINCE
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +40,30 @@ def observe(collector, args, env=None, realtime=False):
     workers (cause-attribution tests want only their own inducer)."""
     args = [str(a) for a in args]
     if realtime:
-        out = subprocess.run(["chrt", "-f", "1", str(workload.build()), *args], capture_output=True, text=True,
-                             timeout=120, env=env)
+        with no_rt_throttling():
+            out = subprocess.run(["chrt", "-f", "1", str(workload.build()), *args], capture_output=True, text=True,
+                                 timeout=120, env=env)
         assert out.returncode == 0, out.stderr
         summary = workload.parse_summary(out.stdout)
     else:
         summary = workload.run(args, timeout=120, env=env)
     return summary, collector.poll()
+
+
+RT_RUNTIME = Path("/proc/sys/kernel/sched_rt_runtime_us")
+
+
+@contextlib.contextmanager
+def no_rt_throttling():
+    """The kernel throttles realtime tasks to 95% of each second by default,
+    switching the worker out for other tasks (true preemptions, but not the
+    inducer under test) whenever the machine is busy: off for these runs."""
+    old = RT_RUNTIME.read_text().strip()
+    RT_RUNTIME.write_text("-1")
+    try:
+        yield
+    finally:
+        RT_RUNTIME.write_text(old)
 
 
 def assert_exact(summary, snap):
@@ -74,7 +98,7 @@ INDUCERS = {
 
 @pytest.mark.parametrize("pinned", [True, False], ids=["pinned", "unpinned"])
 @pytest.mark.parametrize("inducer", list(INDUCERS))
-def test_exact_per_thread_and_per_site(collector, inducer, pinned):
+def test_exact_per_thread_and_per_site(collector, inducer, pinned, record_property):
     args = INDUCERS[inducer] + ["--duration", 1.0]
     if pinned:
         if inducer == "migration":
@@ -83,7 +107,14 @@ def test_exact_per_thread_and_per_site(collector, inducer, pinned):
             args += ["--cpus", 0]
     summary, snap = observe(collector, args)
     assert summary["totals"]["aborts"] > 0, "the inducer produced no aborts; the test proves nothing"
-    assert_exact(summary, snap)
+    proc = assert_exact(summary, snap)
+    record_exact(record_property, summary, proc)
+
+
+def record_exact(record_property, summary, proc):
+    sites = sum(1 for op in summary["ops"].values() if op["aborts"])
+    record_property("figure", f"{proc.counts.aborts}={summary['totals']['aborts']} aborts, "
+                              f"{len(summary['threads'])} threads, {sites} sites")
 
 
 def shares(proc):
@@ -91,50 +122,76 @@ def shares(proc):
     return {name: n / total for name, n in proc.counts.causes}
 
 
-def test_signal_only_run_is_attributed_to_signals(collector):
+def share_of(s: dict, cause: str) -> float:
+    """The share of aborts whose (fresh) cause includes `cause`."""
+    return sum(v for k, v in s.items() if cause in k.split("+") and not k.startswith("stale"))
+
+
+def check_shares(record_property, proc, cause: str, least: float):
+    """cause's share at least `least`, unknown under 1%, no stale cause on
+    kernels that clear the rseq event on every return to user space."""
+    s = shares(proc)
+    got = share_of(s, cause)
+    unknown = s.get("unknown", 0.0)
+    stale = sum(v for k, v in s.items() if k.startswith("stale"))
+    record_property("figure", f"{cause} {100 * got:.1f}% of {proc.counts.aborts}, unknown {100 * unknown:.1f}%"
+                              + (f", stale {100 * stale:.1f}%" if stale else ""))
+    assert got >= least, s
+    assert unknown < 0.01, s
+    if EXIT_CLEARS:
+        assert stale == 0, s
+
+
+def test_signal_only_run_is_attributed_to_signals(collector, record_property):
     summary, snap = observe(collector, ["--threads", 1, "--cpus", NCPU - 1, "--signal-rate", 10000,
                                         "--in-cs-delay", 5000, "--op", "delay", "--duration", 1.5, "--inducer-cpus", 0],
                             realtime=True)
     proc = assert_exact(summary, snap)
-    s = shares(proc)
-    signal_share = sum(v for k, v in s.items() if "signal" in k and not k.startswith("stale"))
-    print(f"signal-only run: aborts={proc.counts.aborts} shares={s}")
-    assert signal_share >= 0.99, s
+    print(f"signal-only run: aborts={proc.counts.aborts} shares={shares(proc)}")
+    check_shares(record_property, proc, "signal", 0.99)
 
 
-def test_membarrier_only_run_is_attributed_to_membarrier(collector):
+def test_membarrier_only_run_is_attributed_to_membarrier(collector, record_property):
     summary, snap = observe(collector, ["--threads", 1, "--cpus", NCPU - 1, "--membarrier-rate", 5000,
                                         "--in-cs-delay", 5000, "--op", "delay", "--duration", 1.5, "--inducer-cpus", 0],
                             realtime=True)
     proc = assert_exact(summary, snap)
-    s = shares(proc)
-    mb = sum(v for k, v in s.items() if "membarrier" in k and not k.startswith("stale"))
-    print(f"membarrier-only run: aborts={proc.counts.aborts} shares={s}")
-    assert mb >= 0.95, s
+    print(f"membarrier-only run: aborts={proc.counts.aborts} shares={shares(proc)}")
+    if "membarrier" in collector.plan.unavailable_causes:
+        # 6.1 has no csd events: the IPIs' aborts are counted exactly, the
+        # cause is unavailable (front ends say n/a, never 0)
+        assert summary["totals"]["aborts"] > 0 and not any("membarrier" in k for k, _ in proc.counts.causes)
+        assert "csd:csd_function_entry" in " ".join(collector.plan.missing)
+        record_property("figure", f"cause n/a (no csd events), {proc.counts.aborts} aborts exact")
+        return
+    check_shares(record_property, proc, "membarrier", 0.95)
     assert proc.counts.membarrier_ipis > 0
 
 
-def test_migration_run_shows_migrate(collector):
+def test_migration_run_shows_migrate(collector, record_property):
     summary, snap = observe(collector, ["--threads", 1, "--migrate-rate", 300, "--in-cs-delay", 5000,
                                         "--op", "delay", "--duration", 1.5])
     proc = assert_exact(summary, snap)
     print(f"migration run: aborts={proc.counts.aborts} causes={dict(proc.counts.causes)}")
+    s = shares(proc)
+    record_property("figure", f"migrate {100 * share_of(s, 'migrate'):.1f}% of {proc.counts.aborts}, "
+                              f"{proc.counts.migrations} migrations")
     assert any("migrate" in k for k, _ in proc.counts.causes), proc.counts.causes
-    assert proc.counts.migrations > 0
+    assert proc.counts.migrations > 0 and s.get("unknown", 0) < 0.01, s
+    if EXIT_CLEARS:
+        assert not any(k.startswith("stale") for k in s), s
 
 
-def test_oversubscribed_run_is_dominated_by_preemption(collector):
+def test_oversubscribed_run_is_dominated_by_preemption(collector, record_property):
     summary, snap = observe(collector, ["--threads", 8, "--cpus", 0, "--in-cs-delay", 5000,
                                         "--op", "delay", "--duration", 1.5])
     proc = assert_exact(summary, snap)
-    s = shares(proc)
-    pre = sum(v for k, v in s.items() if k == "preempt")
-    print(f"oversubscribed run: aborts={proc.counts.aborts} shares={s}")
-    assert pre > 0.5, s
+    print(f"oversubscribed run: aborts={proc.counts.aborts} shares={shares(proc)}")
+    check_shares(record_property, proc, "preempt", 0.95)
     assert proc.counts.preempts > 0
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def sys_collector(bpf_ok):
     """A collector with the opt-in syscall accounting (--syscalls)."""
     workload.build()
@@ -173,16 +230,63 @@ def test_membarrier_accounting(sys_collector):
     assert by_cmd["REGISTER_PRIVATE_EXPEDITED_RSEQ"].calls == 1
 
 
-def test_own_registrations_counted(sys_collector):
+OWN = dict(os.environ, GLIBC_TUNABLES="glibc.pthread.rseq=0")  # the workload registers its own areas
+
+
+def extended_rseq() -> bool:
+    """Whether the kernel takes rseq areas longer than 32 bytes (6.3+:
+    AT_RSEQ_FEATURE_SIZE in the auxiliary vector)."""
+    libc = ctypes.CDLL(None)
+    libc.getauxval.restype = ctypes.c_ulong
+    return libc.getauxval(27) > 0  # AT_RSEQ_FEATURE_SIZE
+
+
+@pytest.mark.parametrize("abi", ["legacy", "v2"])
+def test_own_registrations_counted_by_abi(sys_collector, abi, record_property):
     collector = sys_collector
-    env = dict(os.environ, GLIBC_TUNABLES="glibc.pthread.rseq=0")
-    summary, snap = observe(collector, ["--threads", 3, "--duration", 0.3, "--op", "counter"], env=env)
-    assert summary["registration"]["mode"] == "own"
-    proc = snap.process(summary["pid"])
+    args = ["--threads", 3, "--duration", 0.3, "--op", "counter", "--rseq-abi", abi]
+    if abi == "v2" and not extended_rseq():
+        with pytest.raises(workload.WorkloadError) as err:
+            workload.run([str(a) for a in args], env=OWN)
+        assert err.value.exit_code == 1 and "6.3" in err.value.stderr
+        record_property("figure", "n/a: no areas longer than 32 bytes before 6.3")
+        return
+    summary, snap = observe(collector, args, env=OWN)
     reg = summary["registration"]
+    assert reg["mode"] == "own" and reg["abi"] == abi and (reg["rseq_len"] == 32) == (abi == "legacy")
+    proc = snap.process(summary["pid"])
     assert reg["own_registrations"] == 3
-    assert proc.registrations == reg["own_registrations"] + reg["probe_registrations"]
+    want = reg["own_registrations"] + reg["probe_registrations"]
+    assert proc.registrations == want
+    assert dict(proc.registrations_by_abi) == {abi: want}
     assert proc.unregistrations == reg["own_unregistrations"] + reg["probe_registrations"]
+    record_property("figure", f"{abi} {want}={dict(proc.registrations_by_abi)[abi]} ({reg['rseq_len']} bytes)")
+
+
+@pytest.mark.parametrize("abi", ["glibc", "legacy", "v2"])
+def test_yield_heavy_run_exact_and_stale_only_before_6_19(collector, abi, record_property):
+    """Switch-outs outside sections (sched_yield between operations) leave
+    the 6.18 kernel's event mask set: later aborts are "stale". From 6.19 the
+    kernel clears it on every return to user space, for legacy and V2
+    registrations alike: no stale abort, and exact counts either way."""
+    env = None if abi == "glibc" else OWN
+    args = ["--threads", 4, "--cpus", 0, "--yield", "--in-cs-delay", 20000, "--op", "delay", "--duration", 1.0]
+    if abi != "glibc":
+        args += ["--rseq-abi", abi]
+        if abi == "v2" and not extended_rseq():
+            record_property("figure", "n/a: no areas longer than 32 bytes before 6.3")
+            return
+    summary, snap = observe(collector, args, env=env)
+    assert summary["totals"]["aborts"] > 0
+    proc = assert_exact(summary, snap)
+    s = shares(proc)
+    stale = sum(v for k, v in s.items() if k.startswith("stale"))
+    record_property("figure", f"{proc.counts.aborts} exact, stale {100 * stale:.1f}%, "
+                              f"unknown {100 * s.get('unknown', 0):.1f}%")
+    print(f"yield-heavy run ({abi}): aborts={proc.counts.aborts} shares={s}")
+    assert s.get("unknown", 0) < 0.01, s
+    if EXIT_CLEARS:
+        assert stale == 0, s
 
 
 def test_negative_control_sleep_has_updates_and_no_aborts(collector):
@@ -290,6 +394,14 @@ def test_thread_ids_and_mm_cid_on_demand(collector):
     assert 0 <= t.cpu < NCPU and t.node == _node_of(t.cpu)
     if collector.plan.mm_cid_on_demand:
         assert t.mm_cid == -1, "mm_cid reported without being asked for"
+    if "HAVE_RSEQ_UPDATE_MM_CID" not in collector.plan.defines:
+        # rseq_update has no mm_cid before 6.3: shown as unknown (-1), never 0
+        collector.want_mm_cid(True)
+        try:
+            assert _sleep_thread(collector).mm_cid == -1
+        finally:
+            collector.want_mm_cid(False)
+        return
     collector.want_mm_cid(True)
     try:
         collector.poll()
@@ -343,16 +455,17 @@ def test_hot_state_in_task_storage_is_read_while_threads_live(collector):
 
     if kernel.kernel_version() >= (6, 9) and Path("/sys/kernel/btf/vmlinux").exists():
         assert collector.plan.hot_storage, "6.9+ with BTF: task storage expected"
-    proc = workload.start(["--threads", "2", "--cpus", "0", "--yield", "--op", "counter", "--duration", "1.5"])
+    proc = workload.start(["--threads", "2", "--cpus", "0", "--yield", "--op", "counter", "--duration", "30"])
     try:
         time.sleep(0.5)
         a = collector.poll().process(proc.pid)
         time.sleep(0.4)
         b = collector.poll().process(proc.pid)
     finally:
+        proc.terminate()
         proc.communicate()
     assert a is not None and b is not None and b.threads_live >= 2
-    assert b.counts.updates > a.counts.updates > 0
+    assert b.counts.updates >= a.counts.updates > 0  # 6.19+: only when the IDs change
     assert b.counts.preempts > a.counts.preempts > 0
 
 
@@ -360,9 +473,9 @@ def test_pid_filter_in_the_kernel_and_changed_at_run_time(bpf_ok):
     """Threads of processes the filter excludes are not tracked (and are
     remembered as excluded); changing the filter starts tracking them."""
     workload.build()
-    proc = workload.start(["--threads", "2", "--yield", "--op", "counter", "--duration", "2.5"])
-    try:
-        with Collector(pids=[os.getpid()]) as c:
+    with Collector(pids=[os.getpid()]) as c:
+        proc = workload.start(["--threads", "2", "--yield", "--op", "counter", "--duration", "30"])
+        try:
             time.sleep(0.4)
             assert c.poll().process(proc.pid) is None
             c.set_filter(pids=[proc.pid])
@@ -371,12 +484,15 @@ def test_pid_filter_in_the_kernel_and_changed_at_run_time(bpf_ok):
             time.sleep(0.3)
             second = c.poll().process(proc.pid)
             assert first is not None and first.threads_live >= 2
-            assert second.counts.updates > first.counts.updates > 0
+            # preemptions mean the same on every kernel (updates do not: 6.19+
+            # writes the IDs only when they change)
+            assert second.counts.preempts > first.counts.preempts > 0
             # in the kernel: a process started now is not tracked at all
             other = subprocess.Popen(["sleep", "0.1"])
             other.wait()
             tracked = {k.value for k in c.bpf["threads"].keys()} | {k.value for k in c.bpf["dead_threads"].keys()}
             assert other.pid not in tracked and proc.pid in tracked
-    finally:
-        out, _ = proc.communicate()
+        finally:
+            proc.terminate()
+            out, _ = proc.communicate()
     assert workload.parse_summary(out)["self_check"]["ok"]

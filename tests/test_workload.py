@@ -7,9 +7,11 @@ and the quiet baseline uses a loose bound.
 from __future__ import annotations
 
 import os
+import platform
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -31,9 +33,10 @@ OPTIONS = [
     "--threads", "--cpus", "--op", "--duration", "--ops", "--in-cs-delay", "--yield",
     "--signal-rate", "--migrate-rate", "--membarrier-rate", "--membarrier-unregistered",
     "--name", "--json-out", "--help", "--churn-threads", "--churn-processes", "--churn-ops",
-    "--churn-rate",
+    "--churn-rate", "--rseq-abi", "--check-cpu-id-start",
 ]
 NO_GLIBC_RSEQ = {"GLIBC_TUNABLES": "glibc.pthread.rseq=0"}
+CANARY = ("cpu_id_start_rewritten", "cpu_id_start_stale", "cpu_id_start_wrong")
 
 
 def usable_cpus() -> list[int]:
@@ -66,10 +69,11 @@ SCHEMA = {
     "schema_version": INT,
     "pid": INT,
     "comm": STR,
-    "registration": {"mode": STR, "rseq_size": INT, "own_registrations": INT,
+    "registration": {"mode": STR, "rseq_size": INT, "abi": STR, "rseq_len": INT,
+                     "feature_size": INT, "align": INT, "own_registrations": INT,
                      "own_unregistrations": INT},
     "config": {"threads": INT, "ops": [STR], "in_cs_delay": INT, "yield": BOOL,
-               "membarrier_unregistered": BOOL},
+               "membarrier_unregistered": BOOL, "rseq_abi": STR, "check_cpu_id_start": BOOL},
     "threads": {"*": {"tid": INT, "commits": INT, "aborts": INT, "cpu_mismatch": INT,
                       "signals": INT, "nivcsw": INT, "nvcsw": INT, "ops": {"*": COUNTS}}},
     "ops": {"*": {"symbol": STR, "start_ip": "hex", "abort_ip": "hex",
@@ -132,6 +136,24 @@ def check_consistent(s: dict) -> None:
     churn = s["config"]["churn"]
     assert all(("churn" in t) == bool(churn) for t in s["threads"].values())
     parts = [p for t in s["threads"].values() for p in _with_churn(t)]
+    reg = s["registration"]
+    assert reg["abi"] == ("v2" if reg["rseq_len"] > 32 else "legacy")
+    if reg["mode"] == "glibc":
+        assert reg["rseq_len"] == max(reg["rseq_size"], 32)
+    # the tcmalloc canary: present exactly with --check-cpu-id-start, and
+    # every kernel abort is classified exactly once
+    canary = s["config"]["check_cpu_id_start"]
+    records = parts + [s["totals"]] + list(s["ops"].values()) + \
+        [o for p in parts for o in p["ops"].values()]
+    for r in records:
+        if canary:
+            assert sum(r[f] for f in CANARY) == r["aborts"], r
+        else:
+            assert not set(CANARY) & set(r), r
+    if canary:
+        for field in CANARY:
+            assert s["totals"][field] == sum(p[field] for p in parts)
+            assert s["totals"][field] == sum(o[field] for o in s["ops"].values())
     for field in ("commits", "aborts", "cpu_mismatch", "cmp_fail"):
         assert s["totals"][field] == sum(p[field] for p in parts)
         assert s["totals"][field] == sum(o[field] for o in s["ops"].values())
@@ -252,8 +274,10 @@ def test_each_operation_passes_self_check(op, mode):
         assert t["ops"][op]["commits"] == n
     reg = s["registration"]
     assert reg["mode"] == mode
+    assert s["config"]["rseq_abi"] == "legacy" and s["config"]["check_cpu_id_start"] is False
     if mode == "own":
         assert reg["rseq_size"] == 32
+        assert reg["rseq_len"] == 32 and reg["abi"] == "legacy"
         assert reg["own_registrations"] == reg["own_unregistrations"] == threads
     else:
         assert reg["rseq_size"] > 0
@@ -344,6 +368,237 @@ def test_membarrier_unregistered_fails_with_eperm():
     assert mb["calls"] > 0
     assert mb["ok"] == 0
     assert mb["errors"] == {"EPERM": mb["calls"]}
+
+
+# --------------------------------------------------------------------------
+# --rseq-abi v2: the workload's own registrations with a length above 32
+
+AT_RSEQ_FEATURE_SIZE, AT_RSEQ_ALIGN = 27, 28
+
+
+def auxv(entry: int) -> int:
+    """An entry of this process's auxiliary vector (0 when absent)."""
+    data = Path("/proc/self/auxv").read_bytes()
+    for off in range(0, len(data) - 15, 16):
+        key, value = struct.unpack_from("=QQ", data, off)
+        if key == entry:
+            return value
+    return 0
+
+
+needs_feature_size = pytest.mark.skipif(
+    auxv(AT_RSEQ_FEATURE_SIZE) == 0, reason="no AT_RSEQ_FEATURE_SIZE (kernel before 6.3)")
+V2 = ["--rseq-abi", "v2"]
+
+
+def check_v2_registration(s: dict, registrations: int) -> None:
+    reg = s["registration"]
+    assert s["config"]["rseq_abi"] == "v2"
+    assert reg["mode"] == "own" and reg["abi"] == "v2"
+    assert reg["feature_size"] == auxv(AT_RSEQ_FEATURE_SIZE) > 0
+    assert reg["align"] == auxv(AT_RSEQ_ALIGN) > 0
+    assert reg["rseq_len"] > 32 and reg["rseq_len"] % reg["align"] == 0
+    assert reg["rseq_len"] >= reg["feature_size"]
+    assert reg["rseq_size"] == 32  # unchanged: sizeof(struct rseq)
+    assert reg["own_registrations"] == reg["own_unregistrations"] == registrations
+    assert reg["probe_registrations"] == 1
+
+
+@needs_feature_size
+def test_rseq_abi_v2_oversubscribed_makes_aborts():
+    threads = 4
+    s = workload.run(DELAY + ["--threads", threads, "--cpus", "0"] + V2, env=env_with(NO_GLIBC_RSEQ))
+    check_consistent(s)
+    assert s["self_check"] == {"ok": True, "problems": []}
+    check_v2_registration(s, threads)
+    assert s["totals"]["aborts"] > 0
+
+
+@needs_feature_size
+def test_rseq_abi_v2_all_operations_are_exact():
+    s = workload.run(["--threads", 2, "--ops", 5000, "--in-cs-delay", "100", "--signal-rate", "500"]
+                     + V2, env=env_with(NO_GLIBC_RSEQ))
+    check_consistent(s)
+    assert s["self_check"] == {"ok": True, "problems": []}
+    check_v2_registration(s, 2)
+    for op in ("counter", "spinlock", "delay"):
+        assert s["ops"][op]["commits"] == 2 * 1000
+    assert s["ops"]["push"]["commits"] == s["ops"]["pop"]["commits"]
+
+
+@needs_feature_size
+@pytest.mark.parametrize("churn", ["threads", "processes"])
+def test_rseq_abi_v2_churn(churn):
+    slots, n, k = 2, 400, 25
+    s = workload.run([f"--churn-{churn}", "--threads", slots, "--ops", n, "--churn-ops", k] + V2,
+                     env=env_with(NO_GLIBC_RSEQ))
+    check_consistent(s)
+    assert s["self_check"] == {"ok": True, "problems": []}
+    assert s["churn"]["created"] == slots * (n // k)
+    check_v2_registration(s, s["churn"]["created"])
+
+
+def test_rseq_abi_v2_refused_when_glibc_registered():
+    probe = workload.run(["--op", "counter", "--threads", "1", "--ops", "1"], env=env_with())
+    if probe["registration"]["mode"] != "glibc":  # pragma: no cover - glibc < 2.35
+        pytest.skip("glibc does not register rseq here")
+    proc = subprocess.run([str(workload.build()), "--rseq-abi", "v2", "--ops", "1"],
+                          capture_output=True, text=True, env=env_with())
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rseq-workload: error: "), proc.stderr
+    assert "GLIBC_TUNABLES=glibc.pthread.rseq=0" in lines[0]
+
+
+GETAUXVAL_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdlib.h>
+/* getauxval with AT_RSEQ_FEATURE_SIZE / AT_RSEQ_ALIGN taken from the
+ * environment: a kernel other than the one running the tests */
+unsigned long getauxval(unsigned long type)
+{
+	const char *v = type == 27 ? getenv("FAKE_AT_RSEQ_FEATURE_SIZE") :
+			type == 28 ? getenv("FAKE_AT_RSEQ_ALIGN") : NULL;
+	unsigned long (*real)(unsigned long);
+
+	if (v)
+		return strtoul(v, NULL, 0);
+	real = (unsigned long (*)(unsigned long))dlsym(RTLD_NEXT, "getauxval");
+	return real(type);
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def getauxval_shim(tmp_path_factory) -> Path:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:  # pragma: no cover - the workload build needs it anyway
+        pytest.skip("no C compiler")
+    d = tmp_path_factory.mktemp("shim")
+    (d / "shim.c").write_text(GETAUXVAL_SHIM)
+    subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", str(d / "shim.so"), str(d / "shim.c"),
+                    "-ldl"], check=True)
+    return d / "shim.so"
+
+
+def run_with_auxv(shim: Path, feature_size: int, align: int, args: list) -> subprocess.CompletedProcess:
+    env = env_with({**NO_GLIBC_RSEQ, "LD_PRELOAD": str(shim),
+                    "FAKE_AT_RSEQ_FEATURE_SIZE": str(feature_size),
+                    "FAKE_AT_RSEQ_ALIGN": str(align)})
+    return subprocess.run([str(workload.build()), *args], capture_output=True, text=True, env=env)
+
+
+@pytest.mark.parametrize("feature_size, align, needle", [
+    (0, 0, "too old"),        # kernels before 6.3: getauxval returns 0
+    (300, 32, "256-byte"),    # larger than the workload's TLS area
+    (28, 512, "aligned to 256"),
+])
+def test_rseq_abi_v2_runtime_errors_exit_1(getauxval_shim, feature_size, align, needle):
+    proc = run_with_auxv(getauxval_shim, feature_size, align, ["--op", "counter", "--ops", "10"] + V2)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rseq-workload: error: --rseq-abi v2: "), proc.stderr
+    assert needle in lines[0]
+    if feature_size == 0:
+        assert "6.3" in lines[0]
+
+
+@needs_feature_size
+def test_rseq_abi_v2_length_follows_the_auxiliary_vector(getauxval_shim):
+    # a later kernel with more fields: 36 bytes, 32-byte alignment -> 64
+    proc = run_with_auxv(getauxval_shim, 36, 32, ["--op", "counter", "--threads", "1",
+                                                  "--ops", "100"] + V2)
+    assert proc.returncode == 0, proc.stderr
+    s = workload.parse_summary(proc.stdout)
+    check_consistent(s)
+    reg = s["registration"]
+    assert (reg["feature_size"], reg["align"], reg["rseq_len"], reg["abi"]) == (36, 32, 64, "v2")
+    assert reg["own_registrations"] == reg["own_unregistrations"] == 1
+
+
+# --------------------------------------------------------------------------
+# --check-cpu-id-start: the tcmalloc canary
+
+
+def kernel_release() -> tuple:
+    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", platform.release())
+    return tuple(int(g or 0) for g in m.groups()) if m else (0, 0, 0)
+
+
+def kernel_rewrites_cpu_id_start(abi: str) -> bool:
+    """Whether this kernel writes cpu_id_start back on every abort (see
+    docs/workload.md): up to 6.18 always; 6.19 to 7.0.9 not (the tcmalloc
+    breakage); 7.0.10+ and 7.1+ for legacy (32-byte) registrations only."""
+    release = kernel_release()
+    if release < (6, 19, 0):
+        return True
+    if release < (7, 0, 10):
+        return False
+    return abi == "legacy"
+
+
+CANARY_MODES = {
+    "glibc": (None, []),
+    "own-v2": (NO_GLIBC_RSEQ, V2),
+}
+CANARY_CAUSES = {
+    "preemption": ["--cpus", "0"],
+    "signals": ["--signal-rate", "2000"],
+    "membarrier": ["--membarrier-rate", "2000"],
+}
+
+
+def check_canary(s: dict) -> None:
+    check_consistent(s)  # also: rewritten + stale + wrong == aborts everywhere
+    assert s["config"]["check_cpu_id_start"] is True
+    assert s["self_check"] == {"ok": True, "problems": []}
+    tot = s["totals"]
+    assert tot["aborts"] > 0
+    for t in s["threads"].values():
+        for rec in _with_churn(t):
+            assert sum(rec[f] for f in CANARY) == rec["aborts"]
+    if kernel_rewrites_cpu_id_start(s["registration"]["abi"]):
+        assert tot["cpu_id_start_stale"] == 0
+        assert tot["cpu_id_start_wrong"] == 0
+        assert tot["cpu_id_start_rewritten"] == tot["aborts"]
+
+
+@pytest.mark.parametrize("cause", list(CANARY_CAUSES))
+@pytest.mark.parametrize("mode", list(CANARY_MODES))
+def test_canary_classifies_every_abort(mode, cause):
+    env, extra = CANARY_MODES[mode]
+    if mode == "own-v2" and auxv(AT_RSEQ_FEATURE_SIZE) == 0:
+        pytest.skip("no AT_RSEQ_FEATURE_SIZE (kernel before 6.3)")
+    s = workload.run(["--threads", "2", "--op", "delay", "--in-cs-delay", "20000",
+                      "--duration", "0.5", "--check-cpu-id-start"]
+                     + CANARY_CAUSES[cause] + extra, env=env_with(env))
+    check_canary(s)
+    assert s["registration"]["abi"] == ("v2" if mode == "own-v2" else "legacy")
+    if cause == "signals":
+        assert s["totals"]["signals"] > 0
+    if cause == "membarrier":
+        assert s["membarrier"]["ok"] > 0
+
+
+def test_canary_all_operations_stay_exact():
+    s = workload.run(["--threads", "3", "--cpus", "0", "--ops", "3000", "--in-cs-delay", "20000",
+                      "--signal-rate", "1000", "--check-cpu-id-start"], env=env_with())
+    check_canary(s)
+    for op in ("counter", "spinlock", "delay"):
+        assert s["ops"][op]["commits"] == 3 * 600
+    assert s["ops"]["push"]["commits"] == s["ops"]["pop"]["commits"]
+
+
+@pytest.mark.parametrize("churn", ["threads", "processes"])
+def test_canary_with_churn(churn):
+    s = workload.run([f"--churn-{churn}", "--threads", "3", "--cpus", "0", "--op", "delay",
+                      "--in-cs-delay", "20000", "--churn-ops", "50", "--duration", "0.5",
+                      "--check-cpu-id-start"], env=env_with())
+    check_canary(s)
+    assert s["churn"]["created"] > 0
 
 
 # --------------------------------------------------------------------------
@@ -521,6 +776,10 @@ BAD = [
     ["--churn-processes", "--signal-rate", "10"],
     ["--churn-processes", "--migrate-rate", "10"],
     ["--churn-processes", "--membarrier-rate", "10"],
+    ["--rseq-abi", "v3"],
+    ["--rseq-abi", ""],
+    ["--rseq-abi"],
+    ["--check-cpu-id-start", "yes"],
 ]
 
 

@@ -23,6 +23,14 @@
  * other, each running --churn-ops operations with the same exact counting;
  * their counts are summed per slot (children report through a pipe).
  *
+ * --rseq-abi v2: the workload's own registrations (glibc not registering)
+ * pass a length larger than 32 bytes, which kernels 7.1+ (and 7.0.10+)
+ * treat as a "V2" registration whose IDs are written lazily.
+ *
+ * --check-cpu-id-start: the tcmalloc canary. Every attempt first overwrites
+ * rseq->cpu_id_start with a sentinel; after each kernel abort the program
+ * checks that the kernel wrote it back (kernels 6.19 to 7.0.9 did not).
+ *
  * Built by rseqtop.workload with: cc -O2 -Wall -Wextra -Werror -pthread.
  */
 #define _GNU_SOURCE
@@ -45,6 +53,7 @@
 #include <sys/rseq.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <sys/auxv.h>
 #include <time.h>
 #include <unistd.h>
 #include <linux/membarrier.h>
@@ -62,6 +71,22 @@
 #define EXIT_SELFCHECK 3
 #define CHURN_OPS_DEFAULT 20
 #define CHURN_STACK_SIZE (256 * 1024)
+/* Size and alignment of the workload's own rseq area (TLS): room for a
+ * V2 registration of any length the kernel may ask for in the foreseeable
+ * future; checked against the auxiliary vector at run time. */
+#define OWN_AREA_SIZE 256
+/* Written into cpu_id_start by --check-cpu-id-start: never a CPU number
+ * (CPU numbers are below NR_CPUS, far below 2^31), and neither of the
+ * kernel's own negative markers RSEQ_CPU_ID_UNINITIALIZED (-1) and
+ * RSEQ_CPU_ID_REGISTRATION_FAILED (-2). */
+#define CPU_ID_START_SENTINEL 0xC0DEC0DEu
+#define ORIG_RSEQ_LEN 32         /* the original (legacy) struct rseq size */
+#ifndef AT_RSEQ_FEATURE_SIZE
+#define AT_RSEQ_FEATURE_SIZE 27  /* since Linux 6.3 */
+#endif
+#ifndef AT_RSEQ_ALIGN
+#define AT_RSEQ_ALIGN 28
+#endif
 
 enum churn_mode { CHURN_NONE, CHURN_THREADS, CHURN_PROCESSES };
 static const char *const churn_mode_names[] = { NULL, "threads", "processes" };
@@ -103,22 +128,27 @@ struct tstats {
 	uint64_t mismatch[NR_OPS];
 	uint64_t cmp_fail[NR_OPS];
 	uint64_t signals;
+	/* --check-cpu-id-start: what each kernel abort left in cpu_id_start */
+	uint64_t ids_rewritten[NR_OPS];  /* written back, equal to cpu_id */
+	uint64_t ids_stale[NR_OPS];      /* still the sentinel */
+	uint64_t ids_wrong[NR_OPS];      /* written back, but not cpu_id */
 };
 static __thread struct tstats t_stats;
 
 /* Offset of the rseq area from the thread pointer (%fs base): glibc's
- * __rseq_offset, or the offset of our own TLS area. Same for all threads. */
+ * __rseq_offset, or the offset of our own TLS area. Same for all threads.
+ * The own area is OWN_AREA_SIZE bytes aligned to OWN_AREA_SIZE, so that one
+ * area serves a legacy registration (32 bytes, 32-aligned) and a V2 one
+ * (up to OWN_AREA_SIZE bytes, aligned to AT_RSEQ_ALIGN <= OWN_AREA_SIZE). */
 static ptrdiff_t g_rseq_offset;
-static __thread struct rseq own_rseq __attribute__((aligned(32)));
+static __thread union {
+	struct rseq rs;
+	char bytes[OWN_AREA_SIZE];
+} own_area __attribute__((aligned(OWN_AREA_SIZE)));
 
 static inline struct rseq *rseq_area(void)
 {
 	return (struct rseq *)((char *)__builtin_thread_pointer() + g_rseq_offset);
-}
-
-static inline uint32_t rseq_cpu_start(void)
-{
-	return *(volatile uint32_t *)&rseq_area()->cpu_id_start;
 }
 
 /*
@@ -344,6 +374,8 @@ struct config {
 	long long churn_ops;     /* operations per churn thread / child */
 	int churn_ops_given;
 	double churn_rate;       /* churn threads / children per second, 0: no limit */
+	int rseq_v2;             /* --rseq-abi v2 (own registrations only) */
+	int check_ids;           /* --check-cpu-id-start */
 };
 
 static struct config cfg;
@@ -357,6 +389,8 @@ static atomic_int stop_flag;
 static const char *reg_mode = "glibc";
 static int own_mode;             /* reg_mode is "own" */
 static unsigned int reg_size;
+static unsigned int reg_len;     /* rseq_len passed to rseq(2), by us or by glibc */
+static unsigned long aux_feature_size, aux_align;  /* 0 before Linux 6.3 */
 static atomic_long own_registrations, own_unregistrations;
 static long probe_registrations; /* the main thread's availability check */
 
@@ -627,13 +661,22 @@ static void print_help(void)
 "  --churn-ops K            operations per churn thread / child (default 20)\n"
 "  --churn-rate HZ          at most HZ churn threads / children per second in\n"
 "                           total (default: as fast as possible)\n"
+"  --rseq-abi legacy|v2     length of the workload's own registrations: legacy\n"
+"                           (32 bytes, default) or v2 (larger than 32, from\n"
+"                           AT_RSEQ_FEATURE_SIZE / AT_RSEQ_ALIGN; needs Linux 6.3+\n"
+"                           and GLIBC_TUNABLES=glibc.pthread.rseq=0)\n"
+"  --check-cpu-id-start     tcmalloc canary: overwrite cpu_id_start with a sentinel\n"
+"                           before every attempt (the sections then compare with\n"
+"                           cpu_id), and count after each kernel abort whether\n"
+"                           the kernel wrote it back (rewritten / stale / wrong)\n"
 "  --name NAME              set every thread's comm (kernel keeps 15 bytes)\n"
 "  --json-out FILE          write the JSON summary to FILE instead of stdout\n"
 "  -h, --help               show this help and exit\n"
 "\n"
 "Registration: glibc's rseq area is used when glibc registered one (__rseq_size\n"
 "> 0); otherwise (e.g. GLIBC_TUNABLES=glibc.pthread.rseq=0) each worker registers\n"
-"its own 32-byte area and unregisters it at exit.\n"
+"its own area (32 bytes, or larger with --rseq-abi v2) and unregisters it at\n"
+"exit.\n"
 "\n"
 "Exit status: 0 ok; 1 runtime error (e.g. rseq registration failed);\n"
 "2 bad arguments; 3 self-check failed (summary still printed).\n");
@@ -643,6 +686,7 @@ enum {
 	O_THREADS = 1000, O_CPUS, O_OP, O_DURATION, O_OPS, O_DELAY, O_YIELD,
 	O_SIGNAL, O_MIGRATE, O_MEMBARRIER, O_MB_UNREG, O_NAME, O_JSON_OUT, O_INDUCER_CPUS,
 	O_CHURN_THREADS, O_CHURN_PROCESSES, O_CHURN_OPS, O_CHURN_RATE,
+	O_RSEQ_ABI, O_CHECK_IDS,
 };
 
 static void parse_args(int argc, char **argv)
@@ -666,6 +710,8 @@ static void parse_args(int argc, char **argv)
 		{"churn-processes", no_argument, 0, O_CHURN_PROCESSES},
 		{"churn-ops", required_argument, 0, O_CHURN_OPS},
 		{"churn-rate", required_argument, 0, O_CHURN_RATE},
+		{"rseq-abi", required_argument, 0, O_RSEQ_ABI},
+		{"check-cpu-id-start", no_argument, 0, O_CHECK_IDS},
 		{"help", no_argument, 0, 'h'},
 		{0, 0, 0, 0},
 	};
@@ -729,6 +775,15 @@ static void parse_args(int argc, char **argv)
 		case O_CHURN_RATE:
 			cfg.churn_rate = parse_positive_double("--churn-rate", optarg);
 			break;
+		case O_RSEQ_ABI:
+			if (!strcmp(optarg, "legacy"))
+				cfg.rseq_v2 = 0;
+			else if (!strcmp(optarg, "v2"))
+				cfg.rseq_v2 = 1;
+			else
+				usage_error("--rseq-abi: unknown ABI '%s' (choose legacy or v2)", optarg);
+			break;
+		case O_CHECK_IDS: cfg.check_ids = 1; break;
 		case 'h':
 			print_help();
 			exit(0);
@@ -752,6 +807,12 @@ static void parse_args(int argc, char **argv)
 		usage_error("--churn-ops needs --churn-threads or --churn-processes");
 	if (cfg.churn_rate > 0 && !cfg.churn)
 		usage_error("--churn-rate needs --churn-threads or --churn-processes");
+	/* The length of glibc's registration is glibc's choice (max(__rseq_size,
+	 * 32)): only the workload's own registrations can be made V2. */
+	if (cfg.rseq_v2 && __rseq_size > 0)
+		usage_error("--rseq-abi v2 needs the workload's own registration, but glibc "
+			    "registered rseq (__rseq_size %u): run with "
+			    "GLIBC_TUNABLES=glibc.pthread.rseq=0", __rseq_size);
 	if (cfg.churn == CHURN_PROCESSES) {
 		/* The inducers act on this process's threads and memory map: they
 		 * cannot reach the children (and a reaped child's pid may already
@@ -905,11 +966,63 @@ static void on_sigusr1(int sig)
 	t_stats.signals++;
 }
 
+/*
+ * The CPU an attempt works on, read before the section. Normally
+ * cpu_id_start, as librseq does. With --check-cpu-id-start the attempt first
+ * overwrites cpu_id_start with the sentinel, so that the abort handler can
+ * tell whether the kernel wrote it back; the CPU then has to come from cpu_id
+ * (the sections compare with cpu_id, which we never write). Overwriting
+ * cpu_id_start is harmless in this process even in glibc's area: glibc only
+ * reads cpu_id (sched_getcpu), and no other rseq user (tcmalloc) is loaded.
+ * Without the flag there is no store.
+ */
+static inline int attempt_cpu(void)
+{
+	volatile struct rseq *rs = rseq_area();
+
+	if (!cfg.check_ids)
+		return (int)rs->cpu_id_start;
+	rs->cpu_id_start = CPU_ID_START_SENTINEL;
+	return (int)rs->cpu_id;
+}
+
+/*
+ * --check-cpu-id-start, after a kernel abort of `op`: a correct kernel
+ * rewrites cpu_id_start together with cpu_id whenever it aborts a section
+ * (preemption, signal, membarrier IPI), so the sentinel must be gone. Still
+ * the sentinel: stale (the tcmalloc breakage of 6.19 to 7.0.9). Rewritten
+ * but not equal to cpu_id: wrong. A later preemption may rewrite both again
+ * between two reads, so a mismatch counts only if it persists over a few
+ * consistent snapshots (no migration in between).
+ */
+static void check_ids_after_abort(int op)
+{
+	volatile struct rseq *rs = rseq_area();
+	uint32_t start = rs->cpu_id_start;
+
+	if (start == CPU_ID_START_SENTINEL) {
+		t_stats.ids_stale[op]++;
+		return;
+	}
+	for (int i = 0; i < 4; i++) {
+		uint32_t cpu = rs->cpu_id, again = rs->cpu_id_start;
+
+		if (start == again && start == cpu) {
+			t_stats.ids_rewritten[op]++;
+			return;
+		}
+		start = again;
+	}
+	t_stats.ids_wrong[op]++;
+}
+
 /* Book one attempt of section `op`: 1 when it committed. A cpu_id mismatch
  * is the section's own retry (not a kernel abort: those are counted in the
- * abort handlers only). */
+ * abort handlers only, and RS_ABORT comes only from there). */
 static inline int settle(int op, int r)
 {
+	if (r == RS_ABORT && cfg.check_ids)
+		check_ids_after_abort(op);
 	if (r == RS_COMMIT) {
 		t_stats.commits[op]++;
 		return 1;
@@ -926,7 +1039,7 @@ static inline int settle(int op, int r)
 static int do_counter(void)
 {
 	for (;;) {
-		int cpu = (int)rseq_cpu_start();
+		int cpu = attempt_cpu();
 
 		if (settle(OP_COUNTER, rseq_op_counter(&slots[cpu].counter, cpu)))
 			return 1;
@@ -936,7 +1049,7 @@ static int do_counter(void)
 static int do_delay(void)
 {
 	for (;;) {
-		int cpu = (int)rseq_cpu_start();
+		int cpu = attempt_cpu();
 
 		if (settle(OP_DELAY, rseq_op_delay(&slots[cpu].delay_counter, cfg.in_cs_delay, cpu)))
 			return 1;
@@ -946,7 +1059,7 @@ static int do_delay(void)
 static int do_spinlock(void)
 {
 	for (;;) {
-		int cpu = (int)rseq_cpu_start();
+		int cpu = attempt_cpu();
 		int r = rseq_op_spinlock_lock(&slots[cpu].lock, cpu);
 
 		if (settle(OP_SPINLOCK, r)) {
@@ -965,7 +1078,7 @@ static __thread struct node *t_held;   /* node popped and not yet pushed */
 static int do_push(void)
 {
 	for (;;) {
-		int cpu = (int)rseq_cpu_start();
+		int cpu = attempt_cpu();
 
 		if (settle(OP_PUSH, rseq_op_push(&slots[cpu].head, t_held, cpu))) {
 			t_held = NULL;
@@ -977,7 +1090,7 @@ static int do_push(void)
 static int do_pop(void)
 {
 	for (;;) {
-		int cpu = (int)rseq_cpu_start();
+		int cpu = attempt_cpu();
 		struct node *n = NULL;
 		int r = rseq_op_pop(&slots[cpu].head, &n, cpu);
 
@@ -1013,20 +1126,39 @@ static int run_op(int op)
 	return 0;
 }
 
+/* Register this thread's own area with reg_len bytes (32, or the V2 length):
+ * 0 or errno. Not counted: callers count what they need. */
+static int own_rseq_register(void)
+{
+	memset(&own_area, 0, sizeof(own_area));
+	own_area.rs.cpu_id = (uint32_t)RSEQ_CPU_ID_UNINITIALIZED;
+	if (syscall(__NR_rseq, &own_area, reg_len, 0, WL_RSEQ_SIG) != 0)
+		return errno;
+	return 0;
+}
+
+/* The kernel refuses an unregistration whose length differs from the
+ * registration's (EINVAL): always pass reg_len. */
+static int own_rseq_unregister(void)
+{
+	return syscall(__NR_rseq, &own_area, reg_len, RSEQ_FLAG_UNREGISTER, WL_RSEQ_SIG) == 0
+		? 0 : errno;
+}
+
 static int register_own_rseq(void)
 {
-	memset(&own_rseq, 0, sizeof(own_rseq));
-	own_rseq.cpu_id = (uint32_t)RSEQ_CPU_ID_UNINITIALIZED;
-	if (syscall(__NR_rseq, &own_rseq, sizeof(own_rseq), 0, WL_RSEQ_SIG) != 0)
-		return errno;
+	int err = own_rseq_register();
+
+	if (err)
+		return err;
 	atomic_fetch_add(&own_registrations, 1);
 	return 0;
 }
 
 static void unregister_own_rseq(void)
 {
-	if (syscall(__NR_rseq, &own_rseq, sizeof(own_rseq), RSEQ_FLAG_UNREGISTER,
-		    WL_RSEQ_SIG) == 0)
+	errno = own_rseq_unregister();
+	if (errno == 0)
 		atomic_fetch_add(&own_unregistrations, 1);
 	else
 		fprintf(stderr, PROG ": warning: rseq unregistration failed: %s\n",
@@ -1042,6 +1174,9 @@ static void add_stats(struct tstats *dst, const struct tstats *src)
 		dst->aborts[o] += src->aborts[o];
 		dst->mismatch[o] += src->mismatch[o];
 		dst->cmp_fail[o] += src->cmp_fail[o];
+		dst->ids_rewritten[o] += src->ids_rewritten[o];
+		dst->ids_stale[o] += src->ids_stale[o];
+		dst->ids_wrong[o] += src->ids_wrong[o];
 	}
 	dst->signals += src->signals;
 }
@@ -1169,12 +1304,9 @@ static void churn_child(struct worker *w, long long k)
 	t_held = NULL;
 	nproblems = 0;
 	if (own_mode) {
-		memset(&own_rseq, 0, sizeof(own_rseq));
-		own_rseq.cpu_id = (uint32_t)RSEQ_CPU_ID_UNINITIALIZED;
-		if (syscall(__NR_rseq, &own_rseq, sizeof(own_rseq), 0, WL_RSEQ_SIG) != 0) {
-			rep.reg_error = errno;
+		rep.reg_error = own_rseq_register();
+		if (rep.reg_error)
 			goto send;
-		}
 		rep.own_reg = 1;
 	} else if ((int32_t)rseq_area()->cpu_id < 0) {
 		rep.reg_error = -1;   /* no registration inherited through fork */
@@ -1186,8 +1318,7 @@ static void churn_child(struct worker *w, long long k)
 	if (nproblems)
 		memcpy(rep.problem, problems[0], sizeof(rep.problem) - 1);
 	rep.stats = t_stats;
-	if (own_mode &&
-	    syscall(__NR_rseq, &own_rseq, sizeof(own_rseq), RSEQ_FLAG_UNREGISTER, WL_RSEQ_SIG) == 0)
+	if (own_mode && own_rseq_unregister() == 0)
 		rep.own_unreg = 1;
 send:
 	if (write(w->churn_pipe[1], &rep, sizeof(rep)) != (ssize_t)sizeof(rep))
@@ -1566,19 +1697,34 @@ static void json_double(FILE *f, double v)
 /* A record's counts summed over the operations. */
 struct op_sums {
 	uint64_t commits, aborts, mismatch, cmp_fail;
+	uint64_t ids_rewritten, ids_stale, ids_wrong;
 };
 
 static struct op_sums sum_ops(const struct tstats *s)
 {
-	struct op_sums r = {0, 0, 0, 0};
+	struct op_sums r = {0, 0, 0, 0, 0, 0, 0};
 
 	for (int o = 0; o < NR_OPS; o++) {
 		r.commits += s->commits[o];
 		r.aborts += s->aborts[o];
 		r.mismatch += s->mismatch[o];
 		r.cmp_fail += s->cmp_fail[o];
+		r.ids_rewritten += s->ids_rewritten[o];
+		r.ids_stale += s->ids_stale[o];
+		r.ids_wrong += s->ids_wrong[o];
 	}
 	return r;
+}
+
+/* With --check-cpu-id-start only (absent otherwise): the canary's counts,
+ * as further members of the object being written. */
+static void write_ids(FILE *f, uint64_t rewritten, uint64_t stale, uint64_t wrong)
+{
+	if (!cfg.check_ids)
+		return;
+	fprintf(f, ", \"cpu_id_start_rewritten\": %llu, \"cpu_id_start_stale\": %llu, "
+		"\"cpu_id_start_wrong\": %llu", (unsigned long long)rewritten,
+		(unsigned long long)stale, (unsigned long long)wrong);
 }
 
 /* The members of an "ops" object: per-operation counts of one record. */
@@ -1591,10 +1737,12 @@ static void write_op_counts(FILE *f, const struct tstats *s)
 		    !s->mismatch[o] && !s->cmp_fail[o])
 			continue;
 		fprintf(f, "%s\"%s\": {\"commits\": %llu, \"aborts\": %llu, "
-			"\"cpu_mismatch\": %llu, \"cmp_fail\": %llu}",
+			"\"cpu_mismatch\": %llu, \"cmp_fail\": %llu",
 			first ? "" : ", ", op_names[o],
 			(unsigned long long)s->commits[o], (unsigned long long)s->aborts[o],
 			(unsigned long long)s->mismatch[o], (unsigned long long)s->cmp_fail[o]);
+		write_ids(f, s->ids_rewritten[o], s->ids_stale[o], s->ids_wrong[o]);
+		fputc('}', f);
 		first = 0;
 	}
 }
@@ -1606,10 +1754,12 @@ static void write_churn_counts(FILE *f, const struct worker *w)
 	struct op_sums n = sum_ops(s);
 
 	fprintf(f, ",\n   \"churn\": {\"created\": %llu, \"commits\": %llu, \"aborts\": %llu, "
-		"\"cpu_mismatch\": %llu, \"cmp_fail\": %llu, \"signals\": %llu, \"ops\": {",
+		"\"cpu_mismatch\": %llu, \"cmp_fail\": %llu, \"signals\": %llu",
 		(unsigned long long)w->churn_created, (unsigned long long)n.commits,
 		(unsigned long long)n.aborts, (unsigned long long)n.mismatch, (unsigned long long)n.cmp_fail,
 		(unsigned long long)s->signals);
+	write_ids(f, n.ids_rewritten, n.ids_stale, n.ids_wrong);
+	fputs(", \"ops\": {", f);
 	write_op_counts(f, s);
 	fputs("}}", f);
 }
@@ -1695,6 +1845,7 @@ static void write_json(FILE *f, const char *comm, const struct tstats *t, double
 {
 	struct op_sums sum = sum_ops(t);
 	uint64_t tc = sum.commits, ta = sum.aborts, tm = sum.mismatch, tf = sum.cmp_fail;
+	const char *abi = reg_len > ORIG_RSEQ_LEN ? "v2" : "legacy";
 
 	fprintf(f, "{\"schema_version\": %d, \"pid\": %d, \"comm\": ", SCHEMA_VERSION, (int)getpid());
 	json_str(f, comm);
@@ -1702,10 +1853,12 @@ static void write_json(FILE *f, const char *comm, const struct tstats *t, double
 	json_hex_bytes(f, comm);
 
 	fprintf(f, ",\n \"registration\": {\"mode\": \"%s\", \"rseq_size\": %u, "
-		"\"own_registrations\": %ld, \"own_unregistrations\": %ld, \"probe_registrations\": %ld, "
-		"\"rseq_offset\": %ld},\n",
-		reg_mode, reg_size, atomic_load(&own_registrations),
-		atomic_load(&own_unregistrations), probe_registrations, (long)g_rseq_offset);
+		"\"abi\": \"%s\", \"rseq_len\": %u, \"feature_size\": %lu, \"align\": %lu,\n"
+		"                  \"own_registrations\": %ld, \"own_unregistrations\": %ld, "
+		"\"probe_registrations\": %ld, \"rseq_offset\": %ld},\n",
+		reg_mode, reg_size, abi, reg_len, aux_feature_size, aux_align,
+		atomic_load(&own_registrations), atomic_load(&own_unregistrations),
+		probe_registrations, (long)g_rseq_offset);
 
 	fprintf(f, " \"config\": {\"threads\": %d, \"cpus\": ", cfg.threads);
 	if (cfg.ncpus) {
@@ -1754,7 +1907,8 @@ static void write_json(FILE *f, const char *comm, const struct tstats *t, double
 	} else {
 		fputs(", \"churn\": null, \"churn_ops\": null, \"churn_rate\": null", f);
 	}
-	fputs("},\n", f);
+	fprintf(f, ", \"rseq_abi\": \"%s\", \"check_cpu_id_start\": %s},\n",
+		cfg.rseq_v2 ? "v2" : "legacy", cfg.check_ids ? "true" : "false");
 
 	fputs(" \"threads\": {", f);
 	for (int i = 0; i < cfg.threads; i++) {
@@ -1764,10 +1918,12 @@ static void write_json(FILE *f, const char *comm, const struct tstats *t, double
 
 		fprintf(f, "%s\n  \"%d\": {\"tid\": %d, \"index\": %d, \"commits\": %llu, "
 			"\"aborts\": %llu, \"cpu_mismatch\": %llu, \"cmp_fail\": %llu, "
-			"\"signals\": %llu, \"nivcsw\": %ld, \"nvcsw\": %ld, \"ops\": {",
+			"\"signals\": %llu, \"nivcsw\": %ld, \"nvcsw\": %ld",
 			i ? "," : "", atomic_load(&w->tid), atomic_load(&w->tid), i,
 			(unsigned long long)n.commits, (unsigned long long)n.aborts, (unsigned long long)n.mismatch,
 			(unsigned long long)n.cmp_fail, (unsigned long long)s->signals, w->nivcsw, w->nvcsw);
+		write_ids(f, n.ids_rewritten, n.ids_stale, n.ids_wrong);
+		fputs(", \"ops\": {", f);
 		write_op_counts(f, s);
 		fputc('}', f);
 		if (cfg.churn)
@@ -1783,7 +1939,7 @@ static void write_json(FILE *f, const char *comm, const struct tstats *t, double
 		fprintf(f, "%s\n  \"%s\": {\"symbol\": \"%s\", \"function\": \"0x%lx\", "
 			"\"start_ip\": \"0x%llx\", \"abort_ip\": \"0x%llx\", "
 			"\"post_commit_offset\": %llu, \"descriptor\": \"0x%lx\", \"enabled\": %s, "
-			"\"commits\": %llu, \"aborts\": %llu, \"cpu_mismatch\": %llu, \"cmp_fail\": %llu}",
+			"\"commits\": %llu, \"aborts\": %llu, \"cpu_mismatch\": %llu, \"cmp_fail\": %llu",
 			o ? "," : "", op_names[o], op_symbols[o],
 			o == OP_COUNTER ? (unsigned long)(uintptr_t)rseq_op_counter :
 			o == OP_SPINLOCK ? (unsigned long)(uintptr_t)rseq_op_spinlock_lock :
@@ -1795,13 +1951,17 @@ static void write_json(FILE *f, const char *comm, const struct tstats *t, double
 			cfg.op_enabled[o] ? "true" : "false",
 			(unsigned long long)t->commits[o], (unsigned long long)t->aborts[o],
 			(unsigned long long)t->mismatch[o], (unsigned long long)t->cmp_fail[o]);
+		write_ids(f, t->ids_rewritten[o], t->ids_stale[o], t->ids_wrong[o]);
+		fputc('}', f);
 	}
 	fputs("},\n", f);
 
 	fprintf(f, " \"totals\": {\"commits\": %llu, \"aborts\": %llu, \"cpu_mismatch\": %llu, "
-		"\"cmp_fail\": %llu, \"signals\": %llu},\n",
+		"\"cmp_fail\": %llu, \"signals\": %llu",
 		(unsigned long long)tc, (unsigned long long)ta, (unsigned long long)tm,
 		(unsigned long long)tf, (unsigned long long)t->signals);
+	write_ids(f, sum.ids_rewritten, sum.ids_stale, sum.ids_wrong);
+	fputs("},\n", f);
 
 	fprintf(f, " \"membarrier\": {\"registered\": %s, \"register_error\": ",
 		mb_registered ? "true" : "false");
@@ -1843,26 +2003,66 @@ static void write_json(FILE *f, const char *comm, const struct tstats *t, double
 /* ------------------------------------------------------------------ */
 /* Main                                                                */
 
+/*
+ * The V2 registration length: at least AT_RSEQ_FEATURE_SIZE (so that it
+ * covers every field the kernel supports) and a multiple of AT_RSEQ_ALIGN,
+ * but never 32, which 7.1+ kernels take for a legacy registration. With the
+ * 6.3 to 7.0 values (feature size 28, alignment 32) rounding up alone gives
+ * 32, so the length becomes the next multiple, 64. Kernels 6.3+ accept any
+ * length != 32 that is >= the feature size in an area aligned to
+ * AT_RSEQ_ALIGN. Exits 1 when the kernel is too old or the length does not
+ * fit the TLS area.
+ */
+static unsigned int v2_rseq_len(void)
+{
+	unsigned long need = aux_feature_size > ORIG_RSEQ_LEN ? aux_feature_size : ORIG_RSEQ_LEN + 1;
+	unsigned long len;
+
+	if (!aux_feature_size)
+		fatal("--rseq-abi v2: this kernel is too old for extended rseq registrations "
+		      "(no AT_RSEQ_FEATURE_SIZE in the auxiliary vector; needs Linux 6.3+)");
+	if (!aux_align || aux_align > OWN_AREA_SIZE || OWN_AREA_SIZE % aux_align)
+		fatal("--rseq-abi v2: AT_RSEQ_ALIGN is %lu, the workload's rseq area is aligned "
+		      "to %d bytes", aux_align, OWN_AREA_SIZE);
+	len = (need + aux_align - 1) / aux_align * aux_align;
+	if (len > OWN_AREA_SIZE)
+		fatal("--rseq-abi v2: the kernel's feature size %lu needs a %lu-byte registration, "
+		      "more than the workload's %d-byte rseq area", aux_feature_size, len,
+		      OWN_AREA_SIZE);
+	return (unsigned int)len;
+}
+
 static void setup_registration(void)
 {
+	aux_feature_size = getauxval(AT_RSEQ_FEATURE_SIZE);
+	aux_align = getauxval(AT_RSEQ_ALIGN);
 	if (__rseq_size > 0) {
 		reg_mode = "glibc";
 		reg_size = __rseq_size;
+		/* glibc passes the feature size it found, but at least the
+		 * original 32 bytes, to rseq(2) */
+		reg_len = __rseq_size > ORIG_RSEQ_LEN ? __rseq_size : ORIG_RSEQ_LEN;
 		g_rseq_offset = __rseq_offset;
 		return;
 	}
 	reg_mode = "own";
 	own_mode = 1;
 	reg_size = sizeof(struct rseq);
-	g_rseq_offset = (char *)&own_rseq - (char *)__builtin_thread_pointer();
+	reg_len = cfg.rseq_v2 ? v2_rseq_len() : ORIG_RSEQ_LEN;
+	g_rseq_offset = (char *)&own_area - (char *)__builtin_thread_pointer();
 	/* Try once in the main thread so that a kernel without rseq fails early
 	 * with a clear message; unregister right away (workers register their
 	 * own areas, and only those are counted). */
-	if (syscall(__NR_rseq, &own_rseq, sizeof(own_rseq), 0, WL_RSEQ_SIG) != 0)
-		fatal("rseq registration failed: %s (errno %d, %s); does this kernel have CONFIG_RSEQ?",
-		      strerrorname_np(errno) ?: "?", errno, strerror(errno));
+	errno = own_rseq_register();
+	if (errno)
+		fatal("rseq registration (%u bytes) failed: %s (errno %d, %s); does this kernel "
+		      "have CONFIG_RSEQ?", reg_len, strerrorname_np(errno) ?: "?", errno,
+		      strerror(errno));
 	probe_registrations = 1;
-	syscall(__NR_rseq, &own_rseq, sizeof(own_rseq), RSEQ_FLAG_UNREGISTER, WL_RSEQ_SIG);
+	errno = own_rseq_unregister();
+	if (errno)
+		fatal("rseq unregistration (%u bytes) failed: %s (errno %d, %s)", reg_len,
+		      strerrorname_np(errno) ?: "?", errno, strerror(errno));
 }
 
 static void setup_pool(void)
@@ -2055,10 +2255,11 @@ int main(int argc, char **argv)
 		struct op_sums n = sum_ops(&tot);
 		uint64_t c = n.commits, a = n.aborts, m = n.mismatch;
 
-		fprintf(stderr, PROG ": %d threads, %.2f s, registration %s (%u bytes): "
+		fprintf(stderr, PROG ": %d threads, %.2f s, registration %s %s (%u bytes): "
 			"%llu commits (%.0f ops/s/thread), %llu kernel aborts, %llu cpu mismatches, "
 			"%llu signals received\n",
-			cfg.threads, t1 - t0, reg_mode, reg_size, (unsigned long long)c,
+			cfg.threads, t1 - t0, reg_mode, reg_len > ORIG_RSEQ_LEN ? "v2" : "legacy",
+			reg_len, (unsigned long long)c,
 			(t1 - t0) > 0 ? c / (t1 - t0) / cfg.threads : 0.0,
 			(unsigned long long)a, (unsigned long long)m,
 			(unsigned long long)tot.signals);
@@ -2078,6 +2279,12 @@ int main(int argc, char **argv)
 					op_names[o], (unsigned long long)tot.commits[o],
 					(unsigned long long)tot.aborts[o],
 					(unsigned long long)tot.mismatch[o]);
+		if (cfg.check_ids)
+			fprintf(stderr, "  cpu_id_start after kernel aborts: %llu rewritten, %llu stale, "
+				"%llu wrong%s\n", (unsigned long long)n.ids_rewritten,
+				(unsigned long long)n.ids_stale, (unsigned long long)n.ids_wrong,
+				n.ids_stale || n.ids_wrong ? " (this kernel breaks tcmalloc-style "
+				"cpu_id_start use)" : "");
 	}
 	if (nproblems) {
 		for (int i = 0; i < nproblems; i++)

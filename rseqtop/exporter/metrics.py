@@ -55,7 +55,9 @@ COUNTERS = {
 # Counters that exist only when rseqtop can see their cause.
 CAUSE_COUNTERS = {"preempts": "preempt", "migrations": "migrate", "signals": "signal", "ipis": "membarrier"}
 PROCESS_COUNTERS = {
-    "registrations": ("rseqtop_registrations", "Successful rseq registrations (rseq syscalls without the unregister flag)", ()),
+    "registrations": ("rseqtop_registrations",
+                      "Successful rseq registrations (rseq syscalls without the unregister flag), by ABI: "
+                      "legacy (32-byte area) or v2 (longer area; lazy ID updates from 7.1)", ("abi",)),
     "unregistrations": ("rseqtop_unregistrations", "Successful rseq unregistrations", ()),
     "reg_errors": ("rseqtop_registration_errors",
                    "Failed rseq syscalls (registrations and unregistrations), by errno", ("errno",)),
@@ -83,7 +85,9 @@ def _process_values(p, sites, syscalls: bool = True) -> dict:
     out: dict = {}
     _counts_values(p.counts, out)
     if syscalls:  # not counted is absent, not zero
-        out[("registrations",)] = p.registrations
+        out[("registrations", "legacy")] = 0  # counted: zero, not absent
+        for abi, n in p.registrations_by_abi:
+            out[("registrations", abi)] = n
         out[("unregistrations",)] = p.unregistrations
     for name, n in p.registration_errors:
         out[("reg_errors", name)] = n

@@ -61,7 +61,9 @@ class ProcessScreen(Screen):
             text.append("" if proc.alive else "  (exited)")
             text.append(f"\nthreads with rseq {proc.threads_live} (+{proc.threads_exited} exited)  ")
             if snap.self_stats.syscall_accounting:
-                text.append(f"registrations {proc.registrations}  membarrier calls {proc.membarrier_calls()}")
+                by_abi = ", ".join(f"{abi} {n}" for abi, n in proc.registrations_by_abi)
+                text.append(f"registrations {proc.registrations}{f' ({by_abi})' if by_abi else ''}  "
+                            f"membarrier calls {proc.membarrier_calls()}")
             else:
                 text.append("registrations, membarrier calls: not counted (start with --syscalls)", style="dim")
             if r is not None:

@@ -13,6 +13,9 @@ from rseqtop import kheaders
 from rseqtop.errors import UserError
 
 DIST_PACKAGES = Path("/usr/lib/python3/dist-packages")
+# Newer kernels' headers use attributes that bcc's clang ignores
+# ('nocf_check' without -fcf-protection): harmless warnings on every compile.
+CFLAGS = ["-Wno-ignored-attributes"]
 INSTALL_HINT = "install the distribution's bcc: apt-get install python3-bpfcc (not the PyPI package 'bcc'); see 'rseqtop doctor'"
 
 

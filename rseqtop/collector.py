@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from rseqtop import bpfgen, kernel, taskstorage, tracefs
-from rseqtop.bccimport import import_bcc, prepare_headers
+from rseqtop.bccimport import CFLAGS, import_bcc, prepare_headers
 from rseqtop.errors import UserError
 from rseqtop.kernel import hot_storage_usable
 from rseqtop.snapshot import (
@@ -130,7 +130,7 @@ class Collector:
         prepare_headers()
         t0 = time.monotonic()
         try:
-            self.bpf = bcc.BPF(text=text.encode())
+            self.bpf = bcc.BPF(text=text.encode(), cflags=CFLAGS)
         except Exception as err:
             raise UserError(f"the BPF program failed to compile or load ({_first_line(err)}); "
                             f"see 'rseqtop doctor'") from None

@@ -250,12 +250,12 @@ def run_canary(prog) -> CanaryResult:
 
 def try_load(timeout: float = 3.0, canary: bool = False) -> tuple:
     """(LoadResult, CanaryResult or None)."""
-    from rseqtop.bccimport import import_bcc
+    from rseqtop.bccimport import CFLAGS, import_bcc
 
     bcc = import_bcc()
     t0 = time.monotonic()
     try:
-        prog = bcc.BPF(text=LOAD_PROGRAM.encode())
+        prog = bcc.BPF(text=LOAD_PROGRAM.encode(), cflags=CFLAGS)
     except Exception as err:  # bcc raises bare Exception on compile/attach errors
         return LoadResult(False, error=f"compile/attach failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}"), None
     elapsed = time.monotonic() - t0

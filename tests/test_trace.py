@@ -23,8 +23,10 @@ class Trace:
         self.out: list = []
         self.err: list = []
         self.ready = threading.Event()
-        threading.Thread(target=self._pump, args=(self.proc.stdout, self.out), daemon=True).start()
-        threading.Thread(target=self._pump, args=(self.proc.stderr, self.err), daemon=True).start()
+        self.pumps = [threading.Thread(target=self._pump, args=(stream, sink), daemon=True)
+                      for stream, sink in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))]
+        for t in self.pumps:
+            t.start()
         if not self.ready.wait(300):  # compiling under emulation (kernel VMs) is slow
             self.proc.kill()
             raise AssertionError(f"trace never attached: {''.join(self.err)}")
@@ -39,8 +41,9 @@ class Trace:
 
     def stop(self, sig=signal.SIGINT) -> int:
         self.proc.send_signal(sig)
-        rc = self.proc.wait(timeout=20)
-        time.sleep(0.1)  # let the reader threads drain the pipes
+        rc = self.proc.wait(timeout=60)
+        for t in self.pumps:  # every line read (slow under emulation)
+            t.join(timeout=30)
         return rc
 
 

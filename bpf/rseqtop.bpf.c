@@ -78,12 +78,15 @@ BPF_PERF_OUTPUT(new_sites);
 #define RSEQTOP_EEXIST 17
 
 /* Global counters: map health and the event stream only. Activity is
- * counted per thread (no second map update on the hot paths). */
+ * counted per thread (no second map update on the hot paths). Atomic even
+ * though per-CPU: from 6.19 tracepoint programs run preemptible (migration
+ * disabled only), so another task's program can run between a load and a
+ * store on this CPU. */
 static __always_inline void count(u32 idx)
 {
     u64 *v = counters.lookup(&idx);
     if (v)
-        (*v)++;
+        __sync_fetch_and_add(v, 1);
 }
 
 static __always_inline u32 current_gen(u32 tgid)
@@ -109,7 +112,9 @@ static __always_inline int watched(u32 tgid)
 }
 
 /* The current thread's record, created on first sight if its process is
- * watched. Only programs running in the thread's own context create. */
+ * watched. Only programs running in the thread's own context create, so the
+ * new record is filled in place after the insert: the per-CPU zero template
+ * itself is never written (a preempted program would share it, see count). */
 static __always_inline struct rseqtop_thread *current_thread(u32 tid, u32 tgid)
 {
     struct rseqtop_thread *t = threads.lookup(&tid);
@@ -121,19 +126,20 @@ static __always_inline struct rseqtop_thread *current_thread(u32 tid, u32 tgid)
     struct rseqtop_thread *z = zero_thread.lookup(&zero);
     if (!z)
         return 0;
-    z->tgid = tgid;
-    z->gen = current_gen(tgid);
-    z->mm_cid = -1; /* unknown until the kernel reports it */
-    z->h.cpu_id = -1;  /* set by track_current */
-    bpf_get_current_comm(&z->comm, sizeof(z->comm));
     int err = threads.insert(&tid, z);
-    z->tgid = 0;
-    z->gen = 0;
     if (err && err != -RSEQTOP_EEXIST) {
         count(RSEQTOP_CNT_THREADS_DROPPED);
         return 0;
     }
-    return threads.lookup(&tid);
+    t = threads.lookup(&tid);
+    if (t && !err) {
+        t->tgid = tgid;
+        t->gen = current_gen(tgid);
+        t->mm_cid = -1; /* unknown until the kernel reports it */
+        t->h.cpu_id = -1;  /* set by track_current */
+        bpf_get_current_comm(&t->comm, sizeof(t->comm));
+    }
+    return t;
 }
 
 /* The current thread's hot state as stored: with HOT_TASK_STORAGE also the
@@ -320,7 +326,7 @@ static __always_inline void aborted(void *ctx, u64 regs_ip, u64 start_ip, u64 po
     int zero = 0;
     u64 *cpu = cpu_aborts.lookup(&zero);
     if (cpu)
-        (*cpu)++;
+        __sync_fetch_and_add(cpu, 1);
 
     u64 offset = regs_ip - start_ip;
     struct rseqtop_site_key sk = {.tgid = tgid, .gen = t->gen, .start_ip = start_ip};
@@ -328,16 +334,16 @@ static __always_inline void aborted(void *ctx, u64 regs_ip, u64 start_ip, u64 po
     if (!s) {
         struct rseqtop_site *zs = zero_site.lookup(&zero);
         if (zs) {
-            zs->abort_ip = abort_ip;
-            zs->post_commit_offset = post_commit_offset;
             int err = sites.insert(&sk, zs);
-            if (!err)
-                new_sites.perf_submit(ctx, &sk, sizeof(sk));
-            else if (err != -RSEQTOP_EEXIST)
+            if (err && err != -RSEQTOP_EEXIST)
                 count(RSEQTOP_CNT_SITES_DROPPED);
-            zs->abort_ip = 0;
-            zs->post_commit_offset = 0;
             s = sites.lookup(&sk);
+            if (s && !err) {
+                /* every thread of the process writes the same values */
+                s->abort_ip = abort_ip;
+                s->post_commit_offset = post_commit_offset;
+                new_sites.perf_submit(ctx, &sk, sizeof(sk));
+            }
         }
     }
     if (s) {

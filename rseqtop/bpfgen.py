@@ -128,6 +128,18 @@ def task_report_mask(switch_fmt: Optional[Format]) -> int:
 # where the program needs no argument or only leading scalar arguments:
 # event -> (first kernel with that prototype, format fields that must lead,
 # in this order, as the prototype's arguments do).
+#
+# From 6.19 tracepoint callbacks run under SRCU with preemption enabled, and
+# a raw tracepoint's program only with migration disabled: preempted inside
+# it, the next task on that CPU to hit the same tracepoint finds the
+# program's per-CPU recursion guard taken, and the kernel skips the run
+# (counted as a recursion miss). Events that fire in preemptible context
+# (an abort or a signal delivered on the way to user space) then use the
+# regular tracepoint, whose perf callback still runs with preemption
+# disabled: every abort counted. rseq_update stays raw (a miss there costs
+# an update count, never an abort), sched_switch and csd run with
+# interrupts off.
+PREEMPTIBLE_EVENTS = ("rseq_ip_fixup", "signal_deliver")
 RAW = {
     "rseq_ip_fixup": ((4, 18), ("regs_ip", "start_ip", "post_commit_offset", "abort_ip")),
     "rseq_update": ((4, 18), ()),  # reads no argument: cpu and node are the current CPU's
@@ -140,6 +152,8 @@ RAW = {
 def raw_ok(fmt: Format, event: str, kernel_version: tuple) -> bool:
     since, leading = RAW[event]
     if kernel_version < since:
+        return False
+    if event in PREEMPTIBLE_EVENTS and kernel_version >= kernel.PREEMPTIBLE_TRACEPOINTS_SINCE:
         return False
     own = [f.name for f in sorted(fmt.fields, key=lambda f: f.offset) if not f.name.startswith("common_")]
     return tuple(own[: len(leading)]) == leading

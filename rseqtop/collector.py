@@ -290,7 +290,8 @@ class Collector:
         # missing from both for one poll (a dip that the monotonic guard
         # below hides) instead of being counted twice.
         procs = {(k.tgid, k.gen): v for k, v in b["procs"].items()}
-        live = {k.value: v for k, v in b["threads"].items()}
+        # tgid 0: a record created this instant, not filled in yet
+        live = {k.value: v for k, v in b["threads"].items() if v.tgid}
         dead = {k.value: v for k, v in b["dead_threads"].items() if k.value not in live}
         pc_rows = [((k.tgid, k.gen), k.kind, k.cmd, k.code, v.value) for k, v in b["pcounts"].items()]
         site_rows = list(b["sites"].items())
@@ -322,7 +323,7 @@ class Collector:
         keep = {(p.pid, p.gen) for p in processes}
         shown_threads = [t for t in threads if (t.pid, t.gen) in keep]
         sites = self._sites(site_rows, offset_rows, keep)
-        run_ns, run_cnt = self._bpf_stats()
+        run_ns, run_cnt, misses = self._bpf_stats()
         ru = resource.getrusage(resource.RUSAGE_SELF)
         used = {"threads": len(live), "dead_threads": len(dead), "procs": len(procs), "sites": len(site_rows),
                 "offsets": len(offset_rows), "pcounts": len(pc_rows)}
@@ -330,7 +331,7 @@ class Collector:
                      for name, (size, drop) in MAP_LIMITS.items())
         stats = SelfStats(self.probes, self.plan.missing, self.plan.unavailable_causes, named["events_sent"],
                           named["events_lost"], maps, run_ns, run_cnt, ru.ru_utime + ru.ru_stime, poll_seconds,
-                          self._syscalls)
+                          self._syscalls, misses)
         snap = Snapshot(time.monotonic(), time.time(), self.era.name, self.era.description, totals,
                         tuple(sorted(processes, key=lambda p: p.pid)),
                         tuple(sorted(shown_threads, key=lambda t: (t.pid, t.tid))),
@@ -488,19 +489,22 @@ class Collector:
         return out
 
     def _bpf_stats(self) -> tuple:
-        if Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip() != "1":
-            return None, None
-        run_ns = run_cnt = 0
+        """(run ns, runs, missed runs) of the programs: the first two only
+        with kernel.bpf_stats_enabled, misses always (runs the kernel skipped
+        because the program was already running on that CPU: events rseqtop
+        did not see, never hidden)."""
+        stats = Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip() == "1"
+        run_ns = run_cnt = misses = 0
         for fn in self.bpf.funcs.values():
             try:
                 info = Path(f"/proc/self/fdinfo/{fn.fd}").read_text()
             except OSError:
                 continue
-            m1 = re.search(r"^run_time_ns:\s*(\d+)", info, re.M)
-            m2 = re.search(r"^run_cnt:\s*(\d+)", info, re.M)
-            run_ns += int(m1.group(1)) if m1 else 0
-            run_cnt += int(m2.group(1)) if m2 else 0
-        return run_ns, run_cnt
+            fields = dict(re.findall(r"^(run_time_ns|run_cnt|recursion_misses):\s*(\d+)", info, re.M))
+            run_ns += int(fields.get("run_time_ns", 0))
+            run_cnt += int(fields.get("run_cnt", 0))
+            misses += int(fields.get("recursion_misses", 0))
+        return (run_ns, run_cnt, misses) if stats else (None, None, misses)
 
 
 def _dipped(prev: Counts, cur: Counts) -> bool:

@@ -68,6 +68,10 @@ def known_rseq_breakage(release: Optional[str] = None, machine: Optional[str] = 
 # From 6.19 the kernel clears its rseq event on every return to user space
 # (no stale causes) and rseq_update fires only when it writes the IDs.
 EXIT_CLEARS_SINCE = (6, 19)
+# From 6.19 tracepoint callbacks may be preempted ("tracing: Guard
+# __DECLARE_TRACE() use of __DO_TRACE_CALL() with SRCU-fast"), raw
+# tracepoint programs included: see bpfgen.PREEMPTIBLE_EVENTS.
+PREEMPTIBLE_TRACEPOINTS_SINCE = (6, 19)
 # From 7.1, and 7.0.10 on the 7.0 stable branch, a 32-byte registration is
 # "legacy" (IDs rewritten after every switch) and a longer one "V2".
 LEGACY_SPLIT_SINCE = ((7, 1, 0), (7, 0, 10))

@@ -147,6 +147,9 @@ class SelfStats:
     poll_seconds: float = 0.0  # how long reading the maps took
     # rseq and membarrier system calls counted (opt-in: --syscalls)
     syscall_accounting: bool = True
+    # program runs the kernel skipped (its recursion guard: the program was
+    # already running on that CPU, preempted from 6.19): events not seen
+    probe_misses: int = 0
 
     def dropped(self) -> int:
         return sum(m.dropped for m in self.maps)

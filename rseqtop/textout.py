@@ -122,7 +122,8 @@ def json_record(model: LiveModel, include_idle: bool = False) -> dict:
         "self": {"probes_attached": list(st.probes_attached), "probes_missing": list(st.probes_missing),
                  "unavailable_causes": list(na),
                  "events_lost": st.events_lost, "cpu_percent": cpu, "bpf_cpu_percent": model.bpf_cpu_percent(),
-                 "maps_dropped": st.dropped(), "syscall_accounting": st.syscall_accounting},
+                 "maps_dropped": st.dropped(), "probe_misses": st.probe_misses,
+                 "syscall_accounting": st.syscall_accounting},
         "processes": processes,
     }
 

@@ -92,6 +92,19 @@ def test_raw_tracepoints_where_the_prototype_allows():
     assert plan_for("tracefs-6.18", kernel_version=(4, 16)).raw == ()
 
 
+def test_from_6_19_cause_rules_and_no_raw_tracepoint_in_preemptible_context():
+    """6.19+: the kernel clears its rseq event on every return to user space
+    (RSEQTOP_EXIT_CLEARS), and tracepoint programs may be preempted, so the
+    events that fire in preemptible context use regular tracepoints (a
+    preempted raw program makes the kernel skip the next run on that CPU)."""
+    new = plan_for("tracefs-6.18", kernel_version=(7, 2))
+    assert new.defines["RSEQTOP_EXIT_CLEARS"] == 1
+    assert new.raw == ("rseq_update", "sched_switch", "csd_function_entry")
+    assert "RAW_RSEQ_IP_FIXUP" not in new.defines and "RAW_SIGNAL_DELIVER" not in new.defines
+    old = plan_for("tracefs-6.18", kernel_version=(6, 18))
+    assert "RSEQTOP_EXIT_CLEARS" not in old.defines and "rseq_ip_fixup" in old.raw
+
+
 def test_raw_needs_the_arguments_in_prototype_order(tmp_path):
     """If a kernel reordered rseq_ip_fixup's fields (and so, presumably, its
     prototype), reading raw arguments would misread them: use the record."""
@@ -106,14 +119,15 @@ def test_raw_needs_the_arguments_in_prototype_order(tmp_path):
     assert "rseq_ip_fixup" not in p.raw and "rseq_update" in p.raw
 
 
+@pytest.mark.parametrize("version", [(6, 18), (7, 2)], ids=["6.18-rules", "6.19+-rules"])
 @pytest.mark.parametrize("hot_storage", [True, False], ids=["task-storage", "hash"])
 @pytest.mark.parametrize("name", ["tracefs-6.18", "tracefs-5.15"])
-def test_generated_programs_compile_and_load(bpf_ok, name, hot_storage):
+def test_generated_programs_compile_and_load(bpf_ok, name, hot_storage, version):
     from rseqtop.bccimport import import_bcc, prepare_headers
 
     prepare_headers()
     bcc = import_bcc()
-    p = plan_for(name, syscalls=True, hot_storage=hot_storage)
+    p = plan_for(name, syscalls=True, hot_storage=hot_storage, kernel_version=version)
     b = bcc.BPF(text=bpfgen.source(p).encode())
     try:
         for _, event in p.attach:

@@ -74,7 +74,8 @@ def assert_exact(summary, snap):
     for tid, rec in summary["threads"].items():
         t = threads.get(int(tid))
         assert t is not None, f"thread {tid} not seen"
-        assert t.counts.aborts == rec["aborts"], (tid, t.counts.aborts, rec["aborts"])
+        assert t.counts.aborts == rec["aborts"], (tid, t.counts.aborts, rec["aborts"],
+                                                  f"probe misses {snap.self_stats.probe_misses}")
     sites = {s.start_ip: s for s in snap.sites_of(pid)}
     for name, op in summary["ops"].items():
         if not op.get("enabled", True):

@@ -412,6 +412,11 @@ class RseqCollector:
             c = CounterMetricFamily("rseqtop_bpf_runs", "Runs of rseqtop's BPF programs (needs kernel.bpf_stats_enabled=1)")
             c.add_metric([], st.bpf_run_count or 0)
             out.append(c)
+        c = CounterMetricFamily("rseqtop_bpf_missed_runs",
+                                "Runs of rseqtop's BPF programs the kernel skipped because the program was already "
+                                "running on that CPU (their events were not counted)")
+        c.add_metric([], st.probe_misses if st else 0)
+        out.append(c)
         c = CounterMetricFamily("rseqtop_cpu_aborts", "rseq aborts by CPU (all processes)", labels=["cpu"])
         for cpu, n in enumerate(snap.cpu_aborts if snap else ()):
             c.add_metric([str(cpu)], n)

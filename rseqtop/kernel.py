@@ -46,6 +46,18 @@ def kernel_version3(release: Optional[str] = None) -> tuple[int, int, int]:
     return (int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)) if m else (0, 0, 0)
 
 
+def ids_written_lazily(release: Optional[str] = None, abi: str = "legacy") -> bool:
+    """Whether the kernel writes a registration's IDs (and fires
+    rseq_update) only when they change, rather than after every context
+    switch: from 6.19 for every registration, from 7.1 (7.0.10 on 7.0) only
+    for V2 ones (longer than 32 bytes)."""
+    v = kernel_version3(release)
+    if v < (6, 19, 0):
+        return False
+    split = v >= LEGACY_SPLIT_SINCE[0] or (v[:2] == (7, 0) and v >= LEGACY_SPLIT_SINCE[1])
+    return abi == "v2" if split else True
+
+
 CPU_ID_START_FIX = ('fixed in 7.0.10 and 7.1 by "rseq: Revert to historical performance killing behaviour" '
                     '(google/tcmalloc issue 292)')
 ARM64_FIX = 'fixed in 7.0.14 by "arm64/entry: Fix arm64-specific rseq brokenness"'

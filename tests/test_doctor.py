@@ -162,3 +162,13 @@ def test_non_root_doctor_fails_in_one_line_without_traceback(bpf_ok, tmp_path):
     assert len(err_lines) == 1 and "CAP_BPF" in err_lines[0]
     priv = [l for l in out.stdout.splitlines() if "privileges" in l]
     assert priv and priv[0].startswith(FAIL) and "CAP_PERFMON" in priv[0]
+
+
+@pytest.mark.parametrize("release,legacy,v2", [
+    ("6.1.0-50-amd64", False, False), ("6.18.44", False, False), ("6.19.2", True, True), ("7.0.9", True, True),
+    ("7.0.10", False, True), ("7.1.0", False, True), ("7.2.13+deb14-amd64", False, True)])
+def test_which_kernels_write_ids_lazily(release, legacy, v2):
+    from rseqtop import kernel
+
+    assert kernel.ids_written_lazily(release, "legacy") == legacy
+    assert kernel.ids_written_lazily(release, "v2") == v2

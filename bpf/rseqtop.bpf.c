@@ -295,8 +295,12 @@ static __always_inline void note_cause(struct rseqtop_hot *h, int slot)
  * one whenever set_task_cpu changes the task's CPU). */
 static __always_inline u32 take_causes(struct rseqtop_hot *h, s32 cpu)
 {
-    if (h->cpu_id != cpu)
+    if (h->cpu_id != cpu) {
         h->fresh.b[1] = 1;
+        /* From 6.19 (V2 registrations) the next update may be far away:
+         * this CPU is the one the next migration is measured from. */
+        h->cpu_id = cpu;
+    }
     u32 fresh = cause_bits(h->fresh.w), carried = cause_bits(h->carried.w);
     h->fresh.w = 0;
     h->carried.w = 0;

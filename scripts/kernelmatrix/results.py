@@ -174,5 +174,7 @@ def render_checks(columns: Sequence[Tuple[str, Sequence[Check]]], figure_width: 
     if not names:
         return ""
     header = ["check", *[label for label, _ in columns]]
-    rows = [[_short(n, 48), *[cells.get((n, i), "-") for i in range(len(columns))]] for n in names]
+    # the "test_" prefix says nothing in a table of tests
+    rows = [[_short(n[5:] if n.startswith("test_") else n, 64), *[cells.get((n, i), "-") for i in range(len(columns))]]
+            for n in names]
     return render_table(header, rows)

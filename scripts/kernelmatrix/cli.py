@@ -182,6 +182,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         "ok": not problems,
     }, indent=1) + "\n")
     sys.stdout.write("\n" + text)
+    for r in runs:
+        if not r.ok or any(not resmod.check_ok(st, args.allow_skips) for _, st, _ in checks.get(r.suite, [])):
+            _show_tail(r)
     for p in problems:
         print(f"scripts/kernels: {p}", file=sys.stderr)
     log(f"{'all OK' if not problems else 'FAILED'}; results in {out}")
@@ -193,6 +196,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         sys.stdout.flush()
         print(f"tests: {passed} passed, {failed} failed")
     return 0 if not problems else 1
+
+
+def _show_tail(r: vmmod.VMResult, lines: int = 40) -> None:
+    """The end of a failed kernel's output (pytest's summary is there), so
+    that a CI log says what failed without the output directory."""
+    for name in ("output.log", "console.log"):
+        path = r.outdir / name
+        try:
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            continue
+        if tail:
+            print(f"\n--- {r.suite}: last {len(tail)} lines of {path} ---")
+            print("\n".join(tail))
+            return
 
 
 def _prebuild(cache_dir: Path) -> None:

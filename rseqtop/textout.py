@@ -97,12 +97,13 @@ def json_record(model: LiveModel, include_idle: bool = False) -> dict:
     for t in model.thread_rows(include_idle=True):
         threads_by_pid.setdefault(t.pid, []).append(t)
     processes = []
+    stats = {p.pid: p for p in snap.processes}
     for p in sort_rows(model.process_rows(include_idle=include_idle), PROCESS_COLUMNS, "pid"):
         processes.append({
             "pid": p.pid, "comm": p.comm, "alive": p.alive, "threads_live": p.threads,
             "totals": _counts(p.counts, na), "rates": _rates(p.rates, na), "top_cause": p.top_cause,
             "top_section": p.top_site,
-            "registrations": _registrations(snap.process(p.pid), st.syscall_accounting),
+            "registrations": _registrations(stats.get(p.pid), st.syscall_accounting),
             "threads": [{"tid": t.tid, "comm": t.comm, "cpu": t.cpu, "mm_cid": t.mm_cid,
                          "alive": t.alive, "totals": _counts(t.counts, na), "rates": _rates(t.rates, na)}
                         for t in threads_by_pid.get(p.pid, ()) if include_idle or t.counts.aborts],

@@ -223,3 +223,30 @@ def test_syscalls_flag_turns_on_syscall_accounting(bpf_ok, rseqtop_cmd):
     rec = json.loads(out.stdout.splitlines()[-1])
     assert rec["self"]["syscall_accounting"] is True
     assert "syscalls:sys_enter_membarrier" in rec["self"]["probes_attached"]
+
+
+@pytest.mark.kernel
+def test_json_registrations_by_abi(bpf_ok, rseqtop_cmd, record_property):
+    """With --syscalls, each process's rseq registrations by ABI: the
+    workload's own areas, V2 (64 bytes) where the kernel takes longer areas
+    (6.3+), else legacy (32 bytes)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    libc.getauxval.restype = ctypes.c_ulong
+    abi = "v2" if libc.getauxval(27) else "legacy"  # AT_RSEQ_FEATURE_SIZE
+    top = Lines(rseqtop_cmd + ["--json", "--syscalls", "-d", "0.3"])
+    try:
+        top.next()
+        summary = workload.run(PINNED + ["--rseq-abi", abi], timeout=60,
+                               env=dict(os.environ, GLIBC_TUNABLES="glibc.pthread.rseq=0"))
+        top.more(lambda line: True)
+    finally:
+        assert top.stop() == 0
+    proc = next(p for p in json.loads(top.raw[-1])["processes"] if p["pid"] == summary["pid"])
+    reg = summary["registration"]
+    want = reg["own_registrations"] + reg["probe_registrations"]
+    record_property("figure", f"{abi} {proc['registrations']['by_abi'].get(abi)}={want}")
+    assert proc["registrations"] == {"total": want, "by_abi": {abi: want},
+                                     "unregistrations": reg["own_unregistrations"] + reg["probe_registrations"],
+                                     "errors": {}}

@@ -1,6 +1,7 @@
 /* Shared between the BPF programs (bpf/rseqtop.bpf.c) and user space
- * (rseqtop/bpfdefs.py parses the #defines below; bcc builds ctypes for the
- * structs from the program text). Sizes come in as -D flags. */
+ * (rseqtop.bpfgen.header_constants parses the #defines below, and a test
+ * checks the Python names against them; bcc builds ctypes for the structs
+ * from the program text). Sizes come in as -D flags. */
 #ifndef RSEQTOP_H
 #define RSEQTOP_H
 

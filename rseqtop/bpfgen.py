@@ -77,6 +77,8 @@ class Plan:
 CAUSE_EVENTS = {"sched_switch": "preempt", "sched_migrate_task": "migrate", "signal_deliver": "signal",
                 "csd_function_entry": "membarrier"}
 LOST = {
+    "rseq_ip_fixup": "no abort can be seen",
+    "rseq_update": "no per-thread rseq activity",
     "sched_switch": "preemption cause unavailable",
     "sched_migrate_task": "migration cause unavailable",
     "signal_deliver": "signal cause unavailable",

@@ -14,26 +14,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-from rseqtop import kernel, kheaders
+from rseqtop import bpfgen, kernel, kheaders
 from rseqtop.errors import UserError
 from rseqtop.tracefs import MOUNT_HINT
 
 PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
 
-# (system, event, required, what is lost without it)
-TRACEPOINTS = (
-    ("rseq", "rseq_ip_fixup", True, "no abort can be seen"),
-    ("rseq", "rseq_update", True, "no per-thread rseq activity"),
-    ("sched", "sched_switch", False, "preemption not attributed"),
-    ("sched", "sched_migrate_task", False, "migration not attributed"),
-    ("sched", "sched_process_exit", False, "exited threads' counts stay in the thread list"),
-    ("signal", "signal_deliver", False, "signals not attributed"),
-    ("csd", "csd_function_entry", False, "membarrier RSEQ IPIs not attributed"),
-    ("syscalls", "sys_enter_rseq", False, "registrations not counted"),
-    ("syscalls", "sys_exit_rseq", False, "registrations not counted"),
-    ("syscalls", "sys_enter_membarrier", False, "membarrier calls not counted"),
-    ("syscalls", "sys_exit_membarrier", False, "membarrier calls not counted"),
-)
+# (system, event, required, what is lost without it): the program's own table
+TRACEPOINTS = tuple((system, event, required, bpfgen.LOST[event]) for system, event, required, *_ in bpfgen.PROBES)
 
 
 @dataclass(frozen=True)

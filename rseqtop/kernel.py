@@ -96,7 +96,7 @@ class Era:
 
 
 def rseq_era(version: tuple[int, int], update_fields: tuple[str, ...] = ()) -> Era:
-    """Which rseq implementation the kernel has (see DESIGN.md)."""
+    """Which rseq implementation the kernel has (see docs/kernels.md)."""
     ids = "+".join(f for f in ("cpu_id", "node_id", "mm_cid") if f in update_fields) or "none"
     if version >= (7, 0):
         return Era("v2", f"7.x: 32-byte registrations legacy, larger ones V2 (lazy updates); rseq_update fields {ids}")

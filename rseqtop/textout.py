@@ -1,6 +1,6 @@
 """Batch output of `rseqtop -b` (plain text tables, like `top -b`) and
 `rseqtop --json` (one JSON object per interval). Both read only snapshots
-(through rseqtop.tui.rows) and show every comm and symbol through
+(through rseqtop.present) and show every comm and symbol through
 textsafe.printable (text) or JSON string escapes with ensure_ascii (JSON: the
 exact name, every control and non-ASCII character as \\uXXXX), so a hostile
 process name cannot reach the terminal raw.
@@ -12,8 +12,8 @@ import json
 import time
 from typing import Optional
 
-from rseqtop.tui.columns import CAUSE_OF_FIELD, PROCESS_COLUMNS, THREAD_COLUMNS, sort_rows, system_rates_text
-from rseqtop.tui.rows import LiveModel
+from rseqtop.present.columns import CAUSE_OF_FIELD, PROCESS_COLUMNS, THREAD_COLUMNS, sort_rows, system_rates_text
+from rseqtop.present.rows import LiveModel
 
 SCHEMA_VERSION = 1
 BATCH_PROCESS_COLUMNS = tuple(c for c in PROCESS_COLUMNS if c.key != "trend")

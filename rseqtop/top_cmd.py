@@ -142,7 +142,7 @@ def run(args) -> int:
         return print_ebpf(args)
     check_filters(args)
     if args.batch or args.json:
-        from rseqtop.tui.columns import PROCESS_COLUMNS, THREAD_COLUMNS
+        from rseqtop.present.columns import PROCESS_COLUMNS, THREAD_COLUMNS
 
         keys = {c.key for c in (THREAD_COLUMNS if args.threads else PROCESS_COLUMNS)}
         if args.sort not in keys:
@@ -159,9 +159,9 @@ def run_batch(source, args, delay: float, count: Optional[int], out=None) -> int
     """Print an interval's table (or JSON line) every `delay` seconds.
 
     The first output comes right after attaching (totals so far, no rates
-    yet) and does not count towards COUNT."""
+    yet) and counts towards COUNT, as top -b -n counts its first frame."""
     from rseqtop import textout
-    from rseqtop.tui.rows import LiveModel
+    from rseqtop.present.rows import LiveModel
 
     out = out or sys.stdout
     install_sigterm()
@@ -171,7 +171,7 @@ def run_batch(source, args, delay: float, count: Optional[int], out=None) -> int
             source.attach()
         if (args.json or args.threads) and hasattr(source, "want_mm_cid"):
             source.want_mm_cid(True)  # thread rows show it
-        printed = -1
+        printed = 0
         next_at = time.monotonic()
         failures = 0
         while count is None or printed < count:

@@ -148,3 +148,23 @@ def test_hot_state_in_task_storage_only_when_asked():
     assert plan_for("tracefs-6.18", hot_storage=True).defines["HOT_TASK_STORAGE"] == 1
     assert plan_for("tracefs-6.18", hot_storage=True).hot_storage
     assert "HOT_TASK_STORAGE" not in plan_for("tracefs-6.18").defines
+
+
+def test_python_vocabulary_agrees_with_the_bpf_header():
+    """Cause bits, the stale flag, registration ABIs: bpf/rseqtop.h is the
+    source; the Python names must match it bit for bit."""
+    from rseqtop.snapshot import ABI_NAMES, CAUSES, STALE_BIT
+
+    k = bpfgen.header_constants()
+    assert k["RSEQTOP_NCAUSES"] == len(CAUSES)
+    for i, name in enumerate(CAUSES):
+        assert k[f"RSEQTOP_CAUSE_{name.upper()}"] == 1 << i, name
+    assert k["RSEQTOP_CAUSE_STALE"] == STALE_BIT and k["RSEQTOP_NCODES"] == STALE_BIT * 2
+    assert {k[f"RSEQTOP_ABI_{name.upper()}"]: name for name in ABI_NAMES.values()} == ABI_NAMES
+    assert set(bpfgen.CAUSE_EVENTS.values()) == set(CAUSES)
+
+
+def test_doctor_checks_every_tracepoint_the_program_uses():
+    from rseqtop import doctor
+
+    assert {(s, e) for s, e, *_ in bpfgen.PROBES} == {(s, e) for s, e, *_ in doctor.TRACEPOINTS}

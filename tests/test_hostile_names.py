@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rseqtop import textout, workload
 from rseqtop.collector import Collector
 from rseqtop.exporter.metrics import RseqCollector
-from rseqtop.tui.rows import LiveModel
+from rseqtop.present.rows import LiveModel
 
 NAME = b"[b]\xff\xfe\x1b[31m\"q\n"  # 14 bytes: the kernel keeps them all
 

@@ -11,7 +11,7 @@ from rseqtop import textout, workload
 from rseqtop.collector import Collector
 from rseqtop.errors import UserError
 from rseqtop.synthetic import SyntheticSource
-from rseqtop.tui.rows import LiveModel
+from rseqtop.present.rows import LiveModel
 
 DATA = Path(__file__).parent / "data"
 

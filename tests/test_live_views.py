@@ -250,3 +250,18 @@ def test_json_registrations_by_abi(bpf_ok, rseqtop_cmd, record_property):
     assert proc["registrations"] == {"total": want, "by_abi": {abi: want},
                                      "unregistrations": reg["own_unregistrations"] + reg["probe_registrations"],
                                      "errors": {}}
+
+
+@pytest.mark.parametrize("mode", [["-b"], ["--json"]], ids=["batch", "json"])
+def test_batch_and_json_load_neither_the_tui_nor_textual(bpf_ok, mode):
+    """Batch text and JSON read the view model in rseqtop.present: no module
+    of rseqtop.tui and no Textual module is imported (python -X importtime)."""
+    import sys
+
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "rseqtop", *mode, "-n", "1", "-d", "0.2"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    imported = [line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")]
+    assert "rseqtop.present.rows" in imported and "rseqtop.collector" in imported
+    bad = [m for m in imported if m.startswith(("rseqtop.tui", "textual"))]
+    assert not bad, bad

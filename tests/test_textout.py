@@ -12,7 +12,7 @@ import pytest
 from rseqtop import textout
 from rseqtop.synthetic import SyntheticSource
 from rseqtop.top_cmd import run_batch
-from rseqtop.tui.rows import LiveModel, cause_split, row_filter, sparkline
+from rseqtop.present.rows import LiveModel, cause_split, row_filter, sparkline
 
 HOSTILE = "[bold red]x\x1b[31m\x9b2J"
 
@@ -81,9 +81,16 @@ def test_run_batch_counts_and_closes_the_source():
     args = SimpleNamespace(json=True, threads=False, sort="aborts_s", all=False)
     assert run_batch(src, args, delay=0.001, count=3, out=out) == 0
     lines = out.getvalue().splitlines()
-    assert len(lines) == 4  # the first line right after attaching, then COUNT intervals
-    assert [json.loads(x)["interval_s"] for x in lines] == [0.0, 1.0, 1.0, 1.0]
+    assert len(lines) == 3  # COUNT frames, the first right after attaching (as top -b -n)
+    assert [json.loads(x)["interval_s"] for x in lines] == [0.0, 1.0, 1.0]
     assert src.closed
+
+
+def test_batch_n_2_prints_exactly_two_frames():
+    out = io.StringIO()
+    args = SimpleNamespace(json=False, threads=False, sort="aborts_s", all=False)
+    assert run_batch(SyntheticSource(2, 1), args, delay=0.001, count=2, out=out) == 0
+    assert sum(1 for line in out.getvalue().splitlines() if line.startswith("rseqtop ")) == 2
 
 
 def test_helpers():

@@ -1,2 +1,2 @@
-"""The Textual live view. `rows` is pure (no Textual import) and shared with
-the batch/JSON output; `app.make_app(source)` builds the application."""
+"""The Textual live view. What it shows comes from rseqtop.present (shared
+with the batch/JSON output); `app.make_app(source)` builds the application."""

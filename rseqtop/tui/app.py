@@ -19,12 +19,12 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Input, Static
 
 from rseqtop.textsafe import printable
-from rseqtop.tui.columns import PROCESS_COLUMNS, THREAD_COLUMNS, sort_rows, system_rates_text
+from rseqtop.present.columns import PROCESS_COLUMNS, THREAD_COLUMNS, sort_rows, system_rates_text
 from rseqtop.tui.help_screen import HelpScreen
 from rseqtop.tui.keyed_table import KeyedTable
 from rseqtop.tui.messages import PollFailed, SnapshotReady
 from rseqtop.tui.process_screen import ProcessScreen
-from rseqtop.tui.rows import LiveModel, row_filter
+from rseqtop.present.rows import LiveModel, row_filter
 
 DELAYS = (0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
 FIRST_RATE_AFTER = 0.25  # seconds between the first two polls: rates show up at once

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from rseqtop.textsafe import printable
-from rseqtop.tui.rows import cause_split, sparkline
+from rseqtop.present.rows import cause_split, sparkline
 
 
 def rate(v: float) -> str:

@@ -75,8 +75,6 @@ BPF_RINGBUF_OUTPUT(events, RSEQTOP_RINGBUF_PAGES);
  * process is still alive (a perf buffer: polled apart from the ring buffer). */
 BPF_PERF_OUTPUT(new_sites);
 
-#define RSEQTOP_EEXIST 17
-
 /* Global counters: map health and the event stream only. Activity is
  * counted per thread (no second map update on the hot paths). Atomic even
  * though per-CPU: from 6.19 tracepoint programs run preemptible (migration
@@ -112,9 +110,10 @@ static __always_inline int watched(u32 tgid)
 }
 
 /* The current thread's record, created on first sight if its process is
- * watched. Only programs running in the thread's own context create, so the
- * new record is filled in place after the insert: the per-CPU zero template
- * itself is never written (a preempted program would share it, see count). */
+ * watched. Only programs running in the thread's own context create, so a
+ * new record (tgid still 0) is filled in place by its own thread: the
+ * per-CPU zero template itself is never written (a preempted program would
+ * share it, see count). */
 static __always_inline struct rseqtop_thread *current_thread(u32 tid, u32 tgid)
 {
     struct rseqtop_thread *t = threads.lookup(&tid);
@@ -126,13 +125,12 @@ static __always_inline struct rseqtop_thread *current_thread(u32 tid, u32 tgid)
     struct rseqtop_thread *z = zero_thread.lookup(&zero);
     if (!z)
         return 0;
-    int err = threads.insert(&tid, z);
-    if (err && err != -RSEQTOP_EEXIST) {
+    t = threads.lookup_or_try_init(&tid, z);
+    if (!t) {
         count(RSEQTOP_CNT_THREADS_DROPPED);
         return 0;
     }
-    t = threads.lookup(&tid);
-    if (t && !err) {
+    if (!t->tgid) {
         t->tgid = tgid;
         t->gen = current_gen(tgid);
         t->mm_cid = -1; /* unknown until the kernel reports it */
@@ -220,41 +218,26 @@ static __always_inline struct rseqtop_hot *track_current(s32 cpu, struct rseqtop
 #endif
 }
 
-/* Count one for a key of a u64-valued hash. Creation races are settled by
- * BPF_NOEXIST so that no increment is overwritten; only a full map drops.
- * (bcc does not allow map calls inside macros, hence one copy per map.) */
+/* Count one for a key of a u64-valued hash. Every entry in this program is
+ * made by bcc's lookup_or_try_init (look up, else insert with BPF_NOEXIST,
+ * look up again: libbpf-tools' bpf_map_lookup_or_try_init), so creation
+ * races lose no increment and NULL means the map is full: counted. */
 static __always_inline void pcounts_add(struct rseqtop_pcount_key *k)
 {
-    u64 one = 1, *v = pcounts.lookup(k);
-    if (!v) {
-        int err = pcounts.insert(k, &one);
-        if (!err)
-            return;
-        if (err != -RSEQTOP_EEXIST) {
-            count(RSEQTOP_CNT_PCOUNTS_DROPPED);
-            return;
-        }
-        v = pcounts.lookup(k);
-    }
+    u64 zero = 0, *v = pcounts.lookup_or_try_init(k, &zero);
     if (v)
         __sync_fetch_and_add(v, 1);
+    else
+        count(RSEQTOP_CNT_PCOUNTS_DROPPED);
 }
 
 static __always_inline void offsets_add(struct rseqtop_offset_key *k)
 {
-    u64 one = 1, *v = offsets.lookup(k);
-    if (!v) {
-        int err = offsets.insert(k, &one);
-        if (!err)
-            return;
-        if (err != -RSEQTOP_EEXIST) {
-            count(RSEQTOP_CNT_OFFSETS_DROPPED);
-            return;
-        }
-        v = offsets.lookup(k);
-    }
+    u64 zero = 0, *v = offsets.lookup_or_try_init(k, &zero);
     if (v)
         __sync_fetch_and_add(v, 1);
+    else
+        count(RSEQTOP_CNT_OFFSETS_DROPPED);
 }
 
 static __always_inline void pcount(u32 tgid, u16 kind, u16 cmd, u32 code)
@@ -337,17 +320,15 @@ static __always_inline void aborted(void *ctx, u64 regs_ip, u64 start_ip, u64 po
     struct rseqtop_site *s = sites.lookup(&sk);
     if (!s) {
         struct rseqtop_site *zs = zero_site.lookup(&zero);
-        if (zs) {
-            int err = sites.insert(&sk, zs);
-            if (err && err != -RSEQTOP_EEXIST)
-                count(RSEQTOP_CNT_SITES_DROPPED);
-            s = sites.lookup(&sk);
-            if (s && !err) {
-                /* every thread of the process writes the same values */
-                s->abort_ip = abort_ip;
-                s->post_commit_offset = post_commit_offset;
-                new_sites.perf_submit(ctx, &sk, sizeof(sk));
-            }
+        s = zs ? sites.lookup_or_try_init(&sk, zs) : 0;
+        if (!s)
+            count(RSEQTOP_CNT_SITES_DROPPED);
+        else if (!s->abort_ip) {
+            /* new (an abort_ip is never 0); threads of the process racing
+             * here write the same values, and symbolizing twice is harmless */
+            s->abort_ip = abort_ip;
+            s->post_commit_offset = post_commit_offset;
+            new_sites.perf_submit(ctx, &sk, sizeof(sk));
         }
     }
     if (s) {
@@ -618,12 +599,9 @@ int on_sched_process_exit(struct tp_sched_process_exit *args)
         if (!p) {
             int zero = 0;
             struct rseqtop_proc *zp = zero_proc.lookup(&zero);
-            if (zp) {
-                int err = procs.insert(&pk, zp);
-                if (err && err != -RSEQTOP_EEXIST)
-                    count(RSEQTOP_CNT_PROCS_DROPPED);
-                p = procs.lookup(&pk);
-            }
+            p = zp ? procs.lookup_or_try_init(&pk, zp) : 0;
+            if (!p)
+                count(RSEQTOP_CNT_PROCS_DROPPED);
         }
         /* The name it dies with: threads rename themselves after creation. */
         bpf_get_current_comm(&t->comm, sizeof(t->comm));

@@ -97,7 +97,6 @@ class Collector:
         self._forgotten = Counts()  # processes dropped from the maps, for the system totals
         self.keep_dead_seconds = keep_dead_seconds
         self.keep_dead_max = keep_dead_max
-        self.attach_seconds = 0.0
         self._nodes = kernel.cpu_nodes()
         self._last_hot: dict[int, tuple] = {}  # tid -> (updates, preempts, cpu) last read from task storage
         self._seen_hot: dict[int, tuple] = {}
@@ -128,7 +127,6 @@ class Collector:
         bcc = import_bcc()
         text = self.generate()
         prepare_headers()
-        t0 = time.monotonic()
         try:
             self.bpf = bcc.BPF(text=text.encode(), cflags=CFLAGS)
         except Exception as err:
@@ -143,7 +141,6 @@ class Collector:
         except Exception as err:
             self.close()
             raise UserError(f"attaching to tracepoints failed ({_first_line(err)}); see 'rseqtop doctor'") from None
-        self.attach_seconds = time.monotonic() - t0
         if self.plan.hot_storage:
             self._hot_fd = bcc.lib.bpf_table_fd(self.bpf.module, b"hot")
             self._hot_value = dict(self.bpf["threads"].Leaf._fields_)["h"]()

@@ -3,6 +3,7 @@ open the live view on it. Quitting the view stops the workload."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -30,13 +31,7 @@ def configure(parser) -> None:
                         help="SIGUSR1 to the workers, HZ in total (default 50; 0: none)")
     parser.add_argument("-d", "--delay", type=positive_float, default=1.0, metavar="SECONDS",
                         help="seconds between refreshes (default 1)")
-    parser.add_argument("--ebpf", action="store_true", help=argparse_suppress())
-
-
-def argparse_suppress():
-    import argparse
-
-    return argparse.SUPPRESS
+    parser.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)
 
 
 def workload_args(args) -> list:

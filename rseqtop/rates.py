@@ -68,10 +68,3 @@ def site_rates(prev: Optional[Snapshot], cur: Snapshot) -> dict[tuple[int, int],
     before = {(s.pid, s.start_ip): s.aborts for s in prev.sites} if prev else {}
     return {(s.pid, s.start_ip): max(0, s.aborts - before.get((s.pid, s.start_ip), 0)) / dt for s in cur.sites}
 
-
-def cpu_rates(prev: Optional[Snapshot], cur: Snapshot) -> tuple[float, ...]:
-    dt = interval(prev, cur)
-    if dt <= 0 or not prev:
-        return tuple(0.0 for _ in cur.cpu_aborts)
-    old = prev.cpu_aborts
-    return tuple(max(0, n - (old[i] if i < len(old) else 0)) / dt for i, n in enumerate(cur.cpu_aborts))

@@ -102,13 +102,6 @@ class ProcessStats:
     def membarrier_calls(self) -> int:
         return sum(m.calls for m in self.membarrier)
 
-    def membarrier_errors(self) -> dict:
-        out: dict = {}
-        for m in self.membarrier:
-            for name, n in m.errors:
-                out[name] = out.get(name, 0) + n
-        return out
-
 
 @dataclass(frozen=True)
 class SiteStats:
@@ -120,9 +113,6 @@ class SiteStats:
     abort_ip: int = 0
     post_commit_offset: int = 0
     offsets: Pairs = ()  # (interrupted offset from start_ip, aborts)
-
-    def top_offset(self) -> Optional[int]:
-        return max(self.offsets, key=lambda kv: kv[1])[0] if self.offsets else None
 
 
 @dataclass(frozen=True)

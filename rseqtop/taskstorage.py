@@ -11,7 +11,11 @@ import os
 import threading
 from typing import Optional
 
-SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine, 321)
+# bpf(2)'s number by architecture (the generic table's 280 on arm64, riscv
+# and loongarch). An architecture not listed gets no task storage (the hash
+# variant works everywhere), never another architecture's number.
+SYS_BPF_BY_MACHINE = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "loongarch64": 280}
+SYS_BPF = SYS_BPF_BY_MACHINE.get(os.uname().machine)
 BPF_MAP_LOOKUP_ELEM = 1
 PIDFD_THREAD = os.O_EXCL  # include/uapi/linux/pidfd.h
 
@@ -24,7 +28,10 @@ class _LookupAttr(ctypes.Structure):
 
 
 def thread_pidfds_supported() -> bool:
-    """Whether pidfd_open takes PIDFD_THREAD (a non-leader thread's pidfd)."""
+    """Whether pidfd_open takes PIDFD_THREAD (a non-leader thread's pidfd),
+    on an architecture whose bpf(2) number is known."""
+    if SYS_BPF is None:
+        return False
     try:
         fd = os.pidfd_open(threading.get_native_id(), PIDFD_THREAD)
     except (OSError, AttributeError):

@@ -207,7 +207,7 @@ def run_batch(source, args, delay: float, count: Optional[int], out=None) -> int
     return 0
 
 
-def run_tui(source, delay: float, what: str, args=None, before_exit=None) -> int:
+def run_tui(source, delay: float, what: str, args=None) -> int:
     from rseqtop.tui.app import make_app
 
     if hasattr(source, "attach"):

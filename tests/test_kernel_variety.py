@@ -92,3 +92,14 @@ def test_cpu_to_node_map_from_sysfs(tmp_path):
     nodes = kernel.cpu_nodes(tmp_path)
     assert nodes == {0: 0, 1: 0, 2: 0, 3: 0, 8: 0, 4: 1, 5: 1, 6: 1, 7: 1, 9: 1, 10: 1}
     assert kernel.cpu_nodes(tmp_path / "absent") == {}
+
+
+def test_task_storage_refused_on_an_unknown_architecture(monkeypatch):
+    """Reading task storage needs bpf(2)'s number: an architecture rseqtop
+    does not know keeps its per-thread state in the hash, never calls
+    another architecture's syscall number."""
+    from rseqtop import taskstorage
+
+    monkeypatch.setattr(taskstorage, "SYS_BPF", None)
+    assert taskstorage.thread_pidfds_supported() is False
+    assert taskstorage.SYS_BPF_BY_MACHINE["x86_64"] == 321

@@ -230,7 +230,6 @@ class RseqCollector:
         self.threads = SeriesSet(max_series, series_ttl) if labels == "tid" else None
         self._ident_cache: dict = {}
         self.scrape_errors = 0
-        self.scrapes = 0
         self.last = None  # last good Snapshot
         self.proc_labels = BASE_LABELS + (("pid",) if labels in ("pid", "tid") else ())
         self.thread_labels = BASE_LABELS + ("pid", "tid")
@@ -283,7 +282,6 @@ class RseqCollector:
     def collect(self):
         t0 = time.perf_counter()
         with self.lock:
-            self.scrapes += 1
             try:
                 snap = self.source.poll()
                 self._update(snap)

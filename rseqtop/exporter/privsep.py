@@ -293,7 +293,6 @@ class ParentLink:
         self._inflight: dict = {}
         self._next = 1
         self.dead = False
-        self.requests_sent = 0
         self._reader = threading.Thread(target=self._read, name="parent-link", daemon=True)
         self._reader.start()
 
@@ -327,7 +326,6 @@ class ParentLink:
                 rid = self._next
                 self._next = (self._next + 1) & 0xFFFFFFFF or 1
                 self._pending[rid] = slot
-                self.requests_sent += 1
                 with self._send_lock:
                     try:
                         send_frame(self.sock, rid, kind, arg)

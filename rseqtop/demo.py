@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 from rseqtop.errors import UserError
-from rseqtop.top_cmd import positive_float, positive_int
+from rseqtop.options import positive_float, positive_int
 
 EPILOG = """examples:
   rseqtop demo                  # 4 threads per CPU, preempted and signalled inside their sections
@@ -61,7 +61,7 @@ def stop(proc: subprocess.Popen) -> dict | None:
 def run(args) -> int:
     from rseqtop import workload
     from rseqtop.collector import Collector
-    from rseqtop.top_cmd import run_tui
+    from rseqtop.tui.launch import run_tui
 
     if args.ebpf:
         sys.stdout.write(Collector(pids=[os.getpid()]).generate())

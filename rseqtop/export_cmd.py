@@ -26,7 +26,7 @@ import time
 
 from rseqtop.errors import UsageError, UserError
 from rseqtop.exporter import DEFAULT_LISTEN, DEFAULT_PORT
-from rseqtop.top_cmd import positive_int
+from rseqtop.options import flat_pids, pid_list, positive_int
 
 EPILOG = f"""\
 examples:
@@ -62,11 +62,6 @@ def parse_duration(text: str) -> float:
     return value
 
 
-def _pid(text: str) -> int:
-    n = positive_int(text)
-    return n
-
-
 def configure(parser: argparse.ArgumentParser) -> None:
     web = parser.add_argument_group("web")
     web.add_argument("--web.listen-address", dest="listen", default=DEFAULT_LISTEN, metavar="ADDR",
@@ -90,8 +85,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     lab.add_argument("--top-sites", type=positive_int, default=10, metavar="N",
                      help="critical sections with their own series per label set (default 10)")
     flt = parser.add_argument_group("filters")
-    flt.add_argument("-p", "--pid", dest="pids", type=_pid, action="append", default=None, metavar="PID",
-                     help="only this process (repeatable)")
+    flt.add_argument("-p", "--pid", dest="pids", type=pid_list, action="append", default=None,
+                     metavar="PID[,PID...]", help="only these processes (repeatable)")
     flt.add_argument("--comm", default=None, metavar="REGEX", help="only processes whose comm matches")
     flt.add_argument("--cgroup", dest="cgroups", action="append", default=None, metavar="DIR",
                      help="only tasks in this cgroup v2 directory (repeatable)")
@@ -125,7 +120,7 @@ def run(args) -> int:
 
     from rseqtop.collector import Collector, check_privileges
 
-    source = Collector(pids=args.pids, comm=args.comm, cgroups=args.cgroups, syscalls=args.syscalls)
+    source = Collector(pids=flat_pids(args) or None, comm=args.comm, cgroups=args.cgroups, syscalls=args.syscalls)
     if args.ebpf:
         print(source.generate())
         return 0
@@ -143,7 +138,7 @@ def run(args) -> int:
                        top_sites=args.top_sites)
     server = ExporterServer(address, registry, args.telemetry_path, web)  # bound here: low ports work
     # Inherited by every thread created from now on (the link, the symbolizer): no exec can gain privileges.
-    privsep._prctl(privsep.PR_SET_NO_NEW_PRIVS, 1)
+    privsep.prctl(privsep.PR_SET_NO_NEW_PRIVS, 1)
     parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     sys.stderr.flush()
     parent_pid = os.getpid()

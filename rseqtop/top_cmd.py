@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
-import os
-import re
 import signal
 import sys
 import time
 from typing import Optional
 
 from rseqtop.errors import UserError
+from rseqtop.options import (
+    add_filter_args, add_syscalls_arg, check_filters, flat_pids, positive_float, positive_int, watching,
+)
 
 EPILOG = """examples:
   rseqtop                      # live view of every process with rseq aborts
@@ -30,49 +30,6 @@ class Terminated(Exception):
     """SIGTERM arrived: detach and exit."""
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"the delay must be a positive number of seconds, not {text}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
-    return value
-
-
-def pid_list(text: str) -> list:
-    pids = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part.isdigit() or int(part) <= 0:
-            raise argparse.ArgumentTypeError(f"'{part}' is not a process id (give -p PID[,PID...])")
-        pids.append(int(part))
-    return pids
-
-
-def add_filter_args(parser) -> None:
-    parser.add_argument("-p", "--pid", dest="pids", type=pid_list, action="append", metavar="PID[,PID...]",
-                        help="only these processes (repeatable)")
-    parser.add_argument("--comm", metavar="REGEX", help="only processes whose name matches this regular expression")
-    parser.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)
-
-
-def add_syscalls_arg(parser) -> None:
-    parser.add_argument("--syscalls", action="store_true",
-                        help="also count rseq registrations and membarrier calls (enables syscall tracepoints, "
-                             "which slow every system call on the machine by ~30 ns)")
-
-
 def configure(parser) -> None:
     add_filter_args(parser)
     parser.add_argument("-d", "--delay", type=positive_float, metavar="SECONDS",
@@ -89,31 +46,6 @@ def configure(parser) -> None:
     add_syscalls_arg(parser)
     parser.add_argument("interval", nargs="?", type=positive_float, help="same as -d")
     parser.add_argument("icount", nargs="?", type=positive_int, metavar="count", help="same as -n")
-
-
-def flat_pids(args) -> list:
-    return sorted({p for group in (args.pids or ()) for p in group})
-
-
-def check_filters(args) -> None:
-    for pid in flat_pids(args):
-        if not os.path.exists(f"/proc/{pid}"):
-            raise UserError(f"no process with pid {pid} (check it with 'ps -p {pid}')", exit_code=2)
-    if args.comm:
-        try:
-            re.compile(args.comm)
-        except re.error as err:
-            raise UserError(f"bad --comm regular expression {args.comm!r}: {err}", exit_code=2) from None
-
-
-def watching(args) -> str:
-    parts = []
-    pids = flat_pids(args)
-    if pids:
-        parts.append("pid " + ",".join(map(str, pids)))
-    if args.comm:
-        parts.append(f"comm ~ /{args.comm}/")
-    return " and ".join(parts) or "all processes"
 
 
 def make_collector(args, emit_events: bool = False):
@@ -152,7 +84,9 @@ def run(args) -> int:
         raise UserError("-n/count only applies to -b or --json", exit_code=2)
     if not sys.stdout.isatty():
         raise UserError("the live view needs a terminal; use -b (text) or --json", exit_code=2)
-    return run_tui(make_collector(args), delay, watching(args), args)
+    from rseqtop.tui.launch import run_tui
+
+    return run_tui(make_collector(args), delay, watching(args), threads=args.threads, include_idle=args.all)
 
 
 def run_batch(source, args, delay: float, count: Optional[int], out=None) -> int:
@@ -202,23 +136,6 @@ def run_batch(source, args, delay: float, count: Optional[int], out=None) -> int
             time.sleep(max(0.0, next_at - time.monotonic()))
     except (KeyboardInterrupt, Terminated):
         pass
-    finally:
-        source.close()
-    return 0
-
-
-def run_tui(source, delay: float, what: str, args=None) -> int:
-    from rseqtop.tui.app import make_app
-
-    if hasattr(source, "attach"):
-        source.attach()
-    try:
-        app = make_app(source, delay=delay, watching=what)
-        if args is not None and getattr(args, "threads", False):
-            app.threads_mode = True
-        if args is not None and getattr(args, "all", False):
-            app.include_idle = True
-        app.run()
     finally:
         source.close()
     return 0

@@ -10,7 +10,7 @@ import time
 
 from rseqtop.snapshot import cause_name
 from rseqtop.textsafe import printable
-from rseqtop.top_cmd import add_filter_args, check_filters, flat_pids
+from rseqtop.options import add_filter_args, check_filters, flat_pids
 
 EPILOG = """examples:
   rseqtop trace                    # every rseq abort on the system

@@ -45,3 +45,35 @@ def test_split_command_defaults_to_top():
     assert cli._split_command(["-p", "1"]) == ("top", ["-p", "1"])
     assert cli._split_command(["1", "5"]) == ("top", ["1", "5"])
     assert cli._split_command(["doctor", "--json"]) == ("doctor", ["--json"])
+
+
+def test_export_takes_a_pid_list_like_top_and_trace():
+    import argparse
+
+    from rseqtop import export_cmd, top_cmd, trace_cmd
+    from rseqtop.options import flat_pids
+
+    for mod in (export_cmd, top_cmd, trace_cmd):
+        parser = argparse.ArgumentParser()
+        mod.configure(parser)
+        args = parser.parse_args(["-p", "12,34", "-p", "56"])
+        assert flat_pids(args) == [12, 34, 56], mod.__name__
+
+
+def test_commands_import_no_other_command():
+    """Shared options live in rseqtop.options; a command module imports no
+    other command module (the CLI wires them, like ebpf_exporter's cmd/)."""
+    import ast
+    from pathlib import Path
+
+    commands = {"top_cmd", "trace_cmd", "export_cmd", "demo", "doctor"}  # (workload.py is a library too)
+    root = Path(__file__).resolve().parent.parent / "rseqtop"
+    for name in commands:
+        tree = ast.parse((root / f"{name}.py").read_text())
+        imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        for n in ast.walk(tree):
+            if isinstance(n, ast.ImportFrom) and n.module:
+                imported.add(n.module)
+                imported |= {f"{n.module}.{a.name}" for a in n.names}
+        others = {m for m in imported if m.startswith("rseqtop.") and m.split(".")[1] in commands - {name}}
+        assert not others, (name, others)

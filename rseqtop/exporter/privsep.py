@@ -87,7 +87,7 @@ class _CapData(ctypes.Structure):
     _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
 
 
-def _prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     rc = _libc.prctl(option, arg2, arg3, arg4, arg5)
     if rc < 0:
         err = ctypes.get_errno()
@@ -182,20 +182,20 @@ def drop(target: Target, keep: Iterable[int] = ()) -> None:
     if current["CapEff"] & (1 << CAP_SETPCAP):
         for cap in range(cap_last_cap() + 1):
             if not keep_mask & (1 << cap) and current["CapBnd"] & (1 << cap):
-                _prctl(PR_CAPBSET_DROP, cap)
-    _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+                prctl(PR_CAPBSET_DROP, cap)
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
     if target.uid is not None and os.geteuid() != target.uid:
         if keep_mask:
-            _prctl(PR_SET_KEEPCAPS, 1)
+            prctl(PR_SET_KEEPCAPS, 1)
         os.setgroups([])
         os.setresgid(target.gid, target.gid, target.gid)
         os.setresuid(target.uid, target.uid, target.uid)
         if keep_mask:
-            _prctl(PR_SET_KEEPCAPS, 0)
+            prctl(PR_SET_KEEPCAPS, 0)
     have = status()["CapPrm"]
     _capset(keep_mask & have, keep_mask & have, 0)
-    _prctl(PR_SET_NO_NEW_PRIVS, 1)
-    _prctl(PR_SET_DUMPABLE, 0)
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+    prctl(PR_SET_DUMPABLE, 0)
     after = status()
     extra = (after["CapEff"] | after["CapPrm"] | after["CapInh"] | after["CapAmb"]) & ~keep_mask
     if extra or (target.uid is not None and set(after["Uid"]) != {target.uid}) or after["NoNewPrivs"] != 1:
@@ -366,13 +366,13 @@ def run_child(server, sock: socket.socket, target: Target, parent_pid: int) -> N
         close_fds_except([server.socket.fileno(), sock.fileno()])
         drop(target, ())
         # after drop(): a credential change clears the parent-death signal
-        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
         if os.getppid() != parent_pid:  # the parent died before PDEATHSIG was set
             os._exit(1)
         link = ParentLink(sock, on_eof=lambda: os._exit(0 if os.getppid() != parent_pid else 1))
         server.metrics_source = link
         server.ready_event.set()
-        server._ready_fn = link.ready
+        server.ready_check = link.ready
         log.debug("HTTP process %d serving as uid %d without capabilities", os.getpid(), os.getuid())
         server.serve_forever(poll_interval=0.2)
         code = 0

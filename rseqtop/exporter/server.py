@@ -94,7 +94,7 @@ class ExporterServer(ThreadingHTTPServer):
         self.auth = Authenticator(self.web.users)
         self.conn_timeout = conn_timeout
         self.ready_event = threading.Event()
-        self._ready_fn = ready
+        self.ready_check = ready
         self.metrics_source = None  # set in the privilege-separated HTTP process
         try:
             super().__init__((host, port), Handler)
@@ -115,7 +115,7 @@ class ExporterServer(ThreadingHTTPServer):
         return self.server_address[1]
 
     def is_ready(self) -> bool:
-        return self.ready_event.is_set() and (self._ready_fn is None or self._ready_fn())
+        return self.ready_event.is_set() and (self.ready_check is None or self.ready_check())
 
     def finish_request(self, request, client_address):
         request.settimeout(self.conn_timeout)

@@ -11,6 +11,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# The bundled workload is built with -Werror here (never on users' machines).
+os.environ["RSEQTOP_WORKLOAD_WERROR"] = "1"
 
 
 def skip_or_fail(reason: str):

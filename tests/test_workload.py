@@ -201,7 +201,7 @@ def test_builds_from_clean_with_werror(tmp_path, monkeypatch):
     assert binary.parent.parent == tmp_path / "workload"
     assert re.fullmatch(r"[0-9a-f]{16}", digest)
     assert os.access(binary, os.X_OK)
-    assert "-Werror" in workload.CFLAGS and "-pthread" in workload.CFLAGS
+    assert "-Werror" in workload.cflags() and "-pthread" in workload.cflags()  # the suite builds strictly
     mtime = binary.stat().st_mtime_ns
     assert workload.build() == binary and binary.stat().st_mtime_ns == mtime  # cached
     assert not [p for p in binary.parent.iterdir() if p.name != "rseq-workload"]  # no temp left
@@ -814,3 +814,14 @@ def test_cli_bad_option_exit_code_propagates():
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.startswith("rseq-workload: error: ")
+
+
+def test_users_build_without_werror_and_strict_builds_apart(tmp_path, monkeypatch):
+    """-Werror only in the test suite; the flags are part of the cache key,
+    so a strict and a lenient build never share a binary."""
+    monkeypatch.setenv("RSEQTOP_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv(workload.WERROR_ENV)
+    assert "-Werror" not in workload.cflags()
+    lenient = workload.binary_path()
+    monkeypatch.setenv(workload.WERROR_ENV, "1")
+    assert "-Werror" in workload.cflags() and workload.binary_path() != lenient

@@ -219,7 +219,9 @@ def _prebuild(cache_dir: Path) -> None:
     import subprocess
 
     py = REPO / ".venv" / "bin" / "python"
-    env = dict(os.environ, RSEQTOP_CACHE_DIR=str(cache_dir))
+    # the flags the tests in the VMs build with (tests/conftest.py), so that
+    # they find this binary instead of compiling under emulation
+    env = dict(os.environ, RSEQTOP_CACHE_DIR=str(cache_dir), RSEQTOP_WORKLOAD_WERROR="1")
     out = subprocess.run([str(py if py.exists() else sys.executable), "-c",
                           "from rseqtop import workload; print(workload.build())"],
                          cwd=REPO, env=env, capture_output=True, text=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import platform
 import re
@@ -12,12 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-CAP_SYS_ADMIN = 21
-CAP_PERFMON = 38
-CAP_BPF = 39
-CAP_NAMES = {CAP_SYS_ADMIN: "CAP_SYS_ADMIN", CAP_PERFMON: "CAP_PERFMON", CAP_BPF: "CAP_BPF"}
+from rseqtop import linux
+from rseqtop.linux import CAP_BPF, CAP_NAMES, CAP_PERFMON, CAP_SYS_ADMIN
 
-NR_MEMBARRIER = {"x86_64": 324, "aarch64": 283}
 MEMBARRIER_CMDS = {
     0: "QUERY",
     1: "GLOBAL",
@@ -106,9 +102,7 @@ def rseq_era(version: tuple[int, int], update_fields: tuple[str, ...] = ()) -> E
 
 
 def effective_caps(status_text: Optional[str] = None) -> int:
-    text = status_text if status_text is not None else Path("/proc/self/status").read_text()
-    m = re.search(r"^CapEff:\s*([0-9a-fA-F]+)", text, re.M)
-    return int(m.group(1), 16) if m else 0
+    return linux.proc_status("/proc/self/status", status_text)["CapEff"]
 
 
 def missing_caps(caps: int, version: tuple[int, int]) -> list[str]:
@@ -125,11 +119,10 @@ def missing_caps(caps: int, version: tuple[int, int]) -> list[str]:
 
 
 def membarrier_query() -> Optional[int]:
-    nr = NR_MEMBARRIER.get(platform.machine())
+    nr = linux.syscall_number("membarrier")
     if nr is None:
         return None
-    libc = ctypes.CDLL(None, use_errno=True)
-    ret = libc.syscall(nr, 0, 0, 0)
+    ret = linux.LIBC.syscall(nr, 0, 0, 0)
     return None if ret < 0 else ret
 
 

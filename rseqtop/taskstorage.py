@@ -5,21 +5,19 @@ stays confined to the collector."""
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import threading
 from typing import Optional
 
-# bpf(2)'s number by architecture (the generic table's 280 on arm64, riscv
-# and loongarch). An architecture not listed gets no task storage (the hash
-# variant works everywhere), never another architecture's number.
-SYS_BPF_BY_MACHINE = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "loongarch64": 280}
-SYS_BPF = SYS_BPF_BY_MACHINE.get(os.uname().machine)
+from rseqtop import linux
+
+# None on an architecture whose number rseqtop does not know: no task
+# storage there (the hash variant works everywhere).
+SYS_BPF = linux.syscall_number("bpf")
 BPF_MAP_LOOKUP_ELEM = 1
 PIDFD_THREAD = os.O_EXCL  # include/uapi/linux/pidfd.h
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
 class _LookupAttr(ctypes.Structure):
@@ -51,7 +49,7 @@ def lookup(map_fd: int, tid: int, value) -> Optional[object]:
         key = ctypes.c_int(pidfd)
         attr = _LookupAttr(map_fd, 0, ctypes.addressof(key), ctypes.addressof(value), 0)
         # syscall(2) reads longs from its varargs
-        if _libc.syscall(ctypes.c_long(SYS_BPF), ctypes.c_long(BPF_MAP_LOOKUP_ELEM), ctypes.byref(attr),
+        if linux.LIBC.syscall(ctypes.c_long(SYS_BPF), ctypes.c_long(BPF_MAP_LOOKUP_ELEM), ctypes.byref(attr),
                          ctypes.c_long(ctypes.sizeof(attr))) != 0:
             err = ctypes.get_errno()
             if err in (errno.ENOENT, errno.ESRCH, errno.EBADF):

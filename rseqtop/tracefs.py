@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from rseqtop import linux
 from rseqtop.errors import UserError
 
 CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
@@ -85,8 +86,7 @@ def find_root() -> Optional[Path]:
 def mount() -> Path:
     """Mount tracefs at /sys/kernel/tracing (root only)."""
     target = CANDIDATES[0]
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.mount(b"nodev", str(target).encode(), b"tracefs", 0, None) != 0:
+    if linux.LIBC.mount(b"nodev", str(target).encode(), b"tracefs", 0, None) != 0:
         err = ctypes.get_errno()
         raise UserError(f"tracefs is not mounted and mounting it failed ({os.strerror(err)}); run: {MOUNT_HINT}")
     return target

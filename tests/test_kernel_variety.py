@@ -102,4 +102,25 @@ def test_task_storage_refused_on_an_unknown_architecture(monkeypatch):
 
     monkeypatch.setattr(taskstorage, "SYS_BPF", None)
     assert taskstorage.thread_pidfds_supported() is False
-    assert taskstorage.SYS_BPF_BY_MACHINE["x86_64"] == 321
+    from rseqtop import linux
+
+    assert linux.syscall_number("bpf", "x86_64") == 321 and linux.syscall_number("bpf", "s390x") is None
+
+
+def test_one_libc_handle_and_one_status_parser():
+    """Platform glue lives in rseqtop.linux: no other module opens libc or
+    parses /proc/*/status on its own."""
+    import re
+    from pathlib import Path
+
+    from rseqtop import linux
+
+    root = Path(linux.__file__).parent
+    for path in root.rglob("*.py"):
+        if path.name == "linux.py":
+            continue
+        text = path.read_text()
+        assert not re.search(r"CDLL\((None|ctypes\.util)", text.replace("ctypes.CDLL(None), '__rseq_size'", "")), path
+        assert not re.search(r"\^CapEff", text), path
+    st = linux.proc_status(text="CapEff:\t0000000000200000\nUid:\t0 0 0 0\nNoNewPrivs:\t1\n")
+    assert st["CapEff"] == 1 << linux.CAP_SYS_ADMIN and st["Uid"] == (0, 0, 0, 0) and st["NoNewPrivs"] == 1

@@ -36,7 +36,6 @@ import errno
 import logging
 import os
 import pwd
-import re
 import signal
 import socket
 import struct
@@ -45,17 +44,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
+from rseqtop import linux
 from rseqtop.errors import UsageError, UserError
+from rseqtop.linux import (  # noqa: F401 (re-exported for export_cmd and the tests)
+    CAP_BPF, CAP_DAC_READ_SEARCH, CAP_SETGID, CAP_SETPCAP, CAP_SETUID, CAP_SYS_ADMIN, CAP_SYS_PTRACE,
+)
 
 log = logging.getLogger("rseqtop.export")
 
-CAP_DAC_READ_SEARCH = 2
-CAP_SETGID = 6
-CAP_SETUID = 7
-CAP_SETPCAP = 8
-CAP_SYS_PTRACE = 19
-CAP_SYS_ADMIN = 21
-CAP_BPF = 39
 # What the parent keeps after attaching (measured: docs/production.md, "Privileges").
 PARENT_KEEP = (CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH)
 
@@ -74,9 +70,7 @@ MAX_PAYLOAD = 1 << 30
 OK, NOT_READY, ERROR = 0, 1, 2
 KIND_READY, KIND_METRICS = ord("r"), ord("m")
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-_libc.prctl.restype = ctypes.c_int
+_libc = linux.LIBC
 
 
 class _CapHeader(ctypes.Structure):
@@ -116,17 +110,7 @@ def cap_last_cap() -> int:
 
 def status(path: str = "/proc/thread-self/status") -> dict:
     """Credentials of this thread (or of any task, given its status path)."""
-    text = Path(path).read_text()
-    out = {}
-    for key in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
-        m = re.search(rf"^{key}:\s*([0-9a-fA-F]+)", text, re.M)
-        out[key] = int(m.group(1), 16) if m else 0
-    for key in ("Uid", "Gid"):
-        m = re.search(rf"^{key}:\s*(.*)$", text, re.M)
-        out[key] = tuple(int(x) for x in m.group(1).split()) if m else ()
-    m = re.search(r"^NoNewPrivs:\s*(\d+)", text, re.M)
-    out["NoNewPrivs"] = int(m.group(1)) if m else 0
-    return out
+    return linux.proc_status(path)
 
 
 def mask(caps: Iterable[int]) -> int:

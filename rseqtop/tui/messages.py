@@ -1,19 +1,20 @@
-"""Messages posted from the collection worker thread to the app."""
+"""Messages posted from the collection worker thread to the app (as
+dataclasses, like Textualize/toolong's)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from textual.message import Message
 
 from rseqtop.snapshot import Snapshot
 
 
+@dataclass
 class SnapshotReady(Message):
-    def __init__(self, snapshot: Snapshot) -> None:
-        super().__init__()
-        self.snapshot = snapshot
+    snapshot: Snapshot
 
 
+@dataclass
 class PollFailed(Message):
-    def __init__(self, error: str) -> None:
-        super().__init__()
-        self.error = error
+    error: str

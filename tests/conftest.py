@@ -56,6 +56,14 @@ def rseqtop_cmd():
     return [sys.executable, "-m", "rseqtop"]
 
 
+def pytest_collection_modifyitems(config, items):
+    """A test that needs BPF (the bpf_ok fixture) is marked `bpf`, so that
+    `-m "not bpf"` (scripts/test --unit) selects what runs unprivileged."""
+    for item in items:
+        if "bpf_ok" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.bpf)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """Under CI=true every skip, wherever it comes from (a helper binary

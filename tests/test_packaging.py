@@ -44,3 +44,28 @@ def test_installed_wheel_runs_doctor(bpf_ok, wheel, tmp_path):
     where = subprocess.run([str(venv / "bin/python"), "-c", "import rseqtop.paths as p; print(p.bpf_dir())"],
                            capture_output=True, text=True, cwd=tmp_path, check=True).stdout.strip()
     assert where.startswith(str(venv))
+
+
+@pytest.mark.slow
+def test_unit_suite_passes_as_an_unprivileged_user():
+    """scripts/test --unit: every test that needs neither root nor BPF, run
+    as nobody (tests that need root skip there by design, so CI's no-skip
+    rule is off for this inner run)."""
+    import os
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv(1) to become nobody")
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="rseqtop-unit-") as home:  # pytest's tmp_path is root-only
+        os.chmod(home, 0o777)
+        env = {k: v for k, v in os.environ.items() if k != "CI"}
+        env.update(HOME=home, PYTHONDONTWRITEBYTECODE="1")
+        repo = Path(__file__).resolve().parent.parent
+        out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+                              "scripts/test", "--unit", "-q", "-x"], cwd=repo, env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert " passed" in out.stdout.splitlines()[-1]

@@ -61,10 +61,14 @@ def print_ebpf(args) -> int:
 
 
 def install_sigterm() -> None:
+    """SIGTERM and SIGINT detach and exit, as in trace and export. SIGINT gets
+    its handler explicitly: a parent that started rseqtop in the background
+    leaves SIGINT ignored, and Python then raises no KeyboardInterrupt."""
     def on_term(signum, frame):
         raise Terminated()
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
 
 
 def run(args) -> int:

@@ -40,9 +40,15 @@ def released(ids: set, kind: str = "prog", timeout: float = 10.0) -> bool:
     return True
 
 
+def _as_a_background_job():
+    # A shell without job control starts background jobs with SIGINT
+    # ignored; rseqtop must still stop on an explicit SIGINT.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def start_and_wait(args: list, ready: str, stream: str = "stdout", timeout: float = 60):
     proc = subprocess.Popen([sys.executable, "-m", "rseqtop", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+                            stderr=subprocess.PIPE, text=True, cwd=REPO, preexec_fn=_as_a_background_job)
     pipe = proc.stdout if stream == "stdout" else proc.stderr
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -108,3 +108,14 @@ def test_unreadable_junit_is_an_error(tmp_path):
     (tmp_path / "junit.xml").write_text("<testsuites><testcase")
     with pytest.raises(results.ResultsError):
         results.load_checks(tmp_path)
+
+
+def test_a_guest_kernel_panic_is_recognised(tmp_path):
+    from types import SimpleNamespace
+
+    (tmp_path / "console.log").write_text("[ 131.5] Oops: int3: 0000 [#1] SMP NOPTI\n[ 131.6] Kernel panic - not syncing\n")
+    crashed = SimpleNamespace(exit_status=None, booted=True, outdir=tmp_path)
+    assert cli._guest_panic(crashed) == "Oops: int3: 0000 [#1] SMP NOPTI"
+    assert cli._guest_panic(SimpleNamespace(exit_status=1, booted=True, outdir=tmp_path)) == ""  # the command ended
+    (tmp_path / "console.log").write_text("[ 1.0] reboot: Power down\n")
+    assert cli._guest_panic(crashed) == ""

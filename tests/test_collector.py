@@ -287,7 +287,7 @@ def test_own_registrations_counted_by_abi(sys_collector, abi, record_property):
 def test_yield_heavy_run_exact_and_stale_only_before_6_19(collector, abi, record_property):
     """Switch-outs and signals outside sections (sched_yield between
     operations) leave the 6.18 kernel's event mask set: some later aborts are
-    "stale" (12-27% here on 6.18). From 6.19 the kernel clears it on every
+    "stale" (17-73% of a few dozen here on 6.18). From 6.19 the kernel clears it on every
     return to user space, for legacy and V2 registrations alike: no stale
     abort, and exact counts either way."""
     args = ["--threads", 4, "--cpus", 0, "--yield", "--in-cs-delay", 20000, "--op", "delay", "--duration", 1.0,

@@ -19,7 +19,6 @@ BPF_MAP_LOOKUP_ELEM = 1
 PIDFD_THREAD = os.O_EXCL  # include/uapi/linux/pidfd.h
 
 
-
 class _LookupAttr(ctypes.Structure):
     _fields_ = [("map_fd", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("key", ctypes.c_uint64),
                 ("value", ctypes.c_uint64), ("flags", ctypes.c_uint64)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import struct
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -42,21 +43,32 @@ def kernel_version3(release: Optional[str] = None) -> tuple[int, int, int]:
     return (int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)) if m else (0, 0, 0)
 
 
-def ids_written_lazily(release: Optional[str] = None, abi: str = "legacy") -> bool:
-    """Whether the kernel writes a registration's IDs (and fires
-    rseq_update) only when they change, rather than after every context
-    switch: from 6.19 for every registration, from 7.1 (7.0.10 on 7.0) only
-    for V2 ones (longer than 32 bytes)."""
-    v = kernel_version3(release)
-    if v < (6, 19, 0):
-        return False
-    split = v >= LEGACY_SPLIT_SINCE[0] or (v[:2] == (7, 0) and v >= LEGACY_SPLIT_SINCE[1])
-    return abi == "v2" if split else True
-
+# From 6.19 the kernel clears its rseq event on every return to user space
+# (no stale causes) and rseq_update fires only when it writes the IDs.
+EXIT_CLEARS_SINCE = (6, 19)
+# From 6.19 tracepoint callbacks may be preempted ("tracing: Guard
+# __DECLARE_TRACE() use of __DO_TRACE_CALL() with SRCU-fast"), raw
+# tracepoint programs included: see bpfgen.PREEMPTIBLE_EVENTS.
+PREEMPTIBLE_TRACEPOINTS_SINCE = (6, 19)
+# From 7.0.10 (so 7.1 and later too) a 32-byte registration is "legacy" (IDs
+# rewritten after every switch, as tcmalloc needs) and a longer one "V2".
+LEGACY_SPLIT_SINCE = (7, 0, 10)
+ARM64_ABORTS_FIXED_IN = (7, 0, 14)
 
 CPU_ID_START_FIX = ('fixed in 7.0.10 and 7.1 by "rseq: Revert to historical performance killing behaviour" '
                     '(google/tcmalloc issue 292)')
 ARM64_FIX = 'fixed in 7.0.14 by "arm64/entry: Fix arm64-specific rseq brokenness"'
+
+
+def ids_written_lazily(release: Optional[str] = None, abi: str = "legacy") -> bool:
+    """Whether the kernel writes a registration's IDs (and fires
+    rseq_update) only when they change, rather than after every context
+    switch: from 6.19 for every registration, from 7.0.10 only for V2 ones
+    (longer than 32 bytes)."""
+    v = kernel_version3(release)
+    if v[:2] < EXIT_CLEARS_SINCE:
+        return False
+    return abi == "v2" if v >= LEGACY_SPLIT_SINCE else True
 
 
 def known_rseq_breakage(release: Optional[str] = None, machine: Optional[str] = None) -> list[str]:
@@ -65,24 +77,12 @@ def known_rseq_breakage(release: Optional[str] = None, machine: Optional[str] = 
     v = kernel_version3(release)
     machine = machine or platform.machine()
     out = []
-    if (6, 19, 0) <= v < (7, 0, 10):
+    if v[:2] >= EXIT_CLEARS_SINCE and v < LEGACY_SPLIT_SINCE:
         out.append(f"6.19 to 7.0.9 do not rewrite cpu_id_start after every preemption (tcmalloc crashes); "
                    f"{CPU_ID_START_FIX}")
-    if machine == "aarch64" and (6, 19, 0) <= v < (7, 0, 14):
+    if machine == "aarch64" and v[:2] >= EXIT_CLEARS_SINCE and v < ARM64_ABORTS_FIXED_IN:
         out.append(f"arm64 6.19 to 7.0.13 miss aborts after a preemption on the same CPU; {ARM64_FIX}")
     return out
-
-
-# From 6.19 the kernel clears its rseq event on every return to user space
-# (no stale causes) and rseq_update fires only when it writes the IDs.
-EXIT_CLEARS_SINCE = (6, 19)
-# From 6.19 tracepoint callbacks may be preempted ("tracing: Guard
-# __DECLARE_TRACE() use of __DO_TRACE_CALL() with SRCU-fast"), raw
-# tracepoint programs included: see bpfgen.PREEMPTIBLE_EVENTS.
-PREEMPTIBLE_TRACEPOINTS_SINCE = (6, 19)
-# From 7.1, and 7.0.10 on the 7.0 stable branch, a 32-byte registration is
-# "legacy" (IDs rewritten after every switch) and a longer one "V2".
-LEGACY_SPLIT_SINCE = ((7, 1, 0), (7, 0, 10))
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,25 @@ def rseq_era(version: tuple[int, int], update_fields: tuple[str, ...] = ()) -> E
     if version >= EXIT_CLEARS_SINCE:
         return Era("rewrite", f"6.19+ rewrite: rseq_ip_fixup after the IP is set, rseq_update only when IDs are written; fields {ids}")
     return Era("classic", f"up to 6.18: rseq_ip_fixup once per abort, rseq_update on every notify-resume; fields {ids}")
+
+
+AT_RSEQ_FEATURE_SIZE, AT_RSEQ_ALIGN = 27, 28  # auxiliary vector entries, 6.3+
+
+
+def auxv(entry: int, path: str = "/proc/self/auxv") -> int:
+    """An entry of this process's auxiliary vector (0 when absent)."""
+    data = Path(path).read_bytes()
+    for off in range(0, len(data) - 15, 16):
+        key, value = struct.unpack_from("=QQ", data, off)
+        if key == entry:
+            return value
+    return 0
+
+
+def extended_rseq() -> bool:
+    """Whether the kernel takes rseq areas longer than the original 32 bytes
+    (V2 registrations; 6.3+ announces the feature size in the auxv)."""
+    return auxv(AT_RSEQ_FEATURE_SIZE) > 0
 
 
 def effective_caps(status_text: Optional[str] = None) -> int:

@@ -230,11 +230,9 @@ def test_json_registrations_by_abi(bpf_ok, rseqtop_cmd, record_property):
     """With --syscalls, each process's rseq registrations by ABI: the
     workload's own areas, V2 (64 bytes) where the kernel takes longer areas
     (6.3+), else legacy (32 bytes)."""
-    import ctypes
+    from rseqtop import kernel
 
-    libc = ctypes.CDLL(None)
-    libc.getauxval.restype = ctypes.c_ulong
-    abi = "v2" if libc.getauxval(27) else "legacy"  # AT_RSEQ_FEATURE_SIZE
+    abi = "v2" if kernel.extended_rseq() else "legacy"
     top = Lines(rseqtop_cmd + ["--json", "--syscalls", "-d", "0.3"])
     try:
         top.next()

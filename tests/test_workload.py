@@ -11,7 +11,6 @@ import platform
 import re
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import threading
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from rseqtop import paths, workload
+from rseqtop import kernel, paths, workload
 from rseqtop.errors import UserError
 
 pytestmark = pytest.mark.skipif(
@@ -373,17 +372,8 @@ def test_membarrier_unregistered_fails_with_eperm():
 # --------------------------------------------------------------------------
 # --rseq-abi v2: the workload's own registrations with a length above 32
 
-AT_RSEQ_FEATURE_SIZE, AT_RSEQ_ALIGN = 27, 28
-
-
-def auxv(entry: int) -> int:
-    """An entry of this process's auxiliary vector (0 when absent)."""
-    data = Path("/proc/self/auxv").read_bytes()
-    for off in range(0, len(data) - 15, 16):
-        key, value = struct.unpack_from("=QQ", data, off)
-        if key == entry:
-            return value
-    return 0
+AT_RSEQ_FEATURE_SIZE, AT_RSEQ_ALIGN = kernel.AT_RSEQ_FEATURE_SIZE, kernel.AT_RSEQ_ALIGN
+auxv = kernel.auxv
 
 
 needs_feature_size = pytest.mark.skipif(

@@ -46,9 +46,7 @@ from typing import Callable, Iterable, Optional
 
 from rseqtop import linux
 from rseqtop.errors import UsageError, UserError
-from rseqtop.linux import (  # noqa: F401 (re-exported for export_cmd and the tests)
-    CAP_BPF, CAP_DAC_READ_SEARCH, CAP_SETGID, CAP_SETPCAP, CAP_SETUID, CAP_SYS_ADMIN, CAP_SYS_PTRACE,
-)
+from rseqtop.linux import CAP_DAC_READ_SEARCH, CAP_SETGID, CAP_SETPCAP, CAP_SETUID, CAP_SYS_PTRACE
 
 log = logging.getLogger("rseqtop.export")
 
@@ -70,7 +68,6 @@ MAX_PAYLOAD = 1 << 30
 OK, NOT_READY, ERROR = 0, 1, 2
 KIND_READY, KIND_METRICS = ord("r"), ord("m")
 
-_libc = linux.LIBC
 
 
 class _CapHeader(ctypes.Structure):
@@ -82,7 +79,7 @@ class _CapData(ctypes.Structure):
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
-    rc = _libc.prctl(option, arg2, arg3, arg4, arg5)
+    rc = linux.LIBC.prctl(option, arg2, arg3, arg4, arg5)
     if rc < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"prctl({option}): {os.strerror(err)}")
@@ -96,7 +93,7 @@ def _capset(effective: int, permitted: int, inheritable: int = 0) -> None:
         data[i].effective = (effective >> (32 * i)) & 0xFFFFFFFF
         data[i].permitted = (permitted >> (32 * i)) & 0xFFFFFFFF
         data[i].inheritable = (inheritable >> (32 * i)) & 0xFFFFFFFF
-    if _libc.capset(ctypes.byref(hdr), data) != 0:
+    if linux.LIBC.capset(ctypes.byref(hdr), data) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"capset: {os.strerror(err)}")
 

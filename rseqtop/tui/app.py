@@ -15,16 +15,17 @@ from typing import Optional
 
 from rich.text import Text
 from textual.app import App, ComposeResult
-from textual.binding import Binding
 from textual.widgets import DataTable, Input, Static
 
 from rseqtop.textsafe import printable
 from rseqtop.present.columns import PROCESS_COLUMNS, THREAD_COLUMNS, sort_rows, system_rates_text
+from rseqtop.tui import keys as key_table
 from rseqtop.tui.help_screen import HelpScreen
 from rseqtop.tui.keyed_table import KeyedTable
 from rseqtop.tui.messages import PollFailed, SnapshotReady
 from rseqtop.tui.process_screen import ProcessScreen
 from rseqtop.present.rows import LiveModel, row_filter
+from rseqtop.source import poll_and_reap
 
 DELAYS = (0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
 FIRST_RATE_AFTER = 0.25  # seconds between the first two polls: rates show up at once
@@ -45,20 +46,7 @@ class RseqtopApp(App):
     #filter { dock: bottom; display: none; }
     #keys { height: 1; dock: bottom; background: $boost; }
     """
-    BINDINGS = [
-        Binding("q", "quit", "quit"),
-        Binding("question_mark", "help", "help"),
-        Binding("p", "pause", "pause"),
-        Binding("H", "toggle_threads", "threads"),
-        Binding("plus", "slower", "delay+"),
-        Binding("minus", "faster", "delay-"),
-        Binding("slash", "filter", "filter"),
-        Binding("less_than_sign", "sort_left", "sort <"),
-        Binding("greater_than_sign", "sort_right", "sort >"),
-        Binding("r", "reverse", "reverse"),
-        Binding("a", "toggle_idle", "all"),
-        Binding("escape", "clear_filter", "clear filter", show=False),
-    ]
+    BINDINGS = list(key_table.BINDINGS)  # every key is in rseqtop/tui/keys.py
 
     def __init__(self, source, delay: float = 1.0, watching: str = "all processes", close_source: bool = False,
                  first_rate_after: float = FIRST_RATE_AFTER) -> None:
@@ -122,7 +110,7 @@ class RseqtopApp(App):
 
     def _collect(self) -> None:
         try:
-            snap = self.source.poll()
+            snap = poll_and_reap(self.source)
         except Exception as err:  # reported on screen; the next poll retries
             self.post_message(PollFailed(f"{type(err).__name__}: {err}"))
             return
@@ -231,9 +219,8 @@ class RseqtopApp(App):
         empty.update(Text(printable(msg)))
 
     def render_keys(self) -> None:
-        mode = "threads" if self.threads_mode else "processes"
-        text = (f"q quit  ? help  Enter details  / filter  p pause  H {('processes' if self.threads_mode else 'threads')}"
-                f"  </> sort  r reverse  +/- delay   [{mode}]")
+        mode, other = ("threads", "processes") if self.threads_mode else ("processes", "threads")
+        text = f"{key_table.footer_text(other)}   [{mode}]"
         if self.filter_text:
             text += f"  filter: {printable(self.filter_text)}"
         self._keys.update(Text(text))

@@ -12,7 +12,8 @@ import json
 import time
 from typing import Optional
 
-from rseqtop.present.columns import CAUSE_OF_FIELD, PROCESS_COLUMNS, THREAD_COLUMNS, sort_rows, system_rates_text
+from rseqtop.present.columns import (CAUSE_OF_FIELD, PROCESS_COLUMNS, THREAD_COLUMNS, signal_name, sort_rows,
+                                     system_rates_text)
 from rseqtop.present.rows import LiveModel
 
 SCHEMA_VERSION = 1
@@ -88,6 +89,15 @@ def _registrations(proc, counted: bool) -> Optional[dict]:
             "unregistrations": proc.unregistrations, "errors": dict(proc.registration_errors)}
 
 
+def _thread(t, unavailable: tuple = ()) -> dict:
+    """A thread's object: node null while its CPU is unknown, last_signal
+    a name ("SIGUSR1") or null (none delivered, or signals unseen here)."""
+    return {"tid": t.tid, "comm": t.comm, "cpu": t.cpu, "node": t.node if t.node >= 0 else None,
+            "mm_cid": t.mm_cid,
+            "last_signal": None if "signal" in unavailable else signal_name(t.last_signal),
+            "alive": t.alive, "totals": _counts(t.counts, unavailable), "rates": _rates(t.rates, unavailable)}
+
+
 def json_record(model: LiveModel, include_idle: bool = False) -> dict:
     """One interval of `rseqtop --json` (schema in docs/live-view.md)."""
     snap = model.cur
@@ -104,9 +114,7 @@ def json_record(model: LiveModel, include_idle: bool = False) -> dict:
             "totals": _counts(p.counts, na), "rates": _rates(p.rates, na), "top_cause": p.top_cause,
             "top_section": p.top_site,
             "registrations": _registrations(stats.get(p.pid), st.syscall_accounting),
-            "threads": [{"tid": t.tid, "comm": t.comm, "cpu": t.cpu, "mm_cid": t.mm_cid,
-                         "alive": t.alive, "totals": _counts(t.counts, na), "rates": _rates(t.rates, na)}
-                        for t in threads_by_pid.get(p.pid, ()) if include_idle or t.counts.aborts],
+            "threads": [_thread(t, na) for t in threads_by_pid.get(p.pid, ()) if include_idle or t.counts.aborts],
             "sections": [{"symbol": s.symbol, "start_ip": s.start_ip, "aborts": s.aborts,
                           "aborts_per_s": s.aborts_per_s, "share_percent": s.share,
                           "causes": dict(s.causes),

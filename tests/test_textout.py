@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import signal
 import subprocess
 from types import SimpleNamespace
 
@@ -11,6 +13,7 @@ import pytest
 
 from rseqtop import textout
 from rseqtop.synthetic import SyntheticSource
+from rseqtop.present.columns import THREAD_COLUMNS, signal_name
 from rseqtop.top_cmd import run_batch
 from rseqtop.present.rows import LiveModel, cause_split, row_filter, sparkline
 
@@ -63,6 +66,48 @@ def test_json_record_schema_and_values():
     assert p["sections"][0]["symbol"] == "envoy!rseq_op_counter+0x0"
     assert p["sections"][0]["interrupted_offsets"] == {"16": 30, "24": 30}
     assert set(rec["self"]) >= {"probes_attached", "events_lost", "cpu_percent"}
+
+
+def with_thread_details(snap):
+    """The snapshot with hand-set nodes and last signals: tid == pid got
+    SIGUSR1 on node 1, tid pid+200000 none on node 0, and tid pid+300000 a
+    real-time signal before its CPU (and so its node) was known."""
+    extra = {0: dict(node=1, last_signal=int(signal.SIGUSR1)), 2: dict(node=0, last_signal=0),
+             3: dict(cpu=-1, node=-1, last_signal=int(signal.SIGRTMIN) + 1)}
+    return dataclasses.replace(snap, threads=tuple(dataclasses.replace(t, **extra[(t.tid - t.pid) // 100000])
+                                                   for t in snap.threads))
+
+
+def test_json_threads_carry_node_and_last_signal():
+    for unavailable, names in (((), ["SIGUSR1", None, "SIGRTMIN+1"]), (("signal",), [None, None, None])):
+        src, m = SyntheticSource(1, 3, unavailable_causes=unavailable), LiveModel()
+        for _ in range(2):
+            m.update(with_thread_details(src.poll()))
+        threads = json.loads(textout.json_line(m))["processes"][0]["threads"]
+        by_tid = {t["tid"]: t for t in threads}
+        assert [by_tid[tid]["node"] for tid in (1000, 201000, 301000)] == [1, 0, None]
+        assert [by_tid[tid]["last_signal"] for tid in (1000, 201000, 301000)] == names
+        assert by_tid[301000]["cpu"] == -1
+
+
+def test_signal_names():
+    assert signal_name(0) is None
+    assert signal_name(int(signal.SIGUSR1)) == "SIGUSR1"
+    assert signal_name(int(signal.SIGABRT)) == "SIGABRT"  # not its alias SIGIOT
+    assert signal_name(int(signal.SIGRTMIN)) == "SIGRTMIN"
+    assert signal_name(int(signal.SIGRTMIN) + 3) == "SIGRTMIN+3"
+    assert signal_name(int(signal.SIGRTMAX)) == "SIGRTMAX"
+    assert signal_name(32) == "SIG32"  # the kernel's first real-time signal, glibc's internal SIGCANCEL
+
+
+def test_batch_threads_keep_the_view_columns():
+    """-b -H mirrors the thread view (H): NODE and LAST SIG are only in a
+    process's details and in --json."""
+    m = LiveModel()
+    m.update(with_thread_details(SyntheticSource(1, 3).poll()))
+    header = textout.batch_text(m, threads=True).splitlines()[1]
+    assert header.split() == [w for c in THREAD_COLUMNS for w in c.title.split()]
+    assert "NODE" not in header and "SIGUSR1" not in textout.batch_text(m, threads=True)
 
 
 def test_hostile_names_are_inert_in_text_and_exact_in_json():

@@ -9,12 +9,17 @@ is exact and the screens are deterministic.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
+import signal
+
+from textual.widgets import DataTable
 
 from rseqtop.synthetic import SyntheticSource
 from rseqtop.textsafe import printable
-from rseqtop.tui.app import make_app
+from rseqtop.tui.app import RseqtopApp, make_app
 from rseqtop.tui.help_screen import HelpScreen
+from rseqtop.tui.keys import KEYS
 from rseqtop.tui.keyed_table import Cell
 from rseqtop.tui.process_screen import ProcessScreen
 
@@ -234,6 +239,53 @@ async def test_help_lists_every_key_and_closes():
         assert not isinstance(app.screen, HelpScreen)
 
 
+def our_binding_keys(cls) -> list:
+    """The keys of the bindings a class of ours declares itself (not
+    Textual's inherited ones such as ctrl+q, ctrl+p or tab)."""
+    return [key.strip() for b in cls.BINDINGS for key in b.key.split(",")]
+
+
+def test_every_binding_has_help_text():
+    helped = {key for k in KEYS if k.name and k.help for key in [b.key for b in k.bindings] + list(k.table_keys)}
+    for cls in (RseqtopApp, ProcessScreen):
+        for key in our_binding_keys(cls):
+            assert key in helped, f"{cls.__name__} binds {key!r} without a line in rseqtop/tui/keys.py KEYS"
+    footer = [k.footer_at for k in KEYS if k.footer]
+    assert sorted(footer) == list(range(1, len(footer) + 1)), "footer places must be 1..n, each once"
+
+
+@sync
+async def test_every_key_in_the_help_is_bound():
+    app = new_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_polls(pilot, app, 2)
+        active = app.screen.active_bindings  # what pressing a key does right now, in the main view
+        for k in KEYS:
+            assert k.bindings or k.table_keys or k.mouse, f"{k.name!r} is in the help but handled by nothing"
+            for b in k.bindings:
+                assert b.key in active and active[b.key].node is app, f"{k.name!r}: {b.key} is not bound"
+                assert active[b.key].binding.action == b.action and callable(getattr(app, f"action_{b.action}"))
+            for key in k.table_keys:
+                assert key in active and isinstance(active[key].node, DataTable), f"{k.name!r}: {key} is not bound"
+            if k.mouse:
+                assert callable(app.on_data_table_header_selected)
+        await pilot.press("question_mark")
+        text = str(app.screen.query_one("#help-text").render())
+        assert all(k.name in text and k.help in text for k in KEYS)
+
+
+@sync
+async def test_footer_lists_the_footer_keys_and_the_other_view():
+    app = new_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_polls(pilot, app, 2)
+        assert str(app._keys.render()).endswith("H threads  </> sort  r reverse  +/- delay   [processes]")
+        await pilot.press("H")
+        text = str(app._keys.render())
+        assert text.startswith("q quit  ? help  Enter details  / filter  p pause  H processes  </> sort")
+        assert text.endswith("   [threads]")
+
+
 @sync
 async def test_q_quits():
     app = new_app()
@@ -267,6 +319,36 @@ async def test_enter_opens_process_and_escape_goes_back():
         await pilot.press("escape")
         assert not isinstance(app.screen, ProcessScreen)
         assert selected(app) == "1003"
+
+
+class Signalled(SyntheticSource):
+    """Synthetic threads with a NUMA node and a last signal: the main
+    thread of each process got SIGUSR1, thread 2 a real-time signal and sits
+    on node 1, thread 3 had none and its CPU is not known yet."""
+
+    def poll(self):
+        snap = super().poll()
+        extra = {0: dict(last_signal=int(signal.SIGUSR1), node=0),  # by tid: pid, pid + 200000, pid + 300000
+                 2: dict(last_signal=int(signal.SIGRTMIN) + 2, node=1),
+                 3: dict(last_signal=0, cpu=-1, node=-1)}
+        return dataclasses.replace(snap, threads=tuple(dataclasses.replace(t, **extra[(t.tid - t.pid) // 100000])
+                                                       for t in snap.threads))
+
+
+@sync
+async def test_process_screen_shows_node_and_last_signal():
+    for unavailable, sigs in (((), ("SIGUSR1", "SIGRTMIN+2", "-")), (("signal",), ("n/a", "n/a", "n/a"))):
+        app = make_app(Signalled(5, 3, unavailable_causes=unavailable), delay=3600.0, first_rate_after=0.01)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_polls(pilot, app, 2)
+            app.open_process(1003)
+            await pilot.pause()
+            threads = app.screen.query_one("#threads")
+            titles = [c.label.plain for c in threads.columns.values()]
+            assert titles[titles.index("CPU") + 1] == "NODE"
+            assert titles[titles.index("CAUSES") - 1] == "LAST SIG"
+            assert [cell_text(threads, tid, "node") for tid in ("1003", "201003", "301003")] == ["0", "1", "-"]
+            assert tuple(cell_text(threads, tid, "last_signal") for tid in ("1003", "201003", "301003")) == sigs
 
 
 @sync

@@ -3,6 +3,7 @@ sort key per column. Pure (no Textual), shared by the TUI and batch output."""
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -46,6 +47,30 @@ def system_rates_text(sysr, unavailable: tuple = ()) -> str:
 
 def num(v: int) -> str:
     return str(v)
+
+
+def signal_name(sig: int) -> Optional[str]:
+    """"SIGUSR1" for 10; real-time signals as `kill -l` names them
+    ("SIGRTMIN+1"), others by number as gdb does ("SIG32": glibc's internal
+    ones); None for 0 (no signal)."""
+    if sig <= 0:
+        return None
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        pass
+    if signal.SIGRTMIN < sig < signal.SIGRTMAX:
+        return f"SIGRTMIN+{sig - signal.SIGRTMIN}"
+    return f"SIG{sig}"
+
+
+def last_signal_text(row) -> str:
+    """A thread's last signal: its name, "-" when none was delivered
+    while rseqtop watched it, "n/a" when this kernel cannot trace signal
+    deliveries."""
+    if "signal" in row.unavailable:
+        return UNAVAILABLE
+    return signal_name(row.last_signal) or "-"
 
 
 @dataclass(frozen=True)
@@ -98,6 +123,29 @@ THREAD_COLUMNS = (
     Column("causes", "CAUSES", lambda r: cause_split(r.counts.causes), lambda r: r.counts.top_cause(),
            right=False, descending=False),
 )
+
+NODE_COLUMN = Column("node", "NODE", lambda r: "-" if r.node < 0 else str(r.node), lambda r: r.node,
+                     descending=False)
+LAST_SIGNAL_COLUMN = Column("last_signal", "LAST SIG", last_signal_text, lambda r: r.last_signal, right=False,
+                            descending=False)
+
+
+def _detail_thread_columns() -> tuple:
+    """A process's details: its threads without the PID column, with the
+    NUMA node of each thread's CPU after CPU and the last signal delivered to
+    it before CAUSES."""
+    out = []
+    for c in THREAD_COLUMNS:
+        if c.key == "causes":
+            out.append(LAST_SIGNAL_COLUMN)
+        if c.key != "pid":
+            out.append(c)
+        if c.key == "cpu":
+            out.append(NODE_COLUMN)
+    return tuple(out)
+
+
+DETAIL_THREAD_COLUMNS = _detail_thread_columns()
 
 SITE_COLUMNS = (
     Column("symbol", "CRITICAL SECTION", lambda r: printable(r.symbol), lambda r: r.symbol, right=False),

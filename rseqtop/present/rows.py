@@ -68,6 +68,8 @@ class ThreadRow:
     counts: Counts
     alive: bool = True
     unavailable: tuple = ()
+    node: int = -1  # NUMA node of `cpu`; -1 while the CPU is unknown
+    last_signal: int = 0  # number of the last signal delivered to the thread; 0: none seen
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,7 @@ class LiveModel:
         threads = snap.threads_of(pid) if pid is not None else snap.threads
         unavailable = snap.self_stats.unavailable_causes
         return [ThreadRow(t.pid, t.tid, t.comm, t.cpu, t.mm_cid, trates.get(t.tid, Rates()), t.counts, t.alive,
-                          unavailable)
+                          unavailable, node=t.node, last_signal=t.last_signal)
                 for t in threads if include_idle or t.counts.aborts]
 
     def site_rows(self, pid: int) -> list:

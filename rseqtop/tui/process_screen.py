@@ -9,11 +9,9 @@ from textual.screen import Screen
 from textual.widgets import Static
 
 from rseqtop.textsafe import printable
-from rseqtop.present.columns import SITE_COLUMNS, THREAD_COLUMNS, rate, ratio, sort_rows
+from rseqtop.present.columns import DETAIL_THREAD_COLUMNS, SITE_COLUMNS, THREAD_COLUMNS, rate, ratio, sort_rows
 from rseqtop.tui.keyed_table import KeyedTable
 from rseqtop.present.rows import LiveModel, cause_split
-
-DETAIL_THREAD_COLUMNS = tuple(c for c in THREAD_COLUMNS if c.key != "pid")
 
 
 class ProcessScreen(Screen):

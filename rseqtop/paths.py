@@ -20,7 +20,8 @@ def bpf_dir() -> Path:
 
 
 def csrc_dir() -> Path:
-    """C sources of the bundled workload (always inside the package)."""
+    """The bundled workload's C sources: workload.h and the .c files that
+    rseqtop.workload compiles together (always inside the package)."""
     return PACKAGE_DIR / "csrc"
 
 

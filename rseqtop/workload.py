@@ -1,14 +1,18 @@
 """The bundled rseq workload: build it, run it, read its JSON summary.
 
-The workload is a single C file shipped in the package
-(`rseqtop/csrc/rseq_workload.c`). It is compiled on first use with the
-system C compiler into ``cache_dir()/workload/<sha256[:16]>/rseq-workload``
-and rebuilt whenever the source changes. `rseqtop workload ARGS...` execs the
-binary with ARGS untouched, so `rseqtop workload --help` shows its own help.
+The workload is a small C program shipped in the package: every ``*.c``
+and ``*.h`` file of `rseqtop/csrc/` (``workload.h`` and the ``.c`` files that
+include it). All its ``.c`` files are compiled on first use, in one call of
+the system C compiler, into
+``cache_dir()/workload/<sha256[:16]>/rseq-workload`` and rebuilt whenever any
+of its files changes. `rseqtop workload ARGS...` execs the binary with ARGS
+untouched, so `rseqtop workload --help` shows its own help.
 
 API used by the collector tests::
 
-    build(source=None) -> Path
+    source_dir() -> Path
+    sources(directory=None) -> list[Path]
+    build(directory=None) -> Path
     start(args, **popen_kwargs) -> subprocess.Popen
     run(args, timeout=60, env=None) -> dict
     parse_summary(text) -> dict
@@ -32,7 +36,7 @@ from typing import Any, Optional, Sequence
 from rseqtop import paths
 from rseqtop.errors import UserError
 
-SOURCE_NAME = "rseq_workload.c"
+SOURCE_SUFFIXES = (".c", ".h")
 BINARY_NAME = "rseq-workload"
 SCHEMA_VERSION = 1
 CFLAGS = ["-O2", "-Wall", "-Wextra", "-pthread"]
@@ -59,8 +63,21 @@ class WorkloadError(UserError):
         self.stderr = stderr
 
 
-def source_path() -> Path:
-    return paths.csrc_dir() / SOURCE_NAME
+def source_dir() -> Path:
+    """The folder of the workload's C sources (inside the package)."""
+    return paths.csrc_dir()
+
+
+def sources(directory: Optional[Path] = None) -> list[Path]:
+    """Every C source and header of the workload (in DIRECTORY, default
+    source_dir()), sorted by name: what build() compiles (the .c files) and
+    what the cache key covers (all of them). Hidden files are not sources."""
+    d = Path(directory) if directory is not None else source_dir()
+    if not d.is_dir():
+        return []
+    return sorted((p for p in d.iterdir()
+                   if p.suffix in SOURCE_SUFFIXES and not p.name.startswith(".") and p.is_file()),
+                  key=lambda p: p.name)
 
 
 def _find_compiler() -> str:
@@ -74,23 +91,34 @@ def _find_compiler() -> str:
     )
 
 
-def binary_path(source: Optional[Path] = None) -> Path:
-    """Where the binary for this source lives in the cache (built or not)."""
-    src = Path(source) if source is not None else source_path()
-    digest = hashlib.sha256(src.read_bytes() + " ".join(cflags()).encode()).hexdigest()[:16]
-    return paths.cache_dir() / "workload" / digest / BINARY_NAME
+def binary_path(directory: Optional[Path] = None) -> Path:
+    """Where the binary for these sources lives in the cache (built or not).
+
+    The key covers every source file and header (name and content, sorted
+    by name) and the compiler flags.
+    """
+    h = hashlib.sha256()
+    for path in sources(directory):
+        data = path.read_bytes()
+        h.update(f"{path.name}\0{len(data)}\0".encode())
+        h.update(data)
+    h.update(" ".join(cflags()).encode())
+    return paths.cache_dir() / "workload" / h.hexdigest()[:16] / BINARY_NAME
 
 
-def build(source: Optional[Path] = None) -> Path:
+def build(directory: Optional[Path] = None) -> Path:
     """Return the path of the workload binary, compiling it first if needed.
 
-    Safe to call concurrently: each caller compiles to its own temporary name
-    in the target directory and atomically renames it into place.
+    All the ``.c`` files of DIRECTORY (default source_dir()) are compiled
+    and linked in one compiler call. Safe to call concurrently: each caller
+    compiles to its own temporary name in the target directory and
+    atomically renames it into place.
     """
-    src = Path(source) if source is not None else source_path()
-    if not src.is_file():
-        raise UserError(f"workload source {src} is missing; reinstall rseqtop")
-    target = binary_path(src)
+    d = Path(directory) if directory is not None else source_dir()
+    c_files = [p for p in sources(d) if p.suffix == ".c"]
+    if not c_files:
+        raise UserError(f"the workload's C sources in {d} are missing; reinstall rseqtop")
+    target = binary_path(d)
     if target.is_file() and os.access(target, os.X_OK):
         return target
     compiler = _find_compiler()
@@ -100,7 +128,7 @@ def build(source: Optional[Path] = None) -> Path:
     tmp = Path(tmp_name)
     try:
         proc = subprocess.run(
-            [compiler, *cflags(), "-o", str(tmp), str(src)],
+            [compiler, *cflags(), "-o", str(tmp), *map(str, c_files)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from rseqtop import workload
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -25,7 +27,9 @@ def test_wheel_ships_bpf_and_c_sources(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert "rseqtop/bpf/rseqtop.bpf.c" in names
     assert "rseqtop/bpf/rseqtop.h" in names
-    assert "rseqtop/csrc/rseq_workload.c" in names
+    csrc = [f"rseqtop/csrc/{p.name}" for p in workload.sources()]
+    assert "rseqtop/csrc/workload.h" in csrc and len(csrc) > 2
+    assert not [n for n in csrc if n not in names]
     assert not any(n.startswith("tests/") for n in names)
 
 

@@ -209,17 +209,23 @@ def test_builds_from_clean_with_werror(tmp_path, monkeypatch):
 def test_rebuilds_after_source_change(tmp_path, monkeypatch):
     monkeypatch.setenv("RSEQTOP_CACHE_DIR", str(tmp_path / "cache"))
     csrc = tmp_path / "csrc"
-    csrc.mkdir()
-    shutil.copy(paths.csrc_dir() / workload.SOURCE_NAME, csrc / workload.SOURCE_NAME)
+    shutil.copytree(workload.source_dir(), csrc)
     monkeypatch.setattr(paths, "csrc_dir", lambda: csrc)
+    names = [p.name for p in workload.sources()]
+    assert names == sorted(names) and "workload.h" in names and len(names) > 2
+    assert all(p.parent == csrc for p in workload.sources())
     first = workload.build()
-    with open(csrc / workload.SOURCE_NAME, "a") as f:
-        f.write("\n/* changed */\n")
-    second = workload.build()
-    assert first != second and first.parent.parent == second.parent.parent
-    assert second.is_file()
-    # the explicit source= parameter gives the same answer
-    assert workload.build(source=csrc / workload.SOURCE_NAME) == second
+    # a change to any one file, the header included, gives a new binary
+    seen = {first}
+    for name in ("workload.h", names[0]):
+        with open(csrc / name, "a") as f:
+            f.write("\n/* changed */\n")
+        rebuilt = workload.build()
+        assert rebuilt not in seen and rebuilt.parent.parent == first.parent.parent
+        assert rebuilt.is_file()
+        seen.add(rebuilt)
+    # the explicit directory parameter gives the same answer
+    assert workload.build(directory=csrc) == rebuilt
 
 
 def test_concurrent_builds_are_atomic(tmp_path, monkeypatch):
@@ -245,10 +251,11 @@ def test_concurrent_builds_are_atomic(tmp_path, monkeypatch):
 
 def test_compile_error_is_a_user_error(tmp_path, monkeypatch):
     monkeypatch.setenv("RSEQTOP_CACHE_DIR", str(tmp_path))
-    bad = tmp_path / "bad.c"
-    bad.write_text("int main(void) { return nope; }\n")
+    bad = tmp_path / "csrc"
+    bad.mkdir()
+    (bad / "bad.c").write_text("int main(void) { return nope; }\n")
     with pytest.raises(UserError) as info:
-        workload.build(source=bad)
+        workload.build(directory=bad)
     msg = str(info.value)
     assert "error" in msg and "nope" in msg and "install gcc" in msg
     assert "\n" not in msg

@@ -1,0 +1,211 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * rseq-workload: time (fixed-rate timers) and the inducer threads that make
+ * the kernel abort sections: signals, migrations, membarrier.
+ */
+#include "workload.h"
+
+/* ------------------------------------------------------------------ */
+/* Time                                                                */
+
+double now_mono(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void ts_add(struct timespec *ts, double s)
+{
+	long ns = (long)(s * 1e9);
+
+	ts->tv_sec += ns / 1000000000L;
+	ts->tv_nsec += ns % 1000000000L;
+	if (ts->tv_nsec >= 1000000000L) {
+		ts->tv_sec++;
+		ts->tv_nsec -= 1000000000L;
+	}
+}
+
+/* Sleep until the next tick of a fixed-rate timer; returns 0 when stopping. */
+int tick_wait(struct timespec *next, double period)
+{
+	struct timespec now;
+
+	ts_add(next, period);
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	/* never try to catch up more than 100 ms of missed ticks */
+	if ((now.tv_sec - next->tv_sec) * 1e9 + (now.tv_nsec - next->tv_nsec) > 1e8)
+		*next = now;
+	while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, next, NULL) == EINTR)
+		;
+	return !atomic_load_explicit(&stop_flag, memory_order_relaxed);
+}
+
+void set_comm(void)
+{
+	if (cfg.name)
+		prctl(PR_SET_NAME, cfg.name, 0, 0, 0);
+}
+
+/* Inducer threads: keep them off the workers' CPUs when asked, so that
+ * their own wake-ups do not preempt the workers they act on. */
+static void pin_inducer(void)
+{
+	cpu_set_t set;
+
+	if (!cfg.n_inducer_cpus)
+		return;
+	CPU_ZERO(&set);
+	for (int i = 0; i < cfg.n_inducer_cpus; i++)
+		CPU_SET(cfg.inducer_cpus[i], &set);
+	if (sched_setaffinity(0, sizeof(set), &set))
+		fatal("--inducer-cpus: sched_setaffinity failed: %s", strerror(errno));
+}
+/* ------------------------------------------------------------------ */
+/* Inducers                                                            */
+
+/* Inducer results. */
+atomic_long signals_sent, migrations_requested;
+long mb_calls, mb_ok;
+int mb_registered;
+int mb_register_errno;
+struct errno_count mb_errors[MAX_ERRNO_NAMES];
+int mb_nerrors;
+
+/* The thread an inducer should act on for worker w: the worker itself, or
+ * with --churn-threads the slot's live churn thread, whose lock is then held
+ * (the thread cannot exit, so its tid cannot be reused, until
+ * inducer_release). Returns 0 when there is none. */
+static int inducer_target(struct worker *w)
+{
+	int tid;
+
+	if (cfg.churn == CHURN_THREADS) {
+		pthread_mutex_lock(&w->churn_lock);
+		tid = atomic_load(&w->churn_tid);
+		if (!tid)
+			pthread_mutex_unlock(&w->churn_lock);
+		return tid;
+	}
+	tid = atomic_load(&w->tid);
+	return atomic_load(&w->done) ? 0 : tid;
+}
+
+static void inducer_release(struct worker *w)
+{
+	if (cfg.churn == CHURN_THREADS)
+		pthread_mutex_unlock(&w->churn_lock);
+}
+
+void *signal_main(void *arg)
+{
+	struct timespec next;
+	double period = 1.0 / cfg.signal_rate;
+	pid_t pid = getpid();
+	int i = 0;
+
+	(void)arg;
+	set_comm();
+	pin_inducer();
+	pthread_barrier_wait(&start_barrier);
+	clock_gettime(CLOCK_MONOTONIC, &next);
+	while (tick_wait(&next, period)) {
+		/* next live worker, round robin */
+		for (int k = 0; k < cfg.threads; k++) {
+			struct worker *w = &workers[i++ % cfg.threads];
+			int tid = inducer_target(w);
+
+			if (!tid)
+				continue;
+			if (syscall(SYS_tgkill, pid, tid, SIGUSR1) == 0)
+				atomic_fetch_add(&signals_sent, 1);
+			inducer_release(w);
+			break;
+		}
+	}
+	return NULL;
+}
+
+void *migrate_main(void *arg)
+{
+	struct timespec next;
+	double period = 1.0 / cfg.migrate_rate;
+	int list[CPU_SETSIZE], n = 0, i = 0;
+	int *pos = calloc(cfg.threads, sizeof(int));
+
+	(void)arg;
+	set_comm();
+	pin_inducer();
+	if (cfg.ncpus > 0) {
+		memcpy(list, cfg.cpus, cfg.ncpus * sizeof(int));
+		n = cfg.ncpus;
+	} else {
+		for (int c = 0; c < CPU_SETSIZE; c++)
+			if (CPU_ISSET(c, &allowed_set))
+				list[n++] = c;
+	}
+	for (int k = 0; k < cfg.threads; k++)
+		pos[k] = cfg.ncpus > 0 ? k % n : k % (n ? n : 1);
+	pthread_barrier_wait(&start_barrier);
+	clock_gettime(CLOCK_MONOTONIC, &next);
+	while (n > 0 && tick_wait(&next, period)) {
+		int k = i++ % cfg.threads;
+		struct worker *w = &workers[k];
+		int tid = inducer_target(w);
+		cpu_set_t set;
+
+		if (!tid)
+			continue;
+		pos[k] = (pos[k] + 1) % n;
+		CPU_ZERO(&set);
+		CPU_SET(list[pos[k]], &set);
+		if (sched_setaffinity(tid, sizeof(set), &set) == 0)
+			atomic_fetch_add(&migrations_requested, 1);
+		inducer_release(w);
+	}
+	free(pos);
+	return NULL;
+}
+
+static void mb_count_error(int err)
+{
+	for (int i = 0; i < mb_nerrors; i++) {
+		if (mb_errors[i].err == err) {
+			mb_errors[i].count++;
+			return;
+		}
+	}
+	if (mb_nerrors < MAX_ERRNO_NAMES) {
+		mb_errors[mb_nerrors].err = err;
+		mb_errors[mb_nerrors].count = 1;
+		mb_nerrors++;
+	}
+}
+
+void *membarrier_main(void *arg)
+{
+	struct timespec next;
+	double period = 1.0 / cfg.membarrier_rate;
+
+	(void)arg;
+	set_comm();
+	pin_inducer();
+	if (!cfg.membarrier_unregistered) {
+		if (syscall(__NR_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0) == 0)
+			mb_registered = 1;
+		else
+			mb_register_errno = errno;
+	}
+	pthread_barrier_wait(&start_barrier);
+	clock_gettime(CLOCK_MONOTONIC, &next);
+	while (tick_wait(&next, period)) {
+		mb_calls++;
+		if (syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, 0, 0) == 0)
+			mb_ok++;
+		else
+			mb_count_error(errno);
+	}
+	return NULL;
+}

@@ -230,7 +230,7 @@ def overhead(reps: int, seconds: float, modes: list, configs: dict) -> dict:
 def loss(seconds: float, quick: bool) -> dict:
     """Counted vs self-reported aborts at a high abort rate, and the trace
     stream's delivered vs lost events for shrinking ring buffers."""
-    from rseqtop.collector import Collector
+    from rseqtop.collect import Collector
 
     args = ["--threads", str(2 * NCPU), "--op", "delay", "--in-cs-delay", "300", "--signal-rate", "20000",
             "--membarrier-rate", "2000", "--duration", str(seconds)]

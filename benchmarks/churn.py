@@ -17,7 +17,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rseqtop import workload  # noqa: E402
-from rseqtop.collector import Collector  # noqa: E402
+from rseqtop.collect import Collector  # noqa: E402
 
 
 def main() -> int:

@@ -13,7 +13,7 @@ import time
 
 T0 = time.monotonic()
 
-from rseqtop.collector import Collector  # noqa: E402  (import time counts)
+from rseqtop.collect import Collector  # noqa: E402  (import time counts)
 
 
 def main() -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rseqtop import workload  # noqa: E402
-from rseqtop.collector import Collector  # noqa: E402
+from rseqtop.collect import Collector  # noqa: E402
 
 NCPU = os.cpu_count() or 1
 CONFIGS = {

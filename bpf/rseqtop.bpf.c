@@ -9,30 +9,6 @@
  * tracepoint programs' return value is ignored). */
 #include "rseqtop.h"
 
-#ifndef RSEQTOP_MAX_THREADS
-#define RSEQTOP_MAX_THREADS 32768
-#endif
-#ifndef RSEQTOP_MAX_DEAD_THREADS
-#define RSEQTOP_MAX_DEAD_THREADS 2048
-#endif
-#ifndef RSEQTOP_MAX_PROCS
-#define RSEQTOP_MAX_PROCS 65536
-#endif
-#ifndef RSEQTOP_MAX_PROC_GENS
-#define RSEQTOP_MAX_PROC_GENS 131072
-#endif
-#ifndef RSEQTOP_MAX_SITES
-#define RSEQTOP_MAX_SITES 4096
-#endif
-#ifndef RSEQTOP_MAX_OFFSETS
-#define RSEQTOP_MAX_OFFSETS 16384
-#endif
-#ifndef RSEQTOP_MAX_PCOUNTS
-#define RSEQTOP_MAX_PCOUNTS 8192
-#endif
-#ifndef RSEQTOP_RINGBUF_PAGES
-#define RSEQTOP_RINGBUF_PAGES 64
-#endif
 #ifndef TASK_REPORT_MASK
 #define TASK_REPORT_MASK 0xff
 #endif

@@ -46,6 +46,33 @@
 
 #define RSEQTOP_COMM_LEN 16
 
+/* Map sizes: the defaults, which rseqtop.bpfgen reads from here; a -D
+ * (bpfgen's sizes, tests' small maps) overrides them. */
+#ifndef RSEQTOP_MAX_THREADS
+#define RSEQTOP_MAX_THREADS 32768
+#endif
+#ifndef RSEQTOP_MAX_DEAD_THREADS
+#define RSEQTOP_MAX_DEAD_THREADS 2048
+#endif
+#ifndef RSEQTOP_MAX_PROCS
+#define RSEQTOP_MAX_PROCS 65536
+#endif
+#ifndef RSEQTOP_MAX_PROC_GENS
+#define RSEQTOP_MAX_PROC_GENS 131072
+#endif
+#ifndef RSEQTOP_MAX_SITES
+#define RSEQTOP_MAX_SITES 4096
+#endif
+#ifndef RSEQTOP_MAX_OFFSETS
+#define RSEQTOP_MAX_OFFSETS 16384
+#endif
+#ifndef RSEQTOP_MAX_PCOUNTS
+#define RSEQTOP_MAX_PCOUNTS 8192
+#endif
+#ifndef RSEQTOP_RINGBUF_PAGES
+#define RSEQTOP_RINGBUF_PAGES 64
+#endif
+
 /* Counts kept per thread while it lives, summed into its process when it
  * exits. */
 struct rseqtop_counts {

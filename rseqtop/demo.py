@@ -60,7 +60,7 @@ def stop(proc: subprocess.Popen) -> dict | None:
 
 def run(args) -> int:
     from rseqtop import workload
-    from rseqtop.collector import Collector
+    from rseqtop.collect import Collector
     from rseqtop.tui.launch import run_tui
 
     if args.ebpf:

@@ -26,7 +26,7 @@ import time
 
 from rseqtop.errors import UsageError, UserError
 from rseqtop.exporter import DEFAULT_LISTEN, DEFAULT_PORT
-from rseqtop.options import flat_pids, pid_list, positive_int
+from rseqtop.options import add_syscalls_arg, flat_pids, pid_list, positive_int
 
 EPILOG = f"""\
 examples:
@@ -90,9 +90,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     flt.add_argument("--comm", default=None, metavar="REGEX", help="only processes whose comm matches")
     flt.add_argument("--cgroup", dest="cgroups", action="append", default=None, metavar="DIR",
                      help="only tasks in this cgroup v2 directory (repeatable)")
-    parser.add_argument("--syscalls", action="store_true",
-                        help="also count rseq registrations and membarrier calls, errors and latency (enables "
-                             "syscall tracepoints: every system call on the machine gets ~30 ns slower)")
+    add_syscalls_arg(parser)
     parser.add_argument("--log.level", dest="log_level", choices=("debug", "info", "warn", "error"),
                         default="info", help="log level (default info)")
     parser.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)
@@ -118,7 +116,8 @@ def run(args) -> int:
 
         web = webconfig.load(args.web_config)
 
-    from rseqtop.collector import Collector, check_privileges
+    from rseqtop.collect import Collector
+    from rseqtop.collect.loader import check_privileges
 
     source = Collector(pids=flat_pids(args) or None, comm=args.comm, cgroups=args.cgroups, syscalls=args.syscalls)
     if args.ebpf:

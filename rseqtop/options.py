@@ -49,8 +49,9 @@ def add_filter_args(parser) -> None:
 
 def add_syscalls_arg(parser) -> None:
     parser.add_argument("--syscalls", action="store_true",
-                        help="also count rseq registrations and membarrier calls (enables syscall tracepoints, "
-                             "which slow every system call on the machine by ~30 ns)")
+                        help="also count rseq registrations and membarrier calls, errors and latency (enables "
+                             "syscall tracepoints, which put every system call on the machine on the kernel's "
+                             "slower path: see docs/production.md)")
 
 
 def flat_pids(args) -> list:

@@ -7,7 +7,7 @@ rseqtop.rates, which diffs two snapshots.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Optional
 
 CAUSES = ("preempt", "migrate", "signal", "membarrier")
@@ -46,16 +46,21 @@ class Counts:
         merged = dict(self.causes)
         for k, v in other.causes:
             merged[k] = merged.get(k, 0) + v
-        return Counts(self.aborts + other.aborts, self.updates + other.updates,
-                      self.preempts + other.preempts, self.migrations + other.migrations,
-                      self.signals + other.signals, self.membarrier_ipis + other.membarrier_ipis,
-                      pairs(merged))
+        return Counts(*(getattr(self, f) + getattr(other, f) for f in COUNT_FIELDS), causes=pairs(merged))
 
     def cause(self, name: str) -> int:
         return dict(self.causes).get(name, 0)
 
     def top_cause(self) -> str:
         return max(self.causes, key=lambda kv: (kv[1], kv[0]))[0] if self.causes else ""
+
+
+# Counts' scalar fields, in order: rates, sums and the front ends' columns
+# iterate over these, so a new count is added in one place.
+COUNT_FIELDS = tuple(f.name for f in fields(Counts) if f.name != "causes")
+# The cause whose events a count field counts (the same order as CAUSES).
+CAUSE_OF_FIELD = {"preempts": "preempt", "migrations": "migrate", "signals": "signal",
+                  "membarrier_ipis": "membarrier"}
 
 
 @dataclass(frozen=True)

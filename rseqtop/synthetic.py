@@ -1,5 +1,7 @@
-"""A synthetic snapshot source: deterministic fake data with the collector's
-interface, for front-end tests, snapshot tests and front-end benchmarks.
+"""A synthetic snapshot source (rseqtop.source.SnapshotSource): deterministic
+fake data, for front-end tests, snapshot tests and front-end benchmarks
+(benchmarks/tui_cpu.py, scrape_latency.py), where a real collector would need
+root and give numbers that change from run to run.
 
 Each poll advances a fake clock by `step` seconds and every counter by a
 fixed per-entity rate, so rates are known exactly.
@@ -10,14 +12,12 @@ from __future__ import annotations
 import re
 from typing import Iterable, Optional
 
+from rseqtop import bpfgen
 from rseqtop.snapshot import (
-    Counts, MapFill, MembarrierStats, ProcessStats, SelfStats, SiteStats, Snapshot, ThreadStats, pairs,
+    COUNT_FIELDS, Counts, MapFill, MembarrierStats, ProcessStats, SelfStats, SiteStats, Snapshot, ThreadStats, pairs,
 )
 
-PROBES = ("rseq:rseq_ip_fixup", "rseq:rseq_update", "sched:sched_switch", "sched:sched_migrate_task",
-          "signal:signal_deliver", "csd:csd_function_entry", "sched:sched_process_exit",
-          "syscalls:sys_enter_rseq", "syscalls:sys_exit_rseq", "syscalls:sys_enter_membarrier",
-          "syscalls:sys_exit_membarrier")
+PROBES = tuple(f"{system}:{event}" for system, event, *_ in bpfgen.PROBES)
 OPS = ("rseq_op_counter", "rseq_op_spinlock_lock", "rseq_op_push", "rseq_op_pop", "rseq_op_delay")
 
 
@@ -46,8 +46,7 @@ class SyntheticSource:
                                     "signal": 5 if aborts > 5 else 0}))
 
     def _scaled(self, c: Counts, k: float) -> Counts:
-        return Counts(*(int(getattr(c, f) * k) for f in ("aborts", "updates", "preempts", "migrations",
-                                                          "signals", "membarrier_ipis")),
+        return Counts(*(int(getattr(c, f) * k) for f in COUNT_FIELDS),
                       causes=pairs({name: int(n * k) for name, n in c.causes}))
 
     def comm_of(self, i: int) -> str:
@@ -94,6 +93,15 @@ class SyntheticSource:
                         threads=tuple(threads), sites=tuple(sites),
                         cpu_aborts=tuple(int(total.aborts * (c + 1) / 3) for c in range(self.cpus)),
                         self_stats=stats)
+
+    def attach(self) -> "SyntheticSource":
+        return self
+
+    def reap(self) -> int:
+        return 0  # nothing dies here
+
+    def want_mm_cid(self, on: bool) -> None:
+        pass  # always there
 
     def close(self) -> None:
         self.closed = True

@@ -8,6 +8,7 @@ import time
 from typing import Optional
 
 from rseqtop.errors import UserError
+from rseqtop.source import SnapshotSource, poll_and_reap
 from rseqtop.options import (
     add_filter_args, add_syscalls_arg, check_filters, flat_pids, positive_float, positive_int, watching,
 )
@@ -49,7 +50,7 @@ def configure(parser) -> None:
 
 
 def make_collector(args, emit_events: bool = False):
-    from rseqtop.collector import Collector
+    from rseqtop.collect import Collector
 
     return Collector(pids=flat_pids(args) or None, comm=args.comm or None, emit_events=emit_events,
                      syscalls=getattr(args, "syscalls", False))
@@ -93,7 +94,7 @@ def run(args) -> int:
     return run_tui(make_collector(args), delay, watching(args), threads=args.threads, include_idle=args.all)
 
 
-def run_batch(source, args, delay: float, count: Optional[int], out=None) -> int:
+def run_batch(source: SnapshotSource, args, delay: float, count: Optional[int], out=None) -> int:
     """Print an interval's table (or JSON line) every `delay` seconds.
 
     The first output comes right after attaching (totals so far, no rates
@@ -105,16 +106,15 @@ def run_batch(source, args, delay: float, count: Optional[int], out=None) -> int
     install_sigterm()
     model = LiveModel()
     try:
-        if hasattr(source, "attach"):
-            source.attach()
-        if (args.json or args.threads) and hasattr(source, "want_mm_cid"):
+        source.attach()
+        if args.json or args.threads:
             source.want_mm_cid(True)  # thread rows show it
         printed = 0
         next_at = time.monotonic()
         failures = 0
         while count is None or printed < count:
             try:
-                snap = source.poll()
+                snap = poll_and_reap(source)
                 failures = 0
             except (KeyboardInterrupt, Terminated):
                 raise

@@ -82,7 +82,7 @@ class Tracer:
 
 
 def run(args) -> int:
-    from rseqtop.collector import Collector
+    from rseqtop.collect import Collector
 
     pids = flat_pids(args)
     if args.ebpf:

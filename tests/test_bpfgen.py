@@ -168,3 +168,44 @@ def test_doctor_checks_every_tracepoint_the_program_uses():
     from rseqtop import doctor
 
     assert {(s, e) for s, e, *_ in bpfgen.PROBES} == {(s, e) for s, e, *_ in doctor.TRACEPOINTS}
+
+
+def test_count_fields_are_the_bpf_counts_struct_everywhere():
+    """struct rseqtop_counts in bpf/rseqtop.h is the source of the count
+    fields; snapshots, rates and the exporter's counters follow it."""
+    import dataclasses
+    import re
+
+    from rseqtop import paths, rates
+    from rseqtop.exporter import metrics
+    from rseqtop.snapshot import CAUSE_OF_FIELD, CAUSES, COUNT_FIELDS
+
+    header = (paths.bpf_dir() / "rseqtop.h").read_text()
+    body = re.search(r"struct rseqtop_counts \{(.*?)\};", header, re.S).group(1)
+    scalars = tuple(re.findall(r"u64 (\w+);", body))
+    assert scalars == COUNT_FIELDS
+    assert tuple(f.name for f in dataclasses.fields(rates.Rates)) == COUNT_FIELDS
+    assert set(metrics.COUNTERS) == set(COUNT_FIELDS)
+    assert tuple(CAUSE_OF_FIELD.values()) == CAUSES and set(CAUSE_OF_FIELD) < set(COUNT_FIELDS)
+
+
+def test_map_sizes_come_from_the_header_only():
+    import re
+
+    from rseqtop import paths
+    from rseqtop.collect.loader import Probes
+
+    sizes = bpfgen.default_sizes()
+    program = (paths.bpf_dir() / "rseqtop.bpf.c").read_text()
+    used = set(re.findall(r"\b(RSEQTOP_MAX_\w+|RSEQTOP_RINGBUF_PAGES)\b", program))
+    assert used and used <= set(sizes)
+    assert not re.search(r"#define RSEQTOP_MAX_", program), "map sizes are defined in rseqtop.h"
+    assert set(Probes.MAP_SIZES.values()) <= set(sizes)
+    p = plan_for("tracefs-6.18")
+    assert {k: p.defines[k] for k in sizes} == sizes
+
+
+def test_synthetic_source_lists_the_real_probes():
+    from rseqtop import synthetic
+
+    assert synthetic.PROBES == tuple(f"{s}:{e}" for s, e, *_ in bpfgen.PROBES)

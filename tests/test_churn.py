@@ -1,10 +1,12 @@
 """Thread and process churn with rseqtop attached: exited threads' and
 processes' counts are kept exactly, and maps never fill silently."""
 
+import time
+
 import pytest
 
 from rseqtop import workload
-from rseqtop.collector import Collector
+from rseqtop.collect import Collector
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +52,27 @@ def test_process_churn_totals_exact_per_pid(collector):
     assert not wrong, dict(list(wrong.items())[:10])
     # the parent ran no section itself
     assert snap.process(summary["pid"]).counts.aborts == 0
+
+
+def test_reap_ages_dead_processes_out_of_the_maps_and_keeps_their_counts(bpf_ok):
+    """poll() never deletes; reap() drops what died keep_dead_seconds ago,
+    and the system totals still count it."""
+    with Collector(keep_dead_seconds=0) as c:
+        before = c.poll().totals.aborts
+        summary = workload.run(["--threads", "2", "--signal-rate", "2000", "--in-cs-delay", "3000",
+                                "--duration", "0.5"], timeout=60)
+        pid, aborts = summary["pid"], summary["totals"]["aborts"]
+        assert aborts > 0
+        first = c.poll()
+        assert first.process(pid).counts.aborts == aborts
+        assert c.poll().process(pid) is not None, "poll alone deleted it"
+        assert c.reap() == 0  # first seen dead now: dropped at the next reap
+        time.sleep(0.01)
+        c.poll()
+        assert c.reap() >= 1
+        after = c.poll()
+        assert after.process(pid) is None
+        assert after.totals.aborts >= before + aborts
+        tracked = {k.value for k in c.bpf["dead_threads"].keys()}
+        assert not tracked & {int(tid) for tid in summary["threads"]}
+        assert all(k.tgid != pid for k in c.bpf["procs"].keys())

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from rseqtop import kernel, workload
-from rseqtop.collector import Collector
+from rseqtop.collect import Collector
 
 # Every test here faces the kernel: scripts/kernels runs them in a VM of
 # each kernel in the matrix, and its table shows each one's "figure".
@@ -472,9 +472,9 @@ def test_preemptions_match_the_kernels_own_count(collector):
 def test_hot_state_fallback_without_task_storage(bpf_ok, monkeypatch):
     """Kernels without thread pidfds keep the hot state in the threads
     hash; same counts."""
-    from rseqtop import collector as collector_mod
+    from rseqtop.collect import loader
 
-    monkeypatch.setattr(collector_mod, "hot_storage_usable", lambda: False)
+    monkeypatch.setattr(loader, "hot_storage_usable", lambda: False)
     with Collector() as c:
         assert not c.plan.hot_storage and "HOT_TASK_STORAGE" not in c.plan.defines
         summary, snap = observe(c, INDUCERS["oversubscribed"] + ["--duration", 0.5])

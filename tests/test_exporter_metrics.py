@@ -186,6 +186,9 @@ class ScriptedSource:
             raise snap
         return snap
 
+    def reap(self):
+        return 0
+
 
 def proc(pid, comm, aborts, alive=True, sites=(), mb=()):
     c = Counts(aborts=aborts, preempts=aborts * 2, causes=pairs({"preempt": aborts}))

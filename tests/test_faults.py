@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from rseqtop import workload
-from rseqtop.collector import Collector
+from rseqtop.collect import Collector
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from rseqtop import textout, workload
-from rseqtop.collector import Collector
+from rseqtop.collect import Collector
 from rseqtop.exporter.metrics import RseqCollector
 from rseqtop.present.rows import LiveModel
 
@@ -21,6 +21,9 @@ class Fixed:
 
     def poll(self):
         return self.snaps.pop(0) if len(self.snaps) > 1 else self.snaps[0]
+
+    def reap(self):
+        return 0
 
 
 def test_invalid_utf8_and_escapes_are_inert_everywhere(bpf_ok):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rseqtop import textout, workload
-from rseqtop.collector import Collector
+from rseqtop.collect import Collector
 from rseqtop.errors import UserError
 from rseqtop.synthetic import SyntheticSource
 from rseqtop.present.rows import LiveModel

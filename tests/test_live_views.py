@@ -260,6 +260,6 @@ def test_batch_and_json_load_neither_the_tui_nor_textual(bpf_ok, mode):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     imported = [line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")]
-    assert "rseqtop.present.rows" in imported and "rseqtop.collector" in imported
+    assert "rseqtop.present.rows" in imported and "rseqtop.collect.collector" in imported
     bad = [m for m in imported if m.startswith(("rseqtop.tui", "textual"))]
     assert not bad, bad

@@ -1,6 +1,6 @@
 """A prometheus_client Collector over a snapshot source.
 
-The source is anything with `poll() -> Snapshot` (rseqtop.collector.Collector,
+The source is a rseqtop.source.SnapshotSource (rseqtop.collect.Collector,
 rseqtop.synthetic.SyntheticSource). It is polled at scrape time, under a
 lock, and nothing here runs on a timer or clears a BPF map: every counter
 is a total since attach (the cloudflare/ebpf_exporter model). A failed poll
@@ -31,6 +31,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from rseqtop import __version__
 from rseqtop.exporter import cgroup
+from rseqtop.snapshot import CAUSE_OF_FIELD, CAUSES, COUNT_FIELDS
+from rseqtop.source import poll_and_reap
 
 log = logging.getLogger("rseqtop.export")
 
@@ -41,19 +43,20 @@ OTHER_SITE = "[other]"
 LAT_MIN_LOG2, LAT_MAX_LOG2 = 10, 33  # ~1 us .. ~8.6 s
 LAT_BOUNDS = tuple((k, float(2 ** k) / 1e9) for k in range(LAT_MIN_LOG2, LAT_MAX_LOG2 + 1))
 
-# Per-entity counters: series id prefix -> (metric name without _total, help, extra label names)
+# Per-entity counters, one per snapshot.COUNT_FIELDS (a test checks): series id
+# prefix -> (metric name without _total, help, extra label names)
 COUNTERS = {
     "aborts": ("rseqtop_aborts", "rseq critical sections aborted by the kernel (rseq_ip_fixup), by cause", ("cause",)),
     "preempts": ("rseqtop_preemptions",
                  "Preemptions of threads with rseq registered (sched_switch while runnable)", ()),
     "migrations": ("rseqtop_migrations", "CPU migrations of threads with rseq registered", ()),
     "signals": ("rseqtop_signals", "Signals delivered to threads with rseq registered", ()),
-    "ipis": ("rseqtop_membarrier_ipis", "membarrier PRIVATE_EXPEDITED_RSEQ IPIs that interrupted the thread", ()),
+    "membarrier_ipis": ("rseqtop_membarrier_ipis", "membarrier PRIVATE_EXPEDITED_RSEQ IPIs that interrupted the thread", ()),
     "updates": ("rseqtop_rseq_updates",
                 "rseq_update events: the kernel rewrote the thread's rseq area on return to user space", ()),
 }
 # Counters that exist only when rseqtop can see their cause.
-CAUSE_COUNTERS = {"preempts": "preempt", "migrations": "migrate", "signals": "signal", "ipis": "membarrier"}
+CAUSE_COUNTERS = CAUSE_OF_FIELD
 PROCESS_COUNTERS = {
     "registrations": ("rseqtop_registrations",
                       "Successful rseq registrations (rseq syscalls without the unregister flag), by ABI: "
@@ -74,11 +77,9 @@ def _counts_values(c, out: dict) -> None:
         named += n
     if c.aborts > named:  # never hide an abort: what no cause covers is unknown
         out[("aborts", "unknown")] = out.get(("aborts", "unknown"), 0) + c.aborts - named
-    out[("preempts",)] = c.preempts
-    out[("migrations",)] = c.migrations
-    out[("signals",)] = c.signals
-    out[("ipis",)] = c.membarrier_ipis
-    out[("updates",)] = c.updates
+    for f in COUNT_FIELDS:
+        if f != "aborts":  # by cause, above
+            out[(f,)] = getattr(c, f)
 
 
 def _process_values(p, sites, syscalls: bool = True) -> dict:
@@ -283,7 +284,7 @@ class RseqCollector:
         t0 = time.perf_counter()
         with self.lock:
             try:
-                snap = self.source.poll()
+                snap = poll_and_reap(self.source)
                 self._update(snap)
             except Exception as err:  # count and log, keep serving the last values
                 self.scrape_errors += 1
@@ -386,7 +387,7 @@ class RseqCollector:
         g = GaugeMetricFamily("rseqtop_cause_available",
                               "1 when this kernel lets rseqtop attribute aborts to the cause, 0 when it cannot "
                               "(its counters are then absent, not zero)", labels=["cause"])
-        for cause in ("preempt", "migrate", "signal", "membarrier"):
+        for cause in CAUSES:
             g.add_metric([cause], 0 if st and cause in st.unavailable_causes else 1)
         out.append(g)
         c = CounterMetricFamily("rseqtop_events_lost", "Sampled abort events lost because the ring buffer was full")

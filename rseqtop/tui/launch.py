@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+from rseqtop.source import SnapshotSource
 
-def run_tui(source, delay: float, what: str, threads: bool = False, include_idle: bool = False) -> int:
+
+def run_tui(source: SnapshotSource, delay: float, what: str, threads: bool = False, include_idle: bool = False) -> int:
     from rseqtop.tui.app import make_app
 
-    if hasattr(source, "attach"):
-        source.attach()
+    source.attach()
     try:
         app = make_app(source, delay=delay, watching=what)
         app.threads_mode = threads

@@ -1,0 +1,199 @@
+"""Records -> Snapshot: a pure function of one read of the maps, the
+display filter, and what the previous polls left (the totals shown last,
+the counts of processes already aged out of the maps).
+
+Unit-tested from recorded records without root (tests/test_assemble.py).
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Optional
+
+from rseqtop import bpfgen, kernel
+from rseqtop.collect.records import CallRecord, MapRecords, ProcRecord, ThreadRecord
+from rseqtop.snapshot import (
+    ABI_NAMES, COUNT_FIELDS, Counts, MapFill, MembarrierStats, ProcessStats, SelfStats, SiteStats, Snapshot,
+    ThreadStats, pairs,
+)
+
+K = bpfgen.header_constants()
+# map -> the counter of inserts it refused when full
+DROP_COUNTERS = {"threads": "threads_dropped", "dead_threads": None, "procs": "procs_dropped",
+                 "sites": "sites_dropped", "offsets": "offsets_dropped", "pcounts": "pcounts_dropped"}
+
+Ident = tuple  # (pid, gen): a process; a recycled pid is another process
+
+
+@dataclass(frozen=True)
+class View:
+    """The display filter: which processes snapshots show (system totals
+    count every process)."""
+
+    pids: frozenset = frozenset()
+    comm: Optional[re.Pattern] = None
+
+    def shows(self, p: ProcessStats) -> bool:
+        return (not self.pids or p.pid in self.pids) and (not self.comm or bool(self.comm.search(p.comm)))
+
+
+@dataclass(frozen=True)
+class Assembly:
+    snapshot: Snapshot
+    # every process in the maps, unfiltered, earlier generations of recycled
+    # pids included: what the reaper ages out
+    processes: tuple = ()
+    newest: Mapping[int, int] = field(default_factory=dict)  # pid -> its newest generation
+    last_totals: Mapping[Ident, Counts] = field(default_factory=dict)  # for the next assembly
+
+
+def errno_name(code: int) -> str:
+    return errno_mod.errorcode.get(code, f"E{code}")
+
+
+def membarrier_cmd_name(cmd: int) -> str:
+    return kernel.MEMBARRIER_CMDS.get(cmd, f"CMD_{cmd}")
+
+
+def assemble(rec: MapRecords, view: View = View(), last_totals: Mapping[Ident, Counts] = {},
+             forgotten: Counts = Counts(), symbol: Callable[[int, int], str] = lambda pid, ip: f"0x{ip:x}"
+             ) -> Assembly:
+    """symbol(pid, start_ip) names a critical section."""
+    shown_before = dict(last_totals)
+    everyone = _processes(rec, shown_before)
+    # System-wide totals, before the display filter; processes already
+    # dropped from the maps still count.
+    totals = forgotten
+    for p in everyone:
+        totals = totals + p.counts
+    newest: dict[int, ProcessStats] = {}
+    for p in everyone:
+        if p.pid not in newest or p.gen > newest[p.pid].gen:
+            newest[p.pid] = p
+    processes = [p for p in newest.values() if view.shows(p)]
+    earlier = [p for p in everyone if p is not newest[p.pid] and view.shows(p)]
+    keep = {(p.pid, p.gen) for p in processes}
+    threads = [_thread(t) for t in rec.threads if (t.pid, t.gen) in keep]
+    sites = _sites(rec, keep, symbol)
+    snap = Snapshot(rec.monotonic, rec.wall, rec.setup.era, rec.setup.era_description, totals,
+                    tuple(sorted(processes, key=lambda p: p.pid)),
+                    tuple(sorted(threads, key=lambda t: (t.pid, t.tid))),
+                    tuple(sorted(sites, key=lambda s: (s.pid, s.start_ip))),
+                    rec.cpu_aborts, _self_stats(rec), tuple(sorted(earlier, key=lambda p: (p.pid, p.gen))))
+    return Assembly(snap, tuple(everyone), {pid: p.gen for pid, p in newest.items()}, shown_before)
+
+
+def _thread(t: ThreadRecord) -> ThreadStats:
+    return ThreadStats(t.pid, t.tid, t.comm, t.counts, t.cpu, t.node, t.mm_cid, t.last_signal, t.alive, t.gen)
+
+
+def _processes(rec: MapRecords, shown_before: dict) -> list:
+    """Every process with rseq activity, by (pid, gen): totals are exited
+    threads' (procs) plus live threads' counts. Updates shown_before."""
+    by_proc: dict[Ident, list] = {}
+    for t in rec.threads:
+        by_proc.setdefault((t.pid, t.gen), []).append(t)
+    procs = {(p.pid, p.gen): p for p in rec.procs}
+    calls: dict[Ident, list] = {}
+    for c in rec.calls:
+        calls.setdefault((c.pid, c.gen), []).append(c)
+    live_comms = dict(rec.live_comms)
+    out = []
+    for ident in sorted(set(by_proc) | set(procs) | set(calls)):
+        pid, gen = ident
+        ts = by_proc.get(ident, [])
+        live = [t for t in ts if t.alive]
+        p = procs.get(ident)
+        counts = p.retired if p else Counts()
+        for t in live:
+            counts = counts + t.counts
+        counts = _monotonic(shown_before, ident, counts)
+        reg, unreg, reg_err, membarrier, by_abi = _process_calls(calls.get(ident, []))
+        out.append(ProcessStats(pid, _process_comm(pid, ts, p, live_comms if live else {}), counts, len(live),
+                                p.exited_threads if p else 0, reg, unreg, reg_err, membarrier,
+                                alive=bool(live), gen=gen, registrations_by_abi=by_abi))
+    return out
+
+
+def _monotonic(shown_before: dict, ident: Ident, counts: Counts) -> Counts:
+    """A thread that exits between the reads of procs and threads is in
+    neither for one poll; show the previous totals instead of a dip."""
+    prev = shown_before.get(ident)
+    if prev is not None and dipped(prev, counts):
+        return prev
+    shown_before[ident] = counts
+    return counts
+
+
+def dipped(prev: Counts, cur: Counts) -> bool:
+    if any(getattr(cur, f) < getattr(prev, f) for f in COUNT_FIELDS):
+        return True
+    now = dict(cur.causes)
+    return any(now.get(k, 0) < v for k, v in prev.causes)
+
+
+def _process_comm(pid: int, threads: list, proc: Optional[ProcRecord], live_comms: dict) -> str:
+    """A process's name is its main thread's: live from /proc, else the name
+    its main thread died with, else a thread's."""
+    if live_comms.get(pid):
+        return live_comms[pid]
+    if proc is not None and proc.comm:
+        return proc.comm
+    for t in threads:
+        if t.tid == pid:
+            return t.comm
+    return threads[0].comm if threads else ""
+
+
+def _process_calls(rows: list[CallRecord]) -> tuple:
+    """(registrations, unregistrations, registration errors, membarrier stats,
+    registrations by ABI) from a process's keyed counters."""
+    reg = unreg = 0
+    by_abi: dict = {}
+    reg_err: dict = {}
+    mb: dict[int, dict] = {}
+    for r in rows:
+        if r.kind in (K["RSEQTOP_PC_RSEQ_REG"], K["RSEQTOP_PC_RSEQ_UNREG"]):
+            if r.code:
+                reg_err[errno_name(r.code)] = reg_err.get(errno_name(r.code), 0) + r.n
+            elif r.kind == K["RSEQTOP_PC_RSEQ_REG"]:
+                reg += r.n
+                abi = ABI_NAMES.get(r.cmd, f"abi{r.cmd}")
+                by_abi[abi] = by_abi.get(abi, 0) + r.n
+            else:
+                unreg += r.n
+            continue
+        m = mb.setdefault(r.cmd, {"calls": 0, "errors": {}, "lat": {}})
+        if r.kind == K["RSEQTOP_PC_MB_CALL"]:
+            m["calls"] += r.n
+        elif r.kind == K["RSEQTOP_PC_MB_ERROR"]:
+            m["errors"][errno_name(r.code)] = r.n
+        elif r.kind == K["RSEQTOP_PC_MB_LATENCY"]:
+            m["lat"][r.code] = r.n
+    membarrier = tuple(MembarrierStats(membarrier_cmd_name(cmd), m["calls"], pairs(m["errors"]), pairs(m["lat"]))
+                       for cmd, m in sorted(mb.items()))
+    return reg, unreg, pairs(reg_err), membarrier, pairs(by_abi)
+
+
+def _sites(rec: MapRecords, keep: set, symbol: Callable[[int, int], str]) -> list:
+    offs: dict[tuple, dict] = {}
+    for o in rec.offsets:
+        offs.setdefault((o.pid, o.gen, o.start_ip), {})[o.offset] = o.n
+    return [SiteStats(s.pid, s.start_ip, symbol(s.pid, s.start_ip), s.aborts, s.causes, s.abort_ip,
+                      s.post_commit_offset, pairs(offs.get((s.pid, s.gen, s.start_ip), {})))
+            for s in rec.sites if (s.pid, s.gen) in keep]
+
+
+def _self_stats(rec: MapRecords) -> SelfStats:
+    live = sum(1 for t in rec.threads if t.alive)
+    used = {"threads": live, "dead_threads": len(rec.threads) - live, "procs": len(rec.procs),
+            "sites": len(rec.sites), "offsets": len(rec.offsets), "pcounts": len(rec.calls)}
+    capacity = dict(rec.setup.capacities)
+    maps = tuple(MapFill(name, used[name], capacity.get(name, 0), rec.counter(drop) if drop else 0)
+                 for name, drop in DROP_COUNTERS.items())
+    s = rec.setup
+    return SelfStats(s.probes, s.missing, s.unavailable_causes, rec.counter("events_sent"),
+                     rec.counter("events_lost"), maps, rec.bpf_run_time_ns, rec.bpf_run_count, rec.cpu_seconds,
+                     rec.read_seconds, s.syscalls, rec.probe_misses)

@@ -1,0 +1,195 @@
+"""The collector: a snapshot source over the kernel's maps.
+
+It wires the stages together: Probes (load and attach), MapReader (maps ->
+records), assemble (records -> Snapshot, pure) and Reaper (age dead
+processes out). Maps are never cleared: every count is a total since
+attach, so that Prometheus counters stay monotonic and rates are
+differences of snapshots (rseqtop.rates).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+from rseqtop.collect import reaper as reaper_mod
+from rseqtop.collect.assemble import Assembly, View, assemble
+from rseqtop.collect.loader import Probes
+from rseqtop.collect.reader import MapReader
+from rseqtop.collect.records import MapRecords
+from rseqtop.errors import UserError
+from rseqtop.snapshot import Counts, Snapshot
+from rseqtop.symbols import Symbolizer
+
+
+def compile_comm(comm: Optional[str]) -> Optional[re.Pattern]:
+    if not comm:
+        return None
+    try:
+        return re.compile(comm)
+    except re.error as err:
+        raise UserError(f"bad --comm regular expression {comm!r}: {err}", exit_code=2) from None
+
+
+class Collector:
+    """Attach rseqtop's probes; poll() returns a Snapshot, reap() ages dead
+    processes out of the maps (see rseqtop.source.SnapshotSource).
+
+    pids: only these processes (tgids) are tracked; cgroups: only tasks in
+    these cgroup v2 directories; comm: a regular expression applied to what
+    snapshots show. All can change at run time with set_filter().
+    """
+
+    def __init__(self, pids: Optional[Iterable[int]] = None, comm: Optional[str] = None,
+                 cgroups: Optional[Iterable[str]] = None, sizes: Optional[dict] = None,
+                 emit_events: bool = False, tracefs_root: Optional[Path] = None,
+                 symbolizer: Optional[Symbolizer] = None, keep_dead_seconds: float = 60.0,
+                 keep_dead_max: int = 4096, syscalls: bool = False):
+        self._pids = set(pids) if pids else set()
+        self._comm = compile_comm(comm)
+        self._cgroups = list(cgroups or ())
+        self._emit_events = emit_events
+        self._want_mm_cid = False
+        self.loader = Probes(sizes, syscalls, tracefs_root)
+        self._reader: Optional[MapReader] = None
+        self.reaper = reaper_mod.Reaper(keep_dead_seconds, keep_dead_max)
+        self.symbolize = symbolizer or Symbolizer()
+        self._gens: dict[int, int] = {}  # pid -> newest generation seen (whose names the symbolizer holds)
+        self._last_totals: dict[tuple, Counts] = {}  # (pid, gen) -> last totals shown
+        self._forgotten = Counts()  # processes aged out of the maps, for the system totals
+        self.records: Optional[MapRecords] = None  # of the latest poll
+        self.assembly: Optional[Assembly] = None
+
+    # -- set-up ---------------------------------------------------------
+    @property
+    def probes(self) -> tuple:
+        """The tracepoints attached, as "system:event"."""
+        return self.loader.names
+
+    @property
+    def bpf(self):
+        return self.loader.bpf
+
+    @property
+    def plan(self):
+        return self.loader.plan
+
+    @property
+    def era(self):
+        return self.loader.era
+
+    def generate(self) -> str:
+        """The BPF program for this kernel (what --ebpf prints)."""
+        return self.loader.generate()
+
+    def attach(self) -> "Collector":
+        self.loader.attach()
+        self._reader = MapReader(self.loader)
+        self._configure()
+        self.loader.watch_sites(self._on_new_site)
+        return self
+
+    def __enter__(self) -> "Collector":
+        return self.attach() if self.bpf is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.loader.close()
+
+    def pause_watcher(self) -> None:
+        self.loader.pause_watcher()
+
+    def resume_watcher(self) -> None:
+        self.loader.resume_watcher()
+
+    def _on_new_site(self, tgid: int, gen: int, start_ip: int) -> None:
+        self._note_generation(tgid, gen)
+        self.symbolize(tgid, start_ip)
+
+    def _note_generation(self, pid: int, gen: int) -> None:
+        if self._gens.get(pid, gen) < gen:
+            self.symbolize.forget(pid)  # names of the previous process with this pid
+        self._gens[pid] = max(gen, self._gens.get(pid, gen))
+
+    # -- filters --------------------------------------------------------
+    def set_filter(self, pids: Optional[Iterable[int]] = None, comm: Optional[str] = None,
+                   cgroups: Optional[Iterable[str]] = None) -> None:
+        self._pids = set(pids) if pids else set()
+        self._comm = compile_comm(comm)
+        self._cgroups = list(cgroups or ())
+        if self.bpf is not None:
+            self._configure()
+
+    def set_emit_events(self, on: bool) -> None:
+        self._emit_events = on
+        if self.bpf is not None:
+            self._configure()
+
+    def _configure(self) -> None:
+        self.loader.configure(self._pids, self._cgroups, self._emit_events)
+
+    def want_mm_cid(self, on: bool) -> None:
+        """Ask for threads' mm_cid from the next poll on: front ends ask
+        while they show threads (see Probes.mm_cid for the cost)."""
+        self._want_mm_cid = on
+
+    # -- events ---------------------------------------------------------
+    def open_events(self, callback: Callable) -> None:
+        """callback(event) for each abort, with event a ctypes rseqtop_event."""
+        self.set_emit_events(True)
+        self.loader.open_events(callback)
+
+    def poll_events(self, timeout_ms: int = 100) -> None:
+        self.loader.poll_events(timeout_ms)
+
+    # -- snapshots ------------------------------------------------------
+    def read(self) -> MapRecords:
+        """One read of the maps, as plain records."""
+        if self.bpf is None:
+            raise RuntimeError("collector is not attached")
+        self.loader.mm_cid(self._want_mm_cid)
+        return self._reader.read()
+
+    def poll(self) -> Snapshot:
+        rec = self.read()
+        a = assemble(rec, View(frozenset(self._pids), self._comm), self._last_totals, self._forgotten,
+                     self.symbolize)
+        self._last_totals = dict(a.last_totals)
+        for pid, gen in a.newest.items():
+            self._note_generation(pid, gen)
+        self.records, self.assembly = rec, a
+        return a.snapshot
+
+    def reap(self) -> int:
+        """Age dead processes out of the maps (those of the latest poll);
+        returns how many were dropped."""
+        rec, a = self.records, self.assembly
+        if rec is None or a is None or self.bpf is None:
+            return 0
+        live = {(t.pid, t.gen) for t in rec.threads if t.alive}
+        gone = self.reaper.due(((p.pid, p.gen) for p in a.processes), live, dict(a.newest), time.monotonic(),
+                               self._exited)
+        if not gone:
+            return 0
+        for p in a.processes:
+            if (p.pid, p.gen) in gone:
+                self._forgotten = self._forgotten + p.counts
+        reaper_mod.delete(self.bpf, gone, rec)
+        for pid, gen in gone:
+            self._last_totals.pop((pid, gen), None)
+            if self._gens.get(pid) == gen and not os.path.exists(f"/proc/{pid}"):
+                self._gens.pop(pid, None)
+                self.symbolize.forget(pid)
+        self.records = self.assembly = None  # what they list is partly deleted now
+        return len(gone)
+
+    def _exited(self, pid: int, gen: int) -> bool:
+        if not os.path.exists(f"/proc/{pid}"):
+            return True
+        g = self.loader.proc_gen(pid)
+        return g is not None and g > gen

@@ -1,0 +1,201 @@
+"""Loading and attaching: generate the BPF program for this kernel, compile
+it with bcc, attach it, write the filter configuration, and run the
+new-site and event streams. The only module that imports bcc."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+from rseqtop import bpfgen, kernel, tracefs
+from rseqtop.bccimport import CFLAGS, import_bcc, prepare_headers
+from rseqtop.collect.records import Setup
+from rseqtop.errors import UserError
+from rseqtop.kernel import hot_storage_usable
+from rseqtop.snapshot import pairs
+
+
+def check_privileges() -> None:
+    missing = kernel.missing_caps(kernel.effective_caps(), kernel.kernel_version())
+    if missing:
+        raise UserError(f"not privileged: missing {', '.join(missing)}; run as root (sudo) or see 'rseqtop doctor'")
+
+
+def first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+class Probes:
+    """One compiled and attached copy of rseqtop's BPF program."""
+
+    # map -> the define of bpf/rseqtop.h that sizes it
+    MAP_SIZES = {"threads": "RSEQTOP_MAX_THREADS", "dead_threads": "RSEQTOP_MAX_DEAD_THREADS",
+                 "procs": "RSEQTOP_MAX_PROCS", "sites": "RSEQTOP_MAX_SITES", "offsets": "RSEQTOP_MAX_OFFSETS",
+                 "pcounts": "RSEQTOP_MAX_PCOUNTS"}
+
+    def __init__(self, sizes: Optional[dict] = None, syscalls: bool = False, tracefs_root: Optional[Path] = None):
+        self.constants = bpfgen.header_constants()
+        self._sizes = sizes or {}
+        self.syscalls = syscalls
+        self._tracefs_root = tracefs_root
+        self.bpf = None
+        self.plan: Optional[bpfgen.Plan] = None
+        self.era = kernel.rseq_era(kernel.kernel_version())
+        self.setup = Setup()
+        self.hot_fd: Optional[int] = None  # task storage map, when the hot state lives there
+        self.hot_value = None
+        self._mm_cid_attached = False
+        self._watcher: Optional[threading.Thread] = None
+        self._stop_watcher = threading.Event()
+        self._on_site: Optional[Callable] = None
+
+    def generate(self) -> str:
+        """The BPF program for this kernel (what --ebpf prints)."""
+        root = self._tracefs_root or tracefs.ensure_root()
+        fs = tracefs.TraceFS(root)
+        self.plan = bpfgen.plan(fs.format, kernel.kallsyms_address("ipi_rseq"), self._sizes,
+                                kernel.kernel_version(), syscalls=self.syscalls, hot_storage=hot_storage_usable())
+        upd = fs.format("rseq", "rseq_update")
+        self.era = kernel.rseq_era(kernel.kernel_version(), tuple(f.name for f in upd.fields) if upd else ())
+        return bpfgen.source(self.plan)
+
+    @property
+    def names(self) -> tuple:
+        return tuple(f"{s}:{e}" for s, e in self.plan.attach) if self.plan else ()
+
+    def attach(self) -> None:
+        check_privileges()
+        bcc = import_bcc()
+        text = self.generate()
+        prepare_headers()
+        try:
+            self.bpf = bcc.BPF(text=text.encode(), cflags=CFLAGS)
+        except Exception as err:
+            raise UserError(f"the BPF program failed to compile or load ({first_line(err)}); "
+                            f"see 'rseqtop doctor'") from None
+        try:
+            for system, event in self.plan.attach:
+                if event in self.plan.raw:
+                    self.bpf.attach_raw_tracepoint(tp=event, fn_name=f"on_{event}")
+                else:
+                    self.bpf.attach_tracepoint(tp=f"{system}:{event}", fn_name=f"on_{event}")
+        except Exception as err:
+            self.close()
+            raise UserError(f"attaching to tracepoints failed ({first_line(err)}); see 'rseqtop doctor'") from None
+        if self.plan.hot_storage:
+            self.hot_fd = bcc.lib.bpf_table_fd(self.bpf.module, b"hot")
+            self.hot_value = dict(self.bpf["threads"].Leaf._fields_)["h"]()
+        capacities = {name: int(self.plan.defines[size]) for name, size in self.MAP_SIZES.items()}
+        self.setup = Setup(self.era.name, self.era.description, self.names, self.plan.missing,
+                           self.plan.unavailable_causes, pairs(capacities), self.syscalls)
+
+    def close(self) -> None:
+        self.pause_watcher()
+        self._mm_cid_attached = False
+        self.hot_fd = None
+        if self.bpf is not None:
+            try:
+                self.bpf.cleanup()
+            finally:
+                self.bpf = None
+
+    def program_fds(self) -> list:
+        return [fn.fd for fn in self.bpf.funcs.values()]
+
+    # -- configuration --------------------------------------------------
+    def configure(self, pids: Iterable[int], cgroups: Iterable[str], emit_events: bool) -> None:
+        """Write the in-kernel filter: only these processes (tgids) and
+        cgroup v2 directories are tracked; none given: everything."""
+        pids, cgroups = list(pids), list(cgroups)
+        b = self.bpf
+        watch = b["watch_pids"]
+        watch.clear()
+        for pid in pids:
+            watch[ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
+        cg = b["watch_cgroups"]
+        cg.clear()
+        for path in cgroups:
+            try:
+                ino = os.stat(path).st_ino
+            except OSError as err:
+                raise UserError(f"cgroup {path}: {err.strerror}; give a cgroup v2 directory "
+                                f"such as /sys/fs/cgroup/system.slice/foo.service", exit_code=2) from None
+            cg[ctypes.c_uint64(ino)] = ctypes.c_uint8(1)
+        k = self.constants
+        cfg = b["config"]
+        value = cfg[0]
+        value.filter = (k["RSEQTOP_FILTER_PIDS"] if pids else 0) | (k["RSEQTOP_FILTER_CGROUPS"] if cgroups else 0)
+        value.emit_events = 1 if emit_events else 0
+        # Threads the previous filter excluded are checked again.
+        value.filter_gen = value.filter_gen % 0xFFFFFFFF + 1
+        cfg[0] = value
+
+    def proc_gen(self, pid: int) -> Optional[int]:
+        """The kernel's current generation for pid (None: no process with it
+        died while attached)."""
+        g = self.bpf["proc_gen"].get(ctypes.c_uint32(pid))
+        return None if g is None else g.value
+
+    def mm_cid(self, on: bool) -> None:
+        """Where rseq_update is a raw tracepoint, mm_cid is only in the
+        regular tracepoint's record, whose program costs as much again per
+        context switch: attached only while someone looks."""
+        if not self.plan.mm_cid_on_demand or on == self._mm_cid_attached:
+            return
+        if on:
+            self.bpf.attach_tracepoint(tp="rseq:rseq_update", fn_name="on_rseq_update_ids")
+        else:
+            self.bpf.detach_tracepoint(tp="rseq:rseq_update")  # only this program is a regular one there
+        self._mm_cid_attached = on
+
+    # -- streams --------------------------------------------------------
+    def watch_sites(self, on_site: Callable[[int, int, int], None]) -> None:
+        """on_site(tgid, gen, start_ip) for each new critical section, in a
+        thread, as soon as the kernel reports it: while its process still
+        lives (its maps are unreadable after exit)."""
+        key_type = self.bpf["sites"].Key
+
+        def on_new_site(cpu, data, size):
+            key = ctypes.cast(data, ctypes.POINTER(key_type)).contents
+            on_site(key.tgid, key.gen, key.start_ip)
+
+        self.bpf["new_sites"].open_perf_buffer(on_new_site, page_cnt=8)
+        self.resume_watcher()
+
+    def pause_watcher(self) -> None:
+        """Stop the new-site thread (for example while the caller changes its
+        credentials: capabilities are per thread, and a thread started later
+        inherits the caller's)."""
+        if self._watcher is not None:
+            self._stop_watcher.set()
+            self._watcher.join(timeout=5)
+            self._watcher = None
+
+    def resume_watcher(self) -> None:
+        if self._watcher is not None or self.bpf is None:
+            return
+        stop = self._stop_watcher = threading.Event()
+        bpf = self.bpf
+
+        def loop():
+            while not stop.is_set():
+                bpf.perf_buffer_poll(100)
+
+        self._watcher = threading.Thread(target=loop, name="rseqtop-symbolizer", daemon=True)
+        self._watcher.start()
+
+    def open_events(self, callback: Callable) -> None:
+        table = self.bpf["events"]
+        ev_type = table.event
+
+        def handle(ctx, data, size):
+            callback(ev_type(data))
+
+        table.open_ring_buffer(handle)
+
+    def poll_events(self, timeout_ms: int) -> None:
+        self.bpf.ring_buffer_poll(timeout_ms)

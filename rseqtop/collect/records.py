@@ -1,0 +1,150 @@
+"""Plain records of one read of the kernel's maps: what the reader produces
+and the pure assembly consumes. No ctypes, no bcc: records can be saved as
+JSON and assembled again without root (tests/data/records-*.json)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Optional
+
+from rseqtop.snapshot import Counts, Pairs
+
+
+@dataclass(frozen=True)
+class ThreadRecord:
+    """A thread's record: live ones from the threads map (update and
+    preemption counts and CPU from its hot state), exited ones from
+    dead_threads."""
+
+    pid: int
+    tid: int
+    gen: int
+    comm: str
+    counts: Counts
+    cpu: int = -1
+    node: int = -1
+    mm_cid: int = -1
+    last_signal: int = 0
+    alive: bool = True
+
+
+@dataclass(frozen=True)
+class ProcRecord:
+    """What a process's exited threads left (map procs)."""
+
+    pid: int
+    gen: int
+    comm: str
+    retired: Counts
+    exited_threads: int = 0
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One keyed per-process counter (map pcounts): rseq(2) and membarrier(2)
+    calls, errors and latency slots (kinds: RSEQTOP_PC_* of bpf/rseqtop.h)."""
+
+    pid: int
+    gen: int
+    kind: int
+    cmd: int
+    code: int
+    n: int
+
+
+@dataclass(frozen=True)
+class SiteRecord:
+    pid: int
+    gen: int
+    start_ip: int
+    aborts: int
+    causes: Pairs = ()
+    abort_ip: int = 0
+    post_commit_offset: int = 0
+
+
+@dataclass(frozen=True)
+class OffsetRecord:
+    pid: int
+    gen: int
+    start_ip: int
+    offset: int
+    n: int
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What was attached: fixed from attach to close."""
+
+    era: str = ""
+    era_description: str = ""
+    probes: tuple = ()
+    missing: tuple = ()
+    unavailable_causes: tuple = ()
+    capacities: Pairs = ()  # (map name, entries)
+    syscalls: bool = False
+
+
+@dataclass(frozen=True)
+class MapRecords:
+    setup: Setup
+    monotonic: float  # when the read ended
+    wall: float
+    read_seconds: float  # how long reading the maps took
+    counters: Pairs = ()  # (RSEQTOP_CNT_* name in lower case, total over CPUs)
+    procs: tuple = ()  # ProcRecord
+    threads: tuple = ()  # ThreadRecord, live and exited
+    calls: tuple = ()  # CallRecord
+    sites: tuple = ()  # SiteRecord
+    offsets: tuple = ()  # OffsetRecord
+    cpu_aborts: tuple = ()
+    # the name of each process with live threads, read from /proc
+    # (threads rename themselves after the kernel first saw them)
+    live_comms: Pairs = ()
+    bpf_run_time_ns: Optional[int] = None
+    bpf_run_count: Optional[int] = None
+    probe_misses: int = 0
+    cpu_seconds: float = 0.0
+
+    def counter(self, name: str) -> int:
+        return dict(self.counters).get(name, 0)
+
+
+# -- JSON ---------------------------------------------------------------
+_NESTED = {"procs": ProcRecord, "threads": ThreadRecord, "calls": CallRecord, "sites": SiteRecord,
+           "offsets": OffsetRecord}
+
+
+def _tuples(value):
+    """JSON arrays back into the tuples records hold."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def _counts(d: dict) -> Counts:
+    return Counts(**{k: _tuples(v) for k, v in d.items()})
+
+
+def _record(cls, d: dict):
+    kw = {}
+    for f in fields(cls):
+        if f.name not in d:
+            continue
+        v = d[f.name]
+        kw[f.name] = _counts(v) if f.name in ("counts", "retired") else _tuples(v)
+    return cls(**kw)
+
+
+def dumps(rec: MapRecords) -> str:
+    return json.dumps(asdict(rec), indent=1, sort_keys=True)
+
+
+def loads(text: str) -> MapRecords:
+    d = json.loads(text)
+    kw = {f.name: _tuples(d[f.name]) for f in fields(MapRecords) if f.name in d and f.name not in _NESTED}
+    kw["setup"] = _record(Setup, d["setup"])
+    for name, cls in _NESTED.items():
+        kw[name] = tuple(_record(cls, x) for x in d.get(name, ()))
+    return MapRecords(**kw)

@@ -12,9 +12,9 @@ import json
 import time
 from typing import Optional
 
-from rseqtop.present.columns import (CAUSE_OF_FIELD, PROCESS_COLUMNS, THREAD_COLUMNS, signal_name, sort_rows,
-                                     system_rates_text)
+from rseqtop.present.columns import PROCESS_COLUMNS, THREAD_COLUMNS, signal_name, sort_rows, system_rates_text
 from rseqtop.present.rows import LiveModel
+from rseqtop.snapshot import CAUSE_OF_FIELD, COUNT_FIELDS
 
 SCHEMA_VERSION = 1
 BATCH_PROCESS_COLUMNS = tuple(c for c in PROCESS_COLUMNS if c.key != "trend")
@@ -69,16 +69,16 @@ def _unseen(out: dict, unavailable: tuple) -> dict:
     return out
 
 
+def _fields(x) -> dict:
+    return {f: getattr(x, f) for f in COUNT_FIELDS}
+
+
 def _rates(r, unavailable: tuple = ()) -> dict:
-    return _unseen({"aborts": r.aborts, "preempts": r.preempts, "migrations": r.migrations, "signals": r.signals,
-                    "membarrier_ipis": r.membarrier_ipis, "updates": r.updates,
-                    "aborts_per_100_preempts": r.abort_ratio}, unavailable)
+    return _unseen({**_fields(r), "aborts_per_100_preempts": r.abort_ratio}, unavailable)
 
 
 def _counts(c, unavailable: tuple = ()) -> dict:
-    return _unseen({"aborts": c.aborts, "preempts": c.preempts, "migrations": c.migrations, "signals": c.signals,
-                    "membarrier_ipis": c.membarrier_ipis, "updates": c.updates,
-                    "causes": dict(c.causes)}, unavailable)
+    return _unseen({**_fields(c), "causes": dict(c.causes)}, unavailable)
 
 
 def _registrations(proc, counted: bool) -> Optional[dict]:

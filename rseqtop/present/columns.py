@@ -9,6 +9,7 @@ from typing import Callable, Optional
 
 from rseqtop.textsafe import printable
 from rseqtop.present.rows import cause_split, sparkline
+from rseqtop.snapshot import CAUSE_OF_FIELD
 
 
 def rate(v: float) -> str:
@@ -24,9 +25,6 @@ def ratio(v: Optional[float]) -> str:
 
 
 UNAVAILABLE = "n/a"
-# Rates fields that only exist when rseqtop can see their cause.
-CAUSE_OF_FIELD = {"preempts": "preempt", "migrations": "migrate", "signals": "signal",
-                  "membarrier_ipis": "membarrier"}
 
 
 def cause_rate(rates, field: str, unavailable: tuple) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import psutil  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 
 from rseqtop.exporter.metrics import RseqCollector  # noqa: E402
-from rseqtop.exporter.server import ExporterServer, serve_in_thread  # noqa: E402
+from rseqtop.exporter.server import ExporterServer  # noqa: E402
 from rseqtop.synthetic import SyntheticSource  # noqa: E402
 from common import timed_get  # noqa: E402
 
@@ -38,7 +39,7 @@ def serve(source, labels: str):
     reg.register(RseqCollector(source, labels=labels, max_series=100000, identity=None))
     srv = ExporterServer(("127.0.0.1", 0), reg)
     srv.ready_event.set()
-    serve_in_thread(srv)
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.2}, name="http", daemon=True).start()
     return srv, f"http://127.0.0.1:{srv.port}/metrics"
 
 
@@ -63,6 +64,9 @@ def main(argv=None) -> int:
 
         def poll(self):
             return snap
+
+        def reap(self):
+            return 0
 
     figures = {}
     for label, source in (("exporter (pre-built snapshot)", Frozen()),

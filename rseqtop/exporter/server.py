@@ -248,8 +248,3 @@ class Handler(BaseHTTPRequestHandler):
                 f"<ul><li><a href=\"{path}\">Metrics</a></li><li><a href=\"/-/healthy\">/-/healthy</a></li>"
                 f"<li><a href=\"/-/ready\">/-/ready</a></li></ul></body></html>\n").encode()
 
-
-def serve_in_thread(server: ExporterServer) -> threading.Thread:
-    t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="http", daemon=True)
-    t.start()
-    return t

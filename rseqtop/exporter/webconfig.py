@@ -16,15 +16,15 @@ prometheus/exporter-toolkit::
 
 Unknown keys are errors (the toolkit parses strictly too). Relative paths are
 relative to the file's directory. The file is read once at start-up.
-bcrypt hashes are verified with the system's libcrypt (libxcrypt on Debian
-and Fedora supports $2b$/$2y$); successful verifications are cached by a
-salted digest so that repeated scrapes do not pay bcrypt's cost each time.
+bcrypt hashes are verified with the `bcrypt` package (pyca), which releases
+the GIL while it hashes: checks run in parallel and a stream of wrong
+passwords does not queue the right ones behind a lock. Successful
+verifications are cached by a salted digest so that repeated scrapes do not
+pay bcrypt's cost each time.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import hashlib
 import hmac
 import logging
@@ -37,6 +37,11 @@ from pathlib import Path
 from typing import Optional
 
 from rseqtop.errors import UserError
+
+try:
+    import bcrypt
+except ImportError:  # a declared dependency; load() says so in one line when users are configured
+    bcrypt = None
 
 log = logging.getLogger("rseqtop.export")
 
@@ -74,48 +79,33 @@ class WebConfig:
         return self.ssl_context is not None
 
 
-def _libcrypt():
-    name = ctypes.util.find_library("crypt") or "libcrypt.so.1"
-    try:
-        lib = ctypes.CDLL(name)
-    except OSError:
-        lib = ctypes.CDLL("libcrypt.so.1")
-    lib.crypt.restype = ctypes.c_char_p
-    lib.crypt.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
-    return lib
-
-
-_crypt_lock = threading.Lock()  # crypt() returns a static buffer
-_crypt_lib = None
+BCRYPT_MAX_PASSWORD = 72  # bytes; bcrypt (libcrypt, Go's x/crypto, htpasswd) ignores the rest
+UNKNOWN_USER_HASH = "$2b$10$" + "." * 53  # checked for unknown users, to spend the same time
 
 
 def bcrypt_check(password: str, hashed: str) -> bool:
-    """True when password matches the bcrypt hash (system libcrypt)."""
-    global _crypt_lib
-    with _crypt_lock:
-        if _crypt_lib is None:
-            _crypt_lib = _libcrypt()
-        out = _crypt_lib.crypt(password.encode("utf-8"), hashed.encode("ascii"))
-    if not out:
+    """True when password matches the bcrypt hash. Thread-safe and parallel
+    (the GIL is released while hashing). Passwords longer than 72 bytes are
+    truncated, as libcrypt and Go exporters do; a hash the library refuses
+    is a mismatch, never an exception."""
+    try:
+        return bcrypt.checkpw(password.encode("utf-8")[:BCRYPT_MAX_PASSWORD], hashed.encode("ascii"))
+    except ValueError:
         return False
-    return hmac.compare_digest(out, hashed.encode("ascii"))
 
 
-def bcrypt_hash(password: str, cost: int = 10) -> str:
-    """A $2b$ hash (used by tests and docs; production hashes come from htpasswd -B)."""
-    salt = os.urandom(16)
-    alphabet = b"./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-    # bcrypt's own base64 of 16 bytes -> 22 characters
-    bits = int.from_bytes(salt, "big") << 4  # 132 bits
-    chars = "".join(chr(alphabet[(bits >> (6 * (21 - i))) & 63]) for i in range(22))
-    global _crypt_lib
-    with _crypt_lock:
-        if _crypt_lib is None:
-            _crypt_lib = _libcrypt()
-        out = _crypt_lib.crypt(password.encode(), f"$2b${cost:02d}${chars}".encode())
-    if not out or not out.startswith(b"$2b$"):
-        raise RuntimeError("the system libcrypt does not support bcrypt")
-    return out.decode()
+def _usable_hash(hashed: str) -> bool:
+    """Whether the library accepts the hash's version and salt, checked at
+    cost 4 (about a millisecond) rather than the hash's own cost."""
+    m = BCRYPT_RE.match(hashed)
+    if not m:
+        return False
+    probe = hashed[:m.start(1)] + "04" + hashed[m.end(1):]
+    try:
+        bcrypt.checkpw(b"", probe.encode("ascii"))
+    except ValueError:
+        return False
+    return True
 
 
 class Authenticator:
@@ -148,7 +138,7 @@ class Authenticator:
                 return True
         if hashed is None:
             # spend comparable time so that unknown users are not distinguishable
-            bcrypt_check(password, "$2b$10$" + "." * 53)
+            bcrypt_check(password, UNKNOWN_USER_HASH)
             return False
         if not bcrypt_check(password, hashed):
             return False
@@ -194,8 +184,11 @@ def load(path) -> WebConfig:
     users = data.get("basic_auth_users") or {}
     if not isinstance(users, dict):
         raise WebConfigError(path, "basic_auth_users must map user names to bcrypt hashes")
+    if users and bcrypt is None:
+        raise UserError("basic_auth_users needs the bcrypt package: pip install bcrypt "
+                        "(or apt-get install python3-bcrypt)", exit_code=2)
     for user, hashed in users.items():
-        if not isinstance(hashed, str) or not BCRYPT_RE.match(hashed):
+        if not isinstance(hashed, str) or not _usable_hash(hashed):
             raise WebConfigError(path, f"basic_auth_users: the hash for user {user!r} is not a bcrypt hash "
                                  f"($2y$10$ + 53 characters); make one with: htpasswd -nBC 10 {user}")
         cfg.users[str(user)] = hashed

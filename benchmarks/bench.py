@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 from common import free_port, wait_ready  # noqa: E402
+
 from rseqtop import workload  # noqa: E402
 
 PY = sys.executable

@@ -18,6 +18,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rseqtop import workload  # noqa: E402
 from rseqtop.collect import Collector  # noqa: E402
+from rseqtop.model.source import poll_and_reap  # noqa: E402
 
 
 def main() -> int:
@@ -41,7 +42,7 @@ def main() -> int:
         polls = []
         while proc.poll() is None:
             t0 = time.monotonic()
-            c.poll()
+            poll_and_reap(c)  # as the front ends do
             polls.append(time.monotonic() - t0)
             rss.append(me.memory_info().rss)
             time.sleep(max(0.0, 1.0 - (time.monotonic() - t0)))
@@ -53,7 +54,7 @@ def main() -> int:
     churn = summary["churn"]
     if a.processes:
         got: dict = {}
-        for p in snap.processes + snap.earlier:
+        for p in c.assembly.processes:  # every generation of recycled pids
             got[p.pid] = got.get(p.pid, 0) + p.counts.aborts
         seen = sum(got.get(int(pid), 0) for pid in summary["children"])
         print(f"process churn: {churn['created']} children in {summary['duration_s']:.0f} s "

@@ -14,6 +14,7 @@ import time
 T0 = time.monotonic()
 
 from rseqtop.collect import Collector  # noqa: E402  (import time counts)
+from rseqtop.model.source import poll_and_reap  # noqa: E402
 
 
 def main() -> int:
@@ -27,7 +28,7 @@ def main() -> int:
         c.poll()
         print(f"FIRST {time.monotonic() - T0:.3f}", flush=True)
         while not stop.wait(interval):
-            c.poll()
+            poll_and_reap(c)  # as the front ends do
     return 0
 
 

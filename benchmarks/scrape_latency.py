@@ -21,12 +21,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import psutil  # noqa: E402
+from common import timed_get  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 
 from rseqtop.exporter.metrics import RseqCollector  # noqa: E402
 from rseqtop.exporter.server import ExporterServer  # noqa: E402
-from rseqtop.synthetic import SyntheticSource  # noqa: E402
-from common import timed_get  # noqa: E402
+from rseqtop.model.synthetic import SyntheticSource  # noqa: E402
 
 
 def count_series(text: str) -> int:

@@ -31,7 +31,7 @@ def cpu_seconds() -> float:
 
 
 async def headless(args) -> tuple:
-    from rseqtop.synthetic import SyntheticSource
+    from rseqtop.model.synthetic import SyntheticSource
     from rseqtop.tui.app import make_app
 
     app = make_app(SyntheticSource(args.processes, args.threads), delay=args.delay)
@@ -54,7 +54,7 @@ def proc_cpu(pid: int) -> float:
 def tmux(args) -> tuple:
     session = f"rseqtop-bench-{os.getpid()}"
     code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); "
-            f"from rseqtop.synthetic import SyntheticSource; from rseqtop.tui.app import make_app; "
+            f"from rseqtop.model.synthetic import SyntheticSource; from rseqtop.tui.app import make_app; "
             f"app = make_app(SyntheticSource({args.processes}, {args.threads}), delay={args.delay}); "
             f"app.threads_mode = {bool(args.threads_view)}; app.run()")
     pidfile = Path(f"/tmp/{session}.pid")

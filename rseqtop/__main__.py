@@ -1,3 +1,3 @@
-from rseqtop.cli import main
+from rseqtop.commands.cli import main
 
 raise SystemExit(main())

@@ -24,8 +24,8 @@ def skip_or_fail(reason: str):
 def bpf_unavailable_reason() -> str | None:
     if os.geteuid() != 0:
         return "needs root to load BPF programs"
-    from rseqtop import tracefs
     from rseqtop.errors import UserError
+    from rseqtop.kernel import tracefs
 
     try:
         root = tracefs.ensure_root()
@@ -34,7 +34,7 @@ def bpf_unavailable_reason() -> str | None:
     if not tracefs.TraceFS(root).has("rseq", "rseq_ip_fixup"):
         return "kernel lacks the rseq:rseq_ip_fixup tracepoint"
     try:
-        from rseqtop.bccimport import import_bcc
+        from rseqtop.kernel.bccimport import import_bcc
 
         import_bcc()
     except UserError as err:

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from rseqtop import bpfgen, tracefs
 from rseqtop.errors import UserError
+from rseqtop.kernel import bpfgen, tracefs
 
 DATA = Path(__file__).parent / "data"
 
@@ -123,7 +123,7 @@ def test_raw_needs_the_arguments_in_prototype_order(tmp_path):
 @pytest.mark.parametrize("hot_storage", [True, False], ids=["task-storage", "hash"])
 @pytest.mark.parametrize("name", ["tracefs-6.18", "tracefs-5.15"])
 def test_generated_programs_compile_and_load(bpf_ok, name, hot_storage, version):
-    from rseqtop.bccimport import import_bcc, prepare_headers
+    from rseqtop.kernel.bccimport import import_bcc, prepare_headers
 
     prepare_headers()
     bcc = import_bcc()
@@ -153,7 +153,7 @@ def test_hot_state_in_task_storage_only_when_asked():
 def test_python_vocabulary_agrees_with_the_bpf_header():
     """Cause bits, the stale flag, registration ABIs: bpf/rseqtop.h is the
     source; the Python names must match it bit for bit."""
-    from rseqtop.snapshot import ABI_NAMES, CAUSES, STALE_BIT
+    from rseqtop.model.snapshot import ABI_NAMES, CAUSES, STALE_BIT
 
     k = bpfgen.header_constants()
     assert k["RSEQTOP_NCAUSES"] == len(CAUSES)
@@ -165,7 +165,7 @@ def test_python_vocabulary_agrees_with_the_bpf_header():
 
 
 def test_doctor_checks_every_tracepoint_the_program_uses():
-    from rseqtop import doctor
+    from rseqtop.commands import doctor
 
     assert {(s, e) for s, e, *_ in bpfgen.PROBES} == {(s, e) for s, e, *_ in doctor.TRACEPOINTS}
 
@@ -176,9 +176,10 @@ def test_count_fields_are_the_bpf_counts_struct_everywhere():
     import dataclasses
     import re
 
-    from rseqtop import paths, rates
+    from rseqtop import paths
     from rseqtop.exporter import metrics
-    from rseqtop.snapshot import CAUSE_OF_FIELD, CAUSES, COUNT_FIELDS
+    from rseqtop.model import rates
+    from rseqtop.model.snapshot import CAUSE_OF_FIELD, CAUSES, COUNT_FIELDS
 
     header = (paths.bpf_dir() / "rseqtop.h").read_text()
     body = re.search(r"struct rseqtop_counts \{(.*?)\};", header, re.S).group(1)
@@ -206,6 +207,6 @@ def test_map_sizes_come_from_the_header_only():
 
 
 def test_synthetic_source_lists_the_real_probes():
-    from rseqtop import synthetic
+    from rseqtop.model import synthetic
 
     assert synthetic.PROBES == tuple(f"{s}:{e}" for s, e, *_ in bpfgen.PROBES)

@@ -40,7 +40,7 @@ def test_process_churn_totals_exact_per_pid(collector):
     children = summary["children"]
     assert summary["children_totals"]["aborts"] > 0 and len(children) > 100
     got: dict = {}
-    for p in snap.processes + snap.earlier:
+    for p in collector.assembly.processes:  # every generation of recycled pids
         if str(p.pid) in children:
             got[p.pid] = got.get(p.pid, 0) + p.counts.aborts
     maps = {m.name: m for m in snap.self_stats.maps}

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from rseqtop import cli
+from rseqtop.commands import cli
 
 
 def run_cli(*args, **kw):
@@ -50,8 +50,10 @@ def test_split_command_defaults_to_top():
 def test_export_takes_a_pid_list_like_top_and_trace():
     import argparse
 
-    from rseqtop import export_cmd, top_cmd, trace_cmd
-    from rseqtop.options import flat_pids
+    from rseqtop.commands import export as export_cmd
+    from rseqtop.commands import top as top_cmd
+    from rseqtop.commands import trace as trace_cmd
+    from rseqtop.commands.options import flat_pids
 
     for mod in (export_cmd, top_cmd, trace_cmd):
         parser = argparse.ArgumentParser()
@@ -60,20 +62,32 @@ def test_export_takes_a_pid_list_like_top_and_trace():
         assert flat_pids(args) == [12, 34, 56], mod.__name__
 
 
-def test_commands_import_no_other_command():
-    """Shared options live in rseqtop.options; a command module imports no
-    other command module (the CLI wires them, like ebpf_exporter's cmd/)."""
+def imports_of(path) -> set:
     import ast
+
+    tree = ast.parse(path.read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    for n in ast.walk(tree):
+        if isinstance(n, ast.ImportFrom) and n.module:
+            imported.add(n.module)
+            imported |= {f"{n.module}.{a.name}" for a in n.names}
+    return imported
+
+
+def test_commands_import_no_other_command_and_nothing_imports_them():
+    """Shared options live in rseqtop.commands.options; a command module
+    imports no other command module, and no other part of rseqtop imports
+    the commands (they wire the parts, like ebpf_exporter's cmd/)."""
     from pathlib import Path
 
-    commands = {"top_cmd", "trace_cmd", "export_cmd", "demo", "doctor"}  # (workload.py is a library too)
     root = Path(__file__).resolve().parent.parent / "rseqtop"
+    commands = {p.stem for p in (root / "commands").glob("*.py")} - {"__init__", "cli", "options"}
+    assert {"top", "trace", "export", "demo", "doctor"} <= commands
     for name in commands:
-        tree = ast.parse((root / f"{name}.py").read_text())
-        imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-        for n in ast.walk(tree):
-            if isinstance(n, ast.ImportFrom) and n.module:
-                imported.add(n.module)
-                imported |= {f"{n.module}.{a.name}" for a in n.names}
-        others = {m for m in imported if m.startswith("rseqtop.") and m.split(".")[1] in commands - {name}}
+        others = {m for m in imports_of(root / "commands" / f"{name}.py")
+                  if m.startswith("rseqtop.commands.") and m.split(".")[2] in commands - {name}}
         assert not others, (name, others)
+    for path in root.rglob("*.py"):
+        if "commands" in path.relative_to(root).parts or path.name == "__main__.py":
+            continue
+        assert not {m for m in imports_of(path) if m.startswith("rseqtop.commands")}, path

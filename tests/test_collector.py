@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from rseqtop import kernel, workload
+from rseqtop import workload
 from rseqtop.collect import Collector
+from rseqtop.kernel import facts as kernel
 
 # Every test here faces the kernel: scripts/kernels runs them in a VM of
 # each kernel in the matrix, and its table shows each one's "figure".
@@ -488,7 +489,7 @@ def test_hot_state_fallback_without_task_storage(bpf_ok, monkeypatch):
 def test_hot_state_in_task_storage_is_read_while_threads_live(collector):
     """Live threads' updates and preemptions come from task storage (through
     pidfds) on kernels that have it: they grow while the workload runs."""
-    from rseqtop import kernel
+    from rseqtop.kernel import facts as kernel
 
     if kernel.kernel_version() >= (6, 9) and Path("/sys/kernel/btf/vmlinux").exists():
         assert collector.plan.hot_storage, "6.9+ with BTF: task storage expected"

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from rseqtop import doctor, kheaders
-from rseqtop.doctor import FAIL, PASS, WARN, CanaryResult, Facts, LoadResult
+from rseqtop.commands import doctor
+from rseqtop.commands.doctor import FAIL, PASS, WARN, CanaryResult, Facts, LoadResult
+from rseqtop.kernel import kheaders
 
 ALL_CAPS = (1 << 41) - 1
 ALL_TPS = {f"{s}:{e}": True for s, e, _, _ in doctor.TRACEPOINTS}
@@ -168,7 +169,7 @@ def test_non_root_doctor_fails_in_one_line_without_traceback(bpf_ok, tmp_path):
     ("6.1.0-50-amd64", False, False), ("6.18.44", False, False), ("6.19.2", True, True), ("7.0.9", True, True),
     ("7.0.10", False, True), ("7.1.0", False, True), ("7.2.13+deb14-amd64", False, True)])
 def test_which_kernels_write_ids_lazily(release, legacy, v2):
-    from rseqtop import kernel
+    from rseqtop.kernel import facts as kernel
 
     assert kernel.ids_written_lazily(release, "legacy") == legacy
     assert kernel.ids_written_lazily(release, "v2") == v2

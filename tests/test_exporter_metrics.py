@@ -14,8 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rseqtop.exporter import cgroup
 from rseqtop.exporter.metrics import OTHER_SITE, RseqCollector
-from rseqtop.snapshot import Counts, MembarrierStats, ProcessStats, SelfStats, SiteStats, Snapshot, pairs
-from rseqtop.synthetic import SyntheticSource
+from rseqtop.model.snapshot import Counts, MembarrierStats, ProcessStats, SelfStats, SiteStats, Snapshot, pairs
+from rseqtop.model.synthetic import SyntheticSource
 
 DATA = Path(__file__).parent / "data" / "cgroup"
 

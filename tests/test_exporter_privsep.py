@@ -22,11 +22,11 @@ import urllib.error
 import urllib.request
 
 import pytest
-
 import test_exporter_web as web
+from test_exporter_web import hashed, pki  # noqa: F401  (fixtures)
+
 from rseqtop.exporter import privsep
 from rseqtop.exporter.server import render
-from test_exporter_web import hashed, pki  # noqa: F401  (fixtures)
 
 CAP_SYS_ADMIN, CAP_BPF = 21, 39
 NOBODY = 65534

@@ -18,12 +18,12 @@ import urllib.request
 import bcrypt
 import pytest
 from prometheus_client import CollectorRegistry
+from support import serve_in_thread
 
 from rseqtop.exporter import webconfig
 from rseqtop.exporter.metrics import RseqCollector
 from rseqtop.exporter.server import ExporterServer, parse_listen_address
-from rseqtop.synthetic import SyntheticSource
-from support import serve_in_thread
+from rseqtop.model.synthetic import SyntheticSource
 
 
 def openssl(*args, cwd):

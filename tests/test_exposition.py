@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rseqtop.exporter.exposition import encode
 from rseqtop.exporter.metrics import RseqCollector
-from rseqtop.synthetic import SyntheticSource
+from rseqtop.model.synthetic import SyntheticSource
 
 
 class Frozen:

@@ -28,7 +28,8 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from rseqtop import elfsym, workload  # noqa: E402
+from rseqtop import workload  # noqa: E402
+from rseqtop.symbols import elf as elfsym  # noqa: E402
 
 PARSE_BUDGET = 1.0      # the parser's own deadline per input (ElfTimeout is allowed)
 HANG_LIMIT = 20         # a hard watchdog: an input still running after this is a hang

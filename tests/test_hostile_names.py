@@ -7,9 +7,10 @@ import subprocess
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from rseqtop import textout, workload
+from rseqtop import workload
 from rseqtop.collect import Collector
 from rseqtop.exporter.metrics import RseqCollector
+from rseqtop.present import textout
 from rseqtop.present.rows import LiveModel
 
 NAME = b"[b]\xff\xfe\x1b[31m\"q\n"  # 14 bytes: the kernel keeps them all

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from rseqtop import textout, workload
+from rseqtop import workload
 from rseqtop.collect import Collector
 from rseqtop.errors import UserError
-from rseqtop.synthetic import SyntheticSource
+from rseqtop.model.synthetic import SyntheticSource
+from rseqtop.present import textout
 from rseqtop.present.rows import LiveModel
 
 DATA = Path(__file__).parent / "data"
@@ -80,7 +81,7 @@ def test_exporter_leaves_unavailable_cause_absent_not_zero():
 
 
 def test_cpu_to_node_map_from_sysfs(tmp_path):
-    from rseqtop import kernel
+    from rseqtop.kernel import facts as kernel
 
     (tmp_path / "node0").mkdir()
     (tmp_path / "node0/cpulist").write_text("0-3,8\n")
@@ -98,11 +99,11 @@ def test_task_storage_refused_on_an_unknown_architecture(monkeypatch):
     """Reading task storage needs bpf(2)'s number: an architecture rseqtop
     does not know keeps its per-thread state in the hash, never calls
     another architecture's syscall number."""
-    from rseqtop import taskstorage
+    from rseqtop.kernel import taskstorage
 
     monkeypatch.setattr(taskstorage, "SYS_BPF", None)
     assert taskstorage.thread_pidfds_supported() is False
-    from rseqtop import linux
+    from rseqtop.kernel import linux
 
     assert linux.syscall_number("bpf", "x86_64") == 321 and linux.syscall_number("bpf", "s390x") is None
 
@@ -113,7 +114,7 @@ def test_one_libc_handle_and_one_status_parser():
     import re
     from pathlib import Path
 
-    from rseqtop import linux
+    from rseqtop.kernel import linux
 
     root = Path(linux.__file__).parent
     for path in root.rglob("*.py"):

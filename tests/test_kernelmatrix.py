@@ -4,14 +4,8 @@ themselves run in CI: scripts/test ends with scripts/kernels --tests.)"""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-
-from kernelmatrix import UserError, cli, fetch, results  # noqa: E402
+from kernelmatrix import UserError, cli, fetch, results
 
 
 class FakeApt:

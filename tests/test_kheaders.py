@@ -1,7 +1,7 @@
 import os
 from pathlib import Path
 
-from rseqtop import kheaders
+from rseqtop.kernel import kheaders
 
 
 def make(tree: Path, files: dict):

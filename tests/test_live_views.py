@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from rseqtop import workload
-from rseqtop.textsafe import printable
+from rseqtop.present.textsafe import printable
 
 pytestmark = [pytest.mark.bpf, pytest.mark.slow]
 
@@ -103,7 +103,7 @@ def test_batch_totals_equal_the_workload_count(bpf_ok, rseqtop_cmd, record_prope
 
 def mm_cid_reported() -> bool:
     """rseq_update carries mm_cid from 6.3 on."""
-    from rseqtop import tracefs
+    from rseqtop.kernel import tracefs
 
     fmt = tracefs.TraceFS(tracefs.ensure_root()).format("rseq", "rseq_update")
     return fmt is not None and fmt.has("mm_cid")
@@ -230,7 +230,7 @@ def test_json_registrations_by_abi(bpf_ok, rseqtop_cmd, record_property):
     """With --syscalls, each process's rseq registrations by ABI: the
     workload's own areas, V2 (64 bytes) where the kernel takes longer areas
     (6.3+), else legacy (32 bytes)."""
-    from rseqtop import kernel
+    from rseqtop.kernel import facts as kernel
 
     abi = "v2" if kernel.extended_rseq() else "legacy"
     top = Lines(rseqtop_cmd + ["--json", "--syscalls", "-d", "0.3"])

@@ -1,12 +1,7 @@
 """A one-minute soak (benchmarks/soak.py --seconds 600 is the real one):
 counts stay exact, memory and file descriptors stay flat."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-
-import soak  # noqa: E402
+import soak
 
 
 def test_one_minute_soak(bpf_ok):

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from rseqtop import elfsym, workload
-from rseqtop.symbols import ElfResolver, Symbolizer, find_mapping, format_symbol, parse_maps_line
+from rseqtop import workload
+from rseqtop.symbols import elf as elfsym
+from rseqtop.symbols.symbolizer import ElfResolver, Symbolizer, find_mapping, format_symbol, parse_maps_line
 
 LIBC = Path("/lib/x86_64-linux-gnu/libc.so.6")
 TRUE = Path(shutil.which("true") or "/bin/true")
@@ -472,7 +473,7 @@ def test_crafted_file_mapped_by_live_process(tmp_path, workload_bin, crafted):
 RESOLVE_AS_USER = r"""
 import sys
 sys.path.insert(0, sys.argv[1])
-from rseqtop.symbols import Symbolizer
+from rseqtop.symbols.symbolizer import Symbolizer
 print(Symbolizer()(int(sys.argv[2]), int(sys.argv[3])))
 """
 

@@ -11,10 +11,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from rseqtop import textout
-from rseqtop.synthetic import SyntheticSource
+from rseqtop.commands.top import run_batch
+from rseqtop.model.synthetic import SyntheticSource
+from rseqtop.present import textout
 from rseqtop.present.columns import THREAD_COLUMNS, signal_name
-from rseqtop.top_cmd import run_batch
 from rseqtop.present.rows import LiveModel, cause_split, row_filter, sparkline
 
 HOSTILE = "[bold red]x\x1b[31m\x9b2J"

@@ -15,12 +15,12 @@ import signal
 
 from textual.widgets import DataTable
 
-from rseqtop.synthetic import SyntheticSource
-from rseqtop.textsafe import printable
+from rseqtop.model.synthetic import SyntheticSource
+from rseqtop.present.textsafe import printable
 from rseqtop.tui.app import RseqtopApp, make_app
 from rseqtop.tui.help_screen import HelpScreen
-from rseqtop.tui.keys import KEYS
 from rseqtop.tui.keyed_table import Cell
+from rseqtop.tui.keys import KEYS
 from rseqtop.tui.process_screen import ProcessScreen
 
 HOSTILE = "[bold red]x\x1b[31m"

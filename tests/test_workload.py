@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from rseqtop import kernel, paths, workload
+from rseqtop import paths, workload
 from rseqtop.errors import UserError
+from rseqtop.kernel import facts as kernel
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux") or os.uname().machine != "x86_64",

@@ -12,9 +12,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional
 
-from rseqtop import bpfgen, kernel
 from rseqtop.collect.records import CallRecord, MapRecords, ProcRecord, ThreadRecord
-from rseqtop.snapshot import (
+from rseqtop.kernel import bpfgen
+from rseqtop.kernel import facts as kernel
+from rseqtop.model.snapshot import (
     ABI_NAMES, COUNT_FIELDS, Counts, MapFill, MembarrierStats, ProcessStats, SelfStats, SiteStats, Snapshot,
     ThreadStats, pairs,
 )
@@ -73,7 +74,6 @@ def assemble(rec: MapRecords, view: View = View(), last_totals: Mapping[Ident, C
         if p.pid not in newest or p.gen > newest[p.pid].gen:
             newest[p.pid] = p
     processes = [p for p in newest.values() if view.shows(p)]
-    earlier = [p for p in everyone if p is not newest[p.pid] and view.shows(p)]
     keep = {(p.pid, p.gen) for p in processes}
     threads = [_thread(t) for t in rec.threads if (t.pid, t.gen) in keep]
     sites = _sites(rec, keep, symbol)
@@ -81,7 +81,7 @@ def assemble(rec: MapRecords, view: View = View(), last_totals: Mapping[Ident, C
                     tuple(sorted(processes, key=lambda p: p.pid)),
                     tuple(sorted(threads, key=lambda t: (t.pid, t.tid))),
                     tuple(sorted(sites, key=lambda s: (s.pid, s.start_ip))),
-                    rec.cpu_aborts, _self_stats(rec), tuple(sorted(earlier, key=lambda p: (p.pid, p.gen))))
+                    rec.cpu_aborts, _self_stats(rec))
     return Assembly(snap, tuple(everyone), {pid: p.gen for pid, p in newest.items()}, shown_before)
 
 

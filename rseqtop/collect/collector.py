@@ -21,8 +21,8 @@ from rseqtop.collect.loader import Probes
 from rseqtop.collect.reader import MapReader
 from rseqtop.collect.records import MapRecords
 from rseqtop.errors import UserError
-from rseqtop.snapshot import Counts, Snapshot
-from rseqtop.symbols import Symbolizer
+from rseqtop.model.snapshot import Counts, Snapshot
+from rseqtop.symbols.symbolizer import Symbolizer
 
 
 def compile_comm(comm: Optional[str]) -> Optional[re.Pattern]:

@@ -10,12 +10,13 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from rseqtop import bpfgen, kernel, tracefs
-from rseqtop.bccimport import CFLAGS, import_bcc, prepare_headers
 from rseqtop.collect.records import Setup
 from rseqtop.errors import UserError
-from rseqtop.kernel import hot_storage_usable
-from rseqtop.snapshot import pairs
+from rseqtop.kernel import bpfgen, tracefs
+from rseqtop.kernel import facts as kernel
+from rseqtop.kernel.bccimport import CFLAGS, import_bcc, prepare_headers
+from rseqtop.kernel.facts import hot_storage_usable
+from rseqtop.model.snapshot import pairs
 
 
 def check_privileges() -> None:

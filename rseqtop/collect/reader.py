@@ -10,11 +10,10 @@ import resource
 import time
 from pathlib import Path
 
-from rseqtop import kernel, taskstorage
-from rseqtop.collect.records import (
-    CallRecord, MapRecords, OffsetRecord, ProcRecord, SiteRecord, ThreadRecord,
-)
-from rseqtop.snapshot import Counts, cause_name, pairs
+from rseqtop.collect.records import CallRecord, MapRecords, OffsetRecord, ProcRecord, SiteRecord, ThreadRecord
+from rseqtop.kernel import facts as kernel
+from rseqtop.kernel import taskstorage
+from rseqtop.model.snapshot import Counts, cause_name, pairs
 
 COUNTER_PREFIX = "RSEQTOP_CNT_"
 

@@ -5,10 +5,10 @@ JSON and assembled again without root (tests/data/records-*.json)."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
-from rseqtop.snapshot import Counts, Pairs
+from rseqtop.model.snapshot import Counts, Pairs
 
 
 @dataclass(frozen=True)

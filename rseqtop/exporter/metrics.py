@@ -31,8 +31,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from rseqtop import __version__
 from rseqtop.exporter import cgroup
-from rseqtop.snapshot import CAUSE_OF_FIELD, CAUSES, COUNT_FIELDS
-from rseqtop.source import poll_and_reap
+from rseqtop.model.snapshot import CAUSE_OF_FIELD, CAUSES, COUNT_FIELDS
+from rseqtop.model.source import poll_and_reap
 
 log = logging.getLogger("rseqtop.export")
 

@@ -44,9 +44,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from rseqtop import linux
 from rseqtop.errors import UsageError, UserError
-from rseqtop.linux import CAP_DAC_READ_SEARCH, CAP_SETGID, CAP_SETPCAP, CAP_SETUID, CAP_SYS_PTRACE
+from rseqtop.kernel import linux
+from rseqtop.kernel.linux import CAP_DAC_READ_SEARCH, CAP_SETGID, CAP_SETPCAP, CAP_SETUID, CAP_SYS_PTRACE
 
 log = logging.getLogger("rseqtop.export")
 

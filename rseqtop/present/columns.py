@@ -7,9 +7,9 @@ import signal
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from rseqtop.textsafe import printable
+from rseqtop.model.snapshot import CAUSE_OF_FIELD
 from rseqtop.present.rows import cause_split, sparkline
-from rseqtop.snapshot import CAUSE_OF_FIELD
+from rseqtop.present.textsafe import printable
 
 
 def rate(v: float) -> str:

@@ -13,9 +13,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Optional
 
-from rseqtop import rates
-from rseqtop.rates import Rates
-from rseqtop.snapshot import Counts, Snapshot
+from rseqtop.model import rates
+from rseqtop.model.rates import Rates
+from rseqtop.model.snapshot import Counts, Snapshot
 
 HISTORY = 20
 SPARK = "▁▂▃▄▅▆▇█"

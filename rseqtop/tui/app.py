@@ -17,15 +17,15 @@ from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.widgets import DataTable, Input, Static
 
-from rseqtop.textsafe import printable
+from rseqtop.model.source import poll_and_reap
 from rseqtop.present.columns import PROCESS_COLUMNS, THREAD_COLUMNS, sort_rows, system_rates_text
+from rseqtop.present.rows import LiveModel, row_filter
+from rseqtop.present.textsafe import printable
 from rseqtop.tui import keys as key_table
 from rseqtop.tui.help_screen import HelpScreen
 from rseqtop.tui.keyed_table import KeyedTable
 from rseqtop.tui.messages import PollFailed, SnapshotReady
 from rseqtop.tui.process_screen import ProcessScreen
-from rseqtop.present.rows import LiveModel, row_filter
-from rseqtop.source import poll_and_reap
 
 DELAYS = (0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
 FIRST_RATE_AFTER = 0.25  # seconds between the first two polls: rates show up at once

@@ -18,7 +18,6 @@ from rich.style import Style
 from rich.text import Text
 from textual.widgets import DataTable
 
-
 FAST_CELLS_MAX = 4096
 
 

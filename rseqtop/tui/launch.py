@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from rseqtop.source import SnapshotSource
+from rseqtop.model.source import SnapshotSource
 
 
 def run_tui(source: SnapshotSource, delay: float, what: str, threads: bool = False, include_idle: bool = False) -> int:

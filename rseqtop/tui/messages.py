@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from textual.message import Message
 
-from rseqtop.snapshot import Snapshot
+from rseqtop.model.snapshot import Snapshot
 
 
 @dataclass

@@ -8,10 +8,10 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Static
 
-from rseqtop.textsafe import printable
 from rseqtop.present.columns import DETAIL_THREAD_COLUMNS, SITE_COLUMNS, THREAD_COLUMNS, rate, ratio, sort_rows
-from rseqtop.tui.keyed_table import KeyedTable
 from rseqtop.present.rows import LiveModel, cause_split
+from rseqtop.present.textsafe import printable
+from rseqtop.tui.keyed_table import KeyedTable
 
 
 class ProcessScreen(Screen):

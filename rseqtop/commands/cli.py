@@ -17,12 +17,12 @@ from rseqtop.errors import UserError
 
 # name -> (module, one-line summary). `top` is what a bare `rseqtop` runs.
 COMMANDS = {
-    "top": ("rseqtop.top_cmd", "live view of rseq aborts (the default command)"),
-    "trace": ("rseqtop.trace_cmd", "print one line per rseq abort as it happens"),
-    "export": ("rseqtop.export_cmd", "serve Prometheus metrics"),
-    "demo": ("rseqtop.demo", "run the bundled workload and open the live view on it"),
+    "top": ("rseqtop.commands.top", "live view of rseq aborts (the default command)"),
+    "trace": ("rseqtop.commands.trace", "print one line per rseq abort as it happens"),
+    "export": ("rseqtop.commands.export", "serve Prometheus metrics"),
+    "demo": ("rseqtop.commands.demo", "run the bundled workload and open the live view on it"),
     "workload": ("rseqtop.workload", "run the bundled rseq workload (ground truth)"),
-    "doctor": ("rseqtop.doctor", "check that this machine can run rseqtop"),
+    "doctor": ("rseqtop.commands.doctor", "check that this machine can run rseqtop"),
 }
 DEFAULT_COMMAND = "top"
 

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from rseqtop import kernel, paths
+from rseqtop import paths
 from rseqtop.errors import UserError
-from rseqtop.tracefs import Format
+from rseqtop.kernel import facts as kernel
+from rseqtop.kernel.tracefs import Format
 
 # (system, event, required, fields the program reads, optional fields)
 PROBES = (

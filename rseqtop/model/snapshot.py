@@ -162,9 +162,6 @@ class Snapshot:
     sites: tuple = ()  # SiteStats
     cpu_aborts: tuple = ()  # aborts per CPU, indexed by CPU number
     self_stats: SelfStats = field(default_factory=SelfStats)
-    # Earlier processes of recycled pids (dead; `processes` holds each pid's
-    # newest). Dead processes leave the snapshots a while after they exit.
-    earlier: tuple = ()
 
     def process(self, pid: int) -> Optional[ProcessStats]:
         for p in self.processes:

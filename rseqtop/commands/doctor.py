@@ -14,9 +14,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-from rseqtop import bpfgen, kernel, kheaders
 from rseqtop.errors import UserError
-from rseqtop.tracefs import MOUNT_HINT
+from rseqtop.kernel import bpfgen, kheaders
+from rseqtop.kernel import facts as kernel
+from rseqtop.kernel.tracefs import MOUNT_HINT
 
 PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
 
@@ -238,7 +239,7 @@ def run_canary(prog) -> CanaryResult:
 
 def try_load(timeout: float = 3.0, canary: bool = False) -> tuple:
     """(LoadResult, CanaryResult or None)."""
-    from rseqtop.bccimport import CFLAGS, import_bcc
+    from rseqtop.kernel.bccimport import CFLAGS, import_bcc
 
     bcc = import_bcc()
     t0 = time.monotonic()
@@ -263,13 +264,13 @@ def try_load(timeout: float = 3.0, canary: bool = False) -> tuple:
 
 
 def gather(attempt_load: bool = True, canary: bool = True) -> Facts:
-    from rseqtop import tracefs
+    from rseqtop.kernel import tracefs
 
     release = platform.release()
     f = Facts(release=release, euid=os.geteuid(), caps=kernel.effective_caps())
     privileged = not kernel.missing_caps(f.caps, f.version)
     try:
-        from rseqtop.bccimport import import_bcc, libbcc_path
+        from rseqtop.kernel.bccimport import import_bcc, libbcc_path
 
         bcc = import_bcc()
         f.bcc_version = getattr(bcc, "__version__", "unknown")

@@ -7,11 +7,11 @@ import sys
 import time
 from typing import Optional
 
-from rseqtop.errors import UserError
-from rseqtop.source import SnapshotSource, poll_and_reap
-from rseqtop.options import (
+from rseqtop.commands.options import (
     add_filter_args, add_syscalls_arg, check_filters, flat_pids, positive_float, positive_int, watching,
 )
+from rseqtop.errors import UserError
+from rseqtop.model.source import SnapshotSource, poll_and_reap
 
 EPILOG = """examples:
   rseqtop                      # live view of every process with rseq aborts
@@ -99,7 +99,7 @@ def run_batch(source: SnapshotSource, args, delay: float, count: Optional[int], 
 
     The first output comes right after attaching (totals so far, no rates
     yet) and counts towards COUNT, as top -b -n counts its first frame."""
-    from rseqtop import textout
+    from rseqtop.present import textout
     from rseqtop.present.rows import LiveModel
 
     out = out or sys.stdout

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Iterable, Optional, Protocol
 
-from rseqtop.snapshot import Snapshot
+from rseqtop.model.snapshot import Snapshot
 
 
 class SnapshotSource(Protocol):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from rseqtop.snapshot import COUNT_FIELDS, Counts, Snapshot
+from rseqtop.model.snapshot import COUNT_FIELDS, Counts, Snapshot
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 from typing import Iterable, Optional
 
-from rseqtop import bpfgen
-from rseqtop.snapshot import (
+from rseqtop.kernel import bpfgen
+from rseqtop.model.snapshot import (
     COUNT_FIELDS, Counts, MapFill, MembarrierStats, ProcessStats, SelfStats, SiteStats, Snapshot, ThreadStats, pairs,
 )
 

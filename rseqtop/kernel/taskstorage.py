@@ -10,7 +10,7 @@ import os
 import threading
 from typing import Optional
 
-from rseqtop import linux
+from rseqtop.kernel import linux
 
 # None on an architecture whose number rseqtop does not know: no task
 # storage there (the hash variant works everywhere).

@@ -24,9 +24,9 @@ import sys
 import threading
 import time
 
+from rseqtop.commands.options import add_syscalls_arg, flat_pids, pid_list, positive_int
 from rseqtop.errors import UsageError, UserError
 from rseqtop.exporter import DEFAULT_LISTEN, DEFAULT_PORT
-from rseqtop.options import add_syscalls_arg, flat_pids, pid_list, positive_int
 
 EPILOG = f"""\
 examples:

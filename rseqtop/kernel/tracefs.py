@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from rseqtop import linux
 from rseqtop.errors import UserError
+from rseqtop.kernel import linux
 
 CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 MOUNT_HINT = "mount -t tracefs nodev /sys/kernel/tracing"

@@ -9,8 +9,8 @@ import os
 import subprocess
 import sys
 
+from rseqtop.commands.options import positive_float, positive_int
 from rseqtop.errors import UserError
-from rseqtop.options import positive_float, positive_int
 
 EPILOG = """examples:
   rseqtop demo                  # 4 threads per CPU, preempted and signalled inside their sections

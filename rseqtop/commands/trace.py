@@ -8,9 +8,9 @@ import signal
 import sys
 import time
 
-from rseqtop.snapshot import cause_name
-from rseqtop.textsafe import printable
-from rseqtop.options import add_filter_args, check_filters, flat_pids
+from rseqtop.commands.options import add_filter_args, check_filters, flat_pids
+from rseqtop.model.snapshot import cause_name
+from rseqtop.present.textsafe import printable
 
 EPILOG = """examples:
   rseqtop trace                    # every rseq abort on the system

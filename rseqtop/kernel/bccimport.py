@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from rseqtop import kheaders
 from rseqtop.errors import UserError
+from rseqtop.kernel import kheaders
 
 DIST_PACKAGES = Path("/usr/lib/python3/dist-packages")
 # Newer kernels' headers use attributes that bcc's clang ignores

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from rseqtop import elfsym
+from rseqtop.symbols import elf as elfsym
 
 Resolver = Callable[[int, int], Optional[tuple]]  # (pid, addr) -> (name, offset, module)
 

@@ -12,9 +12,9 @@ import json
 import time
 from typing import Optional
 
+from rseqtop.model.snapshot import CAUSE_OF_FIELD, COUNT_FIELDS
 from rseqtop.present.columns import PROCESS_COLUMNS, THREAD_COLUMNS, signal_name, sort_rows, system_rates_text
 from rseqtop.present.rows import LiveModel
-from rseqtop.snapshot import CAUSE_OF_FIELD, COUNT_FIELDS
 
 SCHEMA_VERSION = 1
 BATCH_PROCESS_COLUMNS = tuple(c for c in PROCESS_COLUMNS if c.key != "trend")

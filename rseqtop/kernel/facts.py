@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from rseqtop import linux
-from rseqtop.linux import CAP_BPF, CAP_NAMES, CAP_PERFMON, CAP_SYS_ADMIN
+from rseqtop.kernel import linux
+from rseqtop.kernel.linux import CAP_BPF, CAP_NAMES, CAP_PERFMON, CAP_SYS_ADMIN
 
 MEMBARRIER_CMDS = {
     0: "QUERY",
@@ -204,7 +204,7 @@ def hot_storage_usable(release: Optional[str] = None) -> bool:
     """Whether rseqtop can keep per-thread hot state in task-local storage:
     tracing programs may use it from 5.11 (with the kernel's BTF), and user
     space reads it through pidfds of single threads, from 6.9."""
-    from rseqtop import taskstorage
+    from rseqtop.kernel import taskstorage
 
     return kernel_version(release) >= (6, 9) and Path("/sys/kernel/btf/vmlinux").exists() \
         and taskstorage.thread_pidfds_supported()

@@ -1,0 +1,1 @@
+"""The command line: each command wires the parts together; nothing imports these."""

@@ -1,0 +1,1 @@
+"""Facts about the running kernel and the BPF program generated for it."""

@@ -1,0 +1,1 @@
+"""Snapshots, rates and the snapshot-source protocol: what every stage agrees on."""

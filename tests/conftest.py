@@ -56,6 +56,22 @@ def rseqtop_cmd():
     return [sys.executable, "-m", "rseqtop"]
 
 
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory):
+    """A directory with a test CA and server and client certificates (support.make_pki)."""
+    from support import make_pki  # here, not at the top: every run loads conftest
+
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
+def hashed():
+    """A bcrypt hash (cost 5) of the password "s3cret"."""
+    from support import bcrypt_hash
+
+    return bcrypt_hash("s3cret")
+
+
 def pytest_collection_modifyitems(config, items):
     """A test that needs BPF (the bpf_ok fixture) is marked `bpf`, so that
     `-m "not bpf"` (scripts/test --unit) selects what runs unprivileged."""

@@ -4,13 +4,14 @@ Real, as root: the process that owns the listening socket has no capability
 at all (in particular neither CAP_SYS_ADMIN nor CAP_BPF), runs as nobody
 with no_new_privs, and still serves real metrics; the collector process
 keeps only CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH; killing either process
-stops the other; SIGTERM detaches the probes. The HTTP tests of
-test_exporter_web (TLS, basic auth, 200 concurrent scrapes, slow and
-malformed clients) are run again against a forked, privilege-dropped HTTP
-process that gets its metrics over the socketpair protocol."""
+stops the other; SIGTERM detaches the probes. test_exporter_web runs its
+HTTP tests (TLS, basic auth, 200 concurrent scrapes, slow and malformed
+clients) against a forked, privilege-dropped HTTP process as well (its
+`serve` fixture, "separated")."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -18,59 +19,17 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import pytest
-import test_exporter_web as web
-from test_exporter_web import hashed, pki  # noqa: F401  (fixtures)
+import support
+from support import NOBODY, basic, client_ctx, free_port, socket_owners, tls_yaml, wait_for
 
 from rseqtop.exporter import privsep
-from rseqtop.exporter.server import render
 
 CAP_SYS_ADMIN, CAP_BPF = 21, 39
-NOBODY = 65534
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(url, context=None, headers=None, timeout=30):
-    req = urllib.request.Request(url, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, context=context, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
-    except OSError:
-        return None, b""
-
-
-def socket_owners(port: int) -> set:
-    """PIDs holding the LISTEN socket of 127.0.0.1:port (via /proc/net/tcp inode)."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as f:
-            next(f)
-            for line in f:
-                cols = line.split()
-                if int(cols[1].rsplit(":", 1)[1], 16) == port and cols[3] == "0A":
-                    inodes.add(cols[9])
-    assert inodes, f"nothing listens on {port}"
-    owners = set()
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                link = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if link.startswith("socket:[") and link[8:-1] in inodes:
-                    owners.add(int(pid))
-        except OSError:
-            continue
-    return owners
+# the real exporter may not listen yet, or have gone: that is (None, b"") here
+get = functools.partial(support.get, timeout=30, down_ok=True)
 
 
 def task_status(pid: int) -> list:
@@ -110,14 +69,9 @@ class Exporter:
         self.base = f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self, url=None, **kw):
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"exporter exited {self.proc.returncode}: {self.proc.stderr.read()}")
-            if get(url or self.base + "/-/ready", timeout=5, **kw)[0] == 200:
-                return self
-            time.sleep(0.3)
-        raise AssertionError("exporter not ready")
+        wait_for(lambda: get(url or self.base + "/-/ready", timeout=5, **kw)[0] == 200, 180, "exporter ready",
+                 self.proc, interval=0.3)
+        return self
 
     def child(self) -> int:
         owners = socket_owners(self.port)
@@ -218,22 +172,22 @@ def test_bad_web_user_exits_2(bpf_ok, rseqtop_cmd):
         assert len(res.stderr.strip().splitlines()) == 1 and "--web.user" in res.stderr, res.stderr
 
 
-def test_tls_and_auth_files_readable_only_by_root(bpf_ok, rseqtop_cmd, tmp_path, pki, hashed):  # noqa: F811
+def test_tls_and_auth_files_readable_only_by_root(bpf_ok, rseqtop_cmd, tmp_path, pki, hashed):
     d = tmp_path / "secret"
     d.mkdir(mode=0o700)
     for name in ("server.crt", "server.key"):
         (d / name).write_bytes((pki / name).read_bytes())
         (d / name).chmod(0o600)
     cfg = d / "web.yml"
-    cfg.write_text(web.tls_yaml(d, users=f"basic_auth_users:\n  alice: '{hashed}'\n"))
+    cfg.write_text(tls_yaml(d, users=f"basic_auth_users:\n  alice: '{hashed}'\n"))
     cfg.chmod(0o600)
     e = Exporter(rseqtop_cmd, f"--web.config.file={cfg}")
-    ctx = web.client_ctx(pki, cert=False)
+    ctx = client_ctx(pki, cert=False)
     try:
-        e.wait_ready(f"https://127.0.0.1:{e.port}/-/ready", context=ctx, headers=web.basic("alice", "s3cret"))
+        e.wait_ready(f"https://127.0.0.1:{e.port}/-/ready", context=ctx, headers=basic("alice", "s3cret"))
         base = f"https://127.0.0.1:{e.port}"
-        assert get(base + "/metrics", ctx, web.basic("alice", "wrong"))[0] == 401
-        status, body = get(base + "/metrics", ctx, web.basic("alice", "s3cret"))
+        assert get(base + "/metrics", ctx, basic("alice", "wrong"))[0] == 401
+        status, body = get(base + "/metrics", ctx, basic("alice", "s3cret"))
         assert status == 200 and b"rseqtop_probes_attached" in body
         status, body = get(f"http://127.0.0.1:{e.port}/metrics")
         assert status == 400 and b"HTTPS" in body
@@ -346,95 +300,3 @@ def test_drop_leaves_only_what_is_kept(keep):
     want = privsep.mask(keep)
     assert st["CapEff"] == st["CapPrm"] == st["CapBnd"] == want and st["CapInh"] == st["CapAmb"] == 0, st
     assert set(st["Uid"]) == {NOBODY} and st["NoNewPrivs"] == 1
-
-
-# -- test_exporter_web's HTTP tests against a separated, dropped HTTP process ------------
-
-class Separated:
-    """ExporterServer forked into a privilege-dropped child, as in `rseqtop
-    export`; this test process plays the collector over the socketpair."""
-
-    def __init__(self, web_yaml=None, tmp_path=None, **kw):
-        srv, reg = web.synthetic_server(web_yaml, tmp_path, **kw)
-        self.port = srv.port
-        self.ready_event = threading.Event()
-        self.ready_event.set()
-        a, b = socket.socketpair()
-        me = os.getpid()
-        pid = os.fork()
-        if pid == 0:
-            a.close()
-            privsep.run_child(srv, b, privsep.Target(NOBODY, NOBODY, "nobody"), me)
-        b.close()
-        srv.server_close()
-        self.pid = pid
-
-        def submit(rid, key):
-            body, ctype = render(reg, key)
-            self.link.reply(rid, privsep.OK, privsep.pack_metrics(body, ctype))
-
-        self.link = privsep.ChildLink(a, self.ready_event.is_set, submit, lambda: None).start()
-        self.sock = a
-
-    def shutdown(self):
-        try:
-            os.kill(self.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        os.waitpid(self.pid, 0)
-
-    def server_close(self):
-        self.sock.close()
-
-
-@pytest.fixture
-def separated(monkeypatch):
-    if os.geteuid() != 0:
-        pytest.skip("needs root to switch users")
-    monkeypatch.setattr(web, "start", Separated)
-
-
-@pytest.fixture
-def server(separated):
-    srv = Separated()
-    assert socket_owners(srv.port) == {srv.pid}
-    assert privsep.status(f"/proc/{srv.pid}/status")["CapEff"] == 0
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-
-
-def test_separated_landing_health_ready_and_404(server):
-    web.test_landing_health_ready_and_404(server)
-
-
-def test_separated_openmetrics_and_gzip(server):
-    web.test_openmetrics_and_gzip(server)
-
-
-def test_separated_basic_auth(separated, tmp_path, hashed):  # noqa: F811
-    web.test_basic_auth(tmp_path, hashed)
-
-
-def test_separated_tls_with_basic_auth(separated, tmp_path, pki, hashed):  # noqa: F811
-    web.test_tls_with_basic_auth_and_plain_http_to_tls_port(tmp_path, pki, hashed)
-
-
-def test_separated_client_certificates_required(separated, tmp_path, pki):  # noqa: F811
-    web.test_client_certificates_required(tmp_path, pki)
-
-
-def test_separated_200_concurrent_scrapes(server):
-    web.test_200_concurrent_scrapes(server)
-
-
-def test_separated_malformed_requests(server):
-    web.test_malformed_oversized_and_unknown_requests(server)
-
-
-def test_separated_slow_clients(separated, tmp_path):
-    web.test_slow_clients_do_not_block_others(tmp_path)
-
-
-def test_separated_slow_tls_handshake(separated, tmp_path, pki):  # noqa: F811
-    web.test_slow_tls_handshake_does_not_block(tmp_path, pki)

@@ -10,16 +10,14 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
-import time
 import urllib.parse
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 import yaml
+from support import free_port, get, wait_for
 
 from rseqtop import workload
 
@@ -29,32 +27,10 @@ ALERTS = REPO / "dashboards" / "alerts.yml"
 pytestmark = [pytest.mark.bpf, pytest.mark.slow]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def http_get(url: str, timeout: float = 10) -> tuple:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
-    except OSError:
-        return None, ""
-
-
-def wait_for(pred, timeout: float, what: str, proc=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"{what}: process exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+    """(status, body as text); (None, "") while nothing answers."""
+    status, body = get(url, timeout=timeout, down_ok=True)
+    return status, body.decode()
 
 
 def dashboard_queries() -> list:

@@ -1,12 +1,15 @@
 """The exporter's HTTP side with real clients on loopback: TLS, client
 certificates, basic auth (bcrypt), bad web configs, load,
-malformed and slow requests. The server runs in-process over SyntheticSource;
+malformed and slow requests. The server runs over SyntheticSource, and the
+HTTP tests run twice (the `serve` fixture): in-process, and separated as in
+`rseqtop export`, forked into a child that dropped to nobody without
+capabilities and gets its metrics over the socketpair protocol (needs root).
 `rseqtop export` itself is run as a subprocess for start-up errors."""
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures
+import os
 import socket
 import ssl
 import subprocess
@@ -17,82 +20,55 @@ import urllib.request
 
 import bcrypt
 import pytest
-from prometheus_client import CollectorRegistry
-from support import serve_in_thread
+from support import (Separated, basic, bcrypt_hash, client_ctx, get, serve_in_thread, socket_owners,
+                     synthetic_server, tls_yaml, wait_for)
 
-from rseqtop.exporter import webconfig
-from rseqtop.exporter.metrics import RseqCollector
-from rseqtop.exporter.server import ExporterServer, parse_listen_address
-from rseqtop.model.synthetic import SyntheticSource
-
-
-def openssl(*args, cwd):
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    d = tmp_path_factory.mktemp("pki")
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=rseqtop test CA", cwd=d)
-    for name, ext in (("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
-                      ("client", "subjectAltName=DNS:prometheus")):
-        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
-        (d / f"{name}.ext").write_text(ext + "\n")
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-                "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext", cwd=d)
-    return d
-
-
-def bcrypt_hash(password: str, cost: int = 5) -> str:
-    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(cost)).decode()
-
-
-@pytest.fixture(scope="module")
-def hashed():
-    return bcrypt_hash("s3cret")
-
-
-def synthetic_server(web_yaml=None, tmp_path=None, **kw) -> tuple:
-    """An ExporterServer on a free loopback port for a synthetic source, not
-    yet serving, and its registry. web_yaml: a web config file's text."""
-    reg = CollectorRegistry()
-    reg.register(RseqCollector(SyntheticSource(processes=5), identity=None))
-    web = None
-    if web_yaml is not None:
-        path = tmp_path / "web.yml"
-        path.write_text(web_yaml)
-        web = webconfig.load(path)
-    return ExporterServer(("127.0.0.1", 0), reg, "/metrics", web, **kw), reg
+from rseqtop.exporter import privsep, webconfig
+from rseqtop.exporter.server import parse_listen_address
 
 
 def start(web_yaml=None, tmp_path=None, **kw):
+    """An in-process ExporterServer, serving in a thread."""
     srv, _ = synthetic_server(web_yaml, tmp_path, **kw)
     srv.ready_event.set()
     serve_in_thread(srv)
     return srv
 
 
+def start_separated(web_yaml=None, tmp_path=None, **kw):
+    """The same forked into a dropped HTTP process: the listening socket is
+    the child's alone, and the child ends up without capabilities."""
+    srv = Separated(web_yaml, tmp_path, **kw)
+    assert socket_owners(srv.port) == {srv.pid}
+    # the child drops right after the fork: allow it the moment that takes
+    wait_for(lambda: privsep.status(f"/proc/{srv.pid}/status")["CapEff"] == 0, 10,
+             "the HTTP process to drop its capabilities", interval=0.01)
+    return srv
+
+
+@pytest.fixture(params=["in-process", "separated"])
+def serve(request):
+    """serve(web_yaml=None, tmp_path=None, **ExporterServer options) starts a
+    server (an ExporterServer in this process, or one separated into a
+    privilege-dropped child), each stopped after the test."""
+    if request.param == "separated" and os.geteuid() != 0:
+        pytest.skip("separated: needs root to fork an HTTP process that switches to nobody")
+    factory = start_separated if request.param == "separated" else start
+    started = []
+
+    def serve_(web_yaml=None, tmp_path=None, **kw):
+        started.append(factory(web_yaml, tmp_path, **kw))
+        return started[-1]
+
+    yield serve_
+    for srv in started:
+        srv.shutdown()
+        srv.server_close()
+
+
 @pytest.fixture
-def server():
-    srv = start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-
-
-def get(url, context=None, headers=None, timeout=10):
-    req = urllib.request.Request(url, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, context=context, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
-
-
-def basic(user, password):
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+def server(serve):
+    return serve()
 
 
 def assert_serving(url, context=None, headers=None):
@@ -167,21 +143,17 @@ def test_unusable_hashes_refused_at_load(tmp_path, hashed):
     assert set(webconfig.load(path).users) == {"alice", "bob"}
 
 
-def test_basic_auth(tmp_path, hashed):
-    srv = start(f"basic_auth_users:\n  alice: '{hashed}'\n", tmp_path)
+def test_basic_auth(serve, tmp_path, hashed):
+    srv = serve(f"basic_auth_users:\n  alice: '{hashed}'\n", tmp_path)
     base = f"http://127.0.0.1:{srv.port}"
-    try:
-        assert get(base + "/metrics")[0] == 401
-        assert get(base + "/metrics", headers=basic("alice", "wrong"))[0] == 401
-        assert get(base + "/metrics", headers=basic("bob", "s3cret"))[0] == 401
-        assert get(base + "/metrics", headers={"Authorization": "Basic !!notbase64"})[0] == 401
-        for _ in range(3):  # cached after the first success
-            assert_serving(base, headers=basic("alice", "s3cret"))
-        assert get(base + "/metrics", headers=basic("alice", "wrong"))[0] == 401
+    assert get(base + "/metrics")[0] == 401
+    assert get(base + "/metrics", headers=basic("alice", "wrong"))[0] == 401
+    assert get(base + "/metrics", headers=basic("bob", "s3cret"))[0] == 401
+    assert get(base + "/metrics", headers={"Authorization": "Basic !!notbase64"})[0] == 401
+    for _ in range(3):  # cached after the first success
         assert_serving(base, headers=basic("alice", "s3cret"))
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    assert get(base + "/metrics", headers=basic("alice", "wrong"))[0] == 401
+    assert_serving(base, headers=basic("alice", "s3cret"))
 
 
 def test_wrong_passwords_do_not_hold_up_right_ones(tmp_path, monkeypatch, record_property):
@@ -191,7 +163,8 @@ def test_wrong_passwords_do_not_hold_up_right_ones(tmp_path, monkeypatch, record
     success cache. Every right login gets 200, every wrong one 401, and the
     password checks overlap: no lock around bcrypt, and the library releases
     the GIL while it hashes. The right logins' latency, idle and under the
-    stream, is recorded and printed, not asserted (shared 2-core CI hosts)."""
+    stream, is recorded and printed, not asserted (shared 2-core CI hosts).
+    In-process only: it counts the password checks by patching bcrypt here."""
     idle = {f"idle{i}": f"pw-idle-{i}" for i in range(8)}
     busy = {f"busy{i}": f"pw-busy-{i}" for i in range(8)}
     hashes = {"alice": bcrypt_hash("s3cret", cost=10), **{u: bcrypt_hash(p) for u, p in {**idle, **busy}.items()}}
@@ -222,11 +195,6 @@ def test_wrong_passwords_do_not_hold_up_right_ones(tmp_path, monkeypatch, record
         while not done.is_set():
             wrong_codes[i].append(get(url, headers=basic(user, f"wrong{len(wrong_codes[i])}"), timeout=60)[0])
 
-    def wait_for(condition):
-        deadline = time.monotonic() + 60
-        while not condition() and time.monotonic() < deadline:
-            time.sleep(0.01)
-
     def right_logins(users):
         codes, ms = [], []
         for user, password in users.items():
@@ -241,10 +209,11 @@ def test_wrong_passwords_do_not_hold_up_right_ones(tmp_path, monkeypatch, record
         most = 0
         for t in threads:
             t.start()
-        wait_for(lambda: all(wrong_codes))  # every streaming thread has been answered once
+        wait_for(lambda: all(wrong_codes), 60, "every streaming thread answered once", interval=0.01)
         busy_codes, busy_ms = right_logins(busy)
         cached_codes, _ = right_logins(busy)  # now from the success cache, still amid the stream
-        wait_for(lambda: all(len(c) >= 2 for c in wrong_codes))
+        wait_for(lambda: all(len(c) >= 2 for c in wrong_codes), 60, "two answers to every streaming thread",
+                 interval=0.01)
     finally:
         done.set()
         for t in threads:
@@ -264,54 +233,32 @@ def test_wrong_passwords_do_not_hold_up_right_ones(tmp_path, monkeypatch, record
         + f"; {len(wrong)} wrong cost-10 logins, up to {most} checks at once")
 
 
-def tls_yaml(pki, auth="NoClientCert", users=""):
-    y = f"tls_server_config:\n  cert_file: {pki}/server.crt\n  key_file: {pki}/server.key\n"
-    if auth != "NoClientCert":
-        y += f"  client_auth_type: {auth}\n  client_ca_file: {pki}/ca.crt\n"
-    return y + users
-
-
-def client_ctx(pki, cert=True):
-    ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
-    if cert:
-        ctx.load_cert_chain(str(pki / "client.crt"), str(pki / "client.key"))
-    return ctx
-
-
-def test_tls_with_basic_auth_and_plain_http_to_tls_port(tmp_path, pki, hashed):
-    srv = start(tls_yaml(pki, users=f"basic_auth_users:\n  alice: '{hashed}'\n"), tmp_path)
+def test_tls_with_basic_auth_and_plain_http_to_tls_port(serve, tmp_path, pki, hashed):
+    srv = serve(tls_yaml(pki, users=f"basic_auth_users:\n  alice: '{hashed}'\n"), tmp_path)
     base = f"https://127.0.0.1:{srv.port}"
     ctx = client_ctx(pki, cert=False)
-    try:
-        assert get(base + "/metrics", ctx, basic("alice", "wrong"))[0] == 401
-        assert_serving(base, ctx, basic("alice", "s3cret"))
-        # plain HTTP to the TLS port: a clean 400, as Go's net/http answers
-        status, body = get(f"http://127.0.0.1:{srv.port}/metrics")
-        assert status == 400 and b"HTTPS" in body
-        assert_serving(base, ctx, basic("alice", "s3cret"))
-        # an untrusted client (no CA) fails the handshake; the server goes on
-        with pytest.raises(urllib.error.URLError):
-            get(base + "/metrics", ssl.create_default_context())
-        assert_serving(base, ctx, basic("alice", "s3cret"))
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    assert get(base + "/metrics", ctx, basic("alice", "wrong"))[0] == 401
+    assert_serving(base, ctx, basic("alice", "s3cret"))
+    # plain HTTP to the TLS port: a clean 400, as Go's net/http answers
+    status, body = get(f"http://127.0.0.1:{srv.port}/metrics")
+    assert status == 400 and b"HTTPS" in body
+    assert_serving(base, ctx, basic("alice", "s3cret"))
+    # an untrusted client (no CA) fails the handshake; the server goes on
+    with pytest.raises(urllib.error.URLError):
+        get(base + "/metrics", ssl.create_default_context())
+    assert_serving(base, ctx, basic("alice", "s3cret"))
 
 
-def test_client_certificates_required(tmp_path, pki):
-    srv = start(tls_yaml(pki, auth="RequireAndVerifyClientCert"), tmp_path)
+def test_client_certificates_required(serve, tmp_path, pki):
+    srv = serve(tls_yaml(pki, auth="RequireAndVerifyClientCert"), tmp_path)
     base = f"https://127.0.0.1:{srv.port}"
-    try:
-        assert_serving(base, client_ctx(pki))
-        with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
-            status, _ = get(base + "/metrics", client_ctx(pki, cert=False))
-            # TLS 1.3: the refusal can arrive with the first read instead of the handshake
-            assert status != 200
-            raise ConnectionError("refused")
-        assert_serving(base, client_ctx(pki))
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    assert_serving(base, client_ctx(pki))
+    with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
+        status, _ = get(base + "/metrics", client_ctx(pki, cert=False))
+        # TLS 1.3: the refusal can arrive with the first read instead of the handshake
+        assert status != 200
+        raise ConnectionError("refused")
+    assert_serving(base, client_ctx(pki))
 
 
 BAD_CONFIGS = {
@@ -395,33 +342,24 @@ def test_malformed_oversized_and_unknown_requests(server):
     assert_serving(f"http://127.0.0.1:{port}")
 
 
-def test_slow_clients_do_not_block_others(tmp_path):
-    srv = start(conn_timeout=2.0)
-    port = srv.port
-    try:
-        slow = []
-        for _ in range(20):  # half a request line each, then silence
-            s = socket.create_connection(("127.0.0.1", port))
-            s.sendall(b"GET /met")
-            slow.append(s)
-        assert_serving(f"http://127.0.0.1:{port}")
-        # a slow client is cut off by the connection timeout (recv returns EOF)
-        slow[0].settimeout(30)
-        assert slow[0].recv(100) == b""
-        for s in slow:
-            s.close()
-        assert_serving(f"http://127.0.0.1:{port}")
-    finally:
-        srv.shutdown()
-        srv.server_close()
+def test_slow_clients_do_not_block_others(serve):
+    port = serve(conn_timeout=2.0).port
+    slow = []
+    for _ in range(20):  # half a request line each, then silence
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"GET /met")
+        slow.append(s)
+    assert_serving(f"http://127.0.0.1:{port}")
+    # a slow client is cut off by the connection timeout (recv returns EOF)
+    slow[0].settimeout(30)
+    assert slow[0].recv(100) == b""
+    for s in slow:
+        s.close()
+    assert_serving(f"http://127.0.0.1:{port}")
 
 
-def test_slow_tls_handshake_does_not_block(tmp_path, pki):
-    srv = start(tls_yaml(pki), tmp_path, conn_timeout=2.0)
-    try:
-        silent = socket.create_connection(("127.0.0.1", srv.port))  # connects, never says hello
-        assert_serving(f"https://127.0.0.1:{srv.port}", client_ctx(pki, cert=False))
-        silent.close()
-    finally:
-        srv.shutdown()
-        srv.server_close()
+def test_slow_tls_handshake_does_not_block(serve, tmp_path, pki):
+    srv = serve(tls_yaml(pki), tmp_path, conn_timeout=2.0)
+    silent = socket.create_connection(("127.0.0.1", srv.port))  # connects, never says hello
+    assert_serving(f"https://127.0.0.1:{srv.port}", client_ctx(pki, cert=False))
+    silent.close()

@@ -1,7 +1,7 @@
 """Tests of the bundled rseq workload (real builds and real, short runs).
 
-No timing assertions: the inducer tests only ask that aborts happen at all,
-and the quiet baseline uses a loose bound.
+No tight timing assertions: the inducer tests only ask that aborts happen at
+all, and the quiet baseline and the idle threads' wake-ups use loose bounds.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -33,7 +34,7 @@ OPTIONS = [
     "--threads", "--cpus", "--op", "--duration", "--ops", "--in-cs-delay", "--yield",
     "--signal-rate", "--migrate-rate", "--membarrier-rate", "--membarrier-unregistered",
     "--name", "--json-out", "--help", "--churn-threads", "--churn-processes", "--churn-ops",
-    "--churn-rate", "--rseq-abi", "--check-cpu-id-start",
+    "--churn-rate", "--rseq-abi", "--check-cpu-id-start", "--idle-threads", "--idle-period",
 ]
 NO_GLIBC_RSEQ = {"GLIBC_TUNABLES": "glibc.pthread.rseq=0"}
 CANARY = ("cpu_id_start_rewritten", "cpu_id_start_stale", "cpu_id_start_wrong")
@@ -73,15 +74,19 @@ SCHEMA = {
                      "feature_size": INT, "align": INT, "own_registrations": INT,
                      "own_unregistrations": INT},
     "config": {"threads": INT, "ops": [STR], "in_cs_delay": INT, "yield": BOOL,
-               "membarrier_unregistered": BOOL, "rseq_abi": STR, "check_cpu_id_start": BOOL},
-    "threads": {"*": {"tid": INT, "commits": INT, "aborts": INT, "cpu_mismatch": INT,
-                      "signals": INT, "nivcsw": INT, "nvcsw": INT, "ops": {"*": COUNTS}}},
+               "membarrier_unregistered": BOOL, "rseq_abi": STR, "check_cpu_id_start": BOOL,
+               "idle_threads": INT},
+    "threads": {"*": {"tid": INT, "index": INT, "commits": INT, "aborts": INT, "cpu_mismatch": INT,
+                      "signals": INT, "nivcsw": INT, "nvcsw": INT, "idle": BOOL,
+                      "ops": {"*": COUNTS}}},
     "ops": {"*": {"symbol": STR, "start_ip": "hex", "abort_ip": "hex",
                   "post_commit_offset": INT, **COUNTS}},
     "totals": {"commits": INT, "aborts": INT, "cpu_mismatch": INT, "signals": INT},
     "membarrier": {"registered": BOOL, "calls": INT, "ok": INT, "errors": {"*": INT}},
     "signals_sent": INT,
     "migrations_requested": INT,
+    "rusage": {"max_rss_kib": INT, "user_s": FLOAT, "system_s": FLOAT, "run_s": FLOAT,
+               "run_user_s": FLOAT, "run_system_s": FLOAT, "run_end_rss_kib": INT},
     "duration_s": FLOAT,
     "ops_per_second": FLOAT,
     "ops_per_second_per_thread": FLOAT,
@@ -131,10 +136,14 @@ def check_consistent(s: dict) -> None:
     check_schema(s, SCHEMA)
     assert s["schema_version"] == 1
     tids = [t["tid"] for t in s["threads"].values()]
-    assert len(set(tids)) == len(tids) == s["config"]["threads"]
+    n_workers, n_idle = s["config"]["threads"], s["config"]["idle_threads"]
+    assert len(set(tids)) == len(tids) == n_workers + n_idle
     assert all(str(t["tid"]) == key for key, t in s["threads"].items())
+    # workers first (index 0..threads-1), then the idle threads
+    assert [t["index"] for t in s["threads"].values()] == list(range(n_workers + n_idle))
+    assert [t["idle"] for t in s["threads"].values()] == [False] * n_workers + [True] * n_idle
     churn = s["config"]["churn"]
-    assert all(("churn" in t) == bool(churn) for t in s["threads"].values())
+    assert all(("churn" in t) == (bool(churn) and not t["idle"]) for t in s["threads"].values())
     parts = [p for t in s["threads"].values() for p in _with_churn(t)]
     reg = s["registration"]
     assert reg["abi"] == ("v2" if reg["rseq_len"] > 32 else "legacy")
@@ -164,10 +173,11 @@ def check_consistent(s: dict) -> None:
     assert s["totals"]["signals"] == sum(p["signals"] for p in parts)
     if churn:
         assert s["churn"]["mode"] == churn
-        assert s["churn"]["created"] == sum(t["churn"]["created"] for t in s["threads"].values())
+        assert s["churn"]["created"] == sum(t["churn"]["created"] for t in s["threads"].values()
+                                            if not t["idle"])
         assert s["churn"]["ops_per_thread"] == s["config"]["churn_ops"]
         # churn slots run no sections themselves
-        assert all(t["commits"] == t["aborts"] == 0 for t in s["threads"].values())
+        assert all(t["commits"] == t["aborts"] == 0 for t in s["threads"].values() if not t["idle"])
     else:
         assert s["churn"] is None
     if churn == "processes":
@@ -179,6 +189,19 @@ def check_consistent(s: dict) -> None:
             assert ct[field] == s["totals"][field]  # the parent ran no sections
     else:
         assert s["children"] is None and s["children_totals"] is None
+    idle = s["idle_threads"]
+    if n_idle:
+        assert s["config"]["idle_period_ms"] == idle["period_ms"] > 0
+        assert idle["count"] == n_idle
+        idlers = [t for t in s["threads"].values() if t["idle"]]
+        assert idle["wakeups"] == sum(t["wakeups"] for t in idlers)
+        assert idle["missed"] == sum(t["missed"] for t in idlers)
+        assert idle["startup_s"] >= 0 and idle["late_ms_max"] >= idle["late_ms_mean"] >= 0
+        for t in idlers:  # a pop's node goes back before the thread sleeps
+            assert t["ops"].get("push", {}).get("commits", 0) == \
+                t["ops"].get("pop", {}).get("commits", 0)
+    else:
+        assert idle is None and s["config"]["idle_period_ms"] is None
     assert set(s["ops"]) == set(OPS)
     starts = {o["start_ip"] for o in s["ops"].values()}
     assert len(starts) == len(OPS), "each operation must have its own start_ip"
@@ -681,6 +704,122 @@ def test_churn_stop_signal_prints_complete_summary(churn):
 
 
 # --------------------------------------------------------------------------
+# Idle threads: many sleepers waking every --idle-period
+
+
+def idle_threads_of(s: dict) -> list[dict]:
+    return [t for t in s["threads"].values() if t["idle"]]
+
+
+def test_idle_threads_only_are_exact():
+    n, period, duration = 200, 50, 1
+    s = workload.run(["--threads", 0, "--idle-threads", n, "--idle-period", period,
+                      "--duration", duration], env=env_with())
+    check_consistent(s)  # totals and per-op counts are the sums over the threads
+    assert s["self_check"] == {"ok": True, "problems": []}
+    assert len(s["threads"]) == n and len(idle_threads_of(s)) == n
+    idle = s["idle_threads"]
+    assert idle["count"] == n and idle["period_ms"] == period
+    ideal = n * duration * 1000 // period
+    # at least half the ideal on a busy machine; never more than the
+    # period allows (late threads skip ticks, they do not catch up)
+    assert ideal // 2 <= idle["wakeups"] <= n * (s["duration_s"] * 1000 / period + 1), idle
+    for t in idle_threads_of(s):
+        # one operation per wake-up; push and pop steps add a pairing commit
+        assert t["commits"] == t["wakeups"] + t["ops"]["pop"]["commits"], t
+    assert idle["startup_s"] < s["duration_s"] + 60
+    assert s["ops"]["push"]["commits"] == s["ops"]["pop"]["commits"] > 0
+    assert s["totals"]["commits"] >= idle["wakeups"]
+
+
+@pytest.mark.parametrize("mode", ["glibc", "own"])
+def test_idle_threads_beside_workers(mode):
+    workers, n = 2, 50
+    env = env_with(NO_GLIBC_RSEQ if mode == "own" else None)
+    s = workload.run(["--threads", workers, "--idle-threads", n, "--idle-period", 20,
+                      "--duration", "0.5", "--membarrier-rate", "500"], env=env)
+    check_consistent(s)
+    assert s["self_check"] == {"ok": True, "problems": []}
+    reg = s["registration"]
+    assert reg["mode"] == mode
+    expected = workers + n if mode == "own" else 0
+    assert reg["own_registrations"] == reg["own_unregistrations"] == expected
+    assert s["idle_threads"]["wakeups"] > 0
+    assert all(t["commits"] > 0 for t in s["threads"].values() if not t["idle"])
+
+
+def test_idle_threads_with_ops_stop_with_the_workers():
+    s = workload.run(["--threads", 1, "--ops", 2000, "--idle-threads", 20, "--idle-period", 10,
+                      "--op", "counter"], env=env_with())
+    check_consistent(s)
+    assert s["self_check"]["ok"]
+    worker = [t for t in s["threads"].values() if not t["idle"]]
+    assert [t["commits"] for t in worker] == [2000]
+    assert s["totals"]["commits"] == 2000 + s["idle_threads"]["wakeups"]
+
+
+def test_idle_threads_with_churn_threads():
+    s = workload.run(["--churn-threads", "--threads", 2, "--idle-threads", 30, "--idle-period", 10,
+                      "--duration", "0.5"], env=env_with())
+    check_consistent(s)
+    assert s["self_check"]["ok"]
+    assert s["churn"]["created"] > 0 and s["idle_threads"]["wakeups"] > 0
+
+
+def test_idle_threads_stop_promptly():
+    """A stop wakes the sleepers (SIGUSR2) instead of waiting for their next
+    tick, here up to 20 s away."""
+    proc = workload.start(["--threads", "0", "--idle-threads", "100", "--idle-period", "20000",
+                           "--duration", "30"], stderr=subprocess.PIPE, env=env_with())
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    s = workload.parse_summary(out)
+    check_consistent(s)
+    assert s["self_check"]["ok"]
+    assert s["duration_s"] < 10
+    assert "idle: 100 threads" in err
+
+
+def test_thread_limit_is_a_one_line_error():
+    """pthread_create failing with EAGAIN (here: the address space limit of
+    this process, ulimit -v) names the limits and how to raise them."""
+    def limit_address_space():
+        resource.setrlimit(resource.RLIMIT_AS, (200 << 20, 200 << 20))
+
+    proc = subprocess.run([str(workload.build()), "--threads", "0", "--idle-threads", "10000",
+                           "--duration", "1"], capture_output=True, text=True, env=env_with(),
+                          preexec_fn=limit_address_space)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rseq-workload: error: cannot create idle "
+                                                   "thread "), proc.stderr
+    for needle in ("EAGAIN", "ulimit -u", "ulimit -v 204800", "threads-max", "max_map_count",
+                   "sysctl -w"):
+        assert needle in lines[0], needle
+
+
+@pytest.mark.slow
+def test_ten_thousand_idle_threads():
+    n, period = 10000, 200
+    s = workload.run(["--threads", 0, "--idle-threads", n, "--idle-period", period,
+                      "--duration", 2], timeout=300, env=env_with())
+    check_consistent(s)
+    assert s["self_check"] == {"ok": True, "problems": []}
+    assert len(s["threads"]) == n
+    idle, ru = s["idle_threads"], s["rusage"]
+    assert idle["wakeups"] >= n * 2000 // period // 2
+    cpu = (ru["run_user_s"] + ru["run_system_s"]) / ru["run_s"]
+    print(f"\n{n} idle threads every {period} ms: start-up {idle['startup_s']:.3f} s, "
+          f"RSS {ru['run_end_rss_kib'] / 1024:.1f} MiB at the end of the run "
+          f"(max {ru['max_rss_kib'] / 1024:.1f} MiB), CPU {cpu:.3f} s/s during the run, "
+          f"{idle['wakeups']} wake-ups ({idle['missed']} missed), late by "
+          f"{idle['late_ms_mean']:.2f} ms mean / {idle['late_ms_max']:.1f} ms max")
+
+
+# --------------------------------------------------------------------------
 # Output
 
 
@@ -778,6 +917,18 @@ BAD = [
     ["--rseq-abi", ""],
     ["--rseq-abi"],
     ["--check-cpu-id-start", "yes"],
+    ["--idle-threads", "-1"],
+    ["--idle-threads", "x"],
+    ["--idle-threads", "1000001"],
+    ["--idle-period", "100"],
+    ["--idle-threads", "5", "--idle-period", "0"],
+    ["--idle-threads", "5", "--idle-period", "1.5"],
+    ["--threads", "0", "--idle-threads", "0"],
+    ["--threads", "0", "--idle-threads", "5", "--ops", "10"],
+    ["--threads", "0", "--idle-threads", "5", "--churn-threads"],
+    ["--threads", "0", "--idle-threads", "5", "--signal-rate", "10"],
+    ["--threads", "0", "--idle-threads", "5", "--migrate-rate", "10"],
+    ["--idle-threads", "5", "--churn-processes"],
 ]
 
 

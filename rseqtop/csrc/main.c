@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 /*
  * rseq-workload: the global configuration and state, setup, and main():
- * start the workers and inducers, wait, collect, self-check, summarize.
+ * start the workers, inducers and idle threads, wait, collect, self-check,
+ * summarize.
  * What the program does: workload.h.
  */
 #include "workload.h"
@@ -19,6 +20,24 @@ atomic_int stop_flag;
 struct worker *workers;
 
 pthread_barrier_t start_barrier;
+
+struct rusage run_ru0, run_ru1;
+double run_wall_s;
+long run_rss_kib = -1;
+
+/* The resident set now (/proc/self/statm), in KiB; -1 if unknown. */
+static long rss_kib(void)
+{
+	FILE *f = fopen("/proc/self/statm", "r");
+	long size, resident = -1;
+
+	if (!f)
+		return -1;
+	if (fscanf(f, "%ld %ld", &size, &resident) != 2)
+		resident = -1;
+	fclose(f);
+	return resident < 0 ? -1 : resident * (sysconf(_SC_PAGESIZE) / 1024);
+}
 
 /* ------------------------------------------------------------------ */
 /* Main                                                                */
@@ -53,7 +72,7 @@ int main(int argc, char **argv)
 	struct sigaction sa;
 	pthread_t sig_thr, mig_thr, mb_thr;
 	int n_inducers = 0;
-	double t0, t1, deadline;
+	double t0, t1, t_create, t_stop, deadline;
 	struct tstats tot;
 	char comm[17] = {0};
 	FILE *out = stdout;
@@ -69,7 +88,7 @@ int main(int argc, char **argv)
 		if (CPU_ISSET(c, &allowed_set) && c >= nr_possible_cpus)
 			nr_possible_cpus = c + 1;
 	slots = aligned_alloc(128, sizeof(*slots) * nr_possible_cpus);
-	workers = calloc(cfg.threads, sizeof(*workers));
+	workers = calloc(cfg.threads ? cfg.threads : 1, sizeof(*workers));
 	if (!slots || !workers)
 		fatal("out of memory");
 	memset(slots, 0, sizeof(*slots) * nr_possible_cpus);
@@ -115,11 +134,12 @@ int main(int argc, char **argv)
 		n_inducers++;
 	pthread_barrier_init(&start_barrier, NULL, cfg.threads + n_inducers + 1);
 
+	t_create = now_mono();
 	for (int i = 0; i < cfg.threads; i++) {
 		int err = pthread_create(&workers[i].thread, NULL, worker_main, &workers[i]);
 
 		if (err)
-			fatal("cannot create worker thread %d: %s", i, strerror(err));
+			thread_create_failed("worker thread", i, cfg.threads, err);
 	}
 	if (cfg.signal_rate > 0 && pthread_create(&sig_thr, NULL, signal_main, NULL))
 		fatal("cannot create the signal thread");
@@ -127,16 +147,23 @@ int main(int argc, char **argv)
 		fatal("cannot create the migration thread");
 	if (cfg.membarrier_rate > 0 && pthread_create(&mb_thr, NULL, membarrier_main, NULL))
 		fatal("cannot create the membarrier thread");
+	/* The timed run starts once every thread is up: the idle threads
+	 * registered and waiting, the workers and inducers at the barrier. */
+	start_idle_threads();
+	wait_idle_threads_up();
 
 	pthread_barrier_wait(&start_barrier);
 	t0 = now_mono();
+	release_idle_threads();
+	idle_startup_s = t0 - t_create;
+	getrusage(RUSAGE_SELF, &run_ru0);
 	deadline = cfg.duration > 0 ? t0 + cfg.duration : INFINITY;
 
 	/* Wait for the deadline, a stop signal, or all workers done. */
 	for (;;) {
 		struct timespec ts = {0, 50 * 1000 * 1000};
 		double left = deadline - now_mono();
-		int all_done = 1, sig;
+		int all_done = cfg.threads > 0, sig;   /* idle threads never are */
 
 		for (int i = 0; i < cfg.threads; i++)
 			if (!atomic_load(&workers[i].done))
@@ -149,9 +176,15 @@ int main(int argc, char **argv)
 		if (sig == SIGINT || sig == SIGTERM)
 			break;
 	}
+	/* CPU use of the run itself, without stopping and joining threads */
+	getrusage(RUSAGE_SELF, &run_ru1);
+	t_stop = now_mono();
+	run_wall_s = t_stop - t0;
+	run_rss_kib = rss_kib();   /* before the stop touches every stack again */
 	atomic_store(&stop_flag, 1);
 	for (int i = 0; i < cfg.threads; i++)
 		pthread_join(workers[i].thread, NULL);
+	stop_idle_threads();
 	t1 = now_mono();
 	if (cfg.signal_rate > 0)
 		pthread_join(sig_thr, NULL);
@@ -178,6 +211,13 @@ int main(int argc, char **argv)
 		if (e)
 			fatal("%s (worker %d): %s", w->churn_error_what, i, strerror(e));
 	}
+	for (int i = 0; i < cfg.idle_threads; i++) {
+		int e = idlers[i].reg_error;
+
+		if (e)
+			fatal("rseq registration failed in idle thread %d: %s (errno %d, %s)", i,
+			      strerrorname_np(e) ?: "?", e, strerror(e));
+	}
 
 	memset(&tot, 0, sizeof(tot));
 	for (int i = 0; i < cfg.threads; i++) {
@@ -188,6 +228,8 @@ int main(int argc, char **argv)
 			atomic_fetch_add(&own_unregistrations, workers[i].churn_own_unreg);
 		}
 	}
+	for (int i = 0; i < cfg.idle_threads; i++)
+		add_stats(&tot, &idlers[i].stats);
 	if (cfg.churn == CHURN_PROCESSES) {
 		/* this process's per-CPU data saw only its own threads (none run
 		 * sections); each child checked its own copy */
@@ -212,13 +254,14 @@ int main(int argc, char **argv)
 	{
 		struct op_sums n = sum_ops(&tot);
 		uint64_t c = n.commits, a = n.aborts, m = n.mismatch;
+		int nthreads = cfg.threads + cfg.idle_threads;
 
 		fprintf(stderr, PROG ": %d threads, %.2f s, registration %s %s (%u bytes): "
 			"%llu commits (%.0f ops/s/thread), %llu kernel aborts, %llu cpu mismatches, "
 			"%llu signals received\n",
-			cfg.threads, t1 - t0, reg_mode, reg_len > ORIG_RSEQ_LEN ? "v2" : "legacy",
+			nthreads, t1 - t0, reg_mode, reg_len > ORIG_RSEQ_LEN ? "v2" : "legacy",
 			reg_len, (unsigned long long)c,
-			(t1 - t0) > 0 ? c / (t1 - t0) / cfg.threads : 0.0,
+			(t1 - t0) > 0 ? c / (t1 - t0) / nthreads : 0.0,
 			(unsigned long long)a, (unsigned long long)m,
 			(unsigned long long)tot.signals);
 		if (cfg.churn) {
@@ -230,6 +273,15 @@ int main(int argc, char **argv)
 				(unsigned long long)created,
 				cfg.churn == CHURN_THREADS ? "threads" : "child processes",
 				(t1 - t0) > 0 ? created / (t1 - t0) : 0.0, cfg.churn_ops);
+		}
+		if (cfg.idle_threads) {
+			uint64_t wakeups = 0;
+
+			for (int i = 0; i < cfg.idle_threads; i++)
+				wakeups += idlers[i].wakeups;
+			fprintf(stderr, "  idle: %d threads waking every %ld ms, %llu wake-ups, "
+				"start-up %.3f s\n", cfg.idle_threads, cfg.idle_period_ms,
+				(unsigned long long)wakeups, idle_startup_s);
 		}
 		for (int o = 0; o < NR_OPS; o++)
 			if (tot.commits[o] || tot.aborts[o])

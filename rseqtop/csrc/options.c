@@ -213,6 +213,14 @@ static void print_help(void)
 "                           before every attempt (the sections then compare with\n"
 "                           cpu_id), and count after each kernel abort whether\n"
 "                           the kernel wrote it back (rewritten / stale / wrong)\n"
+"  --idle-threads N         N more threads (besides --threads; --threads 0\n"
+"                           allowed) that sleep and wake every --idle-period\n"
+"                           to run ONE operation of the round robin each, with\n"
+"                           the same exact counting; small stacks (64 KiB), so\n"
+"                           that 10,000 fit; the timed run starts once all are\n"
+"                           up; they stop with the run\n"
+"  --idle-period MS         idle threads' wake-up period in ms (default 200;\n"
+"                           wake-ups spread evenly over each period)\n"
 "  --name NAME              set every thread's comm (kernel keeps 15 bytes)\n"
 "  --json-out FILE          write the JSON summary to FILE instead of stdout\n"
 "  -h, --help               show this help and exit\n"
@@ -230,7 +238,7 @@ enum {
 	O_THREADS = 1000, O_CPUS, O_OP, O_DURATION, O_OPS, O_DELAY, O_YIELD,
 	O_SIGNAL, O_MIGRATE, O_MEMBARRIER, O_MB_UNREG, O_NAME, O_JSON_OUT, O_INDUCER_CPUS,
 	O_CHURN_THREADS, O_CHURN_PROCESSES, O_CHURN_OPS, O_CHURN_RATE,
-	O_RSEQ_ABI, O_CHECK_IDS,
+	O_RSEQ_ABI, O_CHECK_IDS, O_IDLE_THREADS, O_IDLE_PERIOD,
 };
 
 void parse_args(int argc, char **argv)
@@ -256,10 +264,13 @@ void parse_args(int argc, char **argv)
 		{"churn-rate", required_argument, 0, O_CHURN_RATE},
 		{"rseq-abi", required_argument, 0, O_RSEQ_ABI},
 		{"check-cpu-id-start", no_argument, 0, O_CHECK_IDS},
+		{"idle-threads", required_argument, 0, O_IDLE_THREADS},
+		{"idle-period", required_argument, 0, O_IDLE_PERIOD},
 		{"help", no_argument, 0, 'h'},
 		{0, 0, 0, 0},
 	};
-	int c, threads_given = 0;
+	int c, threads_given = 0, idle_period_given = 0;
+	const char *threads_arg = NULL;
 
 	cfg.in_cs_delay = 1000;
 	cfg.churn_ops = CHURN_OPS_DEFAULT;
@@ -268,8 +279,10 @@ void parse_args(int argc, char **argv)
 	while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
 		switch (c) {
 		case O_THREADS:
-			cfg.threads = (int)parse_int("--threads", optarg, 1, MAX_THREADS);
+			/* 0 only with --idle-threads, checked below */
+			cfg.threads = (int)parse_int("--threads", optarg, 0, MAX_THREADS);
 			threads_given = 1;
+			threads_arg = optarg;
 			break;
 		case O_CPUS: parse_cpu_list("--cpus", optarg, cfg.cpus, &cfg.ncpus); break;
 		case O_INDUCER_CPUS:
@@ -328,6 +341,13 @@ void parse_args(int argc, char **argv)
 				usage_error("--rseq-abi: unknown ABI '%s' (choose legacy or v2)", optarg);
 			break;
 		case O_CHECK_IDS: cfg.check_ids = 1; break;
+		case O_IDLE_THREADS:
+			cfg.idle_threads = (int)parse_int("--idle-threads", optarg, 0, MAX_IDLE_THREADS);
+			break;
+		case O_IDLE_PERIOD:
+			cfg.idle_period_ms = (long)parse_int("--idle-period", optarg, 1, MAX_IDLE_PERIOD_MS);
+			idle_period_given = 1;
+			break;
 		case 'h':
 			print_help();
 			exit(0);
@@ -343,6 +363,31 @@ void parse_args(int argc, char **argv)
 		cfg.threads = CPU_COUNT(&allowed_set) > 0 ? CPU_COUNT(&allowed_set) : 1;
 	if (cfg.threads > MAX_THREADS)
 		cfg.threads = MAX_THREADS;
+	if (!cfg.idle_period_ms)
+		cfg.idle_period_ms = IDLE_PERIOD_MS_DEFAULT;
+	if (idle_period_given && !cfg.idle_threads)
+		usage_error("--idle-period needs --idle-threads");
+	if (cfg.threads == 0) {
+		if (!cfg.idle_threads)
+			usage_error("--threads: must be between 1 and %d, got '%s' (0 only with "
+				    "--idle-threads)", MAX_THREADS, threads_arg);
+		/* nothing but idle threads: they stop with the run, at --duration */
+		if (cfg.ops_per_thread)
+			usage_error("--ops counts operations per worker, and --threads 0 starts none: "
+				    "use --duration");
+		if (cfg.churn)
+			usage_error("--churn-%s needs worker slots (--threads 1 or more)",
+				    cfg.churn == CHURN_THREADS ? "threads" : "processes");
+		if (cfg.signal_rate > 0)
+			usage_error("--signal-rate acts on worker threads: needs --threads 1 or more");
+		if (cfg.migrate_rate > 0)
+			usage_error("--migrate-rate acts on worker threads: needs --threads 1 or more");
+	}
+	/* A child forked while an idle thread is inside an operation (a lock
+	 * taken, a node popped) would find its copy of the per-CPU data
+	 * inconsistent. */
+	if (cfg.idle_threads && cfg.churn == CHURN_PROCESSES)
+		usage_error("--idle-threads cannot be combined with --churn-processes");
 	if (!cfg.duration_given && !cfg.ops_per_thread)
 		cfg.duration = 5.0;
 	if (cfg.membarrier_unregistered && cfg.membarrier_rate <= 0)

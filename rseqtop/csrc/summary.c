@@ -225,6 +225,66 @@ static void write_churn_json(FILE *f, double duration)
 	free(all);
 }
 
+/* "idle_threads": null, or what the idle threads did. */
+static void write_idle_json(FILE *f)
+{
+	uint64_t wakeups = 0, missed = 0, late_sum = 0, late_max = 0;
+
+	if (!cfg.idle_threads) {
+		fputs(" \"idle_threads\": null,\n", f);
+		return;
+	}
+	for (int i = 0; i < cfg.idle_threads; i++) {
+		const struct idle_thread *t = &idlers[i];
+
+		wakeups += t->wakeups;
+		missed += t->missed;
+		late_sum += t->late_ns_sum;
+		if (t->late_ns_max > late_max)
+			late_max = t->late_ns_max;
+	}
+	fprintf(f, " \"idle_threads\": {\"count\": %d, \"period_ms\": %ld, \"wakeups\": %llu, "
+		"\"missed\": %llu, \"startup_s\": ", cfg.idle_threads, cfg.idle_period_ms,
+		(unsigned long long)wakeups, (unsigned long long)missed);
+	json_double(f, idle_startup_s);
+	fputs(", \"late_ms_mean\": ", f);
+	json_double(f, wakeups ? late_sum / 1e6 / wakeups : 0);
+	fputs(", \"late_ms_max\": ", f);
+	json_double(f, late_max / 1e6);
+	fprintf(f, ", \"stack_kib\": %zu},\n", idle_stack_size / 1024);
+}
+
+static double tv_s(const struct timeval *tv)
+{
+	return tv->tv_sec + tv->tv_usec / 1e6;
+}
+
+/* "rusage": the whole process (getrusage(RUSAGE_SELF) now, after the
+ * joins) and the timed run alone (from its start to the stop, before the
+ * threads are stopped and joined). */
+static void write_rusage_json(FILE *f)
+{
+	struct rusage ru;
+
+	memset(&ru, 0, sizeof(ru));
+	getrusage(RUSAGE_SELF, &ru);
+	fprintf(f, " \"rusage\": {\"max_rss_kib\": %ld, \"user_s\": ", ru.ru_maxrss);
+	json_double(f, tv_s(&ru.ru_utime));
+	fputs(", \"system_s\": ", f);
+	json_double(f, tv_s(&ru.ru_stime));
+	fputs(", \"run_s\": ", f);
+	json_double(f, run_wall_s);
+	fputs(", \"run_user_s\": ", f);
+	json_double(f, tv_s(&run_ru1.ru_utime) - tv_s(&run_ru0.ru_utime));
+	fputs(", \"run_system_s\": ", f);
+	json_double(f, tv_s(&run_ru1.ru_stime) - tv_s(&run_ru0.ru_stime));
+	fputs(", \"run_end_rss_kib\": ", f);
+	if (run_rss_kib >= 0)
+		fprintf(f, "%ld},\n", run_rss_kib);
+	else
+		fputs("null},\n", f);
+}
+
 void write_json(FILE *f, const char *comm, const struct tstats *t, double duration)
 {
 	struct op_sums sum = sum_ops(t);
@@ -291,8 +351,13 @@ void write_json(FILE *f, const char *comm, const struct tstats *t, double durati
 	} else {
 		fputs(", \"churn\": null, \"churn_ops\": null, \"churn_rate\": null", f);
 	}
-	fprintf(f, ", \"rseq_abi\": \"%s\", \"check_cpu_id_start\": %s},\n",
-		cfg.rseq_v2 ? "v2" : "legacy", cfg.check_ids ? "true" : "false");
+	fprintf(f, ", \"rseq_abi\": \"%s\", \"check_cpu_id_start\": %s, \"idle_threads\": %d, "
+		"\"idle_period_ms\": ", cfg.rseq_v2 ? "v2" : "legacy",
+		cfg.check_ids ? "true" : "false", cfg.idle_threads);
+	if (cfg.idle_threads)
+		fprintf(f, "%ld},\n", cfg.idle_period_ms);
+	else
+		fputs("null},\n", f);
 
 	fputs(" \"threads\": {", f);
 	for (int i = 0; i < cfg.threads; i++) {
@@ -302,7 +367,7 @@ void write_json(FILE *f, const char *comm, const struct tstats *t, double durati
 
 		fprintf(f, "%s\n  \"%d\": {\"tid\": %d, \"index\": %d, \"commits\": %llu, "
 			"\"aborts\": %llu, \"cpu_mismatch\": %llu, \"cmp_fail\": %llu, "
-			"\"signals\": %llu, \"nivcsw\": %ld, \"nvcsw\": %ld",
+			"\"signals\": %llu, \"nivcsw\": %ld, \"nvcsw\": %ld, \"idle\": false",
 			i ? "," : "", atomic_load(&w->tid), atomic_load(&w->tid), i,
 			(unsigned long long)n.commits, (unsigned long long)n.aborts, (unsigned long long)n.mismatch,
 			(unsigned long long)n.cmp_fail, (unsigned long long)s->signals, w->nivcsw, w->nvcsw);
@@ -313,6 +378,25 @@ void write_json(FILE *f, const char *comm, const struct tstats *t, double durati
 		if (cfg.churn)
 			write_churn_counts(f, w);
 		fputc('}', f);
+	}
+	for (int i = 0; i < cfg.idle_threads; i++) {
+		const struct idle_thread *t = &idlers[i];
+		const struct tstats *s = &t->stats;
+		struct op_sums n = sum_ops(s);
+
+		fprintf(f, "%s\n  \"%d\": {\"tid\": %d, \"index\": %d, \"commits\": %llu, "
+			"\"aborts\": %llu, \"cpu_mismatch\": %llu, \"cmp_fail\": %llu, "
+			"\"signals\": %llu, \"nivcsw\": %ld, \"nvcsw\": %ld, \"idle\": true, "
+			"\"wakeups\": %llu, \"missed\": %llu",
+			cfg.threads + i ? "," : "", atomic_load(&t->tid), atomic_load(&t->tid),
+			cfg.threads + i, (unsigned long long)n.commits, (unsigned long long)n.aborts,
+			(unsigned long long)n.mismatch, (unsigned long long)n.cmp_fail,
+			(unsigned long long)s->signals, t->nivcsw, t->nvcsw,
+			(unsigned long long)t->wakeups, (unsigned long long)t->missed);
+		write_ids(f, n.ids_rewritten, n.ids_stale, n.ids_wrong);
+		fputs(", \"ops\": {", f);
+		write_op_counts(f, s);
+		fputs("}}", f);
 	}
 	fputs("},\n", f);
 
@@ -367,6 +451,8 @@ void write_json(FILE *f, const char *comm, const struct tstats *t, double durati
 	fputs("}},\n", f);
 
 	write_churn_json(f, duration);
+	write_idle_json(f);
+	write_rusage_json(f);
 	fprintf(f, " \"signals_sent\": %ld, \"migrations_requested\": %ld,\n",
 		atomic_load(&signals_sent), atomic_load(&migrations_requested));
 	fputs(" \"duration_s\": ", f);
@@ -374,7 +460,7 @@ void write_json(FILE *f, const char *comm, const struct tstats *t, double durati
 	fputs(", \"ops_per_second\": ", f);
 	json_double(f, duration > 0 ? tc / duration : 0);
 	fputs(", \"ops_per_second_per_thread\": ", f);
-	json_double(f, duration > 0 ? tc / duration / cfg.threads : 0);
+	json_double(f, duration > 0 ? tc / duration / (cfg.threads + cfg.idle_threads) : 0);
 	fprintf(f, ",\n \"self_check\": {\"ok\": %s, \"problems\": [", nproblems ? "false" : "true");
 	for (int i = 0; i < nproblems; i++) {
 		if (i)

@@ -227,7 +227,7 @@ static int do_pop(void)
 	}
 }
 
-static int run_op(int op)
+int run_op(int op)
 {
 	switch (op) {
 	case OP_COUNTER: return do_counter();
@@ -244,6 +244,14 @@ static int run_op(int op)
 		return do_pop();
 	}
 	return 0;
+}
+
+/* Push back a node popped and not yet pushed (a thread that exits, or an
+ * idle thread about to sleep, holds none). */
+void give_back_node(void)
+{
+	if (t_held)
+		do_push();
 }
 
 /* ---- churn ---- */

@@ -23,6 +23,12 @@
  * other, each running --churn-ops operations with the same exact counting;
  * their counts are summed per slot (children report through a pipe).
  *
+ * --idle-threads N: besides the workers, N mostly sleeping threads that
+ * wake every --idle-period ms (clock_nanosleep, absolute CLOCK_MONOTONIC
+ * deadlines, first wake-ups staggered over one period) and run one
+ * round-robin operation each time, with the same exact counting; small
+ * stacks, so that 10,000 of them fit. The timed run starts once all are up.
+ *
  * --rseq-abi v2: the workload's own registrations (glibc not registering)
  * pass a length larger than 32 bytes, which kernels 7.1+ (and 7.0.10+)
  * treat as a "V2" registration whose IDs are written lazily.
@@ -39,6 +45,7 @@
  *   workload.h   shared types, constants, globals (extern) and prototypes
  *   rseq_abi.c   the critical sections (assembly) and the rseq registration
  *   workers.c    the worker threads, churn threads / children, self-check
+ *   idle.c       the idle threads (--idle-threads) and thread-limit errors
  *   inducers.c   fixed-rate timers and the signal, migration and membarrier
  *                threads
  *   summary.c    the JSON summary
@@ -86,6 +93,15 @@
 #define EXIT_SELFCHECK 3
 #define CHURN_OPS_DEFAULT 20
 #define CHURN_STACK_SIZE (256 * 1024)
+#define MAX_IDLE_THREADS 1000000
+#define IDLE_PERIOD_MS_DEFAULT 200
+#define MAX_IDLE_PERIOD_MS 3600000
+/* Stack of an idle thread: the deepest path (idle_main -> run_op -> a
+ * section, its abort handler, the SIGUSR1 / SIGUSR2 handlers on top, or
+ * a warning through fprintf) needs well under 16 KiB; glibc carves the
+ * static TLS and its thread descriptor from the same mapping (a guard page
+ * is added). */
+#define IDLE_STACK_SIZE (64 * 1024)
 /* Size and alignment of the workload's own rseq area (TLS): room for a
  * V2 registration of any length the kernel may ask for in the foreseeable
  * future; checked against the auxiliary vector at run time. */
@@ -195,6 +211,8 @@ struct config {
 	double churn_rate;       /* churn threads / children per second, 0: no limit */
 	int rseq_v2;             /* --rseq-abi v2 (own registrations only) */
 	int check_ids;           /* --check-cpu-id-start */
+	int idle_threads;        /* --idle-threads, 0: none */
+	long idle_period_ms;     /* --idle-period */
 };
 
 /* main.c */
@@ -266,6 +284,30 @@ struct worker {
 };
 extern struct worker *workers;   /* main.c */
 
+/* One idle thread (--idle-threads): sleeps, wakes every --idle-period,
+ * runs one operation. Kept small: there may be 10,000 of them. */
+struct idle_thread {
+	pthread_t thread;
+	atomic_int tid;          /* 0 until started */
+	atomic_int done;
+	int index;               /* among the idle threads, 0..N-1 */
+	int reg_error;           /* errno of a failed own registration */
+	long nivcsw, nvcsw;      /* at thread exit, as for workers */
+	uint64_t wakeups;        /* wake-ups, one round-robin step each */
+	uint64_t missed;         /* periods skipped after waking more than a period late */
+	uint64_t late_ns_sum, late_ns_max;  /* wake-up time minus the deadline */
+	struct tstats stats;     /* copied at thread exit */
+};
+extern struct idle_thread *idlers;  /* idle.c, cfg.idle_threads of them */
+extern double idle_startup_s;       /* first pthread_create to all threads up */
+extern size_t idle_stack_size;      /* their pthread stack size */
+
+/* getrusage(RUSAGE_SELF) at the start and at the end of the timed run
+ * (before the threads are stopped and joined), main.c. */
+extern struct rusage run_ru0, run_ru1;
+extern double run_wall_s;
+extern long run_rss_kib;   /* resident set at the stop, -1 if unknown */
+
 /* Inducer results (inducers.c). */
 extern atomic_long signals_sent, migrations_requested;
 extern long mb_calls, mb_ok;
@@ -316,6 +358,16 @@ void self_check(const uint64_t *commits);
 void on_sigusr1(int sig);
 void add_stats(struct tstats *dst, const struct tstats *src);
 void *worker_main(void *arg);
+int run_op(int op);
+void give_back_node(void);
+
+/* idle.c */
+void thread_create_failed(const char *what, long index, long count, int err)
+	__attribute__((noreturn));
+void start_idle_threads(void);
+void wait_idle_threads_up(void);
+void release_idle_threads(void);
+void stop_idle_threads(void);
 
 /* summary.c */
 /* A record's counts summed over the operations. */

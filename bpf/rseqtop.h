@@ -102,6 +102,18 @@ struct rseqtop_hot {
     u32 ignored;
     u64 updates;
     u64 preempts;
+    /* With HOT_TASK_STORAGE: the thread's id, for the task iterator that
+     * hands every thread's hot state to user space in one read. */
+    u32 tid;
+    u32 pad;
+};
+
+/* What the task iterator writes per tracked thread (HOT_TASK_STORAGE). */
+struct rseqtop_hot_out {
+    u32 tid;
+    s32 cpu_id;
+    u64 updates;
+    u64 preempts;
 };
 
 struct rseqtop_thread {

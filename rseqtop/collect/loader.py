@@ -49,6 +49,8 @@ class Probes:
         self.setup = Setup()
         self.hot_fd: Optional[int] = None  # task storage map, when the hot state lives there
         self.hot_value = None
+        self.hot_iter_link: Optional[int] = None  # the task iterator's link fd
+        self.bcc_lib = None
         self._mm_cid_attached = False
         self._watcher: Optional[threading.Thread] = None
         self._stop_watcher = threading.Event()
@@ -71,6 +73,7 @@ class Probes:
     def attach(self) -> None:
         check_privileges()
         bcc = import_bcc()
+        self.bcc_lib = bcc.lib
         text = self.generate()
         prepare_headers()
         try:
@@ -90,14 +93,48 @@ class Probes:
         if self.plan.hot_storage:
             self.hot_fd = bcc.lib.bpf_table_fd(self.bpf.module, b"hot")
             self.hot_value = dict(self.bpf["threads"].Leaf._fields_)["h"]()
+            self._attach_hot_iterator(bcc)
         capacities = {name: int(self.plan.defines[size]) for name, size in self.MAP_SIZES.items()}
         self.setup = Setup(self.era.name, self.era.description, self.names, self.plan.missing,
                            self.plan.unavailable_causes, pairs(capacities), self.syscalls)
+
+    def _attach_hot_iterator(self, bcc) -> None:
+        """The task iterator that reads every thread's hot state at once;
+        without it (refused by this kernel) each thread is read through a
+        pidfd, which costs a few syscalls per thread and poll."""
+        try:
+            fn = self.bpf.load_func("bpf_iter__task", bcc.BPF.TRACING)
+            link = bcc.lib.bcc_iter_attach(fn.fd, None, 0)
+        except Exception:
+            return
+        if link >= 0:
+            self.hot_iter_link = link
+
+    def read_hot(self) -> Optional[bytes]:
+        """Every tracked thread's hot state as struct rseqtop_hot_out
+        records; None without the iterator."""
+        if self.hot_iter_link is None:
+            return None
+        fd = self.bcc_lib.bcc_iter_create(self.hot_iter_link)
+        if fd < 0:
+            return None
+        try:
+            chunks = []
+            while True:
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         self.pause_watcher()
         self._mm_cid_attached = False
         self.hot_fd = None
+        if self.hot_iter_link is not None:
+            os.close(self.hot_iter_link)
+            self.hot_iter_link = None
         if self.bpf is not None:
             try:
                 self.bpf.cleanup()

@@ -1,21 +1,26 @@
 """Reading the kernel's maps into plain records (rseqtop.collect.records).
 
-The only step of a poll that touches the maps; it converts every ctypes
-value on the way, so what follows is plain Python."""
+The only step of a poll that touches the maps. Hash maps are read in
+batches as raw bytes; a thread or process whose bytes (and hot state) did
+not change since the previous poll keeps its record, so a poll of ten
+thousand mostly idle threads converts only the few that ran."""
 
 from __future__ import annotations
 
 import re
 import resource
+import struct
 import time
 from pathlib import Path
 
+from rseqtop.collect.batch import BatchTable
 from rseqtop.collect.records import CallRecord, MapRecords, OffsetRecord, ProcRecord, SiteRecord, ThreadRecord
 from rseqtop.kernel import facts as kernel
 from rseqtop.kernel import taskstorage
 from rseqtop.model.snapshot import Counts, cause_name, pairs
 
 COUNTER_PREFIX = "RSEQTOP_CNT_"
+HOT_OUT = struct.Struct("=IiQQ")  # struct rseqtop_hot_out: tid, cpu_id, updates, preempts
 
 
 def comm_text(raw) -> str:
@@ -37,9 +42,17 @@ class MapReader:
         self._counter_names = {v: name[len(COUNTER_PREFIX):].lower() for name, v in k.items()
                                if name.startswith(COUNTER_PREFIX) and name != "RSEQTOP_NCOUNTERS"}
         self._nodes = kernel.cpu_nodes()
-        # tid -> (updates, preempts, cpu) last read from task storage: a
-        # thread gone between the map read and its storage read keeps them
+        b = probes.bpf
+        lib = probes.bcc_lib
+        self._tables = {name: BatchTable(b[name], lib)
+                        for name in ("threads", "dead_threads", "procs", "pcounts", "sites", "offsets")}
+        # tid -> (updates, preempts, cpu) last read from the hot state: a
+        # thread gone between the map read and the hot read keeps them
         self._last_hot: dict[int, tuple] = {}
+        # raw value bytes (+ hot state) -> record, from the previous poll
+        self._live_cache: dict[int, tuple] = {}
+        self._dead_cache: dict[int, tuple] = {}
+        self._proc_cache: dict[bytes, ProcRecord] = {}
 
     def _counts(self, c) -> Counts:
         return Counts(c.aborts, c.updates, c.preempts, c.migrations, c.signals, c.membarrier_ipis,
@@ -47,25 +60,27 @@ class MapReader:
 
     def read(self) -> MapRecords:
         b = self.probes.bpf
+        t = self._tables
         t0 = time.monotonic()
         counters = [sum(v) for v in b["counters"].values()]
         named = {self._counter_names[i]: n for i, n in enumerate(counters) if i in self._counter_names}
         # Read procs before threads: a thread that exits in between is then
         # missing from both for one poll (a dip that the assembly's monotonic
         # guard hides) instead of being counted twice.
-        procs = tuple(ProcRecord(k.tgid, k.gen, comm_text(v.comm), self._counts(v.retired), int(v.exited_threads))
-                      for k, v in b["procs"].items())
-        # tgid 0: a record created this instant, not filled in yet
-        live = {k.value: v for k, v in b["threads"].items() if v.tgid}
-        dead = {k.value: v for k, v in b["dead_threads"].items() if k.value not in live}
-        calls = tuple(CallRecord(k.tgid, k.gen, k.kind, k.cmd, k.code, v.value) for k, v in b["pcounts"].items())
+        procs = self._procs(t["procs"].raw())
+        live_raw = t["threads"].raw()
+        dead_raw = t["dead_threads"].raw()
+        hot = self._hot()
+        calls = tuple(CallRecord(k.tgid, k.gen, k.kind, k.cmd, k.code, v.value)
+                      for k, v in self._parsed(t["pcounts"]))
         sites = tuple(SiteRecord(k.tgid, k.gen, k.start_ip, v.aborts, _causes(v.causes, self._ncodes), v.abort_ip,
-                                 v.post_commit_offset) for k, v in b["sites"].items())
-        offsets = tuple(OffsetRecord(k.tgid, k.gen, k.start_ip, k.offset, v.value) for k, v in b["offsets"].items())
+                                 v.post_commit_offset) for k, v in self._parsed(t["sites"]))
+        offsets = tuple(OffsetRecord(k.tgid, k.gen, k.start_ip, k.offset, v.value)
+                        for k, v in self._parsed(t["offsets"]))
         cpu_aborts = tuple(b["cpu_aborts"][0]) if len(counters) else ()
-        threads = self._threads(live, dead)
+        threads = self._threads(live_raw, dead_raw, hot)
         read_seconds = time.monotonic() - t0
-        live_pids = {t.pid for t in threads if t.alive}
+        live_pids = {r.pid for r in threads if r.alive}
         run_ns, run_cnt, misses = self._bpf_stats()
         ru = resource.getrusage(resource.RUSAGE_SELF)
         return MapRecords(self.probes.setup, time.monotonic(), time.time(), read_seconds, pairs(named), procs,
@@ -73,24 +88,81 @@ class MapReader:
                           tuple((pid, _live_comm(pid)) for pid in sorted(live_pids)),
                           run_ns, run_cnt, misses, ru.ru_utime + ru.ru_stime)
 
-    def _threads(self, live: dict, dead: dict) -> tuple:
-        seen_hot = {}
+    @staticmethod
+    def _parsed(table: BatchTable) -> list:
+        key, leaf = table.table.Key, table.table.Leaf
+        return [(key.from_buffer_copy(k), leaf.from_buffer_copy(v)) for k, v in table.raw()]
+
+    def _procs(self, raw: list) -> tuple:
+        cache, out = {}, []
+        key_type, leaf_type = self._tables["procs"].table.Key, self._tables["procs"].table.Leaf
+        for kb, vb in raw:
+            rec = self._proc_cache.get(kb + vb)
+            if rec is None:
+                k, v = key_type.from_buffer_copy(kb), leaf_type.from_buffer_copy(vb)
+                rec = ProcRecord(k.tgid, k.gen, comm_text(v.comm), self._counts(v.retired), int(v.exited_threads))
+            cache[kb + vb] = rec
+            out.append(rec)
+        self._proc_cache = cache
+        return tuple(out)
+
+    def _hot(self):
+        """tid -> (updates, preempts, cpu) of every tracked thread, from the
+        task iterator; None where each thread must be read on its own."""
+        data = self.probes.read_hot()
+        if data is None:
+            return None
+        return {tid: (updates, preempts, cpu) for tid, cpu, updates, preempts in HOT_OUT.iter_unpack(data)}
+
+    def _threads(self, live_raw: list, dead_raw: list, hot) -> tuple:
+        leaf = self._tables["threads"].table.Leaf
         out = []
-        for tid, v in live.items():
-            # Live threads' update and preemption counts are in their hot
-            # state (exited ones' were copied into v.c at exit).
-            hot = (v.h.updates, v.h.preempts, v.h.cpu_id)
-            if self.probes.hot_fd is not None:
-                h = taskstorage.lookup(self.probes.hot_fd, tid, self.probes.hot_value)
+        seen_hot, live_cache, live = {}, {}, set()
+        for kb, vb in live_raw:
+            tid = int.from_bytes(kb, "little")
+            cached = self._live_cache.get(tid)
+            v = None
+            if self.probes.hot_fd is None:
+                h = None  # the hot state is in the record itself
+            elif hot is not None:
                 # gone between the two reads: its last values (exit copies the final ones)
-                hot = (h.updates, h.preempts, h.cpu_id) if h else self._last_hot.get(tid, (0, 0, -1))
-                seen_hot[tid] = hot
-            c = self._counts(v.c)
-            counts = Counts(c.aborts, hot[0], hot[1], c.migrations, c.signals, c.membarrier_ipis, c.causes)
-            out.append(self._thread(tid, v, counts, hot[2], True))
-        self._last_hot = seen_hot
-        for tid, v in dead.items():
-            out.append(self._thread(tid, v, self._counts(v.c), v.h.cpu_id, False))
+                h = hot.get(tid) or self._last_hot.get(tid, (0, 0, -1))
+            else:
+                v = leaf.from_buffer_copy(vb)
+                got = taskstorage.lookup(self.probes.hot_fd, tid, self.probes.hot_value)
+                h = (got.updates, got.preempts, got.cpu_id) if got else self._last_hot.get(tid, (0, 0, -1))
+            if cached is not None and cached[0] == vb and cached[1] == h:
+                rec = cached[2]
+            else:
+                v = v or leaf.from_buffer_copy(vb)
+                if not v.tgid:  # a record created this instant, not filled in yet
+                    continue
+                # Live threads' update and preemption counts are in their hot
+                # state (exited ones' were copied into v.c at exit).
+                upd, pre, cpu = h if h is not None else (v.h.updates, v.h.preempts, v.h.cpu_id)
+                c = self._counts(v.c)
+                counts = Counts(c.aborts, upd, pre, c.migrations, c.signals, c.membarrier_ipis, c.causes)
+                rec = self._thread(tid, v, counts, cpu, True)
+            if h is not None:
+                seen_hot[tid] = h
+            live_cache[tid] = (vb, h, rec)
+            live.add(tid)
+            out.append(rec)
+        self._last_hot, self._live_cache = seen_hot, live_cache
+        dead_cache = {}
+        for kb, vb in dead_raw:
+            tid = int.from_bytes(kb, "little")
+            if tid in live:
+                continue
+            cached = self._dead_cache.get(tid)
+            if cached is not None and cached[0] == vb:
+                rec = cached[1]
+            else:
+                v = leaf.from_buffer_copy(vb)
+                rec = self._thread(tid, v, self._counts(v.c), v.h.cpu_id, False)
+            dead_cache[tid] = (vb, rec)
+            out.append(rec)
+        self._dead_cache = dead_cache
         return tuple(out)
 
     def _thread(self, tid: int, v, counts: Counts, cpu: int, alive: bool) -> ThreadRecord:

@@ -13,9 +13,9 @@ import pytest
 from rseqtop.collect.assemble import View, assemble
 from rseqtop.collect.reaper import Reaper
 from rseqtop.collect.records import (
-    CallRecord, MapRecords, OffsetRecord, ProcRecord, Setup, SiteRecord, ThreadRecord, dumps, loads,
+    CallRecord, MapRecords, OffsetRecord, ProcRecord, Setup, SiteRecord, dumps, loads,
 )
-from rseqtop.model.snapshot import Counts, pairs
+from rseqtop.model.snapshot import Counts, ThreadStats, pairs
 
 DATA = Path(__file__).parent / "data"
 RECORDINGS = sorted(DATA.glob("records-*.json"))
@@ -73,7 +73,7 @@ def records(threads=(), procs=(), sites=(), offsets=(), calls=(), live_comms=(),
 
 
 def thread(pid, tid, aborts, alive=True, gen=0, comm="worker"):
-    return ThreadRecord(pid, tid, gen, comm, counts(aborts, aborts), cpu=1, node=0, alive=alive)
+    return ThreadStats(pid, tid, comm, counts(aborts, aborts), cpu=1, node=0, alive=alive, gen=gen)
 
 
 def test_process_totals_are_retired_plus_live_threads():

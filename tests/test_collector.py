@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import shutil
 import subprocess
 import time
@@ -534,3 +535,35 @@ def test_pid_filter_in_the_kernel_and_changed_at_run_time(bpf_ok):
             proc.terminate()
             out, _ = proc.communicate()
     assert workload.parse_summary(out)["self_check"]["ok"]
+
+
+def test_hot_state_iterator_agrees_with_per_thread_reads(collector):
+    """The task iterator (one read for every thread) gives each thread the
+    values its pidfd lookup gives, read while the threads are stopped."""
+    from rseqtop.collect.reader import HOT_OUT
+    from rseqtop.kernel import taskstorage
+
+    if not collector.plan.hot_storage:  # no thread pidfds before 6.9: the state is in the hash
+        assert kernel.kernel_version() < (6, 9) or not Path("/sys/kernel/btf/vmlinux").exists()
+        return
+    assert collector.loader.hot_iter_link is not None, "the task iterator did not attach"
+    proc = workload.start(["--threads", "2", "--idle-threads", "50", "--idle-period", "20", "--duration", "30"])
+    try:
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGSTOP)
+        time.sleep(0.2)
+        tids = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task")]
+        it = {tid: (upd, pre, cpu) for tid, cpu, upd, pre in HOT_OUT.iter_unpack(collector.loader.read_hot())}
+        value = collector.loader.hot_value
+        direct = {}
+        for tid in tids:
+            h = taskstorage.lookup(collector.loader.hot_fd, tid, value)
+            if h is not None:
+                direct[tid] = (h.updates, h.preempts, h.cpu_id)
+        proc.send_signal(signal.SIGCONT)
+    finally:
+        proc.terminate()
+        proc.communicate()
+    assert len(direct) >= 52
+    assert {tid: it.get(tid) for tid in direct} == direct
+    assert any(upd > 0 for upd, _, _ in direct.values())

@@ -12,12 +12,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional
 
-from rseqtop.collect.records import CallRecord, MapRecords, ProcRecord, ThreadRecord
+from rseqtop.collect.records import CallRecord, MapRecords, ProcRecord
 from rseqtop.kernel import bpfgen
 from rseqtop.kernel import facts as kernel
 from rseqtop.model.snapshot import (
     ABI_NAMES, COUNT_FIELDS, Counts, MapFill, MembarrierStats, ProcessStats, SelfStats, SiteStats, Snapshot,
-    ThreadStats, pairs,
+    pairs, sum_counts,
 )
 
 K = bpfgen.header_constants()
@@ -66,16 +66,14 @@ def assemble(rec: MapRecords, view: View = View(), last_totals: Mapping[Ident, C
     everyone = _processes(rec, shown_before)
     # System-wide totals, before the display filter; processes already
     # dropped from the maps still count.
-    totals = forgotten
-    for p in everyone:
-        totals = totals + p.counts
+    totals = sum_counts([forgotten] + [p.counts for p in everyone])
     newest: dict[int, ProcessStats] = {}
     for p in everyone:
         if p.pid not in newest or p.gen > newest[p.pid].gen:
             newest[p.pid] = p
     processes = [p for p in newest.values() if view.shows(p)]
     keep = {(p.pid, p.gen) for p in processes}
-    threads = [_thread(t) for t in rec.threads if (t.pid, t.gen) in keep]
+    threads = [t for t in rec.threads if (t.pid, t.gen) in keep]
     sites = _sites(rec, keep, symbol)
     snap = Snapshot(rec.monotonic, rec.wall, rec.setup.era, rec.setup.era_description, totals,
                     tuple(sorted(processes, key=lambda p: p.pid)),
@@ -83,10 +81,6 @@ def assemble(rec: MapRecords, view: View = View(), last_totals: Mapping[Ident, C
                     tuple(sorted(sites, key=lambda s: (s.pid, s.start_ip))),
                     rec.cpu_aborts, _self_stats(rec))
     return Assembly(snap, tuple(everyone), {pid: p.gen for pid, p in newest.items()}, shown_before)
-
-
-def _thread(t: ThreadRecord) -> ThreadStats:
-    return ThreadStats(t.pid, t.tid, t.comm, t.counts, t.cpu, t.node, t.mm_cid, t.last_signal, t.alive, t.gen)
 
 
 def _processes(rec: MapRecords, shown_before: dict) -> list:
@@ -106,9 +100,7 @@ def _processes(rec: MapRecords, shown_before: dict) -> list:
         ts = by_proc.get(ident, [])
         live = [t for t in ts if t.alive]
         p = procs.get(ident)
-        counts = p.retired if p else Counts()
-        for t in live:
-            counts = counts + t.counts
+        counts = sum_counts(([p.retired] if p else []) + [t.counts for t in live])
         counts = _monotonic(shown_before, ident, counts)
         reg, unreg, reg_err, membarrier, by_abi = _process_calls(calls.get(ident, []))
         out.append(ProcessStats(pid, _process_comm(pid, ts, p, live_comms if live else {}), counts, len(live),

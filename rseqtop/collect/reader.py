@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 from rseqtop.collect.batch import BatchTable
-from rseqtop.collect.records import CallRecord, MapRecords, OffsetRecord, ProcRecord, SiteRecord, ThreadRecord
+from rseqtop.collect.records import CallRecord, MapRecords, OffsetRecord, ProcRecord, SiteRecord
 from rseqtop.kernel import facts as kernel
 from rseqtop.kernel import taskstorage
-from rseqtop.model.snapshot import Counts, cause_name, pairs
+from rseqtop.model.snapshot import Counts, ThreadStats, cause_name, pairs
 
 COUNTER_PREFIX = "RSEQTOP_CNT_"
 HOT_OUT = struct.Struct("=IiQQ")  # struct rseqtop_hot_out: tid, cpu_id, updates, preempts
@@ -132,20 +132,28 @@ class MapReader:
                 got = taskstorage.lookup(self.probes.hot_fd, tid, self.probes.hot_value)
                 h = (got.updates, got.preempts, got.cpu_id) if got else self._last_hot.get(tid, (0, 0, -1))
             if cached is not None and cached[0] == vb and cached[1] == h:
-                rec = cached[2]
+                rec, base = cached[2], cached[3]
             else:
-                v = v or leaf.from_buffer_copy(vb)
-                if not v.tgid:  # a record created this instant, not filled in yet
-                    continue
+                # the record's own part, parsed again only when its bytes change
+                base = cached[3] if cached is not None and cached[0] == vb else None
+                if base is None:
+                    v = v or leaf.from_buffer_copy(vb)
+                    if not v.tgid:  # a record created this instant, not filled in yet
+                        continue
+                    base = self._thread(tid, v, self._counts(v.c), v.h.cpu_id, True)
+                    own = (v.h.updates, v.h.preempts, v.h.cpu_id)
+                    base = (base, own)
                 # Live threads' update and preemption counts are in their hot
                 # state (exited ones' were copied into v.c at exit).
-                upd, pre, cpu = h if h is not None else (v.h.updates, v.h.preempts, v.h.cpu_id)
-                c = self._counts(v.c)
-                counts = Counts(c.aborts, upd, pre, c.migrations, c.signals, c.membarrier_ipis, c.causes)
-                rec = self._thread(tid, v, counts, cpu, True)
+                upd, pre, cpu = h if h is not None else base[1]
+                t, c = base[0], base[0].counts
+                rec = ThreadStats(t.pid, tid, t.comm,
+                                  Counts(c.aborts, upd, pre, c.migrations, c.signals, c.membarrier_ipis, c.causes),
+                                  cpu, self._nodes.get(cpu, 0) if cpu >= 0 else -1, t.mm_cid, t.last_signal, True,
+                                  t.gen)
             if h is not None:
                 seen_hot[tid] = h
-            live_cache[tid] = (vb, h, rec)
+            live_cache[tid] = (vb, h, rec, base)
             live.add(tid)
             out.append(rec)
         self._last_hot, self._live_cache = seen_hot, live_cache
@@ -165,9 +173,9 @@ class MapReader:
         self._dead_cache = dead_cache
         return tuple(out)
 
-    def _thread(self, tid: int, v, counts: Counts, cpu: int, alive: bool) -> ThreadRecord:
-        return ThreadRecord(v.tgid, tid, v.gen, comm_text(v.comm), counts, cpu,
-                            self._nodes.get(cpu, 0) if cpu >= 0 else -1, v.mm_cid, v.last_signal, alive)
+    def _thread(self, tid: int, v, counts: Counts, cpu: int, alive: bool) -> ThreadStats:
+        return ThreadStats(v.tgid, tid, comm_text(v.comm), counts, cpu, self._nodes.get(cpu, 0) if cpu >= 0 else -1,
+                           v.mm_cid, v.last_signal, alive, v.gen)
 
     def _bpf_stats(self) -> tuple:
         """(run ns, runs, missed runs) of the programs: the first two only

@@ -8,25 +8,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
-from rseqtop.model.snapshot import Counts, Pairs
-
-
-@dataclass(frozen=True)
-class ThreadRecord:
-    """A thread's record: live ones from the threads map (update and
-    preemption counts and CPU from its hot state), exited ones from
-    dead_threads."""
-
-    pid: int
-    tid: int
-    gen: int
-    comm: str
-    counts: Counts
-    cpu: int = -1
-    node: int = -1
-    mm_cid: int = -1
-    last_signal: int = 0
-    alive: bool = True
+from rseqtop.model.snapshot import Counts, Pairs, ThreadStats
 
 
 @dataclass(frozen=True)
@@ -94,7 +76,10 @@ class MapRecords:
     read_seconds: float  # how long reading the maps took
     counters: Pairs = ()  # (RSEQTOP_CNT_* name in lower case, total over CPUs)
     procs: tuple = ()  # ProcRecord
-    threads: tuple = ()  # ThreadRecord, live and exited
+    # live threads from the threads map (update and preemption counts and
+    # CPU from their hot state), exited ones from dead_threads: the model's
+    # ThreadStats already, as the assembly passes them through
+    threads: tuple = ()  # ThreadStats
     calls: tuple = ()  # CallRecord
     sites: tuple = ()  # SiteRecord
     offsets: tuple = ()  # OffsetRecord
@@ -112,7 +97,7 @@ class MapRecords:
 
 
 # -- JSON ---------------------------------------------------------------
-_NESTED = {"procs": ProcRecord, "threads": ThreadRecord, "calls": CallRecord, "sites": SiteRecord,
+_NESTED = {"procs": ProcRecord, "threads": ThreadStats, "calls": CallRecord, "sites": SiteRecord,
            "offsets": OffsetRecord}
 
 

@@ -8,7 +8,8 @@ later snapshot counts from zero (it appeared in between).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from operator import attrgetter
+from typing import Iterable, Optional
 
 from rseqtop.model.snapshot import COUNT_FIELDS, Counts, Snapshot
 
@@ -31,11 +32,16 @@ class Rates:
         return 100.0 * self.aborts / self.preempts if self.preempts else None
 
 
+ZERO = Rates()
+_values = attrgetter(*COUNT_FIELDS)
+
+
 def counts_rate(prev: Optional[Counts], cur: Counts, seconds: float) -> Rates:
-    if seconds <= 0:
-        return Rates()
-    prev = prev or Counts()
-    return Rates(*(max(0, getattr(cur, f) - getattr(prev, f)) / seconds for f in COUNT_FIELDS))
+    if seconds <= 0 or prev is cur:  # the collector keeps an unchanged thread's Counts
+        return ZERO
+    if prev is None:
+        return Rates(*(v / seconds if v > 0 else 0.0 for v in _values(cur)))
+    return Rates(*((a - b) / seconds if a > b else 0.0 for a, b in zip(_values(cur), _values(prev))))
 
 
 def interval(prev: Optional[Snapshot], cur: Snapshot) -> float:
@@ -53,10 +59,12 @@ def process_rates(prev: Optional[Snapshot], cur: Snapshot) -> dict[int, Rates]:
     return {p.pid: counts_rate(before.get((p.pid, p.gen)), p.counts, dt) for p in cur.processes}
 
 
-def thread_rates(prev: Optional[Snapshot], cur: Snapshot) -> dict[int, Rates]:
+def thread_rates(prev: Optional[Snapshot], cur: Snapshot, threads: Optional[Iterable] = None) -> dict[int, Rates]:
+    """tid -> rates of `threads` (default: all of cur's)."""
     dt = interval(prev, cur)
     before = {(t.tid, t.pid, t.gen): t.counts for t in prev.threads} if prev else {}
-    return {t.tid: counts_rate(before.get((t.tid, t.pid, t.gen)), t.counts, dt) for t in cur.threads}
+    return {t.tid: counts_rate(before.get((t.tid, t.pid, t.gen)), t.counts, dt)
+            for t in (cur.threads if threads is None else threads)}
 
 
 def site_rates(prev: Optional[Snapshot], cur: Snapshot) -> dict[tuple[int, int], float]:

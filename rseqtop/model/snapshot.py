@@ -8,6 +8,7 @@ rseqtop.rates, which diffs two snapshots.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from operator import attrgetter
 from typing import Optional
 
 CAUSES = ("preempt", "migrate", "signal", "membarrier")
@@ -58,6 +59,23 @@ class Counts:
 # Counts' scalar fields, in order: rates, sums and the front ends' columns
 # iterate over these, so a new count is added in one place.
 COUNT_FIELDS = tuple(f.name for f in fields(Counts) if f.name != "causes")
+_count_values = attrgetter(*COUNT_FIELDS)
+
+
+def sum_counts(items) -> Counts:
+    """The sum of many Counts at once (a process's ten thousand threads:
+    no intermediate Counts per addition)."""
+    items = list(items)
+    if not items:
+        return Counts()
+    columns = zip(*map(_count_values, items))
+    merged: dict = {}
+    for c in items:
+        for k, v in c.causes:
+            merged[k] = merged.get(k, 0) + v
+    return Counts(*map(sum, columns), causes=pairs(merged))
+
+
 # The cause whose events a count field counts (the same order as CAUSES).
 CAUSE_OF_FIELD = {"preempts": "preempt", "migrations": "migrate", "signals": "signal",
                   "membarrier_ipis": "membarrier"}

@@ -154,12 +154,13 @@ class LiveModel:
         snap = self.cur
         if snap is None:
             return []
-        trates = rates.thread_rates(self.prev, snap) if self.prev else {}
         threads = snap.threads_of(pid) if pid is not None else snap.threads
+        threads = [t for t in threads if include_idle or t.counts.aborts]
+        trates = rates.thread_rates(self.prev, snap, threads) if self.prev else {}
         unavailable = snap.self_stats.unavailable_causes
         return [ThreadRow(t.pid, t.tid, t.comm, t.cpu, t.mm_cid, trates.get(t.tid, Rates()), t.counts, t.alive,
                           unavailable, node=t.node, last_signal=t.last_signal)
-                for t in threads if include_idle or t.counts.aborts]
+                for t in threads]
 
     def site_rows(self, pid: int) -> list:
         snap = self.cur

@@ -104,7 +104,7 @@ def json_record(model: LiveModel, include_idle: bool = False) -> dict:
     st = snap.self_stats
     na = st.unavailable_causes
     threads_by_pid: dict = {}
-    for t in model.thread_rows(include_idle=True):
+    for t in model.thread_rows(include_idle=include_idle):
         threads_by_pid.setdefault(t.pid, []).append(t)
     processes = []
     stats = {p.pid: p for p in snap.processes}
@@ -114,7 +114,7 @@ def json_record(model: LiveModel, include_idle: bool = False) -> dict:
             "totals": _counts(p.counts, na), "rates": _rates(p.rates, na), "top_cause": p.top_cause,
             "top_section": p.top_site,
             "registrations": _registrations(stats.get(p.pid), st.syscall_accounting),
-            "threads": [_thread(t, na) for t in threads_by_pid.get(p.pid, ()) if include_idle or t.counts.aborts],
+            "threads": [_thread(t, na) for t in threads_by_pid.get(p.pid, ())],
             "sections": [{"symbol": s.symbol, "start_ip": s.start_ip, "aborts": s.aborts,
                           "aborts_per_s": s.aborts_per_s, "share_percent": s.share,
                           "causes": dict(s.causes),

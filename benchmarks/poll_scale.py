@@ -40,7 +40,9 @@ def main() -> int:
     opts = ap.parse_args()
     workload.build()
     duration = opts.polls * opts.interval + 3
-    with Collector() as c:
+    # dead_threads keeps the last 2,048 exited threads by default (process
+    # totals are exact regardless): room for all of them, for the per-thread check
+    with Collector(sizes={"RSEQTOP_MAX_DEAD_THREADS": 2 * opts.threads}) as c:
         c.want_mm_cid(True)  # what --json and the thread view ask for
         proc = workload.start(["--threads", "0", "--idle-threads", str(opts.threads), "--idle-period",
                                str(opts.period), "--duration", str(duration)])

@@ -7,6 +7,7 @@ thousand mostly idle threads converts only the few that ran."""
 
 from __future__ import annotations
 
+import ctypes
 import re
 import resource
 import struct
@@ -32,6 +33,49 @@ def _causes(values, ncodes: int) -> tuple:
     return pairs({cause_name(i): values[i] for i in range(ncodes) if values[i]})
 
 
+class ThreadLayout:
+    """Parses struct rseqtop_thread straight from its bytes with struct
+    (what ctypes would do field by field, several times faster: a poll may
+    parse thousands)."""
+
+    def __init__(self, leaf, ncodes: int, nodes: dict):
+        fields = dict(leaf._fields_)
+        hot, counts = fields["h"], fields["c"]
+        h0 = leaf.h.offset
+        self.nodes = nodes
+        self.ncodes = ncodes
+        self.counts_at = leaf.c.offset + counts.aborts.offset
+        self.counts = struct.Struct(f"={6 + ncodes}Q")
+        # updates, preempts and causes follow the six scalars in the struct
+        assert [getattr(counts, f).offset - counts.aborts.offset for f in
+                ("aborts", "updates", "preempts", "migrations", "signals", "membarrier_ipis", "causes")] == \
+            [0, 8, 16, 24, 32, 40, 48], "struct rseqtop_counts changed: update ThreadLayout"
+        self.cpu_at = h0 + hot.cpu_id.offset
+        self.hot_at = (h0 + hot.updates.offset, h0 + hot.preempts.offset)
+        self.ids_at = leaf.tgid.offset
+        self.ids = struct.Struct(f"=IIiI{ctypes.sizeof(fields['comm'])}s")  # tgid, gen, mm_cid, last_signal, comm
+        assert [leaf.gen.offset, leaf.mm_cid.offset, leaf.last_signal.offset, leaf.comm.offset] == \
+            [self.ids_at + 4, self.ids_at + 8, self.ids_at + 12, self.ids_at + 16], "struct rseqtop_thread changed"
+        self._names = tuple(cause_name(i) for i in range(ncodes))
+
+    def parse(self, tid: int, raw: bytes, alive: bool):
+        """(ThreadStats from the record alone, (updates, preempts, cpu) of
+        its own hot copy); None for a record not filled in yet."""
+        tgid, gen, mm_cid, last_signal, comm = self.ids.unpack_from(raw, self.ids_at)
+        if not tgid:
+            return None
+        v = self.counts.unpack_from(raw, self.counts_at)
+        causes = v[6:]
+        causes = pairs({self._names[i]: n for i, n in enumerate(causes) if n}) if any(causes) else ()
+        cpu = int.from_bytes(raw[self.cpu_at:self.cpu_at + 4], "little", signed=True)
+        own = (int.from_bytes(raw[self.hot_at[0]:self.hot_at[0] + 8], "little"),
+               int.from_bytes(raw[self.hot_at[1]:self.hot_at[1] + 8], "little"), cpu)
+        counts = Counts(v[0], v[1], v[2], v[3], v[4], v[5], causes)
+        name = comm.split(b"\0", 1)[0].decode("utf-8", errors="backslashreplace")
+        return (ThreadStats(tgid, tid, name, counts, cpu, self.nodes.get(cpu, 0) if cpu >= 0 else -1, mm_cid,
+                            last_signal, alive, gen), own)
+
+
 class MapReader:
     """Reads one attached program's maps (see rseqtop.collect.loader.Probes)."""
 
@@ -53,6 +97,7 @@ class MapReader:
         self._live_cache: dict[int, tuple] = {}
         self._dead_cache: dict[int, tuple] = {}
         self._proc_cache: dict[bytes, ProcRecord] = {}
+        self._thread_layout = ThreadLayout(b["threads"].Leaf, self._ncodes, self._nodes)
 
     def _counts(self, c) -> Counts:
         return Counts(c.aborts, c.updates, c.preempts, c.migrations, c.signals, c.membarrier_ipis,
@@ -115,67 +160,68 @@ class MapReader:
         return {tid: (updates, preempts, cpu) for tid, cpu, updates, preempts in HOT_OUT.iter_unpack(data)}
 
     def _threads(self, live_raw: list, dead_raw: list, hot) -> tuple:
-        leaf = self._tables["threads"].table.Leaf
+        parse = self._thread_layout.parse
+        nodes = self._nodes
+        hot_fd = self.probes.hot_fd
+        last_hot = self._last_hot
+        old_cache = self._live_cache
         out = []
-        seen_hot, live_cache, live = {}, {}, set()
+        seen_hot, live_cache = {}, {}
         for kb, vb in live_raw:
             tid = int.from_bytes(kb, "little")
-            cached = self._live_cache.get(tid)
-            v = None
-            if self.probes.hot_fd is None:
+            if hot_fd is None:
                 h = None  # the hot state is in the record itself
             elif hot is not None:
                 # gone between the two reads: its last values (exit copies the final ones)
-                h = hot.get(tid) or self._last_hot.get(tid, (0, 0, -1))
+                h = hot.get(tid) or last_hot.get(tid, (0, 0, -1))
             else:
-                v = leaf.from_buffer_copy(vb)
-                got = taskstorage.lookup(self.probes.hot_fd, tid, self.probes.hot_value)
-                h = (got.updates, got.preempts, got.cpu_id) if got else self._last_hot.get(tid, (0, 0, -1))
-            if cached is not None and cached[0] == vb and cached[1] == h:
-                rec, base = cached[2], cached[3]
+                got = taskstorage.lookup(hot_fd, tid, self.probes.hot_value)
+                h = (got.updates, got.preempts, got.cpu_id) if got else last_hot.get(tid, (0, 0, -1))
+            cached = old_cache.get(tid)
+            if cached is not None and cached[0] == vb:
+                base = cached[3]
+                if cached[1] == h:
+                    rec = cached[2]
+                    live_cache[tid] = cached
+                    if h is not None:
+                        seen_hot[tid] = h
+                    out.append(rec)
+                    continue
             else:
                 # the record's own part, parsed again only when its bytes change
-                base = cached[3] if cached is not None and cached[0] == vb else None
-                if base is None:
-                    v = v or leaf.from_buffer_copy(vb)
-                    if not v.tgid:  # a record created this instant, not filled in yet
-                        continue
-                    base = self._thread(tid, v, self._counts(v.c), v.h.cpu_id, True)
-                    own = (v.h.updates, v.h.preempts, v.h.cpu_id)
-                    base = (base, own)
-                # Live threads' update and preemption counts are in their hot
-                # state (exited ones' were copied into v.c at exit).
-                upd, pre, cpu = h if h is not None else base[1]
-                t, c = base[0], base[0].counts
-                rec = ThreadStats(t.pid, tid, t.comm,
-                                  Counts(c.aborts, upd, pre, c.migrations, c.signals, c.membarrier_ipis, c.causes),
-                                  cpu, self._nodes.get(cpu, 0) if cpu >= 0 else -1, t.mm_cid, t.last_signal, True,
-                                  t.gen)
+                base = parse(tid, vb, True)
+                if base is None:  # a record created this instant, not filled in yet
+                    continue
+            # Live threads' update and preemption counts are in their hot
+            # state: in task storage, or the record's own copy (exited
+            # threads' were copied into its counts at exit).
+            t, (upd, pre, cpu) = base[0], (h if h is not None else base[1])
+            c = t.counts
+            rec = ThreadStats(t.pid, tid, t.comm,
+                              Counts(c.aborts, upd, pre, c.migrations, c.signals, c.membarrier_ipis, c.causes),
+                              cpu, nodes.get(cpu, 0) if cpu >= 0 else -1, t.mm_cid, t.last_signal, True, t.gen)
             if h is not None:
                 seen_hot[tid] = h
             live_cache[tid] = (vb, h, rec, base)
-            live.add(tid)
             out.append(rec)
         self._last_hot, self._live_cache = seen_hot, live_cache
         dead_cache = {}
         for kb, vb in dead_raw:
             tid = int.from_bytes(kb, "little")
-            if tid in live:
+            if tid in live_cache:
                 continue
             cached = self._dead_cache.get(tid)
             if cached is not None and cached[0] == vb:
                 rec = cached[1]
             else:
-                v = leaf.from_buffer_copy(vb)
-                rec = self._thread(tid, v, self._counts(v.c), v.h.cpu_id, False)
+                base = parse(tid, vb, False)
+                if base is None:
+                    continue
+                rec = base[0]
             dead_cache[tid] = (vb, rec)
             out.append(rec)
         self._dead_cache = dead_cache
         return tuple(out)
-
-    def _thread(self, tid: int, v, counts: Counts, cpu: int, alive: bool) -> ThreadStats:
-        return ThreadStats(v.tgid, tid, comm_text(v.comm), counts, cpu, self._nodes.get(cpu, 0) if cpu >= 0 else -1,
-                           v.mm_cid, v.last_signal, alive, v.gen)
 
     def _bpf_stats(self) -> tuple:
         """(run ns, runs, missed runs) of the programs: the first two only

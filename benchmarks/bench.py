@@ -139,6 +139,28 @@ class CollectorSyscallsMode(Tracer):
         wait_line(self.proc, "FIRST")
 
 
+class Json(Tracer):
+    """`rseqtop --json`: shows threads, so it asks for mm_cid (sampled for
+    0.2 s after each refresh)."""
+
+    name = "rseqtop --json"
+    args: list = []
+
+    def start(self):
+        self.proc = subprocess.Popen([PY, "-m", "rseqtop", "--json", "-d", "1", *self.args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO)
+        wait_line(self.proc, "schema_version")
+        # keep reading: a full pipe would stop it
+        threading.Thread(target=lambda: self.proc.stdout.read(), daemon=True).start()
+
+
+class JsonMmCidAlways(Json):
+    """The same with mm_cid recorded on every switch (the previous default)."""
+
+    name = "rseqtop --json (mm_cid always)"
+    args = ["--mm-cid-window", "0"]
+
+
 class Export(Tracer):
     name = "rseqtop export (scraped 1/s)"
 
@@ -194,7 +216,7 @@ class Tui(Tracer):
         subprocess.run(["tmux", "kill-session", "-t", self.session], check=False, stderr=subprocess.DEVNULL)
 
 
-MODES = [Tracer, Perf, Bpftrace, CollectorMode, CollectorSyscallsMode, Export, Tui]
+MODES = [Tracer, Perf, Bpftrace, CollectorMode, CollectorSyscallsMode, Json, JsonMmCidAlways, Export, Tui]
 
 
 def run_workload(args: list[str], seconds: float) -> dict:
@@ -292,22 +314,29 @@ def front_ends(quick: bool) -> dict:
     return out
 
 
+def tp_configs(doc: dict) -> list:
+    return list(doc["overhead"]["throughput"])
+
+
 def markdown(doc: dict) -> str:
     lines = [f"Measured on {doc['machine']}, {doc['date']}, {doc['reps']} interleaved rounds of "
              f"{doc['seconds']} s per run; medians (min..max).", "",
              "**Overhead**: workload throughput relative to the untraced run of the same round "
              "(1.000 = no cost; the spread is this shared VM's noise)", "",
-             "| mode | " + " | ".join(CONFIGS) + " |", "|---|" + "---|" * len(CONFIGS)]
+             "| mode | " + " | ".join(tp_configs(doc)) + " |", "|---|" + "---|" * len(tp_configs(doc))]
     tp = doc["overhead"]["throughput"]
-    for mode in tp[next(iter(CONFIGS))]:
+    configs = tp_configs(doc)
+    for mode in tp[configs[0]]:
         cells = []
-        for cname in CONFIGS:
+        for cname in configs:
             # paired: each round's run against the same round's untraced run
             cells.append(fmt([v / base for v, base in zip(tp[cname][mode], tp[cname]["none"])]))
         lines.append(f"| {mode} | " + " | ".join(cells) + " |")
-    lines += ["", "| untraced ops/s | " + " | ".join(f"{statistics.median(tp[c]['none']):.3e}" for c in CONFIGS) + " |",
+    lines += ["", "| untraced ops/s | " + " | ".join(f"{statistics.median(tp[c]['none']):.3e}" for c in configs) + " |",
               "", "**RSS after the run** (MB): " + ", ".join(
                   f"{m} {fmt(v, digits=0)}" for m, v in doc["overhead"]["rss_mb"].items() if m != "none"), ""]
+    if "loss" not in doc:  # --overhead-only
+        return "\n".join(lines)
     lines += ["**Loss** at the highest abort rate", "",
               "| ring buffer pages | aborts/s | self-reported | counted | events sent | delivered | lost |",
               "|---|---|---|---|---|---|---|"]
@@ -330,6 +359,9 @@ def main() -> int:
     ap.add_argument("--reps", type=int, help="interleaved rounds (default 7, 1 with --quick)")
     ap.add_argument("--seconds", type=float, help="workload run length in seconds (default 2, 0.3 with --quick)")
     ap.add_argument("--out", default=str(REPO / "benchmarks/results"), help="directory for the JSON results")
+    ap.add_argument("--modes", help="comma-separated mode names to run (default all; untraced always runs)")
+    ap.add_argument("--configs", help="comma-separated workload configurations (default all)")
+    ap.add_argument("--overhead-only", action="store_true", help="skip the loss, start-up and front-end parts")
     a = ap.parse_args()
     if os.geteuid() != 0:
         print("benchmarks/run: run as root (sudo benchmarks/run): it loads BPF programs", file=sys.stderr)
@@ -341,18 +373,19 @@ def main() -> int:
             print(f"benchmarks/run: {tool} is missing; run scripts/setup test", file=sys.stderr)
             return 1
     workload.build()
-    modes = MODES
-    configs = CONFIGS
+    modes = MODES if not a.modes else [m for m in MODES if m is Tracer or m.name in a.modes.split(",")]
+    configs = CONFIGS if not a.configs else {k: v for k, v in CONFIGS.items() if k in a.configs.split(",")}
     doc = {"machine": f"{platform.node()} {platform.release()} {NCPU} CPUs", "date": time.strftime("%Y-%m-%d %H:%M"),
            "reps": reps, "seconds": seconds, "quick": a.quick}
     print("overhead ...", file=sys.stderr)
     doc["overhead"] = overhead(reps, seconds, modes, configs)
-    print("loss ...", file=sys.stderr)
-    doc["loss"] = loss(0.5 if a.quick else 3.0, a.quick)
-    print("start-up ...", file=sys.stderr)
-    doc["startup"] = startup(1 if a.quick else 5)
-    print("front ends ...", file=sys.stderr)
-    doc["front_ends"] = front_ends(a.quick)
+    if not a.overhead_only:
+        print("loss ...", file=sys.stderr)
+        doc["loss"] = loss(0.5 if a.quick else 3.0, a.quick)
+        print("start-up ...", file=sys.stderr)
+        doc["startup"] = startup(1 if a.quick else 5)
+        print("front ends ...", file=sys.stderr)
+        doc["front_ends"] = front_ends(a.quick)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -444,6 +444,12 @@ def test_thread_ids_and_mm_cid_on_demand(collector):
     collector.want_mm_cid(True)
     try:
         collector.poll()
+        if collector.plan.mm_cid_on_demand:
+            # sampled: attached for mm_cid_window seconds after each read
+            assert collector.loader.mm_cid_attached
+            time.sleep(collector.mm_cid_window + 0.3)
+            assert not collector.loader.mm_cid_attached, "mm_cid probe still attached after its window"
+            collector.poll()
         assert _sleep_thread(collector).mm_cid == 0
         summary, snap = observe(collector, ["--threads", 2, "--duration", 0.3, "--op", "counter"])
         cids = [t.mm_cid for t in snap.threads_of(summary["pid"]) if t.counts.updates]

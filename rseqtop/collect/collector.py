@@ -25,6 +25,12 @@ from rseqtop.model.snapshot import Counts, Snapshot
 from rseqtop.symbols.symbolizer import Symbolizer
 
 
+# Seconds after each read during which threads' mm_cid is recorded (0: all
+# the time while asked for). Shown mm_cid values are then each thread's
+# latest from such a window: exact for threads that ran in it.
+MM_CID_WINDOW = 0.2
+
+
 def compile_comm(comm: Optional[str]) -> Optional[re.Pattern]:
     if not comm:
         return None
@@ -47,12 +53,13 @@ class Collector:
                  cgroups: Optional[Iterable[str]] = None, sizes: Optional[dict] = None,
                  emit_events: bool = False, tracefs_root: Optional[Path] = None,
                  symbolizer: Optional[Symbolizer] = None, keep_dead_seconds: float = 60.0,
-                 keep_dead_max: int = 4096, syscalls: bool = False):
+                 keep_dead_max: int = 4096, syscalls: bool = False, mm_cid_window: float = MM_CID_WINDOW):
         self._pids = set(pids) if pids else set()
         self._comm = compile_comm(comm)
         self._cgroups = list(cgroups or ())
         self._emit_events = emit_events
         self._want_mm_cid = False
+        self.mm_cid_window = mm_cid_window
         self.loader = Probes(sizes, syscalls, tracefs_root)
         self._reader: Optional[MapReader] = None
         self.reaper = reaper_mod.Reaper(keep_dead_seconds, keep_dead_max)
@@ -134,8 +141,9 @@ class Collector:
         self.loader.configure(self._pids, self._cgroups, self._emit_events)
 
     def want_mm_cid(self, on: bool) -> None:
-        """Ask for threads' mm_cid from the next poll on: front ends ask
-        while they show threads (see Probes.mm_cid for the cost)."""
+        """Ask for threads' mm_cid: front ends ask while they show threads.
+        It is recorded for mm_cid_window seconds after each read (see
+        Probes.mm_cid for the cost), so the poll after next shows it."""
         self._want_mm_cid = on
 
     # -- events ---------------------------------------------------------
@@ -152,8 +160,10 @@ class Collector:
         """One read of the maps, as plain records."""
         if self.bpf is None:
             raise RuntimeError("collector is not attached")
-        self.loader.mm_cid(self._want_mm_cid)
-        return self._reader.read()
+        rec = self._reader.read()
+        # mm_cid as sampled since the previous read; the next sample starts now
+        self.loader.mm_cid(self._want_mm_cid, self.mm_cid_window)
+        return rec
 
     def poll(self) -> Snapshot:
         rec = self.read()

@@ -52,6 +52,8 @@ class Probes:
         self.hot_iter_link: Optional[int] = None  # the task iterator's link fd
         self.bcc_lib = None
         self._mm_cid_attached = False
+        self._mm_lock = threading.Lock()
+        self._mm_timer: Optional[threading.Timer] = None
         self._watcher: Optional[threading.Thread] = None
         self._stop_watcher = threading.Event()
         self._on_site: Optional[Callable] = None
@@ -130,7 +132,11 @@ class Probes:
 
     def close(self) -> None:
         self.pause_watcher()
-        self._mm_cid_attached = False
+        with self._mm_lock:
+            if self._mm_timer is not None:
+                self._mm_timer.cancel()
+                self._mm_timer = None
+            self._mm_cid_attached = False
         self.hot_fd = None
         if self.hot_iter_link is not None:
             os.close(self.hot_iter_link)
@@ -178,17 +184,43 @@ class Probes:
         g = self.bpf["proc_gen"].get(ctypes.c_uint32(pid))
         return None if g is None else g.value
 
-    def mm_cid(self, on: bool) -> None:
+    def mm_cid(self, on: bool, window: float = 0.0) -> None:
         """Where rseq_update is a raw tracepoint, mm_cid is only in the
-        regular tracepoint's record, whose program costs as much again per
-        context switch: attached only while someone looks."""
-        if not self.plan.mm_cid_on_demand or on == self._mm_cid_attached:
+        regular tracepoint's record, which the kernel builds for every
+        context switch of every thread with rseq while a program is attached
+        to it: attached only while someone looks, and then (window > 0) only
+        for `window` seconds from now, a sample of each thread's latest
+        mm_cid instead of a cost on every switch."""
+        if not self.plan.mm_cid_on_demand:
+            return
+        with self._mm_lock:
+            if self._mm_timer is not None:
+                self._mm_timer.cancel()
+                self._mm_timer = None
+            self._set_mm_cid(on)
+            if on and window > 0:
+                self._mm_timer = threading.Timer(window, self._mm_cid_window_over)
+                self._mm_timer.daemon = True
+                self._mm_timer.start()
+
+    def _mm_cid_window_over(self) -> None:
+        with self._mm_lock:
+            self._mm_timer = None
+            if self.bpf is not None:
+                self._set_mm_cid(False)
+
+    def _set_mm_cid(self, on: bool) -> None:
+        if on == self._mm_cid_attached:
             return
         if on:
             self.bpf.attach_tracepoint(tp="rseq:rseq_update", fn_name="on_rseq_update_ids")
         else:
             self.bpf.detach_tracepoint(tp="rseq:rseq_update")  # only this program is a regular one there
         self._mm_cid_attached = on
+
+    @property
+    def mm_cid_attached(self) -> bool:
+        return self._mm_cid_attached
 
     # -- streams --------------------------------------------------------
     def watch_sites(self, on_site: Callable[[int, int, int], None]) -> None:

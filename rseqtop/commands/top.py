@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
 import time
@@ -45,6 +46,9 @@ def configure(parser) -> None:
     parser.add_argument("-s", "--sort", default="aborts_s", metavar="COLUMN",
                         help="batch sort column: aborts_s (default), aborts, pid, comm, preempt_s, ratio, ...")
     add_syscalls_arg(parser)
+    # seconds of mm_cid sampling after each refresh (0: all the time), for
+    # benchmarks/run's side-by-side rows; see rseqtop.collect.collector
+    parser.add_argument("--mm-cid-window", type=float, default=None, help=argparse.SUPPRESS)
     parser.add_argument("interval", nargs="?", type=positive_float, help="same as -d")
     parser.add_argument("icount", nargs="?", type=positive_int, metavar="count", help="same as -n")
 
@@ -52,8 +56,10 @@ def configure(parser) -> None:
 def make_collector(args, emit_events: bool = False):
     from rseqtop.collect import Collector
 
+    window = getattr(args, "mm_cid_window", None)
     return Collector(pids=flat_pids(args) or None, comm=args.comm or None, emit_events=emit_events,
-                     syscalls=getattr(args, "syscalls", False))
+                     syscalls=getattr(args, "syscalls", False),
+                     **({"mm_cid_window": max(0.0, window)} if window is not None else {}))
 
 
 def print_ebpf(args) -> int:

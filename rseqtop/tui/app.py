@@ -246,9 +246,7 @@ class RseqtopApp(App):
     def want_thread_details(self, on: bool) -> None:
         """Thread rows show mm_cid, which may cost the collector a probe:
         ask for it only while threads are on screen."""
-        want = getattr(self.source, "want_mm_cid", None)
-        if want is not None:
-            want(on)
+        self.source.want_mm_cid(on)
 
     def action_toggle_idle(self) -> None:
         self.include_idle = not self.include_idle

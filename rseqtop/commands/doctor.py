@@ -151,7 +151,7 @@ def evaluate(f: Facts) -> list[Check]:
                                 "needs CONFIG_RSEQ and CONFIG_MEMBARRIER (5.10+)"))
 
     if f.hot_storage:
-        checks.append(Check("per-thread state", PASS, "task-local storage, read in one pass of a task iterator "
+        checks.append(Check("per-thread state", PASS, "task-local storage, read by a task iterator or thread pidfds "
                                                       "(no hash lookup per context switch)"))
     elif f.hot_storage is not None:
         checks.append(Check("per-thread state", WARN, "in a hash map (kernel before 6.9 or without BTF): "

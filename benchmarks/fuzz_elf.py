@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Fuzz rseqtop.elfsym for a given time: mutated ELF bytes, many more inputs
+"""Fuzz rseqtop.symbols.elf for a given time: mutated ELF bytes, many more inputs
 than the CI test (tests/test_fuzz_elf.py, whose seeds, layout and per-input
 watchdog this script reuses; the mutations here are drawn with `random`,
 which is much faster than hypothesis).

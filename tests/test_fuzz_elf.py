@@ -1,4 +1,4 @@
-"""Fuzz rseqtop.elfsym: crafted or truncated ELF files must neither crash nor
+"""Fuzz rseqtop.symbols.elf: crafted or truncated ELF files must neither crash nor
 hang the reader. Every input either parses or raises ElfError (never
 ElfInternalError, which wraps an unexpected exception, and never anything
 else), within a time limit per input.

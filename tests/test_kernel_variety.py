@@ -109,7 +109,7 @@ def test_task_storage_refused_on_an_unknown_architecture(monkeypatch):
 
 
 def test_one_libc_handle_and_one_status_parser():
-    """Platform glue lives in rseqtop.linux: no other module opens libc or
+    """Platform glue lives in rseqtop.kernel.linux: no other module opens libc or
     parses /proc/*/status on its own."""
     import re
     from pathlib import Path

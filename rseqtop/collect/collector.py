@@ -4,7 +4,7 @@ It wires the stages together: Probes (load and attach), MapReader (maps ->
 records), assemble (records -> Snapshot, pure) and Reaper (age dead
 processes out). Maps are never cleared: every count is a total since
 attach, so that Prometheus counters stay monotonic and rates are
-differences of snapshots (rseqtop.rates).
+differences of snapshots (rseqtop.model.rates).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from rseqtop.collect.batch import BatchTable
 from rseqtop.collect.records import CallRecord, MapRecords, OffsetRecord, ProcRecord, SiteRecord
 from rseqtop.kernel import facts as kernel
 from rseqtop.kernel import taskstorage
-from rseqtop.model.snapshot import Counts, ThreadStats, cause_name, pairs
+from rseqtop.model.snapshot import COUNT_FIELDS, Counts, ThreadStats, cause_name, pairs
 
 COUNTER_PREFIX = "RSEQTOP_CNT_"
 HOT_OUT = struct.Struct("=IiQQ")  # struct rseqtop_hot_out: tid, cpu_id, updates, preempts
@@ -45,17 +45,18 @@ class ThreadLayout:
         self.nodes = nodes
         self.ncodes = ncodes
         self.counts_at = leaf.c.offset + counts.aborts.offset
-        self.counts = struct.Struct(f"={6 + ncodes}Q")
-        # updates, preempts and causes follow the six scalars in the struct
-        assert [getattr(counts, f).offset - counts.aborts.offset for f in
-                ("aborts", "updates", "preempts", "migrations", "signals", "membarrier_ipis", "causes")] == \
-            [0, 8, 16, 24, 32, 40, 48], "struct rseqtop_counts changed: update ThreadLayout"
+        self.counts = struct.Struct(f"={len(COUNT_FIELDS) + ncodes}Q")
+        # the six scalars in COUNT_FIELDS order, then the causes
+        if [getattr(counts, f).offset - counts.aborts.offset for f in COUNT_FIELDS + ("causes",)] != \
+                [8 * i for i in range(len(COUNT_FIELDS) + 1)]:
+            raise RuntimeError("struct rseqtop_counts changed: update rseqtop.collect.reader.ThreadLayout")
         self.cpu_at = h0 + hot.cpu_id.offset
         self.hot_at = (h0 + hot.updates.offset, h0 + hot.preempts.offset)
         self.ids_at = leaf.tgid.offset
         self.ids = struct.Struct(f"=IIiI{ctypes.sizeof(fields['comm'])}s")  # tgid, gen, mm_cid, last_signal, comm
-        assert [leaf.gen.offset, leaf.mm_cid.offset, leaf.last_signal.offset, leaf.comm.offset] == \
-            [self.ids_at + 4, self.ids_at + 8, self.ids_at + 12, self.ids_at + 16], "struct rseqtop_thread changed"
+        if [leaf.gen.offset, leaf.mm_cid.offset, leaf.last_signal.offset, leaf.comm.offset] != \
+                [self.ids_at + 4, self.ids_at + 8, self.ids_at + 12, self.ids_at + 16]:
+            raise RuntimeError("struct rseqtop_thread changed: update rseqtop.collect.reader.ThreadLayout")
         self._names = tuple(cause_name(i) for i in range(ncodes))
 
     def parse(self, tid: int, raw: bytes, alive: bool):
@@ -65,12 +66,12 @@ class ThreadLayout:
         if not tgid:
             return None
         v = self.counts.unpack_from(raw, self.counts_at)
-        causes = v[6:]
+        causes = v[len(COUNT_FIELDS):]
         causes = pairs({self._names[i]: n for i, n in enumerate(causes) if n}) if any(causes) else ()
         cpu = int.from_bytes(raw[self.cpu_at:self.cpu_at + 4], "little", signed=True)
         own = (int.from_bytes(raw[self.hot_at[0]:self.hot_at[0] + 8], "little"),
                int.from_bytes(raw[self.hot_at[1]:self.hot_at[1] + 8], "little"), cpu)
-        counts = Counts(v[0], v[1], v[2], v[3], v[4], v[5], causes)
+        counts = Counts(*v[:len(COUNT_FIELDS)], causes=causes)
         name = comm.split(b"\0", 1)[0].decode("utf-8", errors="backslashreplace")
         return (ThreadStats(tgid, tid, name, counts, cpu, self.nodes.get(cpu, 0) if cpu >= 0 else -1, mm_cid,
                             last_signal, alive, gen), own)
@@ -93,7 +94,9 @@ class MapReader:
         # tid -> (updates, preempts, cpu) last read from the hot state: a
         # thread gone between the map read and the hot read keeps them
         self._last_hot: dict[int, tuple] = {}
-        # raw value bytes (+ hot state) -> record, from the previous poll
+        # from the previous poll, to reuse what did not change: tid -> (value
+        # bytes, hot state, record, its parse) of live threads, tid -> (value
+        # bytes, record) of exited ones, key + value bytes -> record of procs
         self._live_cache: dict[int, tuple] = {}
         self._dead_cache: dict[int, tuple] = {}
         self._proc_cache: dict[bytes, ProcRecord] = {}

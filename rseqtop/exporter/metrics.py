@@ -1,7 +1,7 @@
 """A prometheus_client Collector over a snapshot source.
 
 The source is a rseqtop.source.SnapshotSource (rseqtop.collect.Collector,
-rseqtop.synthetic.SyntheticSource). It is polled at scrape time, under a
+rseqtop.model.synthetic.SyntheticSource). It is polled at scrape time, under a
 lock, and nothing here runs on a timer or clears a BPF map: every counter
 is a total since attach (the cloudflare/ebpf_exporter model). A failed poll
 is logged and counted in rseqtop_scrape_errors_total; the scrape still

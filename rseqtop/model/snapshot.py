@@ -2,7 +2,7 @@
 
 Every front end (TUI, batch/JSON, exporter) reads these and nothing else.
 All counters are totals since the collector attached; rates come from
-rseqtop.rates, which diffs two snapshots.
+rseqtop.model.rates, which diffs two snapshots.
 """
 
 from __future__ import annotations

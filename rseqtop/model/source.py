@@ -1,6 +1,6 @@
 """What every front end polls: a snapshot source.
 
-rseqtop.collect.Collector reads the kernel's maps; rseqtop.synthetic's
+rseqtop.collect.Collector reads the kernel's maps; rseqtop.model.synthetic's
 SyntheticSource makes deterministic data for front-end tests, snapshot
 tests and benchmarks. Front ends call poll() each interval and reap() after
 it, and know nothing else about where snapshots come from.

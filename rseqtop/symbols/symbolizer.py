@@ -4,7 +4,7 @@ Resolved as soon as a site appears, so that a process that exits keeps its
 names. The watched processes choose the files they map, so no C parser runs
 in rseqtop's process: /proc/PID/maps gives the mapping that holds the
 address, the file is opened through /proc/PID/map_files (or, failing that,
-/proc/PID/root/PATH) and read by `rseqtop.elfsym`, a bounded pure-Python ELF
+/proc/PID/root/PATH) and read by `rseqtop.symbols.elf`, a bounded pure-Python ELF
 reader. A vanished process, an unreadable, crafted or truncated ELF file, or
 a resolution that runs past its time budget gives a hex address (or
 `binary+0xOFF`), never an exception.
@@ -117,7 +117,7 @@ class _Failed:
 
 
 class ElfResolver:
-    """(pid, addr) -> (name, offset, module) | None, built on rseqtop.elfsym.
+    """(pid, addr) -> (name, offset, module) | None, built on rseqtop.symbols.elf.
 
     Parsed symbol tables are cached by file identity (st_dev, st_ino, st_size,
     st_mtime_ns) in an LRU bounded in entries and in (estimated) bytes, so a

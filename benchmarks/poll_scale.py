@@ -43,7 +43,9 @@ def main() -> int:
     # dead_threads keeps the last 2,048 exited threads by default (process
     # totals are exact regardless): room for all of them, for the per-thread check
     with Collector(sizes={"RSEQTOP_MAX_DEAD_THREADS": 2 * opts.threads}) as c:
-        c.want_mm_cid(True)  # what --json and the thread view ask for
+        # what --json asks for: threads (those with aborts) and their mm_cid
+        c.want_threads("aborting")
+        c.want_mm_cid(True)
         proc = workload.start(["--threads", "0", "--idle-threads", str(opts.threads), "--idle-period",
                                str(opts.period), "--duration", str(duration)])
         model = LiveModel()
@@ -71,6 +73,7 @@ def main() -> int:
                          a.snapshot.process(proc.pid).threads_live))
         out, _ = proc.communicate(timeout=600)
         summary = workload.parse_summary(out)
+        c.want_threads("all")
         final = c.poll()
     threads = {t.tid: t for t in final.threads_of(summary["pid"])}
     wrong = [tid for tid, rec in summary["threads"].items()

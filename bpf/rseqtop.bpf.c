@@ -38,7 +38,8 @@ BPF_PERCPU_ARRAY(zero_proc, struct rseqtop_proc, 1);
 #ifdef HOT_TASK_STORAGE
 /* Hot per-thread state in task-local storage: a pointer chase from the
  * task instead of a hash lookup, on the two paths that run on every
- * context switch. User space reads it through pidfds (PIDFD_THREAD). */
+ * context switch. User space reads it with the task iterator at the end of
+ * this file (or through pidfds, PIDFD_THREAD, where that is refused). */
 BPF_TASK_STORAGE(hot, struct rseqtop_hot);
 
 /* The task iterator's context (kernel/bpf/task_iter.c; stable since 5.8):
@@ -53,24 +54,8 @@ struct bpf_iter__task {
     struct bpf_iter_meta *meta;
     struct task_struct *task;
 };
-
-/* Every tracked thread's hot state in one read(2) of an iterator, instead
- * of a pidfd and a lookup per thread: what makes a poll of ten thousand
- * threads cheap. */
-BPF_ITER(task)
-{
-    struct task_struct *task = ctx->task;
-    if (!task)
-        return 0;
-    struct rseqtop_hot *h = hot.task_storage_get(task, 0, 0);
-    if (!h || h->ignored || !h->tid)
-        return 0;
-    struct rseqtop_hot_out out = {.tid = h->tid, .cpu_id = h->cpu_id, .updates = h->updates,
-                                  .preempts = h->preempts};
-    bpf_seq_write(ctx->meta->seq, &out, sizeof(out));
-    return 0;
-}
 #endif
+
 /* In-flight syscalls: enter -> exit. */
 struct rseq_call { u32 flags; u32 len; };
 BPF_HASH(rseq_calls, u32, struct rseq_call, 4096);
@@ -696,5 +681,61 @@ int on_sys_exit_membarrier(struct tp_sys_exit_membarrier *args)
         pcount(tgid, RSEQTOP_PC_MB_ERROR, cmd, (u32)-ret);
     pcount(tgid, RSEQTOP_PC_MB_LATENCY, cmd, bpf_log2l(delta));
     return 1;
+}
+#endif
+
+#ifdef HOT_TASK_STORAGE
+BPF_PERCPU_ARRAY(zero_live, struct rseqtop_live, 1);
+BPF_HASH(proc_live, struct rseqtop_proc_key, struct rseqtop_live, RSEQTOP_MAX_PROCS);
+
+/* One pass over every task at each poll, in place of a pidfd and a lookup
+ * per thread in user space: sums each live tracked thread (its record and
+ * its hot state) into its process's proc_live entry, stamped with this
+ * pass, and writes out the threads user space asked for (config
+ * iter_threads) as a struct rseqtop_hot_out followed by the thread's
+ * record. Only pointers of the task are used, never a field. */
+BPF_ITER(task)
+{
+    struct task_struct *task = ctx->task;
+    if (!task)
+        return 0;
+    struct rseqtop_hot *h = hot.task_storage_get(task, 0, 0);
+    if (!h || h->ignored || !h->tid)
+        return 0;
+    u32 tid = h->tid;
+    struct rseqtop_thread *t = threads.lookup(&tid);
+    int zero = 0;
+    struct rseqtop_config *cfg = config.lookup(&zero);
+    if (!t || !t->tgid || !cfg)
+        return 0;
+    struct rseqtop_live *z = zero_live.lookup(&zero);
+    struct rseqtop_proc_key pk = {.tgid = t->tgid, .gen = t->gen};
+    struct rseqtop_live *l = z ? proc_live.lookup_or_try_init(&pk, z) : 0;
+    if (l) {
+        if (l->pass != cfg->iter_pass) {
+            __builtin_memset(l, 0, sizeof(*l));
+            l->pass = cfg->iter_pass;
+        }
+        l->threads++;
+        l->c.aborts += t->c.aborts;
+        l->c.updates += h->updates;
+        l->c.preempts += h->preempts;
+        l->c.migrations += t->c.migrations;
+        l->c.signals += t->c.signals;
+        l->c.membarrier_ipis += t->c.membarrier_ipis;
+#pragma unroll
+        for (int i = 0; i < RSEQTOP_NCODES; i++)
+            l->c.causes[i] += t->c.causes[i];
+    } else {
+        count(RSEQTOP_CNT_LIVE_DROPPED);
+    }
+    u32 want = cfg->iter_threads;
+    if (want == RSEQTOP_ITER_THREADS_ALL || (want == RSEQTOP_ITER_THREADS_ABORTING && t->c.aborts)) {
+        struct rseqtop_hot_out out = {.tid = tid, .cpu_id = h->cpu_id, .updates = h->updates,
+                                      .preempts = h->preempts};
+        bpf_seq_write(ctx->meta->seq, &out, sizeof(out));
+        bpf_seq_write(ctx->meta->seq, t, sizeof(*t));
+    }
+    return 0;
 }
 #endif

@@ -25,7 +25,8 @@
 #define RSEQTOP_CNT_EVENTS_SENT 5
 #define RSEQTOP_CNT_EVENTS_LOST 6
 #define RSEQTOP_CNT_THREAD_EXITS 7
-#define RSEQTOP_NCOUNTERS 8
+#define RSEQTOP_CNT_LIVE_DROPPED 8
+#define RSEQTOP_NCOUNTERS 9
 
 /* Kinds of per-process keyed counters (map "pcounts"). */
 #define RSEQTOP_PC_RSEQ_REG 1        /* cmd = RSEQTOP_ABI_*, code = errno (0: success) */
@@ -40,6 +41,11 @@
 #define RSEQTOP_ABI_LEGACY 1
 #define RSEQTOP_ABI_V2 2
 #define RSEQTOP_RSEQ_LEGACY_LEN 32
+
+/* Which threads the task iterator writes out (config.iter_threads). */
+#define RSEQTOP_ITER_THREADS_NONE 0
+#define RSEQTOP_ITER_THREADS_ABORTING 1
+#define RSEQTOP_ITER_THREADS_ALL 2
 
 #define RSEQTOP_FILTER_PIDS 1
 #define RSEQTOP_FILTER_CGROUPS 2
@@ -170,10 +176,21 @@ struct rseqtop_pcount_key {
 };
 
 struct rseqtop_config {
-    u32 filter;      /* RSEQTOP_FILTER_* bits */
-    u32 emit_events; /* send abort events to the ring buffer */
-    u32 filter_gen;  /* bumped by user space at every filter change (from 1) */
-    u32 pad;
+    u32 filter;       /* RSEQTOP_FILTER_* bits */
+    u32 emit_events;  /* send abort events to the ring buffer */
+    u32 filter_gen;   /* bumped by user space at every filter change (from 1) */
+    u32 iter_threads; /* RSEQTOP_ITER_THREADS_*: what the task iterator writes out */
+    u64 iter_pass;    /* bumped by user space before each run of the task iterator */
+};
+
+/* A process's live threads summed by the task iterator (HOT_TASK_STORAGE,
+ * map proc_live): the pass that wrote it, how many threads, their counts
+ * (updates and preemptions from their hot state). User space then needs no
+ * per-thread work for process totals. */
+struct rseqtop_live {
+    u64 pass;
+    u64 threads;
+    struct rseqtop_counts c;
 };
 
 struct rseqtop_event {

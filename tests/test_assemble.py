@@ -13,7 +13,7 @@ import pytest
 from rseqtop.collect.assemble import View, assemble
 from rseqtop.collect.reaper import Reaper
 from rseqtop.collect.records import (
-    CallRecord, MapRecords, OffsetRecord, ProcRecord, Setup, SiteRecord, dumps, loads,
+    CallRecord, LiveRecord, MapRecords, OffsetRecord, ProcRecord, Setup, SiteRecord, dumps, loads,
 )
 from rseqtop.model.snapshot import Counts, ThreadStats, pairs
 
@@ -57,6 +57,8 @@ def test_records_round_trip_through_json():
     for path in RECORDINGS:
         rec, _ = load(path)
         assert loads(dumps(rec)) == rec
+    rec = records([thread(10, 10, 5)], live=[LiveRecord(10, 0, 3, counts(7, 7))])
+    assert loads(dumps(rec)) == rec
 
 
 # -- hand-made records ------------------------------------------------------
@@ -64,12 +66,14 @@ def counts(aborts, preempts=0, cause="preempt"):
     return Counts(aborts=aborts, updates=10 * aborts, preempts=preempts, causes=pairs({cause: aborts}))
 
 
-SETUP = Setup("classic", "up to 6.18", ("rseq:rseq_ip_fixup",), (), (), pairs({"threads": 100, "procs": 10}))
+SETUP = Setup("classic", "up to 6.18", ("rseq:rseq_ip_fixup",), (), (),
+              pairs({"threads": 100, "dead_threads": 50, "procs": 10}))
 
 
-def records(threads=(), procs=(), sites=(), offsets=(), calls=(), live_comms=(), counters=(), t=1.0):
+def records(threads=(), procs=(), sites=(), offsets=(), calls=(), live_comms=(), counters=(), t=1.0, live=None):
     return MapRecords(SETUP, t, 1000.0 + t, 0.001, pairs(dict(counters)), tuple(procs), tuple(threads),
-                      tuple(calls), tuple(sites), tuple(offsets), (3, 4), tuple(live_comms))
+                      tuple(calls), tuple(sites), tuple(offsets), (3, 4), tuple(live_comms),
+                      live=None if live is None else tuple(live))
 
 
 def thread(pid, tid, aborts, alive=True, gen=0, comm="worker"):
@@ -159,6 +163,23 @@ def test_map_fill_and_self_stats():
     assert (maps["threads"].used, maps["threads"].capacity, maps["threads"].dropped) == (1, 100, 7)
     assert (maps["dead_threads"].used, maps["procs"].used) == (1, 1)
     assert (st.events_sent, st.events_lost, st.probes_attached) == (3, 1, ("rseq:rseq_ip_fixup",))
+
+
+def test_process_totals_from_the_kernels_sums_need_no_thread_records():
+    """Where the task iterator sums live threads in the kernel (rec.live),
+    process totals are retired + that sum, whatever threads are listed."""
+    live = [LiveRecord(10, 0, 10000, counts(70, 70)), LiveRecord(20, 0, 0, Counts())]
+    procs = [ProcRecord(10, 0, "w", counts(30, 30), 4), ProcRecord(20, 0, "gone", counts(9), 2)]
+    rec = records([thread(10, 10, 5)], procs, live_comms=[(10, "svc")], live=live)
+    a = assemble(rec)
+    p = a.snapshot.process(10)
+    assert (p.counts.aborts, p.threads_live, p.alive, p.comm) == (100, 10000, True, "svc")
+    q = a.snapshot.process(20)
+    assert (q.counts.aborts, q.threads_live, q.alive) == (9, 0, False)
+    assert [t.tid for t in a.snapshot.threads] == [10]  # only the one listed
+    assert rec.live_idents() == {(10, 0)}
+    maps = {m.name: m for m in a.snapshot.self_stats.maps}
+    assert maps["threads"].used == 10000 and a.snapshot.totals.aborts == 109
 
 
 # -- the reaper ---------------------------------------------------------------

@@ -7,6 +7,7 @@ aborts counted in its abort handlers, which only abort_ip reaches.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import shutil
@@ -559,7 +560,12 @@ def test_hot_state_iterator_agrees_with_per_thread_reads(collector):
         proc.send_signal(signal.SIGSTOP)
         time.sleep(0.2)
         tids = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task")]
-        it = {tid: (upd, pre, cpu) for tid, cpu, upd, pre in HOT_OUT.iter_unpack(collector.loader.read_hot())}
+        data = collector.loader.iterate(2)  # RSEQTOP_ITER_THREADS_ALL
+        step = HOT_OUT.size + ctypes.sizeof(collector.bpf["threads"].Leaf)
+        it = {}
+        for off in range(0, len(data), step):
+            tid, cpu, upd, pre = HOT_OUT.unpack_from(data, off)
+            it[tid] = (upd, pre, cpu)
         value = collector.loader.hot_value
         direct = {}
         for tid in tids:
@@ -573,3 +579,39 @@ def test_hot_state_iterator_agrees_with_per_thread_reads(collector):
     assert len(direct) >= 52
     assert {tid: it.get(tid) for tid in direct} == direct
     assert any(upd > 0 for upd, _, _ in direct.values())
+
+
+def test_process_totals_exact_whatever_threads_are_asked_for(collector, record_property):
+    """Front ends ask only for the threads they show; process totals stay
+    exact (summed in the kernel by the task iterator where there is one),
+    and the threads listed are the ones asked for, exact too."""
+    proc = workload.start(["--threads", "2", "--idle-threads", "20", "--idle-period", "20", "--signal-rate", "2000",
+                           "--in-cs-delay", "3000", "--duration", "30"])
+    try:
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGSTOP)  # frozen: every mode must see the same counts
+        time.sleep(0.2)
+        seen = {}
+        for mode in ("none", "aborting", "all"):
+            collector.want_threads(mode)
+            seen[mode] = collector.poll()
+        proc.send_signal(signal.SIGCONT)
+    finally:
+        collector.want_threads("all")
+        proc.terminate()
+        out, _ = proc.communicate()
+    summary = workload.parse_summary(out)
+    totals = {m: s.process(proc.pid).counts for m, s in seen.items()}
+    assert totals["none"] == totals["aborting"] == totals["all"], totals
+    nlive = {s.process(proc.pid).threads_live for s in seen.values()}
+    listed = {m: [t for t in s.threads_of(proc.pid) if t.alive] for m, s in seen.items()}
+    assert nlive == {len(listed["all"])} and len(listed["all"]) >= 22  # 2 workers + 20 idle, main, inducer
+    assert {t.tid for t in listed["aborting"]} == {t.tid for t in listed["all"] if t.counts.aborts}
+    assert sum(t.counts.aborts for t in listed["aborting"]) == totals["all"].aborts > 0
+    if collector.loader.hot_iter_link is not None:
+        assert listed["none"] == [], "threads listed though none were asked for"
+    record_property("figure", f"{totals['all'].aborts} aborts; threads listed none/aborting/all: "
+                              f"{len(listed['none'])}/{len(listed['aborting'])}/{len(listed['all'])}")
+    # and the run's own count once it is over
+    final = collector.poll().process(proc.pid)
+    assert final.counts.aborts == summary["totals"]["aborts"]

@@ -23,7 +23,8 @@ from rseqtop.model.snapshot import (
 K = bpfgen.header_constants()
 # map -> the counter of inserts it refused when full
 DROP_COUNTERS = {"threads": "threads_dropped", "dead_threads": None, "procs": "procs_dropped",
-                 "sites": "sites_dropped", "offsets": "offsets_dropped", "pcounts": "pcounts_dropped"}
+                 "sites": "sites_dropped", "offsets": "offsets_dropped", "pcounts": "pcounts_dropped",
+                 "proc_live": "live_dropped"}
 
 Ident = tuple  # (pid, gen): a process; a recycled pid is another process
 
@@ -85,25 +86,32 @@ def assemble(rec: MapRecords, view: View = View(), last_totals: Mapping[Ident, C
 
 def _processes(rec: MapRecords, shown_before: dict) -> list:
     """Every process with rseq activity, by (pid, gen): totals are exited
-    threads' (procs) plus live threads' counts. Updates shown_before."""
+    threads' (procs) plus live threads' counts, summed in the kernel
+    (rec.live) or here from the threads. Updates shown_before."""
     by_proc: dict[Ident, list] = {}
     for t in rec.threads:
         by_proc.setdefault((t.pid, t.gen), []).append(t)
+    summed = {(r.pid, r.gen): r for r in rec.live} if rec.live is not None else None
     procs = {(p.pid, p.gen): p for p in rec.procs}
     calls: dict[Ident, list] = {}
     for c in rec.calls:
         calls.setdefault((c.pid, c.gen), []).append(c)
     live_comms = dict(rec.live_comms)
     out = []
-    for ident in sorted(set(by_proc) | set(procs) | set(calls)):
+    for ident in sorted(set(by_proc) | set(procs) | set(calls) | set(summed or ())):
         pid, gen = ident
         ts = by_proc.get(ident, [])
-        live = [t for t in ts if t.alive]
         p = procs.get(ident)
-        counts = sum_counts(([p.retired] if p else []) + [t.counts for t in live])
+        if summed is None:
+            live = [t.counts for t in ts if t.alive]
+        else:
+            s = summed.get(ident)
+            live = [s.counts] if s and s.threads else []
+        nlive = len(live) if summed is None else (summed[ident].threads if live else 0)
+        counts = sum_counts(([p.retired] if p else []) + live)
         counts = _monotonic(shown_before, ident, counts)
         reg, unreg, reg_err, membarrier, by_abi = _process_calls(calls.get(ident, []))
-        out.append(ProcessStats(pid, _process_comm(pid, ts, p, live_comms if live else {}), counts, len(live),
+        out.append(ProcessStats(pid, _process_comm(pid, ts, p, live_comms if live else {}), counts, nlive,
                                 p.exited_threads if p else 0, reg, unreg, reg_err, membarrier,
                                 alive=bool(live), gen=gen, registrations_by_abi=by_abi))
     return out
@@ -179,12 +187,13 @@ def _sites(rec: MapRecords, keep: set, symbol: Callable[[int, int], str]) -> lis
 
 
 def _self_stats(rec: MapRecords) -> SelfStats:
-    live = sum(1 for t in rec.threads if t.alive)
-    used = {"threads": live, "dead_threads": len(rec.threads) - live, "procs": len(rec.procs),
-            "sites": len(rec.sites), "offsets": len(rec.offsets), "pcounts": len(rec.calls)}
+    alive = sum(1 for t in rec.threads if t.alive)
+    used = {"threads": alive if rec.live is None else sum(r.threads for r in rec.live),
+            "dead_threads": len(rec.threads) - alive, "procs": len(rec.procs), "sites": len(rec.sites),
+            "offsets": len(rec.offsets), "pcounts": len(rec.calls), "proc_live": len(rec.live or ())}
     capacity = dict(rec.setup.capacities)
-    maps = tuple(MapFill(name, used[name], capacity.get(name, 0), rec.counter(drop) if drop else 0)
-                 for name, drop in DROP_COUNTERS.items())
+    maps = tuple(MapFill(name, used[name], capacity[name], rec.counter(drop) if drop else 0)
+                 for name, drop in DROP_COUNTERS.items() if name in capacity)
     s = rec.setup
     return SelfStats(s.probes, s.missing, s.unavailable_causes, rec.counter("events_sent"),
                      rec.counter("events_lost"), maps, rec.bpf_run_time_ns, rec.bpf_run_count, rec.cpu_seconds,

@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Optional
 from rseqtop.collect import reaper as reaper_mod
 from rseqtop.collect.assemble import Assembly, View, assemble
 from rseqtop.collect.loader import Probes
-from rseqtop.collect.reader import MapReader
+from rseqtop.collect.reader import THREAD_MODES, MapReader
 from rseqtop.collect.records import MapRecords
 from rseqtop.errors import UserError
 from rseqtop.model.snapshot import Counts, Snapshot
@@ -53,13 +53,15 @@ class Collector:
                  cgroups: Optional[Iterable[str]] = None, sizes: Optional[dict] = None,
                  emit_events: bool = False, tracefs_root: Optional[Path] = None,
                  symbolizer: Optional[Symbolizer] = None, keep_dead_seconds: float = 60.0,
-                 keep_dead_max: int = 4096, syscalls: bool = False, mm_cid_window: float = MM_CID_WINDOW):
+                 keep_dead_max: int = 4096, syscalls: bool = False, mm_cid_window: float = MM_CID_WINDOW,
+                 threads: str = "all"):
         self._pids = set(pids) if pids else set()
         self._comm = compile_comm(comm)
         self._cgroups = list(cgroups or ())
         self._emit_events = emit_events
         self._want_mm_cid = False
         self.mm_cid_window = mm_cid_window
+        self.want_threads(threads)
         self.loader = Probes(sizes, syscalls, tracefs_root)
         self._reader: Optional[MapReader] = None
         self.reaper = reaper_mod.Reaper(keep_dead_seconds, keep_dead_max)
@@ -146,6 +148,15 @@ class Collector:
         Probes.mm_cid for the cost), so the poll after next shows it."""
         self._want_mm_cid = on
 
+    def want_threads(self, mode: str) -> None:
+        """Which threads snapshots list: "all", "aborting" (those with
+        aborts) or "none". Process totals are exact either way; where the
+        kernel sums them (the task iterator, 6.9+), threads not asked for
+        cost nothing per poll, so front ends ask for what they show."""
+        if mode not in THREAD_MODES:
+            raise ValueError(f"threads must be one of {THREAD_MODES}")
+        self._threads_mode = mode
+
     # -- events ---------------------------------------------------------
     def open_events(self, callback: Callable) -> None:
         """callback(event) for each abort, with event a ctypes rseqtop_event."""
@@ -160,6 +171,7 @@ class Collector:
         """One read of the maps, as plain records."""
         if self.bpf is None:
             raise RuntimeError("collector is not attached")
+        self._reader.threads = self._threads_mode
         rec = self._reader.read()
         # mm_cid as sampled since the previous read; the next sample starts now
         self.loader.mm_cid(self._want_mm_cid, self.mm_cid_window)
@@ -181,8 +193,8 @@ class Collector:
         rec, a = self.records, self.assembly
         if rec is None or a is None or self.bpf is None:
             return 0
-        live = {(t.pid, t.gen) for t in rec.threads if t.alive}
-        gone = self.reaper.due(((p.pid, p.gen) for p in a.processes), live, dict(a.newest), time.monotonic(),
+        gone = self.reaper.due(((p.pid, p.gen) for p in a.processes), rec.live_idents(), dict(a.newest),
+                               time.monotonic(),
                                self._exited)
         if not gone:
             return 0

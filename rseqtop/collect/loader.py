@@ -36,7 +36,7 @@ class Probes:
     # map -> the define of bpf/rseqtop.h that sizes it
     MAP_SIZES = {"threads": "RSEQTOP_MAX_THREADS", "dead_threads": "RSEQTOP_MAX_DEAD_THREADS",
                  "procs": "RSEQTOP_MAX_PROCS", "sites": "RSEQTOP_MAX_SITES", "offsets": "RSEQTOP_MAX_OFFSETS",
-                 "pcounts": "RSEQTOP_MAX_PCOUNTS"}
+                 "pcounts": "RSEQTOP_MAX_PCOUNTS", "proc_live": "RSEQTOP_MAX_PROCS"}
 
     def __init__(self, sizes: Optional[dict] = None, syscalls: bool = False, tracefs_root: Optional[Path] = None):
         self.constants = bpfgen.header_constants()
@@ -50,9 +50,11 @@ class Probes:
         self.hot_fd: Optional[int] = None  # task storage map, when the hot state lives there
         self.hot_value = None
         self.hot_iter_link: Optional[int] = None  # the task iterator's link fd
+        self.iter_pass = 0
         self.bcc_lib = None
         self._mm_cid_attached = False
         self._mm_lock = threading.Lock()
+        self._config_lock = threading.Lock()
         self._mm_timer: Optional[threading.Timer] = None
         self._watcher: Optional[threading.Thread] = None
         self._stop_watcher = threading.Event()
@@ -96,7 +98,8 @@ class Probes:
             self.hot_fd = bcc.lib.bpf_table_fd(self.bpf.module, b"hot")
             self.hot_value = dict(self.bpf["threads"].Leaf._fields_)["h"]()
             self._attach_hot_iterator(bcc)
-        capacities = {name: int(self.plan.defines[size]) for name, size in self.MAP_SIZES.items()}
+        capacities = {name: int(self.plan.defines[size]) for name, size in self.MAP_SIZES.items()
+                      if name != "proc_live" or self.plan.hot_storage}
         self.setup = Setup(self.era.name, self.era.description, self.names, self.plan.missing,
                            self.plan.unavailable_causes, pairs(capacities), self.syscalls)
 
@@ -112,11 +115,21 @@ class Probes:
         if link >= 0:
             self.hot_iter_link = link
 
-    def read_hot(self) -> Optional[bytes]:
-        """Every tracked thread's hot state as struct rseqtop_hot_out
-        records; None without the iterator."""
+    def iterate(self, threads: int) -> Optional[bytes]:
+        """Run the task iterator: it sums every process's live threads into
+        proc_live, stamped with the new pass (self.iter_pass), and returns
+        the threads asked for (RSEQTOP_ITER_THREADS_*), each as a struct
+        rseqtop_hot_out and its struct rseqtop_thread. None without the
+        iterator."""
         if self.hot_iter_link is None:
             return None
+        with self._config_lock:
+            cfg = self.bpf["config"]
+            value = cfg[0]
+            value.iter_pass += 1
+            value.iter_threads = threads
+            cfg[0] = value
+            self.iter_pass = value.iter_pass
         fd = self.bcc_lib.bcc_iter_create(self.hot_iter_link)
         if fd < 0:
             return None
@@ -170,13 +183,14 @@ class Probes:
                                 f"such as /sys/fs/cgroup/system.slice/foo.service", exit_code=2) from None
             cg[ctypes.c_uint64(ino)] = ctypes.c_uint8(1)
         k = self.constants
-        cfg = b["config"]
-        value = cfg[0]
-        value.filter = (k["RSEQTOP_FILTER_PIDS"] if pids else 0) | (k["RSEQTOP_FILTER_CGROUPS"] if cgroups else 0)
-        value.emit_events = 1 if emit_events else 0
-        # Threads the previous filter excluded are checked again.
-        value.filter_gen = value.filter_gen % 0xFFFFFFFF + 1
-        cfg[0] = value
+        with self._config_lock:  # the poll thread writes it too (iterate)
+            cfg = b["config"]
+            value = cfg[0]
+            value.filter = (k["RSEQTOP_FILTER_PIDS"] if pids else 0) | (k["RSEQTOP_FILTER_CGROUPS"] if cgroups else 0)
+            value.emit_events = 1 if emit_events else 0
+            # Threads the previous filter excluded are checked again.
+            value.filter_gen = value.filter_gen % 0xFFFFFFFF + 1
+            cfg[0] = value
 
     def proc_gen(self, pid: int) -> Optional[int]:
         """The kernel's current generation for pid (None: no process with it

@@ -15,13 +15,16 @@ import time
 from pathlib import Path
 
 from rseqtop.collect.batch import BatchTable
-from rseqtop.collect.records import CallRecord, MapRecords, OffsetRecord, ProcRecord, SiteRecord
+from rseqtop.collect.records import CallRecord, LiveRecord, MapRecords, OffsetRecord, ProcRecord, SiteRecord
 from rseqtop.kernel import facts as kernel
 from rseqtop.kernel import taskstorage
 from rseqtop.model.snapshot import COUNT_FIELDS, Counts, ThreadStats, cause_name, pairs
 
 COUNTER_PREFIX = "RSEQTOP_CNT_"
 HOT_OUT = struct.Struct("=IiQQ")  # struct rseqtop_hot_out: tid, cpu_id, updates, preempts
+PROC_KEY = struct.Struct("=II")  # struct rseqtop_proc_key: tgid, gen
+# Collector.want_threads: RSEQTOP_ITER_THREADS_<MODE> of bpf/rseqtop.h
+THREAD_MODES = ("none", "aborting", "all")
 
 
 def comm_text(raw) -> str:
@@ -101,6 +104,17 @@ class MapReader:
         self._dead_cache: dict[int, tuple] = {}
         self._proc_cache: dict[bytes, ProcRecord] = {}
         self._thread_layout = ThreadLayout(b["threads"].Leaf, self._ncodes, self._nodes)
+        self._thread_size = ctypes.sizeof(b["threads"].Leaf)
+        self._cause_names = tuple(cause_name(i) for i in range(self._ncodes))
+        # which threads polls bring (Collector.want_threads): with the task
+        # iterator, only these are read one by one
+        self.threads = "all"
+        self._iter_threads = {mode: k[f"RSEQTOP_ITER_THREADS_{mode.upper()}"] for mode in THREAD_MODES}
+        if probes.hot_iter_link is not None:
+            self._tables["proc_live"] = BatchTable(b["proc_live"], lib)
+            self._live_values = struct.Struct(f"=2Q{len(COUNT_FIELDS) + self._ncodes}Q")
+            if self._live_values.size != ctypes.sizeof(b["proc_live"].Leaf):
+                raise RuntimeError("struct rseqtop_live changed: update rseqtop.collect.reader")
 
     def _counts(self, c) -> Counts:
         return Counts(c.aborts, c.updates, c.preempts, c.migrations, c.signals, c.membarrier_ipis,
@@ -116,9 +130,17 @@ class MapReader:
         # missing from both for one poll (a dip that the assembly's monotonic
         # guard hides) instead of being counted twice.
         procs = self._procs(t["procs"].raw())
-        live_raw = t["threads"].raw()
+        live = None
+        data = self.probes.iterate(self._iter_threads[self.threads])
+        if data is not None:
+            # the kernel summed every process's live threads; only the
+            # threads asked for come out, each with its hot state
+            live = self._live(self.probes.iter_pass)
+            live_raw, hot = self._from_iterator(data)
+        else:
+            live_raw = t["threads"].raw()
+            hot = None  # each thread's own: through a pidfd, or in its record
         dead_raw = t["dead_threads"].raw()
-        hot = self._hot()
         calls = tuple(CallRecord(k.tgid, k.gen, k.kind, k.cmd, k.code, v.value)
                       for k, v in self._parsed(t["pcounts"]))
         sites = tuple(SiteRecord(k.tgid, k.gen, k.start_ip, v.aborts, _causes(v.causes, self._ncodes), v.abort_ip,
@@ -128,13 +150,13 @@ class MapReader:
         cpu_aborts = tuple(b["cpu_aborts"][0]) if len(counters) else ()
         threads = self._threads(live_raw, dead_raw, hot)
         read_seconds = time.monotonic() - t0
-        live_pids = {r.pid for r in threads if r.alive}
+        live_pids = {r.pid for r in threads if r.alive} if live is None else {r.pid for r in live if r.threads}
         run_ns, run_cnt, misses = self._bpf_stats()
         ru = resource.getrusage(resource.RUSAGE_SELF)
         return MapRecords(self.probes.setup, time.monotonic(), time.time(), read_seconds, pairs(named), procs,
                           threads, calls, sites, offsets, cpu_aborts,
                           tuple((pid, _live_comm(pid)) for pid in sorted(live_pids)),
-                          run_ns, run_cnt, misses, ru.ru_utime + ru.ru_stime)
+                          run_ns, run_cnt, misses, ru.ru_utime + ru.ru_stime, live)
 
     @staticmethod
     def _parsed(table: BatchTable) -> list:
@@ -154,13 +176,31 @@ class MapReader:
         self._proc_cache = cache
         return tuple(out)
 
-    def _hot(self):
-        """tid -> (updates, preempts, cpu) of every tracked thread, from the
-        task iterator; None where each thread must be read on its own."""
-        data = self.probes.read_hot()
-        if data is None:
-            return None
-        return {tid: (updates, preempts, cpu) for tid, cpu, updates, preempts in HOT_OUT.iter_unpack(data)}
+    def _from_iterator(self, data: bytes) -> tuple:
+        """([(tid bytes, record bytes)], {tid: (updates, preempts, cpu)})
+        from the task iterator's output."""
+        step = HOT_OUT.size + self._thread_size
+        raw, hot = [], {}
+        for off in range(0, len(data) - step + 1, step):
+            tid, cpu, updates, preempts = HOT_OUT.unpack_from(data, off)
+            raw.append((tid.to_bytes(4, "little"), data[off + HOT_OUT.size:off + step]))
+            hot[tid] = (updates, preempts, cpu)
+        return raw, hot
+
+    def _live(self, current: int) -> tuple:
+        """Processes' live threads as the task iterator summed them in this
+        pass (entries of other passes are processes with none now)."""
+        out = []
+        n = len(COUNT_FIELDS)
+        for kb, vb in self._tables["proc_live"].raw():
+            v = self._live_values.unpack(vb)
+            if v[0] != current:
+                continue
+            pid, gen = PROC_KEY.unpack_from(kb)
+            causes = v[2 + n:]
+            causes = pairs({self._cause_names[i]: c for i, c in enumerate(causes) if c}) if any(causes) else ()
+            out.append(LiveRecord(pid, gen, v[1], Counts(*v[2:2 + n], causes=causes)))
+        return tuple(out)
 
     def _threads(self, live_raw: list, dead_raw: list, hot) -> tuple:
         parse = self._thread_layout.parse

@@ -60,6 +60,8 @@ def delete(bpf, gone: set, rec: MapRecords) -> None:
                           for c in rec.calls if ident(c)]),
         (bpf["dead_threads"], [ctypes.c_uint32(t.tid) for t in rec.threads if not t.alive and ident(t)]),
     )
+    if rec.live is not None:
+        deletions += ((bpf["proc_live"], [bpf["proc_live"].Key(tgid=pid, gen=gen) for pid, gen in gone]),)
     for table, keys in deletions:
         for key in keys:
             try:

@@ -56,6 +56,17 @@ class OffsetRecord:
 
 
 @dataclass(frozen=True)
+class LiveRecord:
+    """A process's live threads summed in the kernel (map proc_live, written
+    by the task iterator at this read)."""
+
+    pid: int
+    gen: int
+    threads: int
+    counts: Counts
+
+
+@dataclass(frozen=True)
 class Setup:
     """What was attached: fixed from attach to close."""
 
@@ -91,14 +102,24 @@ class MapRecords:
     bpf_run_count: Optional[int] = None
     probe_misses: int = 0
     cpu_seconds: float = 0.0
+    # Processes' live threads summed in the kernel (LiveRecord), where the
+    # task iterator runs: `threads` then holds only the threads asked for
+    # (Collector.want_threads). None: sum `threads`, which holds them all.
+    live: Optional[tuple] = None
 
     def counter(self, name: str) -> int:
         return dict(self.counters).get(name, 0)
 
+    def live_idents(self) -> set:
+        """(pid, gen) of every process with live threads."""
+        if self.live is not None:
+            return {(r.pid, r.gen) for r in self.live if r.threads}
+        return {(t.pid, t.gen) for t in self.threads if t.alive}
+
 
 # -- JSON ---------------------------------------------------------------
 _NESTED = {"procs": ProcRecord, "threads": ThreadStats, "calls": CallRecord, "sites": SiteRecord,
-           "offsets": OffsetRecord}
+           "offsets": OffsetRecord, "live": LiveRecord}
 
 
 def _tuples(value):
@@ -131,5 +152,7 @@ def loads(text: str) -> MapRecords:
     kw = {f.name: _tuples(d[f.name]) for f in fields(MapRecords) if f.name in d and f.name not in _NESTED}
     kw["setup"] = _record(Setup, d["setup"])
     for name, cls in _NESTED.items():
+        if name == "live" and d.get(name) is None:
+            continue  # summed from the threads
         kw[name] = tuple(_record(cls, x) for x in d.get(name, ()))
     return MapRecords(**kw)

@@ -119,7 +119,9 @@ def run(args) -> int:
     from rseqtop.collect import Collector
     from rseqtop.collect.loader import check_privileges
 
-    source = Collector(pids=flat_pids(args) or None, comm=args.comm, cgroups=args.cgroups, syscalls=args.syscalls)
+    # only labels=tid has per-thread series; process totals never need threads
+    source = Collector(pids=flat_pids(args) or None, comm=args.comm, cgroups=args.cgroups, syscalls=args.syscalls,
+                       threads="all" if args.labels == "tid" else "none")
     if args.ebpf:
         print(source.generate())
         return 0

@@ -113,7 +113,9 @@ def run_batch(source: SnapshotSource, args, delay: float, count: Optional[int], 
     model = LiveModel()
     try:
         source.attach()
-        if args.json or args.threads:
+        shows_threads = args.json or args.threads
+        source.want_threads(("all" if args.all else "aborting") if shows_threads else "none")
+        if shows_threads:
             source.want_mm_cid(True)  # thread rows show it
         printed = 0
         next_at = time.monotonic()

@@ -89,7 +89,7 @@ def run(args) -> int:
         sys.stdout.write(Collector(pids=pids or None, emit_events=True).generate())
         return 0
     check_filters(args)
-    collector = Collector(pids=pids or None, emit_events=True)
+    collector = Collector(pids=pids or None, emit_events=True, threads="none")  # polled for its loss count only
     out = sys.stdout
     tracer = Tracer(collector, out, args.json, set(pids), args.comm)
 

@@ -28,6 +28,10 @@ class SnapshotSource(Protocol):
     def want_mm_cid(self, on: bool) -> None:
         """Threads' mm_cid from the next poll on (it may cost more to collect)."""
 
+    def want_threads(self, mode: str) -> None:
+        """Which threads snapshots list: "all", "aborting" (with aborts) or
+        "none"; process totals are exact either way."""
+
     def set_filter(self, pids: Optional[Iterable[int]] = None, comm: Optional[str] = None,
                    cgroups: Optional[Iterable[str]] = None) -> None:
         """Only these processes from the next poll on."""

@@ -103,5 +103,8 @@ class SyntheticSource:
     def want_mm_cid(self, on: bool) -> None:
         pass  # always there
 
+    def want_threads(self, mode: str) -> None:
+        pass  # always all: front ends filter what they show
+
     def close(self) -> None:
         self.closed = True

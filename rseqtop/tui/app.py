@@ -86,6 +86,7 @@ class RseqtopApp(App):
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self.exit)
         except (NotImplementedError, RuntimeError, ValueError):
             pass
+        self.want_thread_details(self.threads_mode)
         self.render_all()
         self.poll_now()
 
@@ -244,9 +245,10 @@ class RseqtopApp(App):
         self.render_all()
 
     def want_thread_details(self, on: bool) -> None:
-        """Thread rows show mm_cid, which may cost the collector a probe:
-        ask for it only while threads are on screen."""
+        """Threads cost the collector per-thread work, and their mm_cid a
+        probe: ask for them only while threads are on screen."""
         self.source.want_mm_cid(on)
+        self.source.want_threads("all" if on else "none")
 
     def action_toggle_idle(self) -> None:
         self.include_idle = not self.include_idle

@@ -723,9 +723,13 @@ BPF_ITER(task)
         l->c.migrations += t->c.migrations;
         l->c.signals += t->c.signals;
         l->c.membarrier_ipis += t->c.membarrier_ipis;
+        /* causes only with aborts: most threads have none, and their
+         * cause slots are four cache lines of a pass that is memory bound */
+        if (t->c.aborts) {
 #pragma unroll
-        for (int i = 0; i < RSEQTOP_NCODES; i++)
-            l->c.causes[i] += t->c.causes[i];
+            for (int i = 0; i < RSEQTOP_NCODES; i++)
+                l->c.causes[i] += t->c.causes[i];
+        }
     } else {
         count(RSEQTOP_CNT_LIVE_DROPPED);
     }

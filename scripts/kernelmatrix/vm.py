@@ -148,7 +148,11 @@ def vng_command(vng: Path, kernel: Kernel, script: Path, repo: Path, rwdirs: Lis
         # qemu ships only the old C virtiofsd, which it cannot drive; each
         # failed try cost ~3 s per exported directory
         "--force-9p",
-        "--append", f"modprobe.blacklist={UDEV_BLACKLIST}",
+        # tsc=reliable: without it the clocksource watchdog, fooled by TCG's
+        # slowness, marks the TSC unstable mid-run, and the kernel then
+        # live-patches sched_clock, which QEMU TCG's int3 handling can turn
+        # into an Oops (seen on 6.12; the panic retry covers what is left)
+        "--append", f"modprobe.blacklist={UDEV_BLACKLIST} tsc=reliable",
         f"--rodir={kernel.root}",
         "--cwd", str(repo),
     ]

@@ -246,9 +246,11 @@ class RseqtopApp(App):
 
     def want_thread_details(self, on: bool) -> None:
         """Threads cost the collector per-thread work, and their mm_cid a
-        probe: ask for them only while threads are on screen."""
+        probe: all of them only while threads are on screen, else those
+        with aborts (few, and a thread view or drill-down opened later then
+        has them at once; the rest follow at the next refresh)."""
         self.source.want_mm_cid(on)
-        self.source.want_threads("all" if on else "none")
+        self.source.want_threads("all" if on else "aborting")
 
     def action_toggle_idle(self) -> None:
         self.include_idle = not self.include_idle

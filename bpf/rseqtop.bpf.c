@@ -708,10 +708,16 @@ BPF_ITER(task)
     struct rseqtop_config *cfg = config.lookup(&zero);
     if (!t || !t->tgid || !cfg)
         return 0;
-    struct rseqtop_live *z = zero_live.lookup(&zero);
+    /* When a thread's output overflows the iterator's buffer, the kernel
+     * runs the program again for it at the next read(2): sum it once. */
+    u32 pass = (u32)cfg->iter_pass;
+    struct rseqtop_live *z = h->summed_pass != pass ? zero_live.lookup(&zero) : 0;
     struct rseqtop_proc_key pk = {.tgid = t->tgid, .gen = t->gen};
     struct rseqtop_live *l = z ? proc_live.lookup_or_try_init(&pk, z) : 0;
+    if (z && !l)
+        count(RSEQTOP_CNT_LIVE_DROPPED);
     if (l) {
+        h->summed_pass = pass;
         if (l->pass != cfg->iter_pass) {
             __builtin_memset(l, 0, sizeof(*l));
             l->pass = cfg->iter_pass;
@@ -730,8 +736,6 @@ BPF_ITER(task)
             for (int i = 0; i < RSEQTOP_NCODES; i++)
                 l->c.causes[i] += t->c.causes[i];
         }
-    } else {
-        count(RSEQTOP_CNT_LIVE_DROPPED);
     }
     u32 want = cfg->iter_threads;
     if (want == RSEQTOP_ITER_THREADS_ALL || (want == RSEQTOP_ITER_THREADS_ABORTING && t->c.aborts)) {

@@ -108,10 +108,10 @@ struct rseqtop_hot {
     u32 ignored;
     u64 updates;
     u64 preempts;
-    /* With HOT_TASK_STORAGE: the thread's id, for the task iterator that
-     * hands every thread's hot state to user space in one read. */
+    /* With HOT_TASK_STORAGE: the thread's id, for the task iterator, and
+     * the (low half of the) iterator pass that last summed the thread. */
     u32 tid;
-    u32 pad;
+    u32 summed_pass;
 };
 
 /* What the task iterator writes per tracked thread (HOT_TASK_STORAGE). */

@@ -108,8 +108,15 @@ def main(argv=None) -> int:
     print(f"RSS over {args.soak:.0f} s soak (1 scrape/s, after {warm:.0f} s warm-up): "
           f"start {rss0 / 2**20:.1f} MiB, end {rss1 / 2**20:.1f} MiB, max {max(samples) / 2**20:.1f} MiB, "
           f"growth {drift:+.1f} % (target within 5 %)")
-    ok = p99 < 100 and drift <= 5
-    print("targets:", "met" if ok else "MISSED")
+    end_to_end = figures["end to end (SyntheticSource.poll at scrape time)"]
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    # each target on its own: the end-to-end p99 is the one users see
+    print(f"targets: exporter p99 {verdict(p99 < 100)}, end-to-end p99 {verdict(end_to_end < 100)}, "
+          f"RSS growth {verdict(drift <= 5)}")
+    ok = p99 < 100 and end_to_end < 100 and drift <= 5
     return 0 if ok else 1
 
 

@@ -547,7 +547,7 @@ def test_pid_filter_in_the_kernel_and_changed_at_run_time(bpf_ok):
 def test_hot_state_iterator_agrees_with_per_thread_reads(collector):
     """The task iterator (one read for every thread) gives each thread the
     values its pidfd lookup gives, read while the threads are stopped."""
-    from rseqtop.collect.reader import HOT_OUT
+    from rseqtop.collect.reader import iterator_threads
     from rseqtop.kernel import taskstorage
 
     if not collector.plan.hot_storage:  # no thread pidfds before 6.9: the state is in the hash
@@ -560,12 +560,8 @@ def test_hot_state_iterator_agrees_with_per_thread_reads(collector):
         proc.send_signal(signal.SIGSTOP)
         time.sleep(0.2)
         tids = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task")]
-        data = collector.loader.iterate(2)  # RSEQTOP_ITER_THREADS_ALL
-        step = HOT_OUT.size + ctypes.sizeof(collector.bpf["threads"].Leaf)
-        it = {}
-        for off in range(0, len(data), step):
-            tid, cpu, upd, pre = HOT_OUT.unpack_from(data, off)
-            it[tid] = (upd, pre, cpu)
+        data = collector.loader.iterate(collector.loader.constants["RSEQTOP_ITER_THREADS_ALL"])
+        _, it = iterator_threads(data, ctypes.sizeof(collector.bpf["threads"].Leaf))
         value = collector.loader.hot_value
         direct = {}
         for tid in tids:

@@ -104,10 +104,11 @@ def _processes(rec: MapRecords, shown_before: dict) -> list:
         p = procs.get(ident)
         if summed is None:
             live = [t.counts for t in ts if t.alive]
+            nlive = len(live)
         else:
             s = summed.get(ident)
-            live = [s.counts] if s and s.threads else []
-        nlive = len(live) if summed is None else (summed[ident].threads if live else 0)
+            nlive = s.threads if s else 0
+            live = [s.counts] if nlive else []
         counts = sum_counts(([p.retired] if p else []) + live)
         counts = _monotonic(shown_before, ident, counts)
         reg, unreg, reg_err, membarrier, by_abi = _process_calls(calls.get(ident, []))

@@ -32,8 +32,24 @@ def comm_text(raw) -> str:
     return data.decode("utf-8", errors="backslashreplace")
 
 
-def _causes(values, ncodes: int) -> tuple:
-    return pairs({cause_name(i): values[i] for i in range(ncodes) if values[i]})
+def cause_pairs(values, names: tuple) -> tuple:
+    """A record's cause slots (aborts by cause code) as (cause name, aborts)
+    pairs; names[code] is the code's name (rseqtop.model.snapshot.cause_name)."""
+    if not any(values):
+        return ()
+    return pairs({names[i]: n for i, n in enumerate(values) if n})
+
+
+def iterator_threads(data: bytes, record_size: int) -> tuple:
+    """The threads the task iterator wrote: ([(tid bytes, struct
+    rseqtop_thread bytes)], {tid: (updates, preempts, cpu)})."""
+    step = HOT_OUT.size + record_size
+    raw, hot = [], {}
+    for off in range(0, len(data) - step + 1, step):
+        tid, cpu, updates, preempts = HOT_OUT.unpack_from(data, off)
+        raw.append((tid.to_bytes(4, "little"), data[off + HOT_OUT.size:off + step]))
+        hot[tid] = (updates, preempts, cpu)
+    return raw, hot
 
 
 class ThreadLayout:
@@ -41,14 +57,14 @@ class ThreadLayout:
     (what ctypes would do field by field, several times faster: a poll may
     parse thousands)."""
 
-    def __init__(self, leaf, ncodes: int, nodes: dict):
+    def __init__(self, leaf, cause_names: tuple, nodes: dict):
         fields = dict(leaf._fields_)
         hot, counts = fields["h"], fields["c"]
         h0 = leaf.h.offset
         self.nodes = nodes
-        self.ncodes = ncodes
+        self.cause_names = cause_names
         self.counts_at = leaf.c.offset + counts.aborts.offset
-        self.counts = struct.Struct(f"={len(COUNT_FIELDS) + ncodes}Q")
+        self.counts = struct.Struct(f"={len(COUNT_FIELDS) + len(cause_names)}Q")
         # the six scalars in COUNT_FIELDS order, then the causes
         if [getattr(counts, f).offset - counts.aborts.offset for f in COUNT_FIELDS + ("causes",)] != \
                 [8 * i for i in range(len(COUNT_FIELDS) + 1)]:
@@ -60,7 +76,6 @@ class ThreadLayout:
         if [leaf.gen.offset, leaf.mm_cid.offset, leaf.last_signal.offset, leaf.comm.offset] != \
                 [self.ids_at + 4, self.ids_at + 8, self.ids_at + 12, self.ids_at + 16]:
             raise RuntimeError("struct rseqtop_thread changed: update rseqtop.collect.reader.ThreadLayout")
-        self._names = tuple(cause_name(i) for i in range(ncodes))
 
     def parse(self, tid: int, raw: bytes, alive: bool):
         """(ThreadStats from the record alone, (updates, preempts, cpu) of
@@ -69,14 +84,12 @@ class ThreadLayout:
         if not tgid:
             return None
         v = self.counts.unpack_from(raw, self.counts_at)
-        causes = v[len(COUNT_FIELDS):]
-        causes = pairs({self._names[i]: n for i, n in enumerate(causes) if n}) if any(causes) else ()
+        causes = cause_pairs(v[len(COUNT_FIELDS):], self.cause_names)
         cpu = int.from_bytes(raw[self.cpu_at:self.cpu_at + 4], "little", signed=True)
         own = (int.from_bytes(raw[self.hot_at[0]:self.hot_at[0] + 8], "little"),
                int.from_bytes(raw[self.hot_at[1]:self.hot_at[1] + 8], "little"), cpu)
         counts = Counts(*v[:len(COUNT_FIELDS)], causes=causes)
-        name = comm.split(b"\0", 1)[0].decode("utf-8", errors="backslashreplace")
-        return (ThreadStats(tgid, tid, name, counts, cpu, self.nodes.get(cpu, 0) if cpu >= 0 else -1, mm_cid,
+        return (ThreadStats(tgid, tid, comm_text(comm), counts, cpu, self.nodes.get(cpu, 0) if cpu >= 0 else -1, mm_cid,
                             last_signal, alive, gen), own)
 
 
@@ -87,6 +100,7 @@ class MapReader:
         self.probes = probes
         k = probes.constants
         self._ncodes = k["RSEQTOP_NCODES"]
+        self._cause_names = tuple(cause_name(i) for i in range(self._ncodes))
         self._counter_names = {v: name[len(COUNTER_PREFIX):].lower() for name, v in k.items()
                                if name.startswith(COUNTER_PREFIX) and name != "RSEQTOP_NCOUNTERS"}
         self._nodes = kernel.cpu_nodes()
@@ -103,9 +117,8 @@ class MapReader:
         self._live_cache: dict[int, tuple] = {}
         self._dead_cache: dict[int, tuple] = {}
         self._proc_cache: dict[bytes, ProcRecord] = {}
-        self._thread_layout = ThreadLayout(b["threads"].Leaf, self._ncodes, self._nodes)
+        self._thread_layout = ThreadLayout(b["threads"].Leaf, self._cause_names, self._nodes)
         self._thread_size = ctypes.sizeof(b["threads"].Leaf)
-        self._cause_names = tuple(cause_name(i) for i in range(self._ncodes))
         # which threads polls bring (Collector.want_threads): with the task
         # iterator, only these are read one by one
         self.threads = "all"
@@ -118,7 +131,7 @@ class MapReader:
 
     def _counts(self, c) -> Counts:
         return Counts(c.aborts, c.updates, c.preempts, c.migrations, c.signals, c.membarrier_ipis,
-                      _causes(c.causes, self._ncodes))
+                      cause_pairs(c.causes, self._cause_names))
 
     def read(self) -> MapRecords:
         b = self.probes.bpf
@@ -136,14 +149,15 @@ class MapReader:
             # the kernel summed every process's live threads; only the
             # threads asked for come out, each with its hot state
             live = self._live(self.probes.iter_pass)
-            live_raw, hot = self._from_iterator(data)
+            live_raw, hot = iterator_threads(data, self._thread_size)
         else:
             live_raw = t["threads"].raw()
             hot = None  # each thread's own: through a pidfd, or in its record
         dead_raw = t["dead_threads"].raw()
         calls = tuple(CallRecord(k.tgid, k.gen, k.kind, k.cmd, k.code, v.value)
                       for k, v in self._parsed(t["pcounts"]))
-        sites = tuple(SiteRecord(k.tgid, k.gen, k.start_ip, v.aborts, _causes(v.causes, self._ncodes), v.abort_ip,
+        names = self._cause_names
+        sites = tuple(SiteRecord(k.tgid, k.gen, k.start_ip, v.aborts, cause_pairs(v.causes, names), v.abort_ip,
                                  v.post_commit_offset) for k, v in self._parsed(t["sites"]))
         offsets = tuple(OffsetRecord(k.tgid, k.gen, k.start_ip, k.offset, v.value)
                         for k, v in self._parsed(t["offsets"]))
@@ -176,17 +190,6 @@ class MapReader:
         self._proc_cache = cache
         return tuple(out)
 
-    def _from_iterator(self, data: bytes) -> tuple:
-        """([(tid bytes, record bytes)], {tid: (updates, preempts, cpu)})
-        from the task iterator's output."""
-        step = HOT_OUT.size + self._thread_size
-        raw, hot = [], {}
-        for off in range(0, len(data) - step + 1, step):
-            tid, cpu, updates, preempts = HOT_OUT.unpack_from(data, off)
-            raw.append((tid.to_bytes(4, "little"), data[off + HOT_OUT.size:off + step]))
-            hot[tid] = (updates, preempts, cpu)
-        return raw, hot
-
     def _live(self, current: int) -> tuple:
         """Processes' live threads as the task iterator summed them in this
         pass (entries of other passes are processes with none now)."""
@@ -197,9 +200,8 @@ class MapReader:
             if v[0] != current:
                 continue
             pid, gen = PROC_KEY.unpack_from(kb)
-            causes = v[2 + n:]
-            causes = pairs({self._cause_names[i]: c for i, c in enumerate(causes) if c}) if any(causes) else ()
-            out.append(LiveRecord(pid, gen, v[1], Counts(*v[2:2 + n], causes=causes)))
+            counts = Counts(*v[2:2 + n], causes=cause_pairs(v[2 + n:], self._cause_names))
+            out.append(LiveRecord(pid, gen, v[1], counts))
         return tuple(out)
 
     def _threads(self, live_raw: list, dead_raw: list, hot) -> tuple:

@@ -111,5 +111,7 @@ def test_a_guest_kernel_panic_is_recognised(tmp_path):
     crashed = SimpleNamespace(exit_status=None, booted=True, outdir=tmp_path)
     assert cli._guest_panic(crashed) == "Oops: int3: 0000 [#1] SMP NOPTI"
     assert cli._guest_panic(SimpleNamespace(exit_status=1, booted=True, outdir=tmp_path)) == ""  # the command ended
+    at_boot = SimpleNamespace(exit_status=None, booted=False, outdir=tmp_path)  # before the start marker
+    assert cli._guest_panic(at_boot) == "Oops: int3: 0000 [#1] SMP NOPTI"
     (tmp_path / "console.log").write_text("[ 1.0] reboot: Power down\n")
     assert cli._guest_panic(crashed) == ""

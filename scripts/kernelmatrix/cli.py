@@ -152,7 +152,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         for boot in (1, 2):
             r = vmmod.run(kernels[s], command, kout, cache_dir, REPO, timeout=args.timeout,
                           memory=args.memory, cpus=args.cpus, echo=args.verbose)
-            panic = _guest_panic(r)
+            # a VM that died while booting without a word (seen once on 6.1
+            # under TCG, console cut at 1.6 s) gets the same second boot
+            panic = _guest_panic(r) or ("" if r.booted or r.exit_status is not None else "did not boot")
             if not panic or boot == 2:
                 break
             # Seen once in ~10 runs under TCG (7.2, and 6.12 once while

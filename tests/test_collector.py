@@ -450,9 +450,16 @@ def test_thread_ids_and_mm_cid_on_demand(collector):
             assert collector.loader.mm_cid_attached
             time.sleep(collector.mm_cid_window + 0.3)
             assert not collector.loader.mm_cid_attached, "mm_cid probe still attached after its window"
+        # From here a window as long as each whole run: starting a process
+        # alone can take longer than the 0.2 s default under QEMU TCG, which
+        # then sampled none of its switches (the window is checked above).
+        window, collector.mm_cid_window = collector.mm_cid_window, 120.0
+        try:
             collector.poll()
-        assert _sleep_thread(collector).mm_cid == 0
-        summary, snap = observe(collector, ["--threads", 2, "--duration", 0.3, "--op", "counter"])
+            assert _sleep_thread(collector).mm_cid == 0
+            summary, snap = observe(collector, ["--threads", 2, "--duration", 0.3, "--op", "counter"])
+        finally:
+            collector.mm_cid_window = window
         cids = [t.mm_cid for t in snap.threads_of(summary["pid"]) if t.counts.updates]
         assert cids and all(0 <= c < NCPU for c in cids), cids
     finally:

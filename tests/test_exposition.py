@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 
-from rseqtop.exporter.exposition import encode
+from rseqtop.exporter.exposition import FastCounter, FastGauge, FastHistogram, LabelText, encode
 from rseqtop.exporter.metrics import RseqCollector
 from rseqtop.model.synthetic import SyntheticSource
 
@@ -38,7 +38,17 @@ def edge_families():
     h.add_metric(["x"], buckets=[("0.001", 1), ("1.0", 3), ("+Inf", 4)], sum_value=2.5)
     i = InfoMetricFamily("edge_build", "info goes through generate_latest")
     i.add_metric([], {"version": "1"})
-    return [c, g, h, i]
+    # the row-keeping families rseqtop's big families use, with the same edges
+    fc = FastCounter("edge_fast_events", "fast counter", labels=["v", "w"])
+    fc.add_metric(['quote " backslash \\ newline \n end', "x"], 3)
+    fc.add_metric(["unicode é ✓", 'quote " backslash \\ newline \n end'], 1e21)
+    fg = FastGauge("edge_fast_values", "fast gauge", labels=["k"])
+    for k, v in (("inf", math.inf), ("ninf", -math.inf), ("nan", math.nan), ("small", 1.5e-9), ("neg", -2)):
+        fg.add_metric([k], v)
+    fh = FastHistogram("edge_fast_seconds", "fast histogram", labels=["cmd"])
+    fh.add_metric(['a"b'], [("0.001", 1), ("1.0", 3), ("+Inf", 4)], 2.5)
+    fh.add_metric(["y"], [("0.001", 0), ("+Inf", 0)], 0.0)
+    return [c, g, h, i, fc, fg, fh]
 
 
 def frozen_registry():
@@ -74,3 +84,14 @@ def test_same_exposition_as_prometheus_client():
         assert a[name] == b[name], name
     assert len(a) > 20 and sum(len(v[2]) for v in a.values()) > 500  # a real registry, not a toy
     assert "_created" not in ours and "_created" in theirs  # the one intended difference
+
+
+def test_label_text_cache_stays_bounded():
+    """Label sets come and go (pids, comms): the text kept between scrapes
+    must not grow with every set ever seen."""
+    text = LabelText()
+    for scrape in range(50):
+        for i in range(1000):
+            text(("pid",), (f"{scrape}-{i}",))
+        text.end_scrape()
+        assert len(text._text) <= 2 * 1000 + 1024

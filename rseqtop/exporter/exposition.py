@@ -4,6 +4,10 @@ prometheus_client's generate_latest re-validates every label name of every
 sample; with 10,000 series that alone costs ~100 ms. This writes the same
 format, escaping each distinct label value once per scrape. Families of
 types it does not know (info, stateset, ...) go through generate_latest.
+The big families are FastCounter / FastGauge: they keep plain (labels,
+value) rows instead of one Sample (and its labels dict) per series, and the
+text of each label set is kept between scrapes (at 10,000 series, building
+Samples and their text was most of a scrape).
 tests/test_exposition.py holds it to generate_latest's output on the same
 registry; the one intended difference: no `_created` samples.
 """
@@ -13,7 +17,9 @@ from __future__ import annotations
 import math
 
 from prometheus_client import generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import CollectorRegistry
+from prometheus_client.samples import Sample
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _TYPES = {"counter", "gauge", "histogram", "summary", "untyped", "unknown"}
@@ -33,7 +39,106 @@ def _value(v: float) -> str:
     return repr(float(v))
 
 
-def encode(registry: CollectorRegistry) -> bytes:
+class _Rows:
+    """add_metric keeps (label values, value); `samples` builds the Sample
+    list only for the encoders that want it (OpenMetrics, tests)."""
+
+    _suffix = ""
+
+    def add_metric(self, labels, value, timestamp=None) -> None:
+        self.rows.append((tuple(labels), value))
+
+    @property
+    def samples(self):
+        names = self._labelnames
+        name = self.name + self._suffix
+        return [Sample(name, dict(zip(names, labels)), value, None) for labels, value in self.rows]
+
+    @samples.setter
+    def samples(self, value) -> None:  # Metric.__init__ sets [], and nothing else may
+        if value:
+            raise ValueError("add rows with add_metric")
+
+
+class FastCounter(_Rows, CounterMetricFamily):
+    _suffix = "_total"
+
+    def __init__(self, name: str, documentation: str, labels) -> None:
+        self.rows: list = []
+        super().__init__(name, documentation, labels=labels)
+
+
+class FastGauge(_Rows, GaugeMetricFamily):
+    def __init__(self, name: str, documentation: str, labels) -> None:
+        self.rows: list = []
+        super().__init__(name, documentation, labels=labels)
+
+
+class FastHistogram(HistogramMetricFamily):
+    """Rows of (label values, cumulative buckets [(le text, count)], sum);
+    `samples` as HistogramMetricFamily.add_metric would make them."""
+
+    def __init__(self, name: str, documentation: str, labels) -> None:
+        self.rows: list = []
+        super().__init__(name, documentation, labels=labels)
+
+    def add_metric(self, labels, buckets, sum_value, timestamp=None) -> None:
+        self.rows.append((tuple(labels), buckets, sum_value))
+
+    @property
+    def samples(self):
+        fam = HistogramMetricFamily(self.name, self.documentation, labels=self._labelnames)
+        for labels, buckets, sum_value in self.rows:
+            HistogramMetricFamily.add_metric(fam, labels, buckets, sum_value)
+        return fam.samples
+
+    @samples.setter
+    def samples(self, value) -> None:
+        if value:
+            raise ValueError("add rows with add_metric")
+
+
+class LabelText:
+    """`{k="v",...}` for label-value tuples, kept across scrapes. Bounded:
+    emptied when it outgrows twice the label sets of the last scrape."""
+
+    def __init__(self) -> None:
+        self._text: dict = {}
+        self._used = 0
+
+    def __call__(self, names: tuple, values: tuple) -> str:
+        key = (names, values)
+        t = self._text.get(key)
+        if t is None:
+            t = self._text[key] = "{" + ",".join(
+                f'{k}="{_escape(v)}"' for k, v in zip(names, values)) + "}" if values else ""
+        self._used += 1
+        return t
+
+    def end_scrape(self) -> None:
+        if len(self._text) > 2 * self._used + 1024:
+            self._text.clear()
+        self._used = 0
+
+
+def _escape(v: str) -> str:
+    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+_LABEL_TEXT = LabelText()
+
+
+def _histogram_lines(fam: FastHistogram, label_text: LabelText, out: list) -> None:
+    names = tuple(fam._labelnames)
+    with_le = names + ("le",)
+    for labels, buckets, sum_value in fam.rows:
+        out.extend(f"{fam.name}_bucket{label_text(with_le, labels + (le,))} {_value(n)}\n" for le, n in buckets)
+        if sum_value is not None and float(buckets[0][0]) >= 0:  # as HistogramMetricFamily: +Inf is the count
+            text = label_text(names, labels)
+            out.append(f"{fam.name}_count{text} {_value(buckets[-1][1])}\n{fam.name}_sum{text} {_value(sum_value)}\n")
+
+
+def encode(registry: CollectorRegistry, label_text: LabelText = _LABEL_TEXT) -> bytes:
     out = []
     esc: dict = {}
     other = CollectorRegistry(auto_describe=False)
@@ -45,6 +150,14 @@ def encode(registry: CollectorRegistry) -> bytes:
             continue
         name = fam.name + "_total" if typ == "counter" else fam.name
         out.append(f"# HELP {name} {_help(fam.documentation)}\n# TYPE {name} {'untyped' if typ == 'unknown' else typ}\n")
+        if isinstance(fam, _Rows):
+            names = tuple(fam._labelnames)
+            sample = fam.name + fam._suffix
+            out.extend(f"{sample}{label_text(names, labels)} {_value(v)}\n" for labels, v in fam.rows)
+            continue
+        if isinstance(fam, FastHistogram):
+            _histogram_lines(fam, label_text, out)
+            continue
         for s in fam.samples:
             if s.name.endswith("_created"):
                 continue
@@ -53,7 +166,7 @@ def encode(registry: CollectorRegistry) -> bytes:
                 for k, v in s.labels.items():
                     e = esc.get(v)
                     if e is None:
-                        e = esc[v] = v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+                        e = esc[v] = _escape(v)
                     parts.append(f'{k}="{e}"')
                 line = f"{s.name}{{{','.join(parts)}}} {_value(s.value)}"
             else:
@@ -61,6 +174,7 @@ def encode(registry: CollectorRegistry) -> bytes:
             if s.timestamp is not None:
                 line += f" {int(float(s.timestamp) * 1000)}"
             out.append(line + "\n")
+    label_text.end_scrape()
     body = "".join(out).encode("utf-8")
     if leftovers:
         class _Fams:

@@ -27,10 +27,11 @@ import threading
 import time
 from typing import Callable, Optional
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from rseqtop import __version__
 from rseqtop.exporter import cgroup
+from rseqtop.exporter.exposition import FastCounter, FastGauge, FastHistogram
 from rseqtop.model.snapshot import CAUSE_OF_FIELD, CAUSES, COUNT_FIELDS
 from rseqtop.model.source import poll_and_reap
 
@@ -202,11 +203,18 @@ class SeriesSet:
 
     def totals(self):
         """Yield (label key, group, totals dict, gauge sum)."""
+        entities = self.entities
         for key, group in self.groups.items():
+            if len(group.members) == 1 and not group.retired:
+                # the common case with pid labels: one process, never renamed (read-only to callers)
+                ent = entities[next(iter(group.members))]
+                if not ent.base:
+                    yield key, group, ent.values, ent.gauge
+                    continue
             tot = dict(group.retired)
             gauge = 0
             for eid in group.members:
-                ent = self.entities[eid]
+                ent = entities[eid]
                 gauge += ent.gauge
                 for sid, v in ent.contribution():
                     tot[sid] = tot.get(sid, 0) + v
@@ -304,19 +312,18 @@ class RseqCollector:
         counter_labels = list(self.thread_labels) if self.threads is not None else pl
         fams = {}
         for sid, (name, help_, extra) in COUNTERS.items():
-            fams[sid] = CounterMetricFamily(name, help_, labels=counter_labels + list(extra))
+            fams[sid] = FastCounter(name, help_, labels=counter_labels + list(extra))
         for sid, (name, help_, extra) in PROCESS_COUNTERS.items():
-            fams[sid] = CounterMetricFamily(name, help_, labels=pl + list(extra))
-        sites = CounterMetricFamily(
+            fams[sid] = FastCounter(name, help_, labels=pl + list(extra))
+        sites = FastCounter(
             "rseqtop_site_aborts",
             f"Aborts by critical section (symbol of its start address); the first {self.top_sites} "
             f"sections per label set get their own series, later ones are summed as {OTHER_SITE}",
             labels=pl + ["symbol"])
-        lat = HistogramMetricFamily("rseqtop_membarrier_duration_seconds",
+        lat = FastHistogram("rseqtop_membarrier_duration_seconds",
                                     "membarrier system call latency (log2 buckets; the sum is estimated "
                                     "from bucket midpoints)", labels=pl + ["command"])
-        threads = GaugeMetricFamily("rseqtop_threads_registered",
-                                    "Live threads with rseq registered", labels=pl)
+        threads = FastGauge("rseqtop_threads_registered", "Live threads with rseq registered", labels=pl)
 
         # A cause this kernel cannot see has no series at all (an absent
         # series, not a misleading 0); rseqtop_cause_available says why.

@@ -15,6 +15,7 @@ from typing import Iterable, Optional
 from rseqtop.kernel import bpfgen
 from rseqtop.model.snapshot import (
     COUNT_FIELDS, Counts, MapFill, MembarrierStats, ProcessStats, SelfStats, SiteStats, Snapshot, ThreadStats, pairs,
+    sum_counts,
 )
 
 PROBES = tuple(f"{system}:{event}" for system, event, *_ in bpfgen.PROBES)
@@ -35,6 +36,7 @@ class SyntheticSource:
         self.unavailable_causes = unavailable_causes
         self.probes = PROBES
         self.closed = False
+        self._rates: dict = {}  # (i, j) -> (scalar rates, cause rates)
 
     # The per-second rates of thread j of process i (pid 1000+i).
     @staticmethod
@@ -45,9 +47,17 @@ class SyntheticSource:
                       causes=pairs({"preempt": aborts - 5 if aborts > 5 else aborts,
                                     "signal": 5 if aborts > 5 else 0}))
 
-    def _scaled(self, c: Counts, k: float) -> Counts:
-        return Counts(*(int(getattr(c, f) * k) for f in COUNT_FIELDS),
-                      causes=pairs({name: int(n * k) for name, n in c.causes}))
+    def _thread_counts(self, i: int, j: int, k: float) -> Counts:
+        """thread_rate(i, j) scaled by k, with the rates kept between polls:
+        this source stands in for a collector whose poll of 2,000 threads
+        costs a few ms, so its own cost should not dwarf the front end's."""
+        rates = self._rates.get((i, j))
+        if rates is None:
+            c = self.thread_rate(i, j)
+            rates = self._rates[(i, j)] = (tuple(getattr(c, f) for f in COUNT_FIELDS), c.causes)
+        scalars, causes = rates
+        return Counts(*(int(v * k) for v in scalars),
+                      causes=tuple(kv for kv in ((name, int(n * k)) for name, n in causes) if kv[1]))
 
     def comm_of(self, i: int) -> str:
         if self.comms:
@@ -63,16 +73,14 @@ class SyntheticSource:
         self.polls += 1
         elapsed = self.polls * self.step
         procs, threads, sites = [], [], []
-        total = Counts()
         for i in range(self.nproc):
             pid = 1000 + i
             comm = self.comm_of(i)
             if (self.pids and pid not in self.pids) or (self.comm and not self.comm.search(comm)):
                 continue
-            pc = Counts()
-            for j in range(self.nthreads):
-                c = self._scaled(self.thread_rate(i, j), elapsed)
-                pc = pc + c
+            own = [self._thread_counts(i, j, elapsed) for j in range(self.nthreads)]
+            pc = sum_counts(own)
+            for j, c in enumerate(own):
                 threads.append(ThreadStats(pid, pid + 100000 * (j + 1) if j else pid, comm, c,
                                            cpu=(i + j) % self.cpus, node=0, mm_cid=j))
             for k, op in enumerate(OPS[: 1 + i % len(OPS)]):
@@ -85,7 +93,7 @@ class SyntheticSource:
                                   pairs({12: int(10 * elapsed)})),) if i % 4 == 0 else ()
             procs.append(ProcessStats(pid, comm, pc, self.nthreads, 0, self.nthreads, 0, (), mb,
                                       registrations_by_abi=pairs({"legacy": self.nthreads})))
-            total = total + pc
+        total = sum_counts(p.counts for p in procs)
         stats = SelfStats(probes_attached=self.probes, unavailable_causes=self.unavailable_causes,
                           maps=(MapFill("threads", len(threads), 32768), MapFill("sites", len(sites), 4096)))
         return Snapshot(monotonic=elapsed, wall=1_700_000_000.0 + elapsed, era="classic",

@@ -125,16 +125,17 @@ class KeyedTable(DataTable):
                     self._require_update_dimensions = True
             self.refresh()
 
-    def _fit_widths(self, columns) -> None:
-        """Column widths follow the longest text. (update_cell(update_width=True)
-        re-measures a whole column per changed cell: quadratic, too slow for
-        hundreds of rows.)"""
+    def _fit_widths(self, columns, widths: dict) -> None:
+        """Column widths follow the longest text (widths: the longest of each
+        column's cells, measured by sync as it formats them). (update_cell(
+        update_width=True) re-measures a whole column per changed cell:
+        quadratic, too slow for hundreds of rows.)"""
         changed = False
         for c in columns:
             col = self.columns.get(c.key)  # type: ignore[call-overload]
             if col is None:
                 continue
-            width = max([cell_len(col.label.plain)] + [cell_len(self._plain[(k, c.key)][0]) for k in self._order])
+            width = max(cell_len(col.label.plain), widths.get(c.key, 0))
             if col.content_width != width:
                 col.content_width = width
                 changed = True
@@ -171,9 +172,14 @@ class KeyedTable(DataTable):
             for c in columns:
                 self._plain.pop((key, c.key), None)
         present = set(self._order) & set(wanted)
+        longest = [0] * len(columns)
         for key, r in wanted.items():
             style = style_of(r) if style_of else ""
             values = [(c, c.fmt(r)) for c in columns]
+            for i, (c, text) in enumerate(values):
+                n = len(text) if text.isascii() else cell_len(text)  # ASCII: one cell per character
+                if n > longest[i]:
+                    longest[i] = n
             if key in present:
                 for c, text in values:
                     if self._plain.get((key, c.key)) != (text, style):
@@ -191,6 +197,6 @@ class KeyedTable(DataTable):
             by_first = {self._plain[(k, first.key)][0]: position[k] for k in order}
             self.sort(first.key, key=lambda c: by_first.get(c.plain, len(order)))
         self._order = order
-        self._fit_widths(columns)
+        self._fit_widths(columns, {c.key: n for c, n in zip(columns, longest)})
         if selected is not None and selected in wanted:
             self.select_key(selected)

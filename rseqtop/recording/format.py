@@ -36,5 +36,10 @@ def header(interval: float, watching: str, stacks: bool = False, started: float 
 
 
 def sample(model) -> dict:
-    """One interval: the --json view of the model's latest snapshot."""
-    return {"kind": SAMPLE, **textout.json_record(model)}
+    """One interval: the --json view of the model's latest snapshot, without
+    threads (a service's thousands of threads in every sample would make
+    recordings large; the recorder does not ask the collector for them)."""
+    rec = textout.json_record(model)
+    for p in rec["processes"]:
+        p["threads"] = []
+    return {"kind": SAMPLE, **rec}

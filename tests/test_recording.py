@@ -97,6 +97,8 @@ def test_a_recycled_pid_is_another_process(tmp_path):
     path.write_text("".join(lines))
     rec = reader.read(path)
     assert [(p.comm, p.incarnation, p.aborts) for p in rec.processes] == [("a", 0, 80), ("b", 1, 9)]
+    # the new process starts from 0 at the sample before its first: 5 aborts in (2, 3], 4 in (3, 4]
+    assert [r for _, r in rec.processes[1].series.rates()] == [5.0, 4.0]
     assert rec.total_aborts() == 89
 
 
@@ -345,10 +347,25 @@ def test_recording_of_the_workload_has_its_exact_counts(bpf_ok, rseqtop_cmd, tmp
         if op["aborts"]:
             assert op["symbol"] in sec.symbol and sum(sec.offsets.values()) == op["aborts"]
     assert len(proc.series.times) >= 4  # sampled over time, not once
-    assert proc.series.totals[-1] == proc.aborts
+    # it started after the first sample: the rates over time add up to its aborts
+    times = list(proc.series.times)
+    assert round(sum(r * (t - times[times.index(t) - 1]) for t, r in proc.series.rates())) == proc.aborts
     # the page shows the file's numbers, which are the workload's
     total, rows, causes = report_numbers(page.render(rec))
     assert rows == {summary["pid"]: summary["totals"]["aborts"]}
     assert total == summary["totals"]["aborts"] == sum(causes.values())
     assert causes == proc.totals["causes"]
     record_property("figure", f"{proc.aborts}={summary['totals']['aborts']} aborts in {rec.samples} samples")
+
+
+def test_chart_helpers():
+    from rseqtop.report import svg
+
+    assert svg.nice_ticks(0) == [0.0, 1.0]
+    assert svg.nice_ticks(540) == [0, 200, 400, 600]
+    assert svg.nice_ticks(10) == [0, 2, 4, 6, 8, 10]
+    assert svg.num(1234567) == "1.23M" and svg.num(0.5) == "0.5"
+    assert svg.esc('<a b="c">\x1b') == "&lt;a b=&quot;c&quot;&gt;\\x1b"
+    chart = svg.line_chart([("x", [(1.0, 5.0), (3.0, 7.0)])], "s", "aborts/s")
+    assert ">0</text>" in chart and ">3</text>" in chart  # the time axis starts at the recording's start
+    assert "aborts/s" in chart and chart.count("<polyline") == 1

@@ -235,6 +235,13 @@ class _Folder:
         self.rec = rec
         self.live: dict = {}  # pid -> its latest Process
         self.points = 0
+        self.prev_time: Optional[float] = None  # of the sample before the one being read
+
+    def _new_series(self, series: Series) -> None:
+        """A process or section that first shows up after the first sample
+        had none at the sample before: its first interval's rate counts."""
+        if self.prev_time is not None:
+            self._point(series, self.prev_time, 0)
 
     def _point(self, series: Series, t: float, total: int) -> None:
         self.points += 1
@@ -259,6 +266,7 @@ class _Folder:
             setattr(rec, key, _uint(me.get(key, 0), f"self.{key}"))
         for i, p in enumerate(_list(s.get("processes"), "processes", MAX_LIST)):
             self.process(_obj(p, f"processes[{i}]"), f"processes[{i}]", t)
+        self.prev_time = t
 
     def process(self, p: dict, where: str, t: float) -> None:
         pid = _uint(p.get("pid"), f"{where}.pid", 1 << 31)
@@ -273,6 +281,7 @@ class _Folder:
             proc = Process(pid, 0 if proc is None else proc.incarnation + 1, comm)
             self.live[pid] = proc
             self.rec.processes.append(proc)
+            self._new_series(proc.series)
         proc.comm, proc.totals, proc.alive = comm, totals, alive
         self._point(proc.series, t, totals["aborts"])
         for j, s in enumerate(_list(p.get("sections", []), f"{where}.sections", MAX_SECTIONS)):
@@ -285,6 +294,7 @@ class _Folder:
             if len(proc.sections) >= MAX_SECTIONS:
                 raise _Bad(f"{where}: more than {MAX_SECTIONS} sections in one process")
             sec = proc.sections[start] = Section(proc.pid, start, "")
+            self._new_series(sec.series)
         sec.symbol = _str(s.get("symbol"), f"{where}.symbol", MAX_TEXT)
         sec.aborts = _uint(s.get("aborts"), f"{where}.aborts")
         sec.causes = _tally(s.get("causes", {}), f"{where}.causes", 64)

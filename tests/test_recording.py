@@ -10,8 +10,10 @@ import json
 import os
 import signal
 import subprocess
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -298,6 +300,17 @@ def test_bad_arguments_are_one_line(argv, words, rseqtop_cmd, tmp_path):
     assert res.returncode in (1, 2), res.stderr
     assert words in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_record_without_privileges_is_one_line_and_leaves_no_file(rseqtop_cmd):
+    drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+    with tempfile.TemporaryDirectory() as d:  # not under pytest's tmp_path: user nobody cannot reach that
+        os.chmod(d, 0o777)
+        out = Path(d) / "x.jsonl"
+        res = subprocess.run(drop + rseqtop_cmd + ["record", "-o", str(out), "--duration", "1"],
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode != 0 and "not privileged" in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1 and not out.exists()
 
 
 def test_report_command_writes_the_page(tmp_path, rseqtop_cmd):

@@ -67,7 +67,11 @@ def poll_loop(source: SnapshotSource, delay: float, count: Optional[int], emit: 
             # a second signal during this last read just ends it
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-            model.update(poll_and_reap(source))
-            emit(model)
-            emitted += 1
+            try:
+                model.update(poll_and_reap(source))
+            except Exception as err:  # what was emitted stands; say why the last is missing
+                sys.stderr.write(f"rseqtop: the last read of the maps failed ({type(err).__name__}: {err})\n")
+            else:
+                emit(model)
+                emitted += 1
     return emitted

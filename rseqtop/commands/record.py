@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from rseqtop.commands.options import (
@@ -80,7 +81,12 @@ def run(args) -> int:
     except OSError as err:
         raise UserError(f"cannot write {args.output}: {err.strerror}", exit_code=2) from None
     with out:
-        n = record(source, out, args.delay, samples_for(args.duration, args.delay),
-                   fmt.header(args.delay, watching(args)))
+        try:
+            n = record(source, out, args.delay, samples_for(args.duration, args.delay),
+                       fmt.header(args.delay, watching(args)))
+        except BaseException:
+            if out.tell() == 0:  # failed before its header (not root, no tracepoints): leave no empty file
+                os.unlink(args.output)
+            raise
     sys.stderr.write(f"rseqtop: wrote {n} samples to {args.output}\n")
     return 0

@@ -179,7 +179,7 @@ def render(rec: Recording) -> str:
 <h1>{esc(title)}</h1>
 {_meta(rec)}
 <h2>Summary</h2>
-<p>Total aborts: <b id="total-aborts" data-value="{total}">{total:,}</b> in {len(procs)} processes</p>
+<p>Total aborts: <b id="total-aborts" data-value="{total}">{total:,}</b> in {len(procs)} process{"" if len(procs) == 1 else "es"}</p>
 {_processes(procs, rec)}
 <h2>Abort rate per process</h2>
 {_rate_chart(procs[:TOP], proc_name, start, "process")}{_more(min(TOP, len(procs)), len(procs), "processes")}

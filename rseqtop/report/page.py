@@ -34,6 +34,10 @@ def when(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 'es' if word.endswith('s') else 's'}"
+
+
 def proc_name(p: Process) -> str:
     return f"{p.comm} (pid {p.pid}{f', #{p.incarnation + 1}' if p.incarnation else ''})"
 
@@ -179,7 +183,7 @@ def render(rec: Recording) -> str:
 <h1>{esc(title)}</h1>
 {_meta(rec)}
 <h2>Summary</h2>
-<p>Total aborts: <b id="total-aborts" data-value="{total}">{total:,}</b> in {len(procs)} process{"" if len(procs) == 1 else "es"}</p>
+<p>Total aborts: <b id="total-aborts" data-value="{total}">{total:,}</b> in {plural(len(procs), "process")}</p>
 {_processes(procs, rec)}
 <h2>Abort rate per process</h2>
 {_rate_chart(procs[:TOP], proc_name, start, "process")}{_more(min(TOP, len(procs)), len(procs), "processes")}

@@ -20,6 +20,8 @@ COMMANDS = {
     "top": ("rseqtop.commands.top", "live view of rseq aborts (the default command)"),
     "trace": ("rseqtop.commands.trace", "print one line per rseq abort as it happens"),
     "export": ("rseqtop.commands.export", "serve Prometheus metrics"),
+    "record": ("rseqtop.commands.record", "record snapshots over time to a file for 'rseqtop report'"),
+    "report": ("rseqtop.commands.report", "turn a recording into one self-contained HTML page"),
     "demo": ("rseqtop.commands.demo", "run the bundled workload and open the live view on it"),
     "workload": ("rseqtop.workload", "run the bundled rseq workload (ground truth)"),
     "doctor": ("rseqtop.commands.doctor", "check that this machine can run rseqtop"),

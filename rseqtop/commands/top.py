@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import time
 from typing import Optional
 
 from rseqtop.commands.options import (
     add_filter_args, add_syscalls_arg, check_filters, flat_pids, positive_float, positive_int, watching,
 )
+from rseqtop.commands.polling import Terminated, install_sigterm, poll_loop
 from rseqtop.errors import UserError
-from rseqtop.model.source import SnapshotSource, poll_and_reap
+from rseqtop.model.source import SnapshotSource
 
 EPILOG = """examples:
   rseqtop                      # live view of every process with rseq aborts
@@ -26,10 +25,6 @@ EPILOG = """examples:
   rseqtop -b -H                # threads instead of processes
 
 keys in the live view: ? lists them all (q quits)."""
-
-
-class Terminated(Exception):
-    """SIGTERM arrived: detach and exit."""
 
 
 def configure(parser) -> None:
@@ -67,17 +62,6 @@ def print_ebpf(args) -> int:
     return 0
 
 
-def install_sigterm() -> None:
-    """SIGTERM and SIGINT detach and exit, as in trace and export. SIGINT gets
-    its handler explicitly: a parent that started rseqtop in the background
-    leaves SIGINT ignored, and Python then raises no KeyboardInterrupt."""
-    def on_term(signum, frame):
-        raise Terminated()
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
-
-
 def run(args) -> int:
     delay = args.interval or args.delay or 1.0
     count = args.icount or args.count
@@ -106,46 +90,24 @@ def run_batch(source: SnapshotSource, args, delay: float, count: Optional[int], 
     The first output comes right after attaching (totals so far, no rates
     yet) and counts towards COUNT, as top -b -n counts its first frame."""
     from rseqtop.present import textout
-    from rseqtop.present.rows import LiveModel
 
     out = out or sys.stdout
+
+    def emit(model) -> None:
+        if args.json:
+            out.write(textout.json_line(model, include_idle=args.all))
+        else:
+            out.write(textout.batch_text(model, threads=args.threads, sort=args.sort, include_idle=args.all) + "\n")
+        out.flush()
+
     install_sigterm()
-    model = LiveModel()
     try:
         source.attach()
         shows_threads = args.json or args.threads
         source.want_threads(("all" if args.all else "aborting") if shows_threads else "none")
         if shows_threads:
             source.want_mm_cid(True)  # thread rows show it
-        printed = 0
-        next_at = time.monotonic()
-        failures = 0
-        while count is None or printed < count:
-            try:
-                snap = poll_and_reap(source)
-                failures = 0
-            except (KeyboardInterrupt, Terminated):
-                raise
-            except Exception as err:  # a transient map read error: report it, skip the interval
-                failures += 1
-                sys.stderr.write(f"rseqtop: reading the maps failed ({type(err).__name__}: {err})\n")
-                if failures >= 3:
-                    raise UserError("reading the BPF maps failed 3 times in a row; see 'rseqtop doctor'") from None
-                next_at += delay
-                time.sleep(max(0.0, next_at - time.monotonic()))
-                continue
-            model.update(snap)
-            if args.json:
-                out.write(textout.json_line(model, include_idle=args.all))
-            else:
-                text = textout.batch_text(model, threads=args.threads, sort=args.sort, include_idle=args.all)
-                out.write(text + "\n")
-            out.flush()
-            printed += 1
-            if count is not None and printed >= count:
-                break
-            next_at += delay
-            time.sleep(max(0.0, next_at - time.monotonic()))
+        poll_loop(source, delay, count, emit)
     except (KeyboardInterrupt, Terminated):
         pass
     finally:

@@ -19,7 +19,7 @@ import pytest
 
 from rseqtop import workload
 from rseqtop.commands import record as record_cmd
-from rseqtop.model.snapshot import Counts
+from rseqtop.model.snapshot import COUNT_FIELDS, Counts
 from rseqtop.model.synthetic import SyntheticSource
 from rseqtop.recording import format as fmt
 from rseqtop.recording import reader
@@ -42,8 +42,9 @@ def synthetic_total(i: int, threads: int, polls: int) -> Counts:
     """Ground truth of SyntheticSource: process i's totals after `polls` polls of 1 s."""
     total = Counts()
     for j in range(threads):
-        r = SyntheticSource.thread_rate(i, j)
-        total = total + SyntheticSource(1, 1)._scaled(r, polls)
+        r = SyntheticSource.thread_rate(i, j)  # per second, and each poll is one second
+        total = total + Counts(*(getattr(r, f) * polls for f in COUNT_FIELDS),
+                               causes=tuple((name, n * polls) for name, n in r.causes))
     return total
 
 

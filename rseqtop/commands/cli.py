@@ -19,6 +19,7 @@ from rseqtop.errors import UserError
 COMMANDS = {
     "top": ("rseqtop.commands.top", "live view of rseq aborts (the default command)"),
     "trace": ("rseqtop.commands.trace", "print one line per rseq abort as it happens"),
+    "annotate": ("rseqtop.commands.annotate", "a critical section's instructions, source lines and where it aborts"),
     "export": ("rseqtop.commands.export", "serve Prometheus metrics"),
     "demo": ("rseqtop.commands.demo", "run the bundled workload and open the live view on it"),
     "workload": ("rseqtop.workload", "run the bundled rseq workload (ground truth)"),

@@ -23,79 +23,23 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from support import (
+    addr2line,
+    descriptor,
+    file_offset,
+    listing_of,
+    objdump_addresses,
+    source_lines,
+    workload_binary,
+)
 
 from rseqtop import workload
 from rseqtop.present import annotate as present
-from rseqtop.symbols import elf as elfsym
 from rseqtop.symbols.annotate import AnnotateError, Annotator, annotate_fd
 
 SIG = 0x53053053
-
-
-def _binary() -> Path:
-    return workload.build()
-
-
-def source_lines(op: str) -> tuple:
-    """(line of the section's asm statement, line of its abort counter) in rseq_abi.c."""
-    text = (workload.source_dir() / "rseq_abi.c").read_text().splitlines()
-    symbol = dict(zip(workload.OPERATIONS, ("rseq_op_counter", "rseq_op_spinlock_lock", "rseq_op_push",
-                                            "rseq_op_pop", "rseq_op_delay")))[op]
-    fn = next(i for i, line in enumerate(text) if re.match(rf"RSEQ_FN int {symbol}\(", line))
-    asm = next(i for i in range(fn, len(text)) if "__asm__ __volatile__ goto(" in text[i])
-    counter = next(i for i in range(fn, len(text)) if f"t_stats.aborts[OP_{op.upper()}]++" in text[i])
-    return asm + 1, counter + 1
-
-
-def nm(binary: Path) -> dict:
-    out = subprocess.run(["nm", str(binary)], capture_output=True, text=True, check=True).stdout
-    return {parts[2]: int(parts[0], 16) for parts in (line.split() for line in out.splitlines()) if len(parts) == 3}
-
-
-def descriptor(binary: Path, op: str) -> tuple:
-    """(start_ip, post_commit_offset, abort_ip) as file addresses, from objdump."""
-    addr = nm(binary)[f"rseq_cs_desc_{op}"]
-    out = subprocess.run(["objdump", "-s", "-j", "__rseq_cs", f"--start-address={addr:#x}",
-                          f"--stop-address={addr + 32:#x}", str(binary)], capture_output=True, text=True,
-                         check=True).stdout
-    raw = b""
-    for line in out.splitlines():
-        m = re.match(r"^ ([0-9a-f]+) ((?:[0-9a-f]{2,8} ?){1,4})", line)
-        if m:
-            raw += bytes.fromhex(m.group(2).replace(" ", ""))
-    words = [int.from_bytes(raw[k:k + 8], "little") for k in range(0, 32, 8)]
-    return words[1], words[2], words[3]
-
-
-def objdump_addresses(binary: Path, start: int, stop: int) -> list:
-    out = subprocess.run(["objdump", "-d", f"--start-address={start:#x}", f"--stop-address={stop:#x}", str(binary)],
-                         capture_output=True, text=True, check=True).stdout
-    return [int(m.group(1), 16) for m in re.finditer(r"^\s+([0-9a-f]+):\t[0-9a-f]{2} ", out, re.M)]
-
-
-def addr2line(binary: Path, addrs) -> list:
-    out = subprocess.run(["addr2line", "-e", str(binary), *[hex(a) for a in addrs]], capture_output=True, text=True,
-                         check=True).stdout
-    return [f"{os.path.basename(line.split(':')[0])}:{line.split(':')[1].split()[0]}" for line in out.splitlines()]
-
-
-def file_offset(binary: Path, vaddr: int) -> int:
-    for seg in elfsym.load(str(binary)).segments:
-        if seg.vaddr <= vaddr < seg.vaddr + seg.filesz:
-            return vaddr - seg.vaddr + seg.offset
-    raise AssertionError(f"{vaddr:#x} not in a segment")
-
-
-def listing_of(binary: Path, op: str):
-    start, length, abort = descriptor(binary, op)
-    fd = os.open(binary, os.O_RDONLY)
-    try:
-        return annotate_fd(fd, file_offset(binary, start), length, file_offset(binary, abort), str(binary))
-    finally:
-        os.close(fd)
 
 
 needs_binutils = pytest.mark.skipif(not shutil.which("objdump") or not shutil.which("addr2line"),
@@ -114,7 +58,7 @@ def test_workload_build_key_covers_the_flags(monkeypatch):
 @needs_binutils
 @pytest.mark.parametrize("op", workload.OPERATIONS)
 def test_each_section_shows_its_source_lines(op):
-    binary = _binary()
+    binary = workload_binary()
     asm_line, counter_line = source_lines(op)
     start, length, abort = descriptor(binary, op)
     listing = listing_of(binary, op)
@@ -136,7 +80,7 @@ def test_each_section_shows_its_source_lines(op):
 @needs_binutils
 def test_separate_debug_file_found_by_build_id(tmp_path):
     """A stripped copy finds its lines in DIR/.build-id/xx/yyyy.debug."""
-    binary = _binary()
+    binary = workload_binary()
     stripped, debug = tmp_path / "stripped", tmp_path / "full.debug"
     subprocess.run(["objcopy", "--only-keep-debug", str(binary), str(debug)], check=True)
     subprocess.run(["objcopy", "--strip-debug", str(binary), str(stripped)], check=True)
@@ -161,7 +105,7 @@ def test_separate_debug_file_found_by_build_id(tmp_path):
 
 @needs_binutils
 def test_separate_debug_file_found_by_debuglink(tmp_path):
-    binary = _binary()
+    binary = workload_binary()
     stripped, debug = tmp_path / "app", tmp_path / "app.dbg"
     subprocess.run(["objcopy", "--only-keep-debug", str(binary), str(debug)], check=True)
     subprocess.run(["objcopy", "--strip-debug", "--remove-section=.note.gnu.build-id",
@@ -203,7 +147,7 @@ def _site(start, length, abort, offsets, aborts=None):
 
 
 def test_rows_count_each_instruction_and_flag_the_rest():
-    binary = _binary()
+    binary = workload_binary()
     start, length, abort = descriptor(binary, "delay")
     listing = listing_of(binary, "delay")
     starts = [i.vaddr - start for i in listing.section]
@@ -244,7 +188,7 @@ def test_interrupted_counts_equal_the_snapshot_and_the_workload(bpf_ok):
     from rseqtop.collect import Collector
     from rseqtop.commands.annotate import show
 
-    binary = _binary()
+    binary = workload_binary()
     ncpu = os.cpu_count() or 1
     with Collector(threads="none") as collector:
         proc = workload.start(["--op", "delay", "--threads", 2 * ncpu, "--in-cs-delay", 3000, "--duration", 30])

@@ -30,7 +30,7 @@ import pytest
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from test_fuzz_elf import mutated, synthetic_elf  # noqa: E402
+from support import descriptor, file_offset, mutated, synthetic_elf  # noqa: E402
 
 from rseqtop import workload  # noqa: E402
 from rseqtop.symbols import disasm_worker  # noqa: E402
@@ -44,7 +44,6 @@ TIMEOUT = 30.0  # the child's wall clock (its CPU limit is disasm_worker.CPU_LIM
 def workload_layout() -> tuple:
     """(bytes, (start, length, abort) file offsets of the delay section, DWARF section ranges)."""
     from elftools.elf.elffile import ELFFile
-    from test_annotate import descriptor, file_offset
 
     binary = workload.build()
     data = binary.read_bytes()

@@ -13,8 +13,10 @@ import dataclasses
 import functools
 import signal
 
+from support import listing_of, source_lines
 from textual.widgets import DataTable
 
+from rseqtop import workload
 from rseqtop.model.synthetic import SyntheticSource
 from rseqtop.present.textsafe import printable
 from rseqtop.tui.app import RseqtopApp, make_app
@@ -481,18 +483,12 @@ class WorkloadDelayListing:
         self.calls = 0
 
     def __call__(self, pid, start_ip, post_commit_offset, abort_ip):
-        from test_annotate import listing_of
-
-        from rseqtop import workload
-
         self.calls += 1
         return listing_of(workload.build(), "delay")
 
 
 @sync
 async def test_enter_on_a_section_shows_its_annotated_listing():
-    from test_annotate import source_lines
-
     from rseqtop.tui.annotate_screen import AnnotateScreen
 
     annotator = WorkloadDelayListing()

@@ -77,8 +77,21 @@ def header_lines(a: Annotated) -> list:
     return lines
 
 
-def _insn_text(i) -> str:
-    return printable(f"{i.mnemonic} {i.op_str}".strip())
+def _insn_text(i, a: Annotated) -> str:
+    """The instruction; a direct branch's target (a file address in the
+    listing) as its run-time address, and its offset when inside the section."""
+    op = i.op_str
+    if op.startswith("0x") and i.mnemonic.startswith(("j", "call", "b")):
+        try:
+            target = int(op, 16)
+        except ValueError:
+            target = None
+        if target is not None:
+            off = target - a.listing.start_vaddr
+            op = f"{target + a.site.start_ip - a.listing.start_vaddr:#x}"
+            if 0 <= off < a.site.post_commit_offset:
+                op += f" <+{off:#x}>"
+    return printable(f"{i.mnemonic} {op}".strip())
 
 
 def table_lines(a: Annotated) -> list:
@@ -89,7 +102,7 @@ def table_lines(a: Annotated) -> list:
     width = max([len(printable(r.insn.source)) for r in rows] + [len("SOURCE")])
     lines = [f"{'SOURCE':<{width}}  {'OFFSET':>7}  {'INSTRUCTION':<44} {'INTERRUPTED':>11} {'SHARE':>5}"]
     for r in rows:
-        lines.append(f"{printable(r.insn.source):<{width}}  {'+' + hex(r.offset):>7}  {_insn_text(r.insn):<44} "
+        lines.append(f"{printable(r.insn.source):<{width}}  {'+' + hex(r.offset):>7}  {_insn_text(r.insn, a):<44} "
                      f"{r.interrupted:>11} {_share_text(r.share):>5}")
     post = a.site.post_commit_offset
     lines.append(f"{'':<{width}}  {'+' + hex(post):>7}  (post_commit_ip: the commit is done)")
@@ -113,7 +126,7 @@ def table_lines(a: Annotated) -> list:
             if k == len(a.listing.abort):
                 lines.append(f"{'':<{width}}  -> {i.vaddr - base + a.site.abort_ip:#x}")
             addr = i.vaddr - base + a.site.abort_ip
-            lines.append(f"{printable(i.source):<{width}}  {addr:#x}  {_insn_text(i)}")
+            lines.append(f"{printable(i.source):<{width}}  {addr:#x}  {_insn_text(i, a)}")
     return lines
 
 
@@ -143,8 +156,8 @@ def json_record(a: Annotated) -> dict:
     rec["abort_handler"] = {
         "signature": listing.signature,
         "at_abort_ip": [_insn_json(i, i.vaddr - base + s.abort_ip) for i in listing.abort],
-        # where abort_ip's jump lands, at its address in the file (its run-time
-        # address is the file's load bias away, as for abort_ip)
+        # where abort_ip's jump lands (run-time addresses: the listing's
+        # file addresses plus the load bias of abort_ip)
         "target": [_insn_json(i, i.vaddr - base + s.abort_ip) for i in listing.handler],
     }
     return rec

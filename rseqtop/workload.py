@@ -39,7 +39,8 @@ from rseqtop.errors import UserError
 SOURCE_SUFFIXES = (".c", ".h")
 BINARY_NAME = "rseq-workload"
 SCHEMA_VERSION = 1
-CFLAGS = ["-O2", "-Wall", "-Wextra", "-pthread"]
+# -g: line tables for `rseqtop annotate` (source lines of each section's instructions)
+CFLAGS = ["-O2", "-g", "-Wall", "-Wextra", "-pthread"]
 # Warnings are errors only where the source is developed (the test suite sets
 # this): on users' machines a newer compiler's new warning must not stop
 # `rseqtop demo`.

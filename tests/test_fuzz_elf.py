@@ -14,31 +14,30 @@ For long runs: `python benchmarks/fuzz_elf.py --seconds 600`.
 
 from __future__ import annotations
 
-import functools
 import signal
-import struct
 import time
-from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from support import (  # noqa: E402
+    SYM,
+    extremes,
+    mutated,
+    put,
+    seeds,
+    synthetic_elf,
+)
 
-from rseqtop import workload  # noqa: E402
 from rseqtop.symbols import elf as elfsym  # noqa: E402
 
 PARSE_BUDGET = 1.0      # the parser's own deadline per input (ElfTimeout is allowed)
 HANG_LIMIT = 20         # a hard watchdog: an input still running after this is a hang
 EXAMPLES = 2500         # hypothesis examples for the mixed-mutation test (CI sized)
 
-EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
-SHDR = struct.Struct("<IIQQQQIIQQ")
-PHDR = struct.Struct("<IIQQQQQQ")
-SYM = struct.Struct("<IBBHQQ")
 
 
 class Hang(Exception):
@@ -76,169 +75,6 @@ def run_one(data: bytes) -> str:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
-
-
-# ---------------------------------------------------------------- seeds
-
-def synthetic_elf(syms=None, strtab=None, symtab_copies=1) -> bytes:
-    """A tiny valid ELF64 with .text, .symtab, .strtab and .shstrtab (or the
-    given symbols and string table, the symbol table's header repeated)."""
-    text_off, text_addr = 0x80, 0x401080
-    text = b"\xc3" * 64
-    if strtab is None:
-        strtab = b"\0f1\0f2\0data\0nt\0ifn\0"
-    syms = syms if syms is not None else [
-        SYM.pack(0, 0, 0, 0, 0, 0),
-        SYM.pack(1, 0x12, 0, 1, text_addr, 16),          # f1: GLOBAL FUNC, 16 bytes
-        SYM.pack(4, 0x12, 0, 1, text_addr + 32, 0),      # f2: FUNC, no size
-        SYM.pack(7, 0x11, 0, 1, text_addr + 16, 8),      # data: OBJECT (ignored)
-        SYM.pack(12, 0x10, 0, 1, text_addr + 48, 8),     # nt: NOTYPE with a size
-        SYM.pack(15, 0x1A, 0, 1, text_addr + 56, 8),     # ifn: GNU_IFUNC
-    ]
-    symtab = b"".join(syms)
-    shstrtab = b"\0.text\0.symtab\0.strtab\0.shstrtab\0"
-    body = bytearray(text_off)
-    body += text
-    sym_off = len(body)
-    body += symtab
-    str_off = len(body)
-    body += strtab
-    shstr_off = len(body)
-    body += shstrtab
-    while len(body) % 8:
-        body += b"\0"
-    shoff = len(body)
-    shdrs = [
-        SHDR.pack(0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
-        SHDR.pack(1, 1, 6, text_addr, text_off, len(text), 0, 0, 16, 0),
-        SHDR.pack(7, 2, 0, 0, sym_off, len(symtab), 3, 1, 8, 24),
-        SHDR.pack(15, 3, 0, 0, str_off, len(strtab), 0, 0, 1, 0),
-        SHDR.pack(23, 3, 0, 0, shstr_off, len(shstrtab), 0, 0, 1, 0),
-    ] + [SHDR.pack(7, 2, 0, 0, sym_off, len(symtab), 3, 1, 8, 24)] * (symtab_copies - 1)
-    for s in shdrs:
-        body += s
-    phdr = PHDR.pack(1, 5, 0, 0x401000, 0x401000, len(body), len(body), 0x1000)
-    body[64:64 + PHDR.size] = phdr
-    body[0:64] = EHDR.pack(b"\x7fELF\x02\x01\x01" + bytes(9), 2, 62, 1, text_addr,
-                           64, shoff, 0, 64, 56, 1, 64, len(shdrs), 4)
-    return bytes(body)
-
-
-@dataclass(frozen=True)
-class Seed:
-    name: str
-    data: bytes
-    fields: tuple       # (offset, width, label) of every header field worth overwriting
-    boundaries: tuple   # file offsets where a structure starts or ends
-    sections: tuple     # (shdr file offset, sh_type, sh_offset, sh_size)
-
-
-def layout(name: str, data: bytes) -> Seed:
-    fields = []
-    bounds = {0, 4, 16, 64, len(data)}
-    ehdr_fields = [(24, 8, "e_entry"), (32, 8, "e_phoff"), (40, 8, "e_shoff"),
-                   (52, 2, "e_ehsize"), (54, 2, "e_phentsize"), (56, 2, "e_phnum"),
-                   (58, 2, "e_shentsize"), (60, 2, "e_shnum"), (62, 2, "e_shstrndx"),
-                   (4, 1, "ei_class"), (5, 1, "ei_data"), (20, 4, "e_version")]
-    fields += ehdr_fields
-    (_i, _t, _m, _v, _e, phoff, shoff, _f, _eh, phentsize, phnum, shentsize, shnum,
-     _x) = EHDR.unpack_from(data)
-    bounds |= {phoff, phoff + phnum * phentsize, shoff, shoff + shnum * shentsize}
-    for k in range(phnum):
-        base = phoff + k * phentsize
-        bounds.add(base)
-        for off, width, label in [(0, 4, "p_type"), (8, 8, "p_offset"), (16, 8, "p_vaddr"),
-                                  (32, 8, "p_filesz"), (40, 8, "p_memsz")]:
-            fields.append((base + off, width, f"phdr{k}.{label}"))
-    sections = []
-    for k in range(shnum):
-        base = shoff + k * shentsize
-        bounds.add(base)
-        _n, sh_type, _fl, _addr, sh_offset, sh_size, sh_link, _inf, _al, sh_entsize = \
-            SHDR.unpack_from(data, base)
-        sections.append((base, sh_type, sh_offset, sh_size))
-        if sh_type != 8:  # NOBITS occupies no file bytes
-            bounds |= {sh_offset, sh_offset + sh_size}
-        for off, width, label in [(4, 4, "sh_type"), (16, 8, "sh_addr"), (24, 8, "sh_offset"),
-                                  (32, 8, "sh_size"), (40, 4, "sh_link"), (56, 8, "sh_entsize")]:
-            fields.append((base + off, width, f"shdr{k}.{label}"))
-        if sh_type in (2, 11) and sh_entsize == SYM.size:
-            count = sh_size // SYM.size
-            for j in list(range(min(count, 8))) + list(range(max(8, count - 3), count)):
-                sb = sh_offset + j * SYM.size
-                bounds.add(sb)
-                for off, width, label in [(0, 4, "st_name"), (4, 1, "st_info"), (6, 2, "st_shndx"),
-                                          (8, 8, "st_value"), (16, 8, "st_size")]:
-                    fields.append((sb + off, width, f"sym{k}.{j}.{label}"))
-    bounds = tuple(sorted(b for b in bounds if 0 <= b <= len(data)))
-    return Seed(name, data, tuple(fields), bounds, tuple(sections))
-
-
-@functools.lru_cache(maxsize=None)
-def seeds() -> tuple:
-    out = [layout("synthetic", synthetic_elf())]
-    for name, path in [("workload", workload.build()), ("true", Path("/bin/true")),
-                       ("libdl", Path("/lib/x86_64-linux-gnu/libdl.so.2"))]:
-        if Path(path).is_file():
-            out.append(layout(name, Path(path).read_bytes()))
-    assert len(out) >= 3, "too few seed binaries"
-    return tuple(out)
-
-
-def extremes(width: int, seed: Seed) -> list:
-    top = (1 << (8 * width)) - 1
-    vals = {0, 1, 2, 3, 8, 24, 56, 64, 0xFF, 0x7FFF, 0xFFFF, 0x10000, 0x7FFFFFFF, 0xFFFFFFFF,
-            1 << 32, 1 << 62, 1 << 63, top, top - 1, top - 23, len(seed.data), len(seed.data) - 1,
-            len(seed.data) + 1, len(seed.data) - 24, len(seed.data) - 64}
-    return sorted(v & top for v in vals)
-
-
-# ---------------------------------------------------------------- mutations
-
-def put(data: bytearray, offset: int, width: int, value: int) -> None:
-    if 0 <= offset and offset + width <= len(data):
-        data[offset:offset + width] = (value & ((1 << (8 * width)) - 1)).to_bytes(width, "little")
-
-
-@st.composite
-def mutated(draw):
-    seed = draw(st.sampled_from(seeds()))
-    data = bytearray(seed.data)
-    for _ in range(draw(st.integers(1, 4))):
-        kind = draw(st.sampled_from(["field", "field", "field", "flip", "truncate", "nonul",
-                                     "overlap", "splice"]))
-        if kind == "field":
-            off, width, _label = draw(st.sampled_from(seed.fields))
-            value = draw(st.one_of(st.sampled_from(extremes(width, seed)),
-                                   st.integers(0, (1 << (8 * width)) - 1)))
-            put(data, off, width, value)
-        elif kind == "flip" and data:
-            for _ in range(draw(st.integers(1, 16))):
-                pos = draw(st.integers(0, len(data) - 1))
-                data[pos] ^= draw(st.integers(1, 255))
-        elif kind == "truncate":
-            at = draw(st.sampled_from(seed.boundaries)) + draw(st.integers(-2, 2))
-            del data[max(0, at):]
-        elif kind == "nonul":
-            strtabs = [s for s in seed.sections if s[1] == 3 and s[3]]
-            if strtabs:
-                _base, _t, off, size = draw(st.sampled_from(strtabs))
-                data[off:off + size] = b"A" * len(data[off:off + size])
-        elif kind == "overlap" and len(seed.sections) > 1:
-            a = draw(st.sampled_from(seed.sections))
-            b = draw(st.sampled_from(seed.sections))
-            put(data, a[0] + 24, 8, b[2])                      # A's data at B's offset
-            if draw(st.booleans()):
-                put(data, a[0] + 32, 8, b[3] + draw(st.integers(-8, 8)))
-            if draw(st.booleans()):
-                put(data, a[0] + 40, 4, (b[0] - seed.sections[0][0]) // 64)  # link A to B
-        elif kind == "splice" and data:
-            pos = draw(st.integers(0, len(data)))
-            if draw(st.booleans()):
-                data[pos:pos] = draw(st.binary(min_size=1, max_size=64))
-            else:
-                del data[pos:pos + draw(st.integers(1, 256))]
-    return bytes(data)
 
 
 FUZZ_SETTINGS = settings(

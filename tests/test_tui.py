@@ -13,8 +13,10 @@ import dataclasses
 import functools
 import signal
 
+from support import listing_of, source_lines
 from textual.widgets import DataTable
 
+from rseqtop import workload
 from rseqtop.model.synthetic import SyntheticSource
 from rseqtop.present.textsafe import printable
 from rseqtop.tui.app import RseqtopApp, make_app
@@ -247,7 +249,9 @@ def our_binding_keys(cls) -> list:
 
 def test_every_binding_has_help_text():
     helped = {key for k in KEYS if k.name and k.help for key in [b.key for b in k.bindings] + list(k.table_keys)}
-    for cls in (RseqtopApp, ProcessScreen):
+    from rseqtop.tui.annotate_screen import AnnotateScreen
+
+    for cls in (RseqtopApp, ProcessScreen, AnnotateScreen):
         for key in our_binding_keys(cls):
             assert key in helped, f"{cls.__name__} binds {key!r} without a line in rseqtop/tui/keys.py KEYS"
     footer = [k.footer_at for k in KEYS if k.footer]
@@ -450,3 +454,77 @@ def test_the_private_datatable_api_keyed_table_relies_on_is_there():
     for attr in ("_row_locations", "_column_locations", "_data", "_show_hover_cursor", "_require_update_dimensions"):
         assert hasattr(table, attr), attr
     assert hasattr(DataTable, "_pseudo_class_state") or hasattr(table, "_pseudo_class_state")
+
+
+# -- section drill-down (annotate) ----------------------------------------------
+class DelaySites(SyntheticSource):
+    """The synthetic delay section (pid 1004's fifth) interrupted at two
+    instruction starts of the real workload's delay section."""
+
+    OFFSETS = (0x12, 0x17)
+
+    def poll(self):
+        snap = super().poll()
+        sites = []
+        for s in snap.sites:
+            if s.symbol.endswith("rseq_op_delay+0x0"):
+                a, b = self.OFFSETS
+                s = dataclasses.replace(s, offsets=((a, s.aborts - s.aborts // 4), (b, s.aborts // 4)),
+                                        post_commit_offset=0x1e)
+            sites.append(s)
+        return dataclasses.replace(snap, sites=tuple(sites))
+
+
+class WorkloadDelayListing:
+    """An annotator that reads the real workload binary's delay section,
+    whatever address the synthetic site has; counts how often it is asked."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, pid, start_ip, post_commit_offset, abort_ip):
+        self.calls += 1
+        return listing_of(workload.build(), "delay")
+
+
+@sync
+async def test_enter_on_a_section_shows_its_annotated_listing():
+    from rseqtop.tui.annotate_screen import AnnotateScreen
+
+    annotator = WorkloadDelayListing()
+    app = make_app(DelaySites(5, 3), delay=3600.0, first_rate_after=0.01, annotator=annotator)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_polls(pilot, app, 2)
+        app.open_process(1004)
+        await pilot.pause()
+        sites = app.screen.query_one("#sites")
+        sites.focus()
+        delay = next(s for s in app.shown.cur.sites_of(1004) if "rseq_op_delay" in s.symbol)
+        for _ in range(len(row_keys(sites))):
+            if sites.selected_key() == str(delay.start_ip):
+                break
+            await pilot.press("down")
+        await pilot.press("enter")
+        screen = app.screen
+        assert isinstance(screen, AnnotateScreen) and screen.start_ip == delay.start_ip
+        for _ in range(500):  # the listing is read in a thread worker
+            if screen.loaded:
+                break
+            await asyncio.sleep(0.01)
+        await pilot.pause()
+        body = str(screen.query_one("#ann-body").render())
+        assert screen.error == "", screen.error
+        asm_line, counter_line = source_lines("delay")
+        assert f"rseq_abi.c:{asm_line}" in body and f"rseq_abi.c:{counter_line}" in body
+        site = next(s for s in app.shown.cur.sites_of(1004) if s.start_ip == delay.start_ip)
+        lines = {line.split()[1]: line.split() for line in body.splitlines() if line.startswith("rseq_abi.c")
+                 and line.split()[1].startswith("+")}
+        for off, n in site.offsets:
+            assert lines[f"+{off:#x}"][-2] == str(n)  # INTERRUPTED column
+        await poll(pilot, app)  # counts follow refreshes; the listing is not read again
+        body = str(screen.query_one("#ann-body").render())
+        site = next(s for s in app.shown.cur.sites_of(1004) if s.start_ip == delay.start_ip)
+        assert f" {dict(site.offsets)[0x12]} " in body
+        assert annotator.calls == 1
+        await pilot.press("escape")
+        assert isinstance(app.screen, ProcessScreen)

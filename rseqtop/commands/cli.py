@@ -19,6 +19,7 @@ from rseqtop.errors import UserError
 COMMANDS = {
     "top": ("rseqtop.commands.top", "live view of rseq aborts (the default command)"),
     "trace": ("rseqtop.commands.trace", "print one line per rseq abort as it happens"),
+    "annotate": ("rseqtop.commands.annotate", "a critical section's instructions, source lines and where it aborts"),
     "export": ("rseqtop.commands.export", "serve Prometheus metrics"),
     "record": ("rseqtop.commands.record", "record snapshots over time to a file for 'rseqtop report'"),
     "report": ("rseqtop.commands.report", "turn a recording into one self-contained HTML page"),

@@ -38,7 +38,7 @@
  * checks that the kernel wrote it back (kernels 6.19 to 7.0.9 did not).
  *
  * Built by rseqtop.workload from every .c file of this folder in one
- * compiler call: cc -O2 -Wall -Wextra -pthread -o rseq-workload *.c
+ * compiler call: cc -O2 -g -Wall -Wextra -pthread -o rseq-workload *.c
  * (plus -Werror in rseqtop's test suite).
  *
  * The files:

@@ -22,6 +22,7 @@ from rseqtop.present.columns import PROCESS_COLUMNS, THREAD_COLUMNS, sort_rows, 
 from rseqtop.present.rows import LiveModel, row_filter
 from rseqtop.present.textsafe import printable
 from rseqtop.tui import keys as key_table
+from rseqtop.tui.annotate_screen import AnnotateScreen
 from rseqtop.tui.help_screen import HelpScreen
 from rseqtop.tui.keyed_table import KeyedTable
 from rseqtop.tui.messages import PollFailed, SnapshotReady
@@ -49,8 +50,11 @@ class RseqtopApp(App):
     BINDINGS = list(key_table.BINDINGS)  # every key is in rseqtop/tui/keys.py
 
     def __init__(self, source, delay: float = 1.0, watching: str = "all processes", close_source: bool = False,
-                 first_rate_after: float = FIRST_RATE_AFTER) -> None:
+                 first_rate_after: float = FIRST_RATE_AFTER, annotator=None) -> None:
         super().__init__()
+        # (pid, start_ip, post_commit_offset, abort_ip) -> Listing: the
+        # section drill-down's reader (tests pass their own)
+        self._annotator = annotator
         self.source = source
         self.delay = delay
         self.watching = watching
@@ -151,7 +155,7 @@ class RseqtopApp(App):
         self.render_table()
         self.render_keys()
         screen = self.screen
-        if isinstance(screen, ProcessScreen):
+        if isinstance(screen, (ProcessScreen, AnnotateScreen)):
             screen.show(self.shown)
 
     def render_summary(self) -> None:
@@ -338,6 +342,17 @@ class RseqtopApp(App):
     def open_process(self, pid: int) -> None:
         self.want_thread_details(True)
         self.push_screen(ProcessScreen(pid))
+
+    @property
+    def annotator(self):
+        if self._annotator is None:
+            from rseqtop.symbols.annotate import Annotator
+
+            self._annotator = Annotator()
+        return self._annotator
+
+    def open_section(self, pid: int, start_ip: int) -> None:
+        self.push_screen(AnnotateScreen(pid, start_ip))
 
     async def action_quit(self) -> None:
         self.exit()

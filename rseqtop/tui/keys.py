@@ -36,7 +36,8 @@ class Key:
 
 KEYS = (
     Key("Up/Down PgUp/PgDn", "move the selection", table_keys=("up", "down", "pageup", "pagedown")),
-    Key("Enter", "open the selected process: its threads and critical sections", table_keys=("enter",),
+    Key("Enter", "open the selected process; in a process, the selected section's annotated code",
+        table_keys=("enter",),
         footer="details", footer_at=3),
     Key("Escape", "go back (from a process; clears the filter in the main view)",
         (Binding("escape", "clear_filter", "clear filter", show=False),)),

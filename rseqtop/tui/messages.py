@@ -18,3 +18,13 @@ class SnapshotReady(Message):
 @dataclass
 class PollFailed(Message):
     error: str
+
+
+@dataclass
+class AnnotationReady(Message):
+    """A section's listing (rseqtop.symbols.annotate.Listing), or why not."""
+
+    pid: int
+    start_ip: int
+    listing: object
+    error: str

@@ -6,7 +6,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import Static
+from textual.widgets import DataTable, Static
 
 from rseqtop.present.columns import DETAIL_THREAD_COLUMNS, SITE_COLUMNS, THREAD_COLUMNS, rate, ratio, sort_rows
 from rseqtop.present.rows import LiveModel, cause_split
@@ -34,7 +34,7 @@ class ProcessScreen(Screen):
         yield Static(Text("Critical sections (binary!symbol+offset; INTERRUPTED AT: offset from the section's start)"),
                      classes="title")
         yield KeyedTable(id="sites")
-        yield Static(Text("Escape back  Tab switch table  p pause  ? help  q quit"), id="proc-keys")
+        yield Static(Text("Escape back  Tab switch table  Enter annotate section  p pause  ? help  q quit"), id="proc-keys")
 
     def on_mount(self) -> None:
         self.query_one("#threads", KeyedTable).set_columns(DETAIL_THREAD_COLUMNS)
@@ -44,6 +44,12 @@ class ProcessScreen(Screen):
     def action_back(self) -> None:
         self.app.pop_screen()
         self.app.want_thread_details(self.app.threads_mode)  # type: ignore[attr-defined]
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.data_table.id != "sites" or event.row_key.value is None:
+            return
+        event.stop()
+        self.app.open_section(self.pid, int(event.row_key.value))  # type: ignore[attr-defined]
 
     def show(self, model: LiveModel) -> None:
         summary = self.query_one("#proc-summary", Static)

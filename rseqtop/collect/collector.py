@@ -20,6 +20,7 @@ from rseqtop.collect.assemble import Assembly, View, assemble
 from rseqtop.collect.loader import Probes
 from rseqtop.collect.reader import THREAD_MODES, MapReader
 from rseqtop.collect.records import MapRecords
+from rseqtop.collect.uprobes import HandlerProbes
 from rseqtop.errors import UserError
 from rseqtop.model.snapshot import Counts, Snapshot
 from rseqtop.symbols.symbolizer import Symbolizer
@@ -54,7 +55,7 @@ class Collector:
                  emit_events: bool = False, tracefs_root: Optional[Path] = None,
                  symbolizer: Optional[Symbolizer] = None, keep_dead_seconds: float = 60.0,
                  keep_dead_max: int = 4096, syscalls: bool = False, mm_cid_window: float = MM_CID_WINDOW,
-                 threads: str = "all"):
+                 threads: str = "all", uprobes: bool = False):
         self._pids = set(pids) if pids else set()
         self._comm = compile_comm(comm)
         self._cgroups = list(cgroups or ())
@@ -62,7 +63,9 @@ class Collector:
         self._want_mm_cid = False
         self.mm_cid_window = mm_cid_window
         self.want_threads(threads)
-        self.loader = Probes(sizes, syscalls, tracefs_root)
+        self.loader = Probes(sizes, syscalls, tracefs_root, uprobes)
+        # --uprobes: abort handlers probed as processes and sections appear
+        self.handlers = HandlerProbes(self.loader.attach_handler) if uprobes else None
         self._reader: Optional[MapReader] = None
         self.reaper = reaper_mod.Reaper(keep_dead_seconds, keep_dead_max)
         self.symbolize = symbolizer or Symbolizer()
@@ -99,6 +102,7 @@ class Collector:
         self._reader = MapReader(self.loader)
         self._configure()
         self.loader.watch_sites(self._on_new_site)
+        self._scan_handlers(self._pids)
         return self
 
     def __enter__(self) -> "Collector":
@@ -119,6 +123,20 @@ class Collector:
     def _on_new_site(self, tgid: int, gen: int, start_ip: int) -> None:
         self._note_generation(tgid, gen)
         self.symbolize(tgid, start_ip)
+        if self.handlers is not None:
+            # a handler no section table named (or of a file mapped since)
+            abort_ip = self.loader.site_abort_ip(tgid, gen, start_ip)
+            if abort_ip:
+                self.handlers.add_handler(tgid, abort_ip)
+
+    def _scan_handlers(self, idents) -> None:
+        """--uprobes: probe the abort handlers of processes (pids, or
+        (pid, gen) pairs) not scanned yet."""
+        if self.handlers is None:
+            return
+        for ident in idents:
+            pid, gen = ident if isinstance(ident, tuple) else (ident, self._gens.get(ident, 0))
+            self.handlers.scan_process(pid, gen)
 
     def _note_generation(self, pid: int, gen: int) -> None:
         if self._gens.get(pid, gen) < gen:
@@ -133,6 +151,7 @@ class Collector:
         self._cgroups = list(cgroups or ())
         if self.bpf is not None:
             self._configure()
+            self._scan_handlers(self._pids)
 
     def set_emit_events(self, on: bool) -> None:
         self._emit_events = on
@@ -184,6 +203,7 @@ class Collector:
         self._last_totals = dict(a.last_totals)
         for pid, gen in a.newest.items():
             self._note_generation(pid, gen)
+        self._scan_handlers(rec.live_idents())  # processes started since the last poll
         self.records, self.assembly = rec, a
         return a.snapshot
 
@@ -207,6 +227,8 @@ class Collector:
             if self._gens.get(pid) == gen and not os.path.exists(f"/proc/{pid}"):
                 self._gens.pop(pid, None)
                 self.symbolize.forget(pid)
+                if self.handlers is not None:
+                    self.handlers.forget(pid)
         self.records = self.assembly = None  # what they list is partly deleted now
         return len(gone)
 

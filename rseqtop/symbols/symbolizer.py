@@ -88,7 +88,7 @@ def find_mapping(pid: int, addr: int, proc: str = PROC,
 _DELETED = " (deleted)"
 
 
-def _open_mapped_file(pid: int, m: Mapping, proc: str) -> int:
+def open_mapped_file(pid: int, m: Mapping, proc: str) -> int:
     """An fd on the file behind mapping M (regular files only), or ElfError."""
     try:
         return elfsym.open_regular(f"{proc}/{pid}/map_files/{m.start_text}-{m.end_text}")
@@ -148,7 +148,7 @@ class ElfResolver:
         module = m.path[:-len(_DELETED)] if m.path.endswith(_DELETED) else m.path
         file_offset = addr - m.start + m.offset
         try:
-            fd = _open_mapped_file(pid, m, self.proc)
+            fd = open_mapped_file(pid, m, self.proc)
         except elfsym.ElfError:
             return None
         try:

@@ -190,7 +190,10 @@ class Collector:
         """One read of the maps, as plain records."""
         if self.bpf is None:
             raise RuntimeError("collector is not attached")
-        self._reader.threads = self._threads_mode
+        # threads with only user-detected aborts have no kernel abort: the
+        # kernel's "aborting" selection would leave them out
+        mode = self._threads_mode
+        self._reader.threads = "all" if mode == "aborting" and self.handlers is not None else mode
         rec = self._reader.read()
         # mm_cid as sampled since the previous read; the next sample starts now
         self.loader.mm_cid(self._want_mm_cid, self.mm_cid_window)

@@ -81,6 +81,9 @@ class Probes:
 
     def attach(self) -> None:
         check_privileges()
+        if self.uprobes and not kernel.uprobes_available(self._tracefs_root or tracefs.ensure_root()):
+            raise UserError("--uprobes: this kernel takes no uprobes (needs CONFIG_UPROBE_EVENTS); "
+                            "run without --uprobes, see 'rseqtop doctor'")
         bcc = import_bcc()
         self.bcc_lib = bcc.lib
         text = self.generate()

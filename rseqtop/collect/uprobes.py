@@ -20,14 +20,19 @@ by the bounded pure-Python ELF reader and never handed to bcc's C parser.
 from __future__ import annotations
 
 import os
+import platform
 import threading
 import time
 from typing import Callable, Optional
 
+from rseqtop.errors import UserError
+from rseqtop.kernel import facts as kernel
 from rseqtop.symbols import elf as elfsym
 from rseqtop.symbols.symbolizer import PROC, Mapping, find_mapping, open_mapped_file, parse_maps_line
 
-RSEQ_SIG = 0x53053053  # x86-64 (librseq, the kernel selftests, the bundled workload)
+# this machine's (x86-64: 0x53053053, as librseq, the kernel selftests and
+# the bundled workload write it); None: unknown, nothing can be verified
+RSEQ_SIG = kernel.RSEQ_SIGS.get(platform.machine())
 SCAN_BUDGET = 0.5  # seconds per file parse
 MAX_PROBES = 4096  # uprobes at most (each costs a kernel uprobe and an fd)
 _MAX_MAPS_LINES = 100_000
@@ -49,7 +54,11 @@ class HandlerProbes:
     """The uprobes at abort handlers: which files were scanned, which
     handlers (by file identity and offset) have one."""
 
-    def __init__(self, attach: Attach, proc: str = PROC, sig: int = RSEQ_SIG, max_probes: int = MAX_PROBES):
+    def __init__(self, attach: Attach, proc: str = PROC, sig: Optional[int] = RSEQ_SIG,
+                 max_probes: int = MAX_PROBES):
+        if sig is None:
+            raise UserError(f"--uprobes: no known rseq signature (RSEQ_SIG) for {platform.machine()}, so no "
+                            f"abort handler can be verified; run without --uprobes", exit_code=2)
         self._attach = attach
         self._proc = proc
         self._sig = sig
@@ -64,6 +73,10 @@ class HandlerProbes:
     @property
     def probed(self) -> int:
         return len(self._probed)
+
+    def probed_in(self, ident: tuple) -> int:
+        """Uprobes in the file (st_dev, st_ino)."""
+        return sum(1 for p in self._probed if p[:2] == ident)
 
     # -- entry points ---------------------------------------------------
     def scan_process(self, pid: int, gen: int = 0) -> int:

@@ -195,6 +195,73 @@ def test_assembly_user_aborts_are_hits_minus_kernel_aborts_or_none():
     assert off.sites[0].user_aborts is None and not off.self_stats.uprobes
 
 
+# -- front ends: null / absent without --uprobes, the numbers with it --------
+
+class Fixed:
+    """A snapshot source that always returns the same snapshot."""
+
+    def __init__(self, snap):
+        self.snap = snap
+
+    def poll(self):
+        return self.snap
+
+    def reap(self):
+        return 0
+
+
+def front_ends(snap, pid: int) -> tuple:
+    """(the process's JSON object, the exporter's rseqtop_user_aborts_total
+    for it) from one snapshot."""
+    from prometheus_client import CollectorRegistry
+
+    from rseqtop.exporter.metrics import RseqCollector
+    from rseqtop.present import textout
+    from rseqtop.present.rows import LiveModel
+
+    model = LiveModel()
+    model.update(snap)
+    record = textout.json_record(model, include_idle=True)
+    proc = next(p for p in record["processes"] if p["pid"] == pid)
+    reg = CollectorRegistry()
+    reg.register(RseqCollector(Fixed(snap), labels="pid", identity=None))
+    comm = snap.process(pid).comm
+    metric = reg.get_sample_value("rseqtop_user_aborts_total",
+                                  {"comm": comm, "pod_uid": "", "container_id": "", "pid": str(pid)})
+    return record, proc, metric
+
+
+def test_front_ends_say_not_measured_without_uprobes():
+    snap = assemble(_records(None)).snapshot
+    record, proc, metric = front_ends(snap, 100)
+    assert record["self"]["uprobes"] is False and record["self"]["handlers_probed"] is None
+    assert proc["aborts"] == 7 and proc["user_aborts"] is None and proc["all_aborts"] is None
+    assert all(t["user_aborts"] is None and t["all_aborts"] is None for t in proc["threads"])
+    assert all(s["user_aborts"] is None for s in proc["sections"])
+    assert metric is None  # absent, not 0
+    from rseqtop.present.columns import USER_ABORTS_COLUMN
+    from rseqtop.present.rows import LiveModel
+
+    model = LiveModel()
+    model.update(snap)
+    assert {USER_ABORTS_COLUMN.fmt(r) for r in model.thread_rows(include_idle=True)} == {"-"}
+
+
+def test_front_ends_show_user_aborts_with_uprobes():
+    snap = assemble(_records((HandlerRecord(100, 0, 100, 0x1040, 12, 5),))).snapshot
+    record, proc, metric = front_ends(snap, 100)
+    assert record["self"]["uprobes"] is True
+    assert (proc["aborts"], proc["user_aborts"], proc["all_aborts"]) == (7, 7, 14)
+    assert {t["tid"]: (t["user_aborts"], t["all_aborts"]) for t in proc["threads"]} == {100: (7, 12), 101: (0, 2)}
+    assert metric == 7
+    from rseqtop.present.columns import USER_ABORTS_COLUMN
+    from rseqtop.present.rows import LiveModel
+
+    model = LiveModel()
+    model.update(snap)
+    assert sorted(USER_ABORTS_COLUMN.fmt(r) for r in model.thread_rows(include_idle=True)) == ["0", "7"]
+
+
 # -- the real kernel -------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -251,6 +318,15 @@ def test_kernel_user_and_total_aborts_exact_per_thread_and_site(probed, mode, re
         site = next((s for s in snap.sites_of(pid) if s.start_ip == int(op["start_ip"], 16)), None)
         if site is not None:
             assert site.user_aborts == op["cpu_mismatch"], op["symbol"]
+    # the same numbers as rseqtop --json and the exporter show them
+    _, jproc, metric = front_ends(snap, pid)
+    assert metric == summary["totals"]["cpu_mismatch"]
+    workers = [jt for jt in jproc["threads"] if str(jt["tid"]) in summary["threads"]]
+    assert len(workers) == len(summary["threads"])
+    for jt in workers:
+        rec = summary["threads"][str(jt["tid"])]
+        assert (jt["aborts"], jt["user_aborts"], jt["all_aborts"]) == \
+            (rec["aborts"], rec["cpu_mismatch"], rec["aborts"] + rec["cpu_mismatch"])
     print("tid workload-kernel rseqtop-kernel workload-user rseqtop-user:", rows)
     record_property("figure", f"kernel {proc.counts.aborts}={summary['totals']['aborts']}, user "
                               f"{proc.user_aborts}={summary['totals']['cpu_mismatch']}, {len(rows)} threads")

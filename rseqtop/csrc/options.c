@@ -217,8 +217,8 @@ static void print_help(void)
 "                           handler (abort_ip), as librseq's sections do; the\n"
 "                           handler still counts it as cpu_mismatch, not as an\n"
 "                           abort (a uprobe on the handler sees both)\n"
-"  --mismatch-every N       every Nth attempt of each thread compares with a cpu_id\n"
-"                           no CPU has, so that its cpu_id check fails\n"
+"  --mismatch-every N       every Nth attempt (N >= 2) of each thread compares\n"
+"                           with a cpu_id no CPU has, so that its check fails\n"
 "  --idle-threads N         N more threads (besides --threads; --threads 0\n"
 "                           allowed) that sleep and wake every --idle-period\n"
 "                           to run ONE operation of the round robin each, with\n"
@@ -311,7 +311,7 @@ void parse_args(int argc, char **argv)
 		case O_YIELD: cfg.yield = 1; break;
 		case O_MISMATCH_TO_ABORT: cfg.mismatch_to_abort = 1; break;
 		case O_MISMATCH_EVERY:
-			cfg.mismatch_every = parse_int("--mismatch-every", optarg, 1, LLONG_MAX);
+			cfg.mismatch_every = parse_int("--mismatch-every", optarg, 2, LLONG_MAX);
 			break;
 		case O_SIGNAL: cfg.signal_rate = parse_positive_double("--signal-rate", optarg); break;
 		case O_MIGRATE: cfg.migrate_rate = parse_positive_double("--migrate-rate", optarg); break;

@@ -93,6 +93,35 @@ def test_library_handlers_are_its_abort_labels_and_the_decoy_is_refused(rseq_lib
         os.close(fd)
 
 
+def section_ranges(path) -> dict:
+    """name -> (file offset, size), as readelf lists them."""
+    out = {}
+    text = subprocess.run(["readelf", "-S", "-W", str(path)], capture_output=True, text=True, check=True).stdout
+    for line in text.splitlines():
+        f = line.replace("[ ", "[").split()
+        if "PROGBITS" in f:
+            i = f.index("PROGBITS")
+            out[f[i - 1]] = (int(f[i + 2], 16), int(f[i + 3], 16))
+    return out
+
+
+def test_descriptors_left_to_relocations_are_read_from_them(rseq_lib):
+    """lld writes 0 in place of an address that a RELATIVE relocation
+    fills at load time: zero every such word of the library (descriptor
+    start_ip and abort_ip, the pointer array); the same handlers are found
+    through the relocations' addends."""
+    data = bytearray(rseq_lib.read_bytes())
+    before = elfsym.rseq_handlers_bytes(bytes(data), SIG)
+    sec = section_ranges(rseq_lib)
+    off, size = sec["__rseq_cs_ptr_array"]
+    data[off:off + size] = bytes(size)
+    for name in ("__rseq_cs", ".data.rel.ro"):
+        off, size = sec[name]
+        for k in range(off, off + size, 32):
+            data[k + 8:k + 16] = data[k + 24:k + 32] = bytes(8)
+    assert len(before) == 2 and elfsym.rseq_handlers_bytes(bytes(data), SIG) == before
+
+
 def test_workload_handlers_are_its_abort_ips():
     """The workload prints each section's run-time abort_ip and function
     address; the function's link-time address (its symbol) gives the load

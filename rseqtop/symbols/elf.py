@@ -507,6 +507,10 @@ def _cstring(table: bytes, offset: int, max_len: int) -> str:
 # ---------------------------------------------------------------- rseq handlers
 
 _PF_X = 1
+_SHT_RELA = 4
+_RELA = struct.Struct("<QQq")                    # Elf64_Rela: 24 bytes
+_R_RELATIVE = {8, 1027}                          # R_X86_64_RELATIVE, R_AARCH64_RELATIVE
+_MAX_RELOCS = 4_000_000                          # entries read per file, all RELA sections together
 _RSEQ_CS = struct.Struct("<IIQQQ")               # struct rseq_cs: 32 bytes
 _RSEQ_SECTIONS = (b"__rseq_cs", b"__rseq_cs_ptr_array")
 _MAX_DESCRIPTORS = 65536                         # per file, both sections together
@@ -531,11 +535,35 @@ def _vaddr_to_offset(segments: List[Segment], vaddr: int, length: int, executabl
     return None
 
 
+def _relative_relocs(src: _Source, shdrs: List[tuple], limits: Limits, deadline: Optional[float]) -> dict:
+    """r_offset -> addend of the RELATIVE relocations of SHT_RELA sections
+    (bounded: _MAX_RELOCS entries in all)."""
+    out: dict = {}
+    budget = _MAX_RELOCS
+    for sh in shdrs:
+        if sh[1] != _SHT_RELA or budget <= 0:
+            continue
+        sh_offset, sh_size, entsize = sh[4], sh[5], sh[9] or _RELA.size
+        if entsize != _RELA.size:
+            raise ElfError(f"relocation entry size {entsize}, expected {_RELA.size}")
+        if sh_offset > src.size or sh_size > src.size - sh_offset:
+            raise ElfError("relocation section extends past the end of the file")
+        count = min(sh_size // _RELA.size, budget)
+        budget -= count
+        raw = src.read(sh_offset, count * _RELA.size)
+        for n, (r_offset, r_info, r_addend) in enumerate(_RELA.iter_unpack(raw)):
+            if n % _CHECK_EVERY == 0:
+                _check_deadline(deadline)
+            if r_info & 0xFFFFFFFF in _R_RELATIVE and r_addend > 0:
+                out[r_offset] = r_addend
+    return out
+
+
 def _rseq_handlers(src: _Source, limits: Limits, deadline: Optional[float], sig: int) -> Tuple[RseqHandler, ...]:
     """The abort handlers named by the descriptors (struct rseq_cs) in
-    section __rseq_cs and by the pointers in __rseq_cs_ptr_array, as the
-    linker wrote them (link-time addresses: a descriptor whose fields are
-    left to dynamic relocations reads 0 and is skipped). A handler counts
+    section __rseq_cs and by the pointers in __rseq_cs_ptr_array, at their
+    link-time addresses: as the linker wrote them in place, or (a 0 in
+    place) as the addend of a RELATIVE relocation there. A handler counts
     only if the kernel would accept it: version 0, abort_ip outside
     [start_ip, start_ip + post_commit_offset), in an executable segment,
     and preceded by the signature SIG."""
@@ -550,19 +578,34 @@ def _rseq_handlers(src: _Source, limits: Limits, deadline: Optional[float], sig:
             if sh[4] > src.size or sh[5] > src.size - sh[4]:
                 raise ElfError(f"section {name.decode()} extends past the end of the file")
             found[name] = src.read(sh[4], min(sh[5], _MAX_DESCRIPTORS * _RSEQ_CS.size))
+    if not found:
+        return ()
+    relative = _relative_relocs(src, shdrs, limits, deadline)
+
+    def word(addr: int, value: int) -> int:
+        # a linker that leaves the value to a RELATIVE relocation (lld)
+        # writes 0 in place and the value as the relocation's addend
+        return value or relative.get(addr, 0)
+
+    def descriptor(addr: int, raw: bytes, at: int = 0) -> tuple:
+        version, flags, start_ip, pco, abort_ip = _RSEQ_CS.unpack_from(raw, at)
+        return version, flags, word(addr + 8, start_ip), pco, word(addr + 24, abort_ip)
+
     descriptors = []
     table = found.get(b"__rseq_cs", b"")
-    descriptors += [_RSEQ_CS.unpack_from(table, k) for k in range(0, len(table) - _RSEQ_CS.size + 1, _RSEQ_CS.size)]
+    base = next((sh[3] for sh in shdrs if _cstring(names, sh[0], 32) == "__rseq_cs"), 0)
+    descriptors += [descriptor(base + k, table, k) for k in range(0, len(table) - _RSEQ_CS.size + 1, _RSEQ_CS.size)]
     ptrs = found.get(b"__rseq_cs_ptr_array", b"")
+    pbase = next((sh[3] for sh in shdrs if _cstring(names, sh[0], 32) == "__rseq_cs_ptr_array"), 0)
     for k in range(0, len(ptrs) - 7, 8):
         if len(descriptors) >= _MAX_DESCRIPTORS:
             break
         if k % (8 * _CHECK_EVERY) == 0:
             _check_deadline(deadline)
-        (ptr,) = struct.unpack_from("<Q", ptrs, k)
+        ptr = word(pbase + k, struct.unpack_from("<Q", ptrs, k)[0])
         off = _vaddr_to_offset(segments, ptr, _RSEQ_CS.size, False)
         if off is not None:
-            descriptors.append(_RSEQ_CS.unpack(src.read(off, _RSEQ_CS.size)))
+            descriptors.append(descriptor(ptr, src.read(off, _RSEQ_CS.size)))
     handlers = {}
     want = struct.pack("<I", sig & 0xFFFFFFFF)
     for n, (version, _flags, start_ip, post_commit_offset, abort_ip) in enumerate(descriptors[:_MAX_DESCRIPTORS]):

@@ -291,6 +291,29 @@ def test_front_ends_show_user_aborts_with_uprobes():
     assert sorted(USER_ABORTS_COLUMN.fmt(r) for r in model.thread_rows(include_idle=True)) == ["0", "7"]
 
 
+def test_trace_prints_each_threads_new_user_aborts_once():
+    import io
+    import json
+
+    from rseqtop.commands.trace import Tracer
+
+    out = io.StringIO()
+    tracer = Tracer(None, out, True, set(), None)
+    tracer.show_user_aborts(assemble(_records((HandlerRecord(100, 0, 100, 0x1040, 12, 5),))).snapshot)
+    tracer.show_user_aborts(assemble(_records((HandlerRecord(100, 0, 100, 0x1040, 15, 5),))).snapshot)
+    tracer.show_user_aborts(assemble(_records((HandlerRecord(100, 0, 100, 0x1040, 15, 5),))).snapshot)
+    lines = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert [(x["tid"], x["user_aborts"], x["user_aborts_total"]) for x in lines] == [(100, 7, 7), (100, 3, 10)]
+
+
+def test_doctor_says_whether_uprobes_are_usable():
+    from rseqtop.commands.doctor import PASS, WARN, uprobes_check
+
+    assert uprobes_check(True, "x86_64").status == PASS
+    assert uprobes_check(False, "x86_64").status == WARN and "CONFIG_UPROBE_EVENTS" in uprobes_check(False, "x86_64").fix
+    assert uprobes_check(True, "riscv64").status == WARN
+
+
 # -- the real kernel -------------------------------------------------------
 
 @pytest.fixture(scope="module")

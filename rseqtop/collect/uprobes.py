@@ -28,7 +28,13 @@ from typing import Callable, Optional
 from rseqtop.errors import UserError
 from rseqtop.kernel import facts as kernel
 from rseqtop.symbols import elf as elfsym
-from rseqtop.symbols.symbolizer import PROC, Mapping, find_mapping, open_mapped_file, parse_maps_line
+from rseqtop.symbols.symbolizer import (
+    PROC,
+    Mapping,
+    find_mapping,
+    open_mapped_file,
+    parse_maps_line,
+)
 
 # this machine's (x86-64: 0x53053053, as librseq, the kernel selftests and
 # the bundled workload write it); None: unknown, nothing can be verified

@@ -580,12 +580,16 @@ def _rseq_handlers(src: _Source, limits: Limits, deadline: Optional[float], sig:
             found[name] = src.read(sh[4], min(sh[5], _MAX_DESCRIPTORS * _RSEQ_CS.size))
     if not found:
         return ()
-    relative = _relative_relocs(src, shdrs, limits, deadline)
+    relative: list = []  # the RELATIVE relocations, read at the first 0 in place
 
     def word(addr: int, value: int) -> int:
         # a linker that leaves the value to a RELATIVE relocation (lld)
         # writes 0 in place and the value as the relocation's addend
-        return value or relative.get(addr, 0)
+        if value:
+            return value
+        if not relative:
+            relative.append(_relative_relocs(src, shdrs, limits, deadline))
+        return relative[0].get(addr, 0)
 
     def descriptor(addr: int, raw: bytes, at: int = 0) -> tuple:
         version, flags, start_ip, pco, abort_ip = _RSEQ_CS.unpack_from(raw, at)

@@ -324,15 +324,17 @@ def probed(bpf_ok):
     with Collector(uprobes=True) as c:
         # A process started after rseqtop: its maps are scanned at a poll,
         # which probes the workload binary for every later process too.
-        proc = workload.start(["--threads", "1", "--duration", "2", "--op", "counter"],
+        # It runs until then (a loaded machine may be slow to poll).
+        proc = workload.start(["--threads", "1", "--duration", "120", "--op", "counter"],
                               stdout=subprocess.DEVNULL)
         try:
             st = os.stat(path)
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 100
             while c.handlers.probed_in((st.st_dev, st.st_ino)) < 5 and time.monotonic() < deadline:
                 time.sleep(0.2)
                 c.poll()
         finally:
+            proc.kill()
             proc.wait(timeout=60)
         assert c.handlers.probed_in((st.st_dev, st.st_ino)) == 5, \
             "the workload's 5 handlers were not probed from a poll's scan"
@@ -397,3 +399,34 @@ def test_mismatches_that_skip_the_handler_are_not_user_aborts(probed, record_pro
         t = next(t for t in snap.threads_of(pid) if t.tid == int(tid))
         assert t.counts.aborts == rec["aborts"] and t.user_aborts == 0
     record_property("figure", f"0 user aborts for {summary['totals']['cpu_mismatch']} mismatches off the handler")
+
+
+@pytest.mark.kernel
+def test_a_shared_librarys_handler_runs_are_counted_for_the_thread(probed, rseq_lib, record_property):
+    """End to end through a library: this process maps the test library,
+    a scan probes its handlers, and each call of one (a handler run that no
+    kernel abort caused) is one user-detected abort of this thread."""
+    lib = ctypes.CDLL(str(rseq_lib))
+    st = os.stat(rseq_lib)
+    probed.handlers.scan_process(os.getpid(), 1 << 30)  # a (pid, gen) not scanned before
+    assert probed.handlers.probed_in((st.st_dev, st.st_ino)) == 2
+    tid = threading_tid()
+
+    def mine(snap):
+        return next((t.user_aborts for t in snap.threads if t.tid == tid), None) or 0
+
+    before = mine(probed.poll())
+    calls = 1000
+    for _ in range(calls):
+        lib.lib_abort_a()
+    for _ in range(calls // 2):
+        lib.lib_abort_b()
+    got = mine(probed.poll()) - before
+    assert got == calls + calls // 2
+    record_property("figure", f"{got}={calls + calls // 2} handler runs of a library")
+
+
+def threading_tid() -> int:
+    import threading
+
+    return threading.get_native_id()

@@ -224,6 +224,30 @@ def test_assembly_user_aborts_are_hits_minus_kernel_aborts_or_none():
     assert off.sites[0].user_aborts is None and not off.self_stats.uprobes
 
 
+def test_a_section_with_only_its_own_retries_gets_a_row_when_its_start_is_known():
+    handlers = (HandlerRecord(100, 0, 100, 0x1040, 12, 5), HandlerRecord(100, 0, 100, 0x2040, 4, 0))
+    starts = {0x2040: 0x2000}
+    snap = assemble(_records(handlers), section_of=lambda pid, gen, ip: starts.get(ip)).snapshot
+    rows = {s.start_ip: (s.aborts, s.user_aborts, s.abort_ip) for s in snap.sites}
+    assert rows == {0x1000: (7, 7, 0x1040), 0x2000: (0, 4, 0x2040)}
+    # unknown start: no row (the thread and process still count them)
+    snap = assemble(_records(handlers)).snapshot
+    assert [s.start_ip for s in snap.sites] == [0x1000] and snap.process(100).user_aborts == 11
+
+
+def test_scan_knows_each_handlers_section(rseq_lib):
+    lib = ctypes.CDLL(str(rseq_lib))
+    hp = HandlerProbes(lambda path, off: None)
+    hp.scan_process(os.getpid())
+    abort_a = ctypes.cast(lib.lib_abort_a, ctypes.c_void_p).value
+    abort_b = ctypes.cast(lib.lib_abort_b, ctypes.c_void_p).value
+    cs_a = ctypes.cast(lib.lib_cs_a, ctypes.c_void_p).value
+    cs_b = ctypes.cast(lib.lib_cs_b, ctypes.c_void_p).value
+    assert hp.section_start(os.getpid(), 0, abort_a) == cs_a
+    assert hp.section_start(os.getpid(), 0, abort_b) == cs_b
+    assert hp.section_start(os.getpid(), 0, abort_a + 1) is None
+
+
 # -- front ends: null / absent without --uprobes, the numbers with it --------
 
 class Fixed:
@@ -310,7 +334,8 @@ def test_doctor_says_whether_uprobes_are_usable():
     from rseqtop.commands.doctor import PASS, WARN, uprobes_check
 
     assert uprobes_check(True, "x86_64").status == PASS
-    assert uprobes_check(False, "x86_64").status == WARN and "CONFIG_UPROBE_EVENTS" in uprobes_check(False, "x86_64").fix
+    off = uprobes_check(False, "x86_64")
+    assert off.status == WARN and "CONFIG_UPROBE_EVENTS" in off.fix
     assert uprobes_check(True, "riscv64").status == WARN
 
 
@@ -384,6 +409,42 @@ def test_kernel_user_and_total_aborts_exact_per_thread_and_site(probed, mode, re
     print("tid workload-kernel rseqtop-kernel workload-user rseqtop-user:", rows)
     record_property("figure", f"kernel {proc.counts.aborts}={summary['totals']['aborts']}, user "
                               f"{proc.user_aborts}={summary['totals']['cpu_mismatch']}, {len(rows)} threads")
+
+
+@pytest.mark.kernel
+def test_every_section_with_user_aborts_has_a_row(probed, record_property):
+    """All five operations, few kernel aborts (one thread, its own CPU):
+    every section whose handler ran for its own retries is listed with the
+    workload's exact counts, kernel aborts or not."""
+    cpu = NCPU - 1
+    # polled while it runs: a section's start comes from the scan of the
+    # live process's maps (no kernel abort reports it)
+    proc = workload.start(["--threads", 1, "--cpus", cpu, "--duration", 2, "--in-cs-delay", 100,
+                           "--mismatch-to-abort", "--mismatch-every", 10])
+    try:
+        deadline = time.monotonic() + 60
+        while (proc.pid, 0) not in probed.handlers._procs and time.monotonic() < deadline:
+            probed.poll()
+            time.sleep(0.1)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    summary, snap = workload.parse_summary(out), probed.poll()
+    pid = summary["pid"]
+    sites = {s.start_ip: s for s in snap.sites_of(pid)}
+    checked = 0
+    for op in summary["ops"].values():
+        if not op["cpu_mismatch"]:
+            continue
+        s = sites.get(int(op["start_ip"], 16))
+        assert s is not None, op["symbol"]
+        assert (s.aborts, s.user_aborts) == (op["aborts"], op["cpu_mismatch"]), op["symbol"]
+        assert op["symbol"] in s.symbol
+        checked += 1
+    assert checked >= 3
+    no_kernel = sum(1 for op in summary["ops"].values() if op["cpu_mismatch"] and not op["aborts"])
+    record_property("figure", f"{checked} sections exact, {no_kernel} of them without kernel aborts")
 
 
 @pytest.mark.kernel

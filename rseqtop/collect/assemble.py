@@ -16,8 +16,17 @@ from rseqtop.collect.records import CallRecord, MapRecords, ProcRecord
 from rseqtop.kernel import bpfgen
 from rseqtop.kernel import facts as kernel
 from rseqtop.model.snapshot import (
-    ABI_NAMES, COUNT_FIELDS, Counts, MapFill, MembarrierStats, ProcessStats, SelfStats, SiteStats, Snapshot,
-    pairs, sum_counts,
+    ABI_NAMES,
+    COUNT_FIELDS,
+    Counts,
+    MapFill,
+    MembarrierStats,
+    ProcessStats,
+    SelfStats,
+    SiteStats,
+    Snapshot,
+    pairs,
+    sum_counts,
 )
 
 K = bpfgen.header_constants()
@@ -60,9 +69,12 @@ def membarrier_cmd_name(cmd: int) -> str:
 
 
 def assemble(rec: MapRecords, view: View = View(), last_totals: Mapping[Ident, Counts] = {},
-             forgotten: Counts = Counts(), symbol: Callable[[int, int], str] = lambda pid, ip: f"0x{ip:x}"
+             forgotten: Counts = Counts(), symbol: Callable[[int, int], str] = lambda pid, ip: f"0x{ip:x}",
+             section_of: Callable[[int, int, int], Optional[int]] = lambda pid, gen, abort_ip: None
              ) -> Assembly:
-    """symbol(pid, start_ip) names a critical section."""
+    """symbol(pid, start_ip) names a critical section; section_of(pid, gen,
+    abort_ip) is the start_ip of the section a handler serves, if known
+    (--uprobes: a section that never aborted in the kernel has no site)."""
     shown_before = dict(last_totals)
     everyone = _processes(rec, shown_before)
     # System-wide totals, before the display filter; processes already
@@ -77,7 +89,7 @@ def assemble(rec: MapRecords, view: View = View(), last_totals: Mapping[Ident, C
     threads = [t for t in rec.threads if (t.pid, t.gen) in keep]
     sites = _sites(rec, keep, symbol)
     if rec.handlers is not None:
-        processes, threads, sites = _with_user_aborts(rec.handlers, processes, threads, sites)
+        processes, threads, sites = _with_user_aborts(rec.handlers, processes, threads, sites, symbol, section_of)
     snap = Snapshot(rec.monotonic, rec.wall, rec.setup.era, rec.setup.era_description, totals,
                     tuple(sorted(processes, key=lambda p: p.pid)),
                     tuple(sorted(threads, key=lambda t: (t.pid, t.tid))),
@@ -189,11 +201,13 @@ def _sites(rec: MapRecords, keep: set, symbol: Callable[[int, int], str]) -> lis
             for s in rec.sites if (s.pid, s.gen) in keep]
 
 
-def _with_user_aborts(handlers: tuple, processes: list, threads: list, sites: list) -> tuple:
+def _with_user_aborts(handlers: tuple, processes: list, threads: list, sites: list, symbol, section_of) -> tuple:
     """--uprobes: each process, thread and section with its user-detected
     aborts (0 when its handlers never ran without a kernel abort). A
     thread's are in the map even after it exited, so a process's are the
-    sum over all its threads' records, not only the live ones."""
+    sum over all its threads' records, not only the live ones. A handler
+    whose section the kernel never aborted gets a section row of its own
+    when section_of knows the section's start."""
     by_proc: dict = {}
     by_thread: dict = {}
     by_handler: dict = {}
@@ -206,6 +220,13 @@ def _with_user_aborts(handlers: tuple, processes: list, threads: list, sites: li
     threads = [replace(t, user_aborts=by_thread.get((t.pid, t.gen, t.tid), 0)) for t in threads]
     gens = {p.pid: p.gen for p in processes}  # the one generation shown per pid
     sites = [replace(s, user_aborts=by_handler.get((s.pid, gens.get(s.pid), s.abort_ip), 0)) for s in sites]
+    known = {(s.pid, s.abort_ip) for s in sites} | {(s.pid, s.start_ip) for s in sites}
+    for (pid, gen, abort_ip), n in sorted(by_handler.items()):
+        if n and gens.get(pid) == gen and (pid, abort_ip) not in known:
+            start = section_of(pid, gen, abort_ip)
+            if start is not None and (pid, start) not in known:
+                known.add((pid, start))
+                sites.append(SiteStats(pid, start, symbol(pid, start), 0, abort_ip=abort_ip, user_aborts=n))
     return processes, threads, sites
 
 

@@ -25,11 +25,14 @@ from rseqtop.errors import UserError
 from rseqtop.model.snapshot import Counts, Snapshot
 from rseqtop.symbols.symbolizer import Symbolizer
 
-
 # Seconds after each read during which threads' mm_cid is recorded (0: all
 # the time while asked for). Shown mm_cid values are then each thread's
 # latest from such a window: exact for threads that ran in it.
 MM_CID_WINDOW = 0.2
+
+
+def _no_section(pid: int, gen: int, abort_ip: int) -> None:
+    return None
 
 
 def compile_comm(comm: Optional[str]) -> Optional[re.Pattern]:
@@ -136,7 +139,7 @@ class Collector:
             return
         for ident in idents:
             pid, gen = ident if isinstance(ident, tuple) else (ident, self._gens.get(ident, 0))
-            self.handlers.scan_process(pid, gen)
+            self.handlers.scan_process(pid, gen, lambda start, pid=pid: self.symbolize(pid, start))
 
     def _note_generation(self, pid: int, gen: int) -> None:
         if self._gens.get(pid, gen) < gen:
@@ -202,7 +205,7 @@ class Collector:
     def poll(self) -> Snapshot:
         rec = self.read()
         a = assemble(rec, View(frozenset(self._pids), self._comm), self._last_totals, self._forgotten,
-                     self.symbolize)
+                     self.symbolize, self.handlers.section_start if self.handlers is not None else _no_section)
         self._last_totals = dict(a.last_totals)
         for pid, gen in a.newest.items():
             self._note_generation(pid, gen)

@@ -72,6 +72,12 @@ class HandlerProbes:
         self._lock = threading.Lock()  # the new-site thread and the poll thread both add
         self._scanned: set = set()  # (st_dev, st_ino) of files whose sections were read
         self._probed: set = set()  # (st_dev, st_ino, file offset)
+        # (st_dev, st_ino) -> ((handler's file offset, its abort_ip - start_ip
+        # at link time), ...) from the section tables; and per process the
+        # run-time start_ip of each handler's section: for sections that only
+        # ever retried on their own, whose start no kernel abort reported
+        self._handlers_of: dict = {}
+        self._starts: dict = {}  # (pid, gen, run-time abort_ip) -> run-time start_ip
         self._procs: set = set()  # (pid, gen) whose maps were read
         self.refused = 0  # handlers the kernel refused a uprobe, or over max_probes
         self.rejected = 0  # addresses that were not a verified handler
@@ -85,17 +91,22 @@ class HandlerProbes:
         return sum(1 for p in self._probed if p[:2] == ident)
 
     # -- entry points ---------------------------------------------------
-    def scan_process(self, pid: int, gen: int = 0) -> int:
+    def scan_process(self, pid: int, gen: int = 0, on_section: Optional[Callable[[int], None]] = None) -> int:
         """Probe the handlers of every executable file PID maps (once per
-        (pid, gen) and per file). Returns how many uprobes were added."""
+        (pid, gen) and per file). Returns how many uprobes were added.
+        on_section(start_ip) for each critical section found there, while
+        the process lives (to name it)."""
         with self._lock:
             if (pid, gen) in self._procs:
                 return 0
             self._procs.add((pid, gen))
             added = 0
             for m in self._mappings(pid):
-                added += self._scan_file(pid, m)
-            return added
+                added += self._scan_file(pid, gen, m)
+            starts = [v for k, v in self._starts.items() if k[:2] == (pid, gen)]
+        for start in starts if on_section else ():
+            on_section(start)
+        return added
 
     def add_handler(self, pid: int, abort_ip: int) -> bool:
         """Probe the handler at run-time address ABORT_IP of PID (a site the
@@ -124,10 +135,18 @@ class HandlerProbes:
             finally:
                 os.close(fd)
 
+    def section_start(self, pid: int, gen: int, abort_ip: int) -> Optional[int]:
+        """The run-time start_ip of the section whose handler is at run-time
+        ABORT_IP in PID (scanned while alive), from the section tables;
+        None when unknown."""
+        with self._lock:
+            return self._starts.get((pid, gen, abort_ip))
+
     def forget(self, pid: int) -> None:
         """PID exited: a process that reuses it is scanned again."""
         with self._lock:
             self._procs = {p for p in self._procs if p[0] != pid}
+            self._starts = {k: v for k, v in self._starts.items() if k[0] != pid}
 
     # -- helpers --------------------------------------------------------
     def _mappings(self, pid: int) -> list:
@@ -153,22 +172,30 @@ class HandlerProbes:
             return None
         return (st.st_dev, st.st_ino)
 
-    def _scan_file(self, pid: int, m: Mapping) -> int:
+    def _scan_file(self, pid: int, gen: int, m: Mapping) -> int:
         try:
             fd = open_mapped_file(pid, m, self._proc)
         except elfsym.ElfError:
             return 0
         try:
             ident = self._ident(fd)
-            if ident is None or ident in self._scanned:
+            if ident is None:
                 return 0
-            self._scanned.add(ident)
-            try:
-                handlers = elfsym.rseq_handlers_fd(fd, self._sig, deadline=time.monotonic() + SCAN_BUDGET)
-            except elfsym.ElfError:
-                return 0
-            return sum(self._probe(pid, m, ident, h.file_offset) for h in handlers
-                       if ident + (h.file_offset,) not in self._probed)
+            added = 0
+            if ident not in self._scanned:
+                self._scanned.add(ident)
+                try:
+                    handlers = elfsym.rseq_handlers_fd(fd, self._sig, deadline=time.monotonic() + SCAN_BUDGET)
+                except elfsym.ElfError:
+                    handlers = ()
+                self._handlers_of[ident] = tuple((h.file_offset, h.vaddr - h.start_vaddr) for h in handlers)
+                added = sum(self._probe(pid, m, ident, h.file_offset) for h in handlers
+                            if ident + (h.file_offset,) not in self._probed)
+            for offset, span in self._handlers_of.get(ident, ()):
+                if m.offset <= offset < m.offset + (m.end - m.start) and 0 < span < 1 << 32:
+                    abort_ip = m.start + offset - m.offset
+                    self._starts[(pid, gen, abort_ip)] = abort_ip - span
+            return added
         finally:
             os.close(fd)
 

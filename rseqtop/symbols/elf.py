@@ -518,10 +518,12 @@ _MAX_DESCRIPTORS = 65536                         # per file, both sections toget
 
 @dataclass(frozen=True)
 class RseqHandler:
-    """An abort handler: its link-time address and where it is in the file."""
+    """An abort handler: its link-time address and where it is in the file,
+    and the link-time start_ip of the (first) critical section it serves."""
 
     vaddr: int
     file_offset: int
+    start_vaddr: int = 0
 
 
 def _vaddr_to_offset(segments: List[Segment], vaddr: int, length: int, executable: bool) -> Optional[int]:
@@ -621,5 +623,5 @@ def _rseq_handlers(src: _Source, limits: Limits, deadline: Optional[float], sig:
             continue
         off = _vaddr_to_offset(segments, abort_ip - 4, 5, True)
         if off is not None and src.read(off, 4) == want:
-            handlers[abort_ip] = RseqHandler(abort_ip, off + 4)
+            handlers[abort_ip] = RseqHandler(abort_ip, off + 4, start_ip)
     return tuple(sorted(handlers.values(), key=lambda h: h.vaddr))

@@ -419,11 +419,11 @@ def test_every_section_with_user_aborts_has_a_row(probed, record_property):
     cpu = NCPU - 1
     # polled while it runs: a section's start comes from the scan of the
     # live process's maps (no kernel abort reports it)
-    proc = workload.start(["--threads", 1, "--cpus", cpu, "--duration", 2, "--in-cs-delay", 100,
+    proc = workload.start(["--threads", 1, "--cpus", cpu, "--duration", 3, "--in-cs-delay", 100,
                            "--mismatch-to-abort", "--mismatch-every", 10])
     try:
         deadline = time.monotonic() + 60
-        while (proc.pid, 0) not in probed.handlers._procs and time.monotonic() < deadline:
+        while not probed.handlers.scanned(proc.pid) and time.monotonic() < deadline:
             probed.poll()
             time.sleep(0.1)
         out, _ = proc.communicate(timeout=120)

@@ -86,6 +86,11 @@ class HandlerProbes:
     def probed(self) -> int:
         return len(self._probed)
 
+    def scanned(self, pid: int) -> bool:
+        """Whether a process with this pid had its maps read."""
+        with self._lock:
+            return any(p == pid for p, _ in self._procs)
+
     def probed_in(self, ident: tuple) -> int:
         """Uprobes in the file (st_dev, st_ino)."""
         return sum(1 for p in self._probed if p[:2] == ident)

@@ -66,6 +66,22 @@ BPF_RINGBUF_OUTPUT(events, RSEQTOP_RINGBUF_PAGES);
  * process is still alive (a perf buffer: polled apart from the ring buffer). */
 BPF_PERF_OUTPUT(new_sites);
 
+#ifdef RSEQTOP_UPROBES
+#include <uapi/linux/ptrace.h> /* the user-space ABI's registers (uprobe context) */
+/* --uprobes: the abort_ip of each thread's latest kernel abort, until the
+ * thread's next run of a probed handler takes it (it runs at that address
+ * right after the fixup, on the way back to user space). LRU: a thread
+ * that dies in between leaves nothing behind for long. */
+BPF_TABLE("lru_hash", u32, u64, handler_pending, RSEQTOP_MAX_THREADS);
+BPF_HASH(handlers, struct rseqtop_handler_key, struct rseqtop_handler, RSEQTOP_MAX_HANDLERS);
+static __always_inline void note_kernel_abort(u32 tid, u64 abort_ip)
+{
+    handler_pending.update(&tid, &abort_ip);
+}
+#else
+static __always_inline void note_kernel_abort(u32 tid, u64 abort_ip) {}
+#endif
+
 /* Global counters: map health and the event stream only. Activity is
  * counted per thread (no second map update on the hot paths). Atomic even
  * though per-CPU: from 6.19 tracepoint programs run preemptible (migration
@@ -298,6 +314,7 @@ static __always_inline void aborted(void *ctx, u64 regs_ip, u64 start_ip, u64 po
     struct rseqtop_thread *t = threads.lookup(&tid);
     if (!h || !t)
         return;
+    note_kernel_abort(tid, abort_ip);
     u32 code = take_causes(h, this_cpu) & (RSEQTOP_NCODES - 1);
     t->c.aborts++;
     t->c.causes[code]++;
@@ -743,6 +760,37 @@ BPF_ITER(task)
                                       .preempts = h->preempts};
         bpf_seq_write(ctx->meta->seq, &out, sizeof(out));
         bpf_seq_write(ctx->meta->seq, t, sizeof(*t));
+    }
+    return 0;
+}
+#endif
+
+#ifdef RSEQTOP_UPROBES
+/* A uprobe at a verified abort handler (rseqtop.collect.uprobes attaches
+ * it, pid -1: the filter applies here). The IP is the handler's address:
+ * a hit right after the thread's kernel abort there is that abort; any
+ * other is the section's own retry. Counted for tracked threads only, as
+ * kernel aborts are. */
+int on_abort_handler(struct pt_regs *ctx)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id;
+    struct rseqtop_thread *t = threads.lookup(&tid);
+    if (!t || !t->tgid)
+        return 0;
+    u64 ip = PT_REGS_IP(ctx);
+    struct rseqtop_handler_key k = {.tgid = id >> 32, .gen = t->gen, .tid = tid, .abort_ip = ip};
+    struct rseqtop_handler zero = {};
+    struct rseqtop_handler *v = handlers.lookup_or_try_init(&k, &zero);
+    if (!v) {
+        count(RSEQTOP_CNT_HANDLERS_DROPPED);
+        return 0;
+    }
+    v->hits++;
+    u64 *pending = handler_pending.lookup(&tid);
+    if (pending && *pending == ip) {
+        v->kernel++;
+        handler_pending.delete(&tid);
     }
     return 0;
 }

@@ -92,3 +92,25 @@ def test_commands_import_no_other_command_and_nothing_imports_them():
         if "commands" in path.relative_to(root).parts or path.name == "__main__.py":
             continue
         assert not {m for m in imports_of(path) if m.startswith("rseqtop.commands")}, path
+
+
+def test_uprobes_is_opt_in_on_top_export_and_trace():
+    import argparse
+
+    from rseqtop.commands import export as export_cmd
+    from rseqtop.commands import top as top_cmd
+    from rseqtop.commands import trace as trace_cmd
+
+    for mod in (top_cmd, export_cmd, trace_cmd):
+        parser = argparse.ArgumentParser()
+        mod.configure(parser)
+        assert parser.parse_args([]).uprobes is False, mod.__name__
+        assert parser.parse_args(["--uprobes"]).uprobes is True, mod.__name__
+
+
+def test_uprobes_without_a_known_signature_is_a_user_error():
+    from rseqtop.collect.uprobes import HandlerProbes
+    from rseqtop.errors import UserError
+
+    with pytest.raises(UserError, match="RSEQ_SIG"):
+        HandlerProbes(lambda path, offset: None, sig=None)

@@ -15,6 +15,7 @@ For long runs: `python benchmarks/fuzz_elf.py --seconds 600`.
 from __future__ import annotations
 
 import signal
+import struct
 import time
 from datetime import timedelta
 
@@ -71,11 +72,27 @@ def run_one(data: bytes) -> str:
             syms.file_offset_to_vaddr(probe)
         for seg in syms.segments:
             syms.file_offset_to_vaddr(seg.offset)
+        rseq_handlers(data)
         return "parsed"
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
 
+
+def rseq_handlers(data: bytes) -> None:
+    """The rseq section reader (--uprobes) on the same input: ElfError or
+    handlers whose signature is really there."""
+    try:
+        handlers = elfsym.rseq_handlers_bytes(data, RSEQ_SIG, deadline=time.monotonic() + PARSE_BUDGET)
+    except elfsym.ElfInternalError as err:
+        raise AssertionError(f"reader bug: {err}") from err.__cause__
+    except elfsym.ElfError:
+        return
+    for h in handlers:
+        assert 4 <= h.file_offset <= len(data) and data[h.file_offset - 4:h.file_offset] == struct.pack("<I", RSEQ_SIG)
+
+
+RSEQ_SIG = 0x53053053
 
 FUZZ_SETTINGS = settings(
     max_examples=EXAMPLES,

@@ -325,6 +325,32 @@ def test_all_operations_round_robin():
         assert s["ops"][op]["commits"] == 2 * 1000
 
 
+@pytest.mark.parametrize("to_abort", [False, True], ids=["own-label", "to-abort"])
+@pytest.mark.parametrize("op", ["counter", "push", "delay"])
+def test_mismatch_every_n_is_exact_and_reaches_the_handler_only_when_asked(op, to_abort):
+    """Every Nth attempt of a thread fails its cpu_id check: the mismatches
+    are exactly attempts // N (attempts: commits, mismatches and kernel
+    aborts); sent to the abort handler they are still mismatches, never
+    aborts (the handler tells them apart)."""
+    n = 7
+    # pinned: no migration between the cpu read and the check, so no
+    # mismatch of the kernel's own
+    s = workload.run(["--op", op, "--threads", 2, "--ops", 3000, "--in-cs-delay", 100, "--mismatch-every", n,
+                      "--cpus", usable_cpus()[0]] + (["--mismatch-to-abort"] if to_abort else []), env=env_with())
+    check_consistent(s)
+    assert s["self_check"]["ok"]
+    assert s["config"]["mismatch_to_abort"] is to_abort and s["config"]["mismatch_every"] == n
+    for t in s["threads"].values():
+        attempts = t["commits"] + t["cpu_mismatch"] + t["aborts"]
+        assert t["cpu_mismatch"] == attempts // n
+        assert t["commits"] == 3000 * (2 if op == "push" else 1)
+
+
+def test_mismatch_every_one_is_refused():
+    out = subprocess.run([str(workload.build()), "--mismatch-every", "1"], capture_output=True, text=True)
+    assert out.returncode == 2 and "--mismatch-every" in out.stderr
+
+
 # --------------------------------------------------------------------------
 # Inducers
 

@@ -9,22 +9,31 @@ from __future__ import annotations
 
 import errno as errno_mod
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping, Optional
 
 from rseqtop.collect.records import CallRecord, MapRecords, ProcRecord
 from rseqtop.kernel import bpfgen
 from rseqtop.kernel import facts as kernel
 from rseqtop.model.snapshot import (
-    ABI_NAMES, COUNT_FIELDS, Counts, MapFill, MembarrierStats, ProcessStats, SelfStats, SiteStats, Snapshot,
-    pairs, sum_counts,
+    ABI_NAMES,
+    COUNT_FIELDS,
+    Counts,
+    MapFill,
+    MembarrierStats,
+    ProcessStats,
+    SelfStats,
+    SiteStats,
+    Snapshot,
+    pairs,
+    sum_counts,
 )
 
 K = bpfgen.header_constants()
 # map -> the counter of inserts it refused when full
 DROP_COUNTERS = {"threads": "threads_dropped", "dead_threads": None, "procs": "procs_dropped",
                  "sites": "sites_dropped", "offsets": "offsets_dropped", "pcounts": "pcounts_dropped",
-                 "proc_live": "live_dropped"}
+                 "proc_live": "live_dropped", "handlers": "handlers_dropped"}
 
 Ident = tuple  # (pid, gen): a process; a recycled pid is another process
 
@@ -60,9 +69,12 @@ def membarrier_cmd_name(cmd: int) -> str:
 
 
 def assemble(rec: MapRecords, view: View = View(), last_totals: Mapping[Ident, Counts] = {},
-             forgotten: Counts = Counts(), symbol: Callable[[int, int], str] = lambda pid, ip: f"0x{ip:x}"
+             forgotten: Counts = Counts(), symbol: Callable[[int, int], str] = lambda pid, ip: f"0x{ip:x}",
+             section_of: Callable[[int, int, int], Optional[int]] = lambda pid, gen, abort_ip: None
              ) -> Assembly:
-    """symbol(pid, start_ip) names a critical section."""
+    """symbol(pid, start_ip) names a critical section; section_of(pid, gen,
+    abort_ip) is the start_ip of the section a handler serves, if known
+    (--uprobes: a section that never aborted in the kernel has no site)."""
     shown_before = dict(last_totals)
     everyone = _processes(rec, shown_before)
     # System-wide totals, before the display filter; processes already
@@ -76,6 +88,8 @@ def assemble(rec: MapRecords, view: View = View(), last_totals: Mapping[Ident, C
     keep = {(p.pid, p.gen) for p in processes}
     threads = [t for t in rec.threads if (t.pid, t.gen) in keep]
     sites = _sites(rec, keep, symbol)
+    if rec.handlers is not None:
+        processes, threads, sites = _with_user_aborts(rec.handlers, processes, threads, sites, symbol, section_of)
     snap = Snapshot(rec.monotonic, rec.wall, rec.setup.era, rec.setup.era_description, totals,
                     tuple(sorted(processes, key=lambda p: p.pid)),
                     tuple(sorted(threads, key=lambda t: (t.pid, t.tid))),
@@ -187,15 +201,46 @@ def _sites(rec: MapRecords, keep: set, symbol: Callable[[int, int], str]) -> lis
             for s in rec.sites if (s.pid, s.gen) in keep]
 
 
+def _with_user_aborts(handlers: tuple, processes: list, threads: list, sites: list, symbol, section_of) -> tuple:
+    """--uprobes: each process, thread and section with its user-detected
+    aborts (0 when its handlers never ran without a kernel abort). A
+    thread's are in the map even after it exited, so a process's are the
+    sum over all its threads' records, not only the live ones. A handler
+    whose section the kernel never aborted gets a section row of its own
+    when section_of knows the section's start."""
+    by_proc: dict = {}
+    by_thread: dict = {}
+    by_handler: dict = {}
+    for h in handlers:
+        n = h.user
+        by_proc[(h.pid, h.gen)] = by_proc.get((h.pid, h.gen), 0) + n
+        by_thread[(h.pid, h.gen, h.tid)] = by_thread.get((h.pid, h.gen, h.tid), 0) + n
+        by_handler[(h.pid, h.gen, h.abort_ip)] = by_handler.get((h.pid, h.gen, h.abort_ip), 0) + n
+    processes = [replace(p, user_aborts=by_proc.get((p.pid, p.gen), 0)) for p in processes]
+    threads = [replace(t, user_aborts=by_thread.get((t.pid, t.gen, t.tid), 0)) for t in threads]
+    gens = {p.pid: p.gen for p in processes}  # the one generation shown per pid
+    sites = [replace(s, user_aborts=by_handler.get((s.pid, gens.get(s.pid), s.abort_ip), 0)) for s in sites]
+    known = {(s.pid, s.abort_ip) for s in sites} | {(s.pid, s.start_ip) for s in sites}
+    for (pid, gen, abort_ip), n in sorted(by_handler.items()):
+        if n and gens.get(pid) == gen and (pid, abort_ip) not in known:
+            start = section_of(pid, gen, abort_ip)
+            if start is not None and (pid, start) not in known:
+                known.add((pid, start))
+                sites.append(SiteStats(pid, start, symbol(pid, start), 0, abort_ip=abort_ip, user_aborts=n))
+    return processes, threads, sites
+
+
 def _self_stats(rec: MapRecords) -> SelfStats:
     alive = sum(1 for t in rec.threads if t.alive)
     used = {"threads": alive if rec.live is None else sum(r.threads for r in rec.live),
             "dead_threads": len(rec.threads) - alive, "procs": len(rec.procs), "sites": len(rec.sites),
-            "offsets": len(rec.offsets), "pcounts": len(rec.calls), "proc_live": len(rec.live or ())}
+            "offsets": len(rec.offsets), "pcounts": len(rec.calls), "proc_live": len(rec.live or ()),
+            "handlers": len(rec.handlers or ())}
     capacity = dict(rec.setup.capacities)
     maps = tuple(MapFill(name, used[name], capacity[name], rec.counter(drop) if drop else 0)
                  for name, drop in DROP_COUNTERS.items() if name in capacity)
     s = rec.setup
     return SelfStats(s.probes, s.missing, s.unavailable_causes, rec.counter("events_sent"),
                      rec.counter("events_lost"), maps, rec.bpf_run_time_ns, rec.bpf_run_count, rec.cpu_seconds,
-                     rec.read_seconds, s.syscalls, rec.probe_misses)
+                     rec.read_seconds, s.syscalls, rec.probe_misses, rec.handlers is not None,
+                     rec.handlers_probed)

@@ -20,15 +20,19 @@ from rseqtop.collect.assemble import Assembly, View, assemble
 from rseqtop.collect.loader import Probes
 from rseqtop.collect.reader import THREAD_MODES, MapReader
 from rseqtop.collect.records import MapRecords
+from rseqtop.collect.uprobes import HandlerProbes
 from rseqtop.errors import UserError
 from rseqtop.model.snapshot import Counts, Snapshot
 from rseqtop.symbols.symbolizer import Symbolizer
-
 
 # Seconds after each read during which threads' mm_cid is recorded (0: all
 # the time while asked for). Shown mm_cid values are then each thread's
 # latest from such a window: exact for threads that ran in it.
 MM_CID_WINDOW = 0.2
+
+
+def _no_section(pid: int, gen: int, abort_ip: int) -> None:
+    return None
 
 
 def compile_comm(comm: Optional[str]) -> Optional[re.Pattern]:
@@ -54,7 +58,7 @@ class Collector:
                  emit_events: bool = False, tracefs_root: Optional[Path] = None,
                  symbolizer: Optional[Symbolizer] = None, keep_dead_seconds: float = 60.0,
                  keep_dead_max: int = 4096, syscalls: bool = False, mm_cid_window: float = MM_CID_WINDOW,
-                 threads: str = "all"):
+                 threads: str = "all", uprobes: bool = False):
         self._pids = set(pids) if pids else set()
         self._comm = compile_comm(comm)
         self._cgroups = list(cgroups or ())
@@ -62,7 +66,9 @@ class Collector:
         self._want_mm_cid = False
         self.mm_cid_window = mm_cid_window
         self.want_threads(threads)
-        self.loader = Probes(sizes, syscalls, tracefs_root)
+        self.loader = Probes(sizes, syscalls, tracefs_root, uprobes)
+        # --uprobes: abort handlers probed as processes and sections appear
+        self.handlers = HandlerProbes(self.loader.attach_handler) if uprobes else None
         self._reader: Optional[MapReader] = None
         self.reaper = reaper_mod.Reaper(keep_dead_seconds, keep_dead_max)
         self.symbolize = symbolizer or Symbolizer()
@@ -99,6 +105,7 @@ class Collector:
         self._reader = MapReader(self.loader)
         self._configure()
         self.loader.watch_sites(self._on_new_site)
+        self._scan_handlers(self._pids)
         return self
 
     def __enter__(self) -> "Collector":
@@ -119,6 +126,20 @@ class Collector:
     def _on_new_site(self, tgid: int, gen: int, start_ip: int) -> None:
         self._note_generation(tgid, gen)
         self.symbolize(tgid, start_ip)
+        if self.handlers is not None:
+            # a handler no section table named (or of a file mapped since)
+            abort_ip = self.loader.site_abort_ip(tgid, gen, start_ip)
+            if abort_ip:
+                self.handlers.add_handler(tgid, abort_ip)
+
+    def _scan_handlers(self, idents) -> None:
+        """--uprobes: probe the abort handlers of processes (pids, or
+        (pid, gen) pairs) not scanned yet."""
+        if self.handlers is None:
+            return
+        for ident in idents:
+            pid, gen = ident if isinstance(ident, tuple) else (ident, self._gens.get(ident, 0))
+            self.handlers.scan_process(pid, gen, lambda start, pid=pid: self.symbolize(pid, start))
 
     def _note_generation(self, pid: int, gen: int) -> None:
         if self._gens.get(pid, gen) < gen:
@@ -133,6 +154,7 @@ class Collector:
         self._cgroups = list(cgroups or ())
         if self.bpf is not None:
             self._configure()
+            self._scan_handlers(self._pids)
 
     def set_emit_events(self, on: bool) -> None:
         self._emit_events = on
@@ -171,7 +193,10 @@ class Collector:
         """One read of the maps, as plain records."""
         if self.bpf is None:
             raise RuntimeError("collector is not attached")
-        self._reader.threads = self._threads_mode
+        # threads with only user-detected aborts have no kernel abort: the
+        # kernel's "aborting" selection would leave them out
+        mode = self._threads_mode
+        self._reader.threads = "all" if mode == "aborting" and self.handlers is not None else mode
         rec = self._reader.read()
         # mm_cid as sampled since the previous read; the next sample starts now
         self.loader.mm_cid(self._want_mm_cid, self.mm_cid_window)
@@ -180,10 +205,11 @@ class Collector:
     def poll(self) -> Snapshot:
         rec = self.read()
         a = assemble(rec, View(frozenset(self._pids), self._comm), self._last_totals, self._forgotten,
-                     self.symbolize)
+                     self.symbolize, self.handlers.section_start if self.handlers is not None else _no_section)
         self._last_totals = dict(a.last_totals)
         for pid, gen in a.newest.items():
             self._note_generation(pid, gen)
+        self._scan_handlers(rec.live_idents())  # processes started since the last poll
         self.records, self.assembly = rec, a
         return a.snapshot
 
@@ -207,6 +233,8 @@ class Collector:
             if self._gens.get(pid) == gen and not os.path.exists(f"/proc/{pid}"):
                 self._gens.pop(pid, None)
                 self.symbolize.forget(pid)
+                if self.handlers is not None:
+                    self.handlers.forget(pid)
         self.records = self.assembly = None  # what they list is partly deleted now
         return len(gone)
 

@@ -36,12 +36,15 @@ class Probes:
     # map -> the define of bpf/rseqtop.h that sizes it
     MAP_SIZES = {"threads": "RSEQTOP_MAX_THREADS", "dead_threads": "RSEQTOP_MAX_DEAD_THREADS",
                  "procs": "RSEQTOP_MAX_PROCS", "sites": "RSEQTOP_MAX_SITES", "offsets": "RSEQTOP_MAX_OFFSETS",
-                 "pcounts": "RSEQTOP_MAX_PCOUNTS", "proc_live": "RSEQTOP_MAX_PROCS"}
+                 "pcounts": "RSEQTOP_MAX_PCOUNTS", "proc_live": "RSEQTOP_MAX_PROCS",
+                 "handlers": "RSEQTOP_MAX_HANDLERS"}
 
-    def __init__(self, sizes: Optional[dict] = None, syscalls: bool = False, tracefs_root: Optional[Path] = None):
+    def __init__(self, sizes: Optional[dict] = None, syscalls: bool = False, tracefs_root: Optional[Path] = None,
+                 uprobes: bool = False):
         self.constants = bpfgen.header_constants()
         self._sizes = sizes or {}
         self.syscalls = syscalls
+        self.uprobes = uprobes
         self._tracefs_root = tracefs_root
         self.bpf = None
         self.plan: Optional[bpfgen.Plan] = None
@@ -59,13 +62,15 @@ class Probes:
         self._watcher: Optional[threading.Thread] = None
         self._stop_watcher = threading.Event()
         self._on_site: Optional[Callable] = None
+        self.handlers_probed = 0  # uprobes attached at abort handlers
 
     def generate(self) -> str:
         """The BPF program for this kernel (what --ebpf prints)."""
         root = self._tracefs_root or tracefs.ensure_root()
         fs = tracefs.TraceFS(root)
         self.plan = bpfgen.plan(fs.format, kernel.kallsyms_address("ipi_rseq"), self._sizes,
-                                kernel.kernel_version(), syscalls=self.syscalls, hot_storage=hot_storage_usable())
+                                kernel.kernel_version(), syscalls=self.syscalls, hot_storage=hot_storage_usable(),
+                                uprobes=self.uprobes)
         upd = fs.format("rseq", "rseq_update")
         self.era = kernel.rseq_era(kernel.kernel_version(), tuple(f.name for f in upd.fields) if upd else ())
         return bpfgen.source(self.plan)
@@ -76,6 +81,9 @@ class Probes:
 
     def attach(self) -> None:
         check_privileges()
+        if self.uprobes and not kernel.uprobes_available(self._tracefs_root or tracefs.ensure_root()):
+            raise UserError("--uprobes: this kernel takes no uprobes (needs CONFIG_UPROBE_EVENTS); "
+                            "run without --uprobes, see 'rseqtop doctor'")
         bcc = import_bcc()
         self.bcc_lib = bcc.lib
         text = self.generate()
@@ -99,9 +107,9 @@ class Probes:
             self.hot_value = dict(self.bpf["threads"].Leaf._fields_)["h"]()
             self._attach_hot_iterator(bcc)
         capacities = {name: int(self.plan.defines[size]) for name, size in self.MAP_SIZES.items()
-                      if name != "proc_live" or self.plan.hot_storage}
+                      if (name != "proc_live" or self.plan.hot_storage) and (name != "handlers" or self.uprobes)}
         self.setup = Setup(self.era.name, self.era.description, self.names, self.plan.missing,
-                           self.plan.unavailable_causes, pairs(capacities), self.syscalls)
+                           self.plan.unavailable_causes, pairs(capacities), self.syscalls, self.uprobes)
 
     def _attach_hot_iterator(self, bcc) -> None:
         """The task iterator that reads every thread's hot state at once;
@@ -235,6 +243,30 @@ class Probes:
     @property
     def mm_cid_attached(self) -> bool:
         return self._mm_cid_attached
+
+    # -- abort-handler uprobes (--uprobes) --------------------------------
+    def attach_handler(self, path: str, file_offset: int) -> None:
+        """A uprobe at FILE_OFFSET of the file at PATH, for every process
+        (the BPF filter decides what counts). bcc's attach_uprobe would
+        parse the file itself (in C) to turn an address into an offset:
+        rseqtop.symbols.elf already did that, so the offset goes straight
+        to the kernel. Raises UserError when the kernel refuses."""
+        b = self.bpf
+        fn = b.load_func("on_abort_handler", type(b).KPROBE)
+        ev_name = b._get_uprobe_evname(b"p", path.encode("utf-8", "surrogateescape"), file_offset, -1)
+        fd = self.bcc_lib.bpf_attach_uprobe(fn.fd, 0, ev_name, path.encode("utf-8", "surrogateescape"),
+                                            file_offset, -1)
+        if fd < 0:
+            raise UserError(f"uprobe at {path}+0x{file_offset:x} refused by the kernel")
+        b._add_uprobe_fd(ev_name, fd)
+        self.handlers_probed += 1
+
+    def site_abort_ip(self, tgid: int, gen: int, start_ip: int) -> Optional[int]:
+        """The abort_ip the kernel recorded for a critical section."""
+        table = self.bpf["sites"]
+        key = table.Key(tgid=tgid, gen=gen, start_ip=start_ip)
+        v = table.get(key)
+        return v.abort_ip if v is not None and v.abort_ip else None
 
     # -- streams --------------------------------------------------------
     def watch_sites(self, on_site: Callable[[int, int, int], None]) -> None:

@@ -15,7 +15,9 @@ import time
 from pathlib import Path
 
 from rseqtop.collect.batch import BatchTable
-from rseqtop.collect.records import CallRecord, LiveRecord, MapRecords, OffsetRecord, ProcRecord, SiteRecord
+from rseqtop.collect.records import (
+    CallRecord, HandlerRecord, LiveRecord, MapRecords, OffsetRecord, ProcRecord, SiteRecord,
+)
 from rseqtop.kernel import facts as kernel
 from rseqtop.kernel import taskstorage
 from rseqtop.model.snapshot import COUNT_FIELDS, Counts, ThreadStats, cause_name, pairs
@@ -108,6 +110,8 @@ class MapReader:
         lib = probes.bcc_lib
         self._tables = {name: BatchTable(b[name], lib)
                         for name in ("threads", "dead_threads", "procs", "pcounts", "sites", "offsets")}
+        if probes.uprobes:
+            self._tables["handlers"] = BatchTable(b["handlers"], lib)
         # tid -> (updates, preempts, cpu) last read from the hot state: a
         # thread gone between the map read and the hot read keeps them
         self._last_hot: dict[int, tuple] = {}
@@ -163,6 +167,10 @@ class MapReader:
                         for k, v in self._parsed(t["offsets"]))
         cpu_aborts = tuple(b["cpu_aborts"][0]) if len(counters) else ()
         threads = self._threads(live_raw, dead_raw, hot)
+        handlers = None
+        if "handlers" in t:
+            handlers = tuple(HandlerRecord(k.tgid, k.gen, k.tid, k.abort_ip, v.hits, v.kernel)
+                             for k, v in self._parsed(t["handlers"]))
         read_seconds = time.monotonic() - t0
         live_pids = {r.pid for r in threads if r.alive} if live is None else {r.pid for r in live if r.threads}
         run_ns, run_cnt, misses = self._bpf_stats()
@@ -170,7 +178,8 @@ class MapReader:
         return MapRecords(self.probes.setup, time.monotonic(), time.time(), read_seconds, pairs(named), procs,
                           threads, calls, sites, offsets, cpu_aborts,
                           tuple((pid, _live_comm(pid)) for pid in sorted(live_pids)),
-                          run_ns, run_cnt, misses, ru.ru_utime + ru.ru_stime, live)
+                          run_ns, run_cnt, misses, ru.ru_utime + ru.ru_stime, live, handlers,
+                          self.probes.handlers_probed)
 
     @staticmethod
     def _parsed(table: BatchTable) -> list:

@@ -60,6 +60,9 @@ def delete(bpf, gone: set, rec: MapRecords) -> None:
                           for c in rec.calls if ident(c)]),
         (bpf["dead_threads"], [ctypes.c_uint32(t.tid) for t in rec.threads if not t.alive and ident(t)]),
     )
+    if rec.handlers is not None:
+        deletions += ((bpf["handlers"], [bpf["handlers"].Key(tgid=h.pid, gen=h.gen, tid=h.tid, abort_ip=h.abort_ip)
+                                         for h in rec.handlers if ident(h)]),)
     if rec.live is not None:
         deletions += ((bpf["proc_live"], [bpf["proc_live"].Key(tgid=pid, gen=gen) for pid, gen in gone]),)
     for table, keys in deletions:

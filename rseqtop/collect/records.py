@@ -67,6 +67,23 @@ class LiveRecord:
 
 
 @dataclass(frozen=True)
+class HandlerRecord:
+    """Runs of one abort handler by one thread (map handlers, --uprobes):
+    `kernel` of them right after a kernel abort of the thread there."""
+
+    pid: int
+    gen: int
+    tid: int
+    abort_ip: int
+    hits: int
+    kernel: int
+
+    @property
+    def user(self) -> int:
+        return max(0, self.hits - self.kernel)
+
+
+@dataclass(frozen=True)
 class Setup:
     """What was attached: fixed from attach to close."""
 
@@ -77,6 +94,7 @@ class Setup:
     unavailable_causes: tuple = ()
     capacities: Pairs = ()  # (map name, entries)
     syscalls: bool = False
+    uprobes: bool = False  # abort handlers probed (--uprobes)
 
 
 @dataclass(frozen=True)
@@ -106,6 +124,9 @@ class MapRecords:
     # task iterator runs: `threads` then holds only the threads asked for
     # (Collector.want_threads). None: sum `threads`, which holds them all.
     live: Optional[tuple] = None
+    # HandlerRecord with --uprobes; None: user-detected aborts not measured
+    handlers: Optional[tuple] = None
+    handlers_probed: int = 0  # uprobes attached at abort handlers
 
     def counter(self, name: str) -> int:
         return dict(self.counters).get(name, 0)
@@ -119,7 +140,7 @@ class MapRecords:
 
 # -- JSON ---------------------------------------------------------------
 _NESTED = {"procs": ProcRecord, "threads": ThreadStats, "calls": CallRecord, "sites": SiteRecord,
-           "offsets": OffsetRecord, "live": LiveRecord}
+           "offsets": OffsetRecord, "live": LiveRecord, "handlers": HandlerRecord}
 
 
 def _tuples(value):
@@ -152,7 +173,7 @@ def loads(text: str) -> MapRecords:
     kw = {f.name: _tuples(d[f.name]) for f in fields(MapRecords) if f.name in d and f.name not in _NESTED}
     kw["setup"] = _record(Setup, d["setup"])
     for name, cls in _NESTED.items():
-        if name == "live" and d.get(name) is None:
-            continue  # summed from the threads
+        if name in ("live", "handlers") and d.get(name) is None:
+            continue  # live: summed from the threads; handlers: not measured
         kw[name] = tuple(_record(cls, x) for x in d.get(name, ()))
     return MapRecords(**kw)

@@ -12,6 +12,7 @@ import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Optional
 
 from rseqtop.errors import UserError
@@ -70,6 +71,7 @@ class Facts:
     glibc_tunables: str = ""
     membarrier_mask: Optional[int] = None
     hot_storage: Optional[bool] = None  # task-local storage + thread pidfds (None: not checked)
+    uprobes: Optional[bool] = None  # the kernel takes uprobes (--uprobes; None: not checked)
     load: Optional[LoadResult] = None
     canary: Optional[CanaryResult] = None
     machine: str = field(default_factory=platform.machine)
@@ -158,6 +160,9 @@ def evaluate(f: Facts) -> list[Check]:
                                                       "two hash lookups per context switch of a thread with rseq",
                             "a 6.9+ kernel with CONFIG_DEBUG_INFO_BTF makes rseqtop cheaper; it works either way"))
 
+    if f.uprobes is not None:
+        checks.append(uprobes_check(f.uprobes, f.machine))
+
     checks += canary_checks(f)
 
     if f.load is None:
@@ -169,6 +174,19 @@ def evaluate(f: Facts) -> list[Check]:
     else:
         checks.append(Check("bpf load", FAIL, f.load.error, "run 'rseqtop doctor' as root; check the headers line"))
     return checks
+
+
+def uprobes_check(available: bool, machine: str) -> Check:
+    """--uprobes: needs the kernel's uprobes and a known RSEQ_SIG for this
+    machine (handlers are verified by it before anything is attached)."""
+    if not available:
+        return Check("uprobes", WARN, "the kernel takes no uprobes: --uprobes (user-detected aborts) unavailable",
+                     "needs a kernel with CONFIG_UPROBE_EVENTS; kernel aborts are counted either way")
+    if machine not in kernel.RSEQ_SIGS:
+        return Check("uprobes", WARN, f"uprobes available, but no known RSEQ_SIG for {machine}: "
+                                      "--uprobes finds no handler to verify", "x86_64 and aarch64 only")
+    return Check("uprobes", PASS, "available: --uprobes counts the sections' own cpu_id-mismatch retries "
+                                  "(a uprobe at each verified abort handler)")
 
 
 def canary_checks(f: Facts) -> list:
@@ -295,6 +313,7 @@ def gather(attempt_load: bool = True, canary: bool = True) -> Facts:
     f.glibc_rseq_size = kernel.glibc_rseq_size()
     f.membarrier_mask = kernel.membarrier_query()
     f.hot_storage = kernel.hot_storage_usable(release)
+    f.uprobes = kernel.uprobes_available(Path(f.tracefs_root) if f.tracefs_root else None)
     ready = privileged and f.bcc_version and f.headers and f.headers.kind != "missing" and \
         f.tracepoints.get("rseq:rseq_update")
     if attempt_load and ready:

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 
-from rseqtop.commands.options import add_syscalls_arg, flat_pids, pid_list, positive_int
+from rseqtop.commands.options import add_syscalls_arg, add_uprobes_arg, flat_pids, pid_list, positive_int
 from rseqtop.errors import UsageError, UserError
 from rseqtop.exporter import DEFAULT_LISTEN, DEFAULT_PORT
 
@@ -91,6 +91,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     flt.add_argument("--cgroup", dest="cgroups", action="append", default=None, metavar="DIR",
                      help="only tasks in this cgroup v2 directory (repeatable)")
     add_syscalls_arg(parser)
+    add_uprobes_arg(parser)
     parser.add_argument("--log.level", dest="log_level", choices=("debug", "info", "warn", "error"),
                         default="info", help="log level (default info)")
     parser.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)
@@ -121,7 +122,7 @@ def run(args) -> int:
 
     # only labels=tid has per-thread series; process totals never need threads
     source = Collector(pids=flat_pids(args) or None, comm=args.comm, cgroups=args.cgroups, syscalls=args.syscalls,
-                       threads="all" if args.labels == "tid" else "none")
+                       threads="all" if args.labels == "tid" else "none", uprobes=args.uprobes)
     if args.ebpf:
         print(source.generate())
         return 0
@@ -179,7 +180,7 @@ def run(args) -> int:
             raise UserError(f"attaching the BPF probes failed: {type(err).__name__}: {err}") from None
         registry.register(rc)
         ProcessCollector(registry=registry)
-        _drop_parent(source, target, log)
+        _drop_parent(source, target, log, privsep.UPROBES_KEEP if args.uprobes else privsep.PARENT_KEEP)
         attached.set()
         log.info("ready: %d probes attached (%s labels, max %d label sets, series ttl %gs)",
                  len(source.probes), args.labels, args.max_series, args.series_ttl)
@@ -197,19 +198,20 @@ def run(args) -> int:
     return 0
 
 
-def _drop_parent(source, target, log) -> None:
-    """Keep only what reading maps and symbolizing needs. Capabilities are per
-    thread: pause the collector's symbolizer thread, drop in this thread,
-    restart it (it inherits the reduced set), then check every thread."""
+def _drop_parent(source, target, log, keep) -> None:
+    """Keep only what reading maps and symbolizing needs (and with --uprobes
+    attaching uprobes). Capabilities are per thread: pause the collector's
+    symbolizer thread, drop in this thread, restart it (it inherits the
+    reduced set), then check every thread."""
     from rseqtop.exporter import privsep
 
     source.pause_watcher()
     try:
-        privsep.drop(target, privsep.PARENT_KEEP)
+        privsep.drop(target, keep)
     except OSError as err:
         raise UserError(f"dropping privileges after attaching failed: {err}") from None
     source.resume_watcher()
-    allowed = privsep.mask(privsep.PARENT_KEEP)
+    allowed = privsep.mask(keep)
     for tid in os.listdir("/proc/self/task"):
         try:
             st = privsep.status(f"/proc/self/task/{tid}/status")
@@ -219,7 +221,8 @@ def _drop_parent(source, target, log) -> None:
         if held or (target.uid is not None and set(st["Uid"]) != {target.uid}):
             raise UserError(f"thread {tid} still holds privileges after the drop (capabilities {held:#x}, "
                             f"uids {st['Uid']}); refusing to serve")
-    log.info("privileges dropped: collector runs as %s with CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH", target.name)
+    log.info("privileges dropped: collector runs as %s with CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH%s", target.name,
+             ", CAP_PERFMON (--uprobes)" if len(keep) > len(privsep.PARENT_KEEP) else "")
 
 
 def _answer(requests: queue.Queue, link, registry, render, log) -> None:

@@ -54,6 +54,13 @@ def add_syscalls_arg(parser) -> None:
                              "slower path: see docs/production.md)")
 
 
+def add_uprobes_arg(parser) -> None:
+    parser.add_argument("--uprobes", action="store_true",
+                        help="also count user-detected aborts: a uprobe at each verified rseq abort handler "
+                             "(RSEQ_SIG checked) sees the sections' own cpu_id-mismatch retries, which the kernel "
+                             "never sees (costs a trap per handler run: see benchmarks/uprobe_cost.py)")
+
+
 def flat_pids(args) -> list:
     return sorted({p for group in (args.pids or ()) for p in group})
 

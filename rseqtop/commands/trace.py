@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 
-from rseqtop.commands.options import add_filter_args, check_filters, flat_pids
+from rseqtop.commands.options import add_filter_args, add_uprobes_arg, check_filters, flat_pids
 from rseqtop.model.snapshot import cause_name
 from rseqtop.present.textsafe import printable
 
@@ -17,6 +17,7 @@ EPILOG = """examples:
   rseqtop trace -p 1234            # aborts of one process
   rseqtop trace --comm '^envoy'    # aborts of processes whose thread name matches
   rseqtop trace --json | jq .      # one JSON object per abort (docs/live-view.md)
+  rseqtop trace --uprobes -p 1234  # and, every second, each thread's new user-detected aborts
 
 Lost events (ring buffer full) are reported on stderr as they happen."""
 
@@ -28,6 +29,7 @@ LOSS_CHECK_SECONDS = 1.0
 def configure(parser) -> None:
     add_filter_args(parser)
     parser.add_argument("--json", action="store_true", help="one JSON object per abort")
+    add_uprobes_arg(parser)
 
 
 def decode_comm(raw) -> str:
@@ -45,6 +47,7 @@ class Tracer:
         self.comm = re.compile(comm) if comm else None
         self.clock_offset = time.time() - time.monotonic()  # bpf_ktime_get_ns is CLOCK_MONOTONIC
         self.printed = 0
+        self.user_seen: dict = {}  # (pid, tid) -> user-detected aborts shown
         self.stop = False  # set by SIGINT/SIGTERM or a closed stdout
         self.error: BaseException | None = None
 
@@ -80,16 +83,42 @@ class Tracer:
                            f"{cause:<22} {printable(site):<40} +{ev.offset:#x}\n")
         self.printed += 1
 
+    def show_user_aborts(self, snap) -> None:
+        """--uprobes: a line per thread whose user-detected aborts grew since
+        the last call (they come from a map, not from events: no time or
+        CPU of their own)."""
+        for t in snap.threads:
+            if t.user_aborts is None or (self.pids and t.pid not in self.pids):
+                continue
+            if self.comm and not self.comm.search(t.comm):
+                continue
+            new = t.user_aborts - self.user_seen.get((t.pid, t.tid), 0)
+            if new <= 0:
+                continue
+            self.user_seen[(t.pid, t.tid)] = t.user_aborts
+            wall = snap.wall
+            if self.as_json:
+                record = {"schema_version": SCHEMA_VERSION, "time": round(wall, 6), "comm": t.comm, "pid": t.pid,
+                          "tid": t.tid, "user_aborts": new, "user_aborts_total": t.user_aborts,
+                          "aborts_total": t.counts.aborts}
+                self.out.write(json.dumps(record, ensure_ascii=True, separators=(",", ":")) + "\n")
+            else:
+                stamp = time.strftime("%H:%M:%S", time.localtime(wall)) + f".{int(wall * 1e6) % 1000000:06d}"
+                self.out.write(f"{stamp:<15} {printable(t.comm):<16} {t.pid:>7} {t.tid:>7} {'-':>3}  "
+                               f"{'user x' + str(new):<22} {'(own cpu_id check)':<40} -\n")
+
 
 def run(args) -> int:
     from rseqtop.collect import Collector
 
     pids = flat_pids(args)
     if args.ebpf:
-        sys.stdout.write(Collector(pids=pids or None, emit_events=True).generate())
+        sys.stdout.write(Collector(pids=pids or None, emit_events=True, uprobes=args.uprobes).generate())
         return 0
     check_filters(args)
-    collector = Collector(pids=pids or None, emit_events=True, threads="none")  # polled for its loss count only
+    # polled for its loss count (and with --uprobes the threads' user-detected aborts)
+    collector = Collector(pids=pids or None, emit_events=True, threads="all" if args.uprobes else "none",
+                          uprobes=args.uprobes)
     out = sys.stdout
     tracer = Tracer(collector, out, args.json, set(pids), args.comm)
 
@@ -112,7 +141,7 @@ def run(args) -> int:
             collector.poll_events(100)
             out.flush()
             if time.monotonic() >= next_check:
-                lost_seen = report_losses(collector, lost_seen)
+                lost_seen = report_losses(collector, lost_seen, tracer)
                 next_check = time.monotonic() + LOSS_CHECK_SECONDS
     except BrokenPipeError:
         tracer.stop = True
@@ -122,7 +151,7 @@ def run(args) -> int:
                 tracer.stop = False
                 collector.poll_events(0)  # what is already in the ring buffer
                 out.flush()
-                report_losses(collector, lost_seen)
+                report_losses(collector, lost_seen, tracer)
         except BrokenPipeError:
             pass
         finally:
@@ -134,8 +163,12 @@ def run(args) -> int:
     return 0
 
 
-def report_losses(collector, seen: int) -> int:
-    lost = collector.poll().self_stats.events_lost
+def report_losses(collector, seen: int, tracer=None) -> int:
+    snap = collector.poll()
+    if tracer is not None and snap.self_stats.uprobes:
+        tracer.show_user_aborts(snap)
+        tracer.out.flush()
+    lost = snap.self_stats.events_lost
     if lost > seen:
         sys.stderr.write(f"rseqtop trace: {lost - seen} abort events lost (ring buffer full; {lost} in total)\n")
         sys.stderr.flush()

@@ -213,6 +213,12 @@ static void print_help(void)
 "                           before every attempt (the sections then compare with\n"
 "                           cpu_id), and count after each kernel abort whether\n"
 "                           the kernel wrote it back (rewritten / stale / wrong)\n"
+"  --mismatch-to-abort      a failed cpu_id check jumps to the section's abort\n"
+"                           handler (abort_ip), as librseq's sections do; the\n"
+"                           handler still counts it as cpu_mismatch, not as an\n"
+"                           abort (a uprobe on the handler sees both)\n"
+"  --mismatch-every N       every Nth attempt (N >= 2) of each thread compares\n"
+"                           with a cpu_id no CPU has, so that its check fails\n"
 "  --idle-threads N         N more threads (besides --threads; --threads 0\n"
 "                           allowed) that sleep and wake every --idle-period\n"
 "                           to run ONE operation of the round robin each, with\n"
@@ -239,6 +245,7 @@ enum {
 	O_SIGNAL, O_MIGRATE, O_MEMBARRIER, O_MB_UNREG, O_NAME, O_JSON_OUT, O_INDUCER_CPUS,
 	O_CHURN_THREADS, O_CHURN_PROCESSES, O_CHURN_OPS, O_CHURN_RATE,
 	O_RSEQ_ABI, O_CHECK_IDS, O_IDLE_THREADS, O_IDLE_PERIOD,
+	O_MISMATCH_TO_ABORT, O_MISMATCH_EVERY,
 };
 
 void parse_args(int argc, char **argv)
@@ -266,6 +273,8 @@ void parse_args(int argc, char **argv)
 		{"check-cpu-id-start", no_argument, 0, O_CHECK_IDS},
 		{"idle-threads", required_argument, 0, O_IDLE_THREADS},
 		{"idle-period", required_argument, 0, O_IDLE_PERIOD},
+		{"mismatch-to-abort", no_argument, 0, O_MISMATCH_TO_ABORT},
+		{"mismatch-every", required_argument, 0, O_MISMATCH_EVERY},
 		{"help", no_argument, 0, 'h'},
 		{0, 0, 0, 0},
 	};
@@ -300,6 +309,10 @@ void parse_args(int argc, char **argv)
 			cfg.in_cs_delay = (long)parse_int("--in-cs-delay", optarg, 0, 1000000000L);
 			break;
 		case O_YIELD: cfg.yield = 1; break;
+		case O_MISMATCH_TO_ABORT: cfg.mismatch_to_abort = 1; break;
+		case O_MISMATCH_EVERY:
+			cfg.mismatch_every = parse_int("--mismatch-every", optarg, 2, LLONG_MAX);
+			break;
 		case O_SIGNAL: cfg.signal_rate = parse_positive_double("--signal-rate", optarg); break;
 		case O_MIGRATE: cfg.migrate_rate = parse_positive_double("--migrate-rate", optarg); break;
 		case O_MEMBARRIER:

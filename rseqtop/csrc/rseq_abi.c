@@ -18,6 +18,10 @@ const char *const op_symbols[NR_OPS] = {
 };
 
 __thread struct tstats t_stats;
+/* Set on the way from a failed cpu_id check to abort_ip: the handler's
+ * next run is the section's own retry, not a kernel abort. No kernel abort
+ * can come in between: label 7 is outside [start_ip, post_commit_ip). */
+static __thread int t_user_abort;
 
 /* Offset of the rseq area from the thread pointer (%fs base): glibc's
  * __rseq_offset, or the offset of our own TLS area. Same for all threads.
@@ -36,7 +40,10 @@ static __thread union {
  *   pointer to it in __rseq_cs_ptr_array;
  *   store &descriptor into rseq->rseq_cs; label 1 (start_ip);
  *   compare the cpu read before the section with rseq->cpu_id, on mismatch
- *   jump to C label "mismatch" (NOT the abort label);
+ *   jump to label 7 in __rseq_failure, which goes on to C label "mismatch"
+ *   (NOT the abort label), or with --mismatch-to-abort sets t_user_abort and
+ *   jumps to abort_ip as librseq's sections do (a uprobe on the handler then
+ *   sees both kinds; the handler tells them apart by the flag);
  *   ... ; commit store; label 2 (start_ip + post_commit_offset);
  *   in section __rseq_failure: "ud1" prefix bytes, .long RSEQ_SIG, label 4
  *   (abort_ip), jump to C label "abort".
@@ -69,16 +76,33 @@ static __thread union {
 
 #define RSEQ_CMP_CPU                                                       \
 	"cmpl %[cpu_id], %%fs:4(%[rseq_offset])\n\t"                       \
-	"jnz %l[mismatch]\n\t"
+	"jnz 7f\n\t"
 
 #define RSEQ_END_ABORT                                                     \
 	"2:\n\t"                                                           \
 	".pushsection __rseq_failure, \"ax\"\n\t"                          \
+	"7:\n\t"                                                           \
+	"cmpl $0, %[to_abort]\n\t"                                         \
+	"je %l[mismatch]\n\t"                                              \
+	"movl $1, %[user_abort]\n\t"                                       \
+	"jmp 4f\n\t"                                                       \
 	".byte 0x0f, 0xb9, 0x3d\n\t"                                       \
 	".long " __str(WL_RSEQ_SIG) "\n\t"                                 \
 	"4:\n\t"                                                           \
 	"jmp %l[abort]\n\t"                                                \
 	".popsection\n\t"
+
+#define RSEQ_MISMATCH_OPERANDS                                             \
+	[to_abort] "m"(cfg.mismatch_to_abort), [user_abort] "m"(t_user_abort)
+
+/* The handler's first C statement: a mismatch sent here is not an abort. */
+#define USER_ABORT_IS_MISMATCH                                             \
+	do {                                                               \
+		if (t_user_abort) {                                        \
+			t_user_abort = 0;                                  \
+			return RS_MISMATCH;                                \
+		}                                                          \
+	} while (0)
 
 #define RSEQ_FN __attribute__((noinline, noclone, used))
 
@@ -98,11 +122,12 @@ RSEQ_FN int rseq_op_counter(intptr_t *v, int cpu)
 		"movq %%rbx, %[v]\n\t"      /* commit */
 		RSEQ_END_ABORT
 		: /* no outputs */
-		: [cpu_id] "r"(cpu), [rseq_offset] "r"(g_rseq_offset), [v] "m"(*v)
+		: [cpu_id] "r"(cpu), [rseq_offset] "r"(g_rseq_offset), RSEQ_MISMATCH_OPERANDS, [v] "m"(*v)
 		: "memory", "cc", "rax", "rbx"
 		: abort, mismatch);
 	return RS_COMMIT;
 abort:
+	USER_ABORT_IS_MISMATCH;
 	t_stats.aborts[OP_COUNTER]++;  /* reached only through abort_ip */
 	return RS_ABORT;
 mismatch:
@@ -121,11 +146,12 @@ RSEQ_FN int rseq_op_spinlock_lock(intptr_t *lock, int cpu)
 		"movq $1, %[v]\n\t"         /* commit */
 		RSEQ_END_ABORT
 		:
-		: [cpu_id] "r"(cpu), [rseq_offset] "r"(g_rseq_offset), [v] "m"(*lock)
+		: [cpu_id] "r"(cpu), [rseq_offset] "r"(g_rseq_offset), RSEQ_MISMATCH_OPERANDS, [v] "m"(*lock)
 		: "memory", "cc", "rax"
 		: abort, mismatch, cmpfail);
 	return RS_COMMIT;
 abort:
+	USER_ABORT_IS_MISMATCH;
 	t_stats.aborts[OP_SPINLOCK]++;
 	return RS_ABORT;
 mismatch:
@@ -146,12 +172,13 @@ RSEQ_FN int rseq_op_push(struct node **head, struct node *node, int cpu)
 		"movq %[node], %[head]\n\t" /* commit */
 		RSEQ_END_ABORT
 		:
-		: [cpu_id] "r"(cpu), [rseq_offset] "r"(g_rseq_offset),
+		: [cpu_id] "r"(cpu), [rseq_offset] "r"(g_rseq_offset), RSEQ_MISMATCH_OPERANDS,
 		  [head] "m"(*head), [node] "r"(node)
 		: "memory", "cc", "rax", "rbx"
 		: abort, mismatch);
 	return RS_COMMIT;
 abort:
+	USER_ABORT_IS_MISMATCH;
 	t_stats.aborts[OP_PUSH]++;
 	return RS_ABORT;
 mismatch:
@@ -173,12 +200,13 @@ RSEQ_FN int rseq_op_pop(struct node **head, struct node **out, int cpu)
 		"movq %%rcx, %[head]\n\t"   /* commit */
 		RSEQ_END_ABORT
 		:
-		: [cpu_id] "r"(cpu), [rseq_offset] "r"(g_rseq_offset),
+		: [cpu_id] "r"(cpu), [rseq_offset] "r"(g_rseq_offset), RSEQ_MISMATCH_OPERANDS,
 		  [head] "m"(*head), [out] "m"(*out)
 		: "memory", "cc", "rax", "rbx", "rcx"
 		: abort, mismatch, cmpfail);
 	return RS_COMMIT;
 abort:
+	USER_ABORT_IS_MISMATCH;
 	t_stats.aborts[OP_POP]++;
 	return RS_ABORT;
 mismatch:
@@ -206,12 +234,13 @@ RSEQ_FN int rseq_op_delay(intptr_t *v, long loops, int cpu)
 		"movq %%rbx, %[v]\n\t"      /* commit */
 		RSEQ_END_ABORT
 		:
-		: [cpu_id] "r"(cpu), [rseq_offset] "r"(g_rseq_offset), [v] "m"(*v),
+		: [cpu_id] "r"(cpu), [rseq_offset] "r"(g_rseq_offset), RSEQ_MISMATCH_OPERANDS, [v] "m"(*v),
 		  [loops] "r"(loops)
 		: "memory", "cc", "rax", "rbx", "rcx"
 		: abort, mismatch);
 	return RS_COMMIT;
 abort:
+	USER_ABORT_IS_MISMATCH;
 	t_stats.aborts[OP_DELAY]++;
 	return RS_ABORT;
 mismatch:

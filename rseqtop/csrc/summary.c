@@ -351,6 +351,8 @@ void write_json(FILE *f, const char *comm, const struct tstats *t, double durati
 	} else {
 		fputs(", \"churn\": null, \"churn_ops\": null, \"churn_rate\": null", f);
 	}
+	fprintf(f, ", \"mismatch_to_abort\": %s, \"mismatch_every\": %lld",
+		cfg.mismatch_to_abort ? "true" : "false", cfg.mismatch_every);
 	fprintf(f, ", \"rseq_abi\": \"%s\", \"check_cpu_id_start\": %s, \"idle_threads\": %d, "
 		"\"idle_period_ms\": ", cfg.rseq_v2 ? "v2" : "legacy",
 		cfg.check_ids ? "true" : "false", cfg.idle_threads);

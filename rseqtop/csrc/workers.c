@@ -136,6 +136,19 @@ static void check_ids_after_abort(int op)
 	t_stats.ids_wrong[op]++;
 }
 
+/* The cpu an attempt's section compares with: the one it works on, or
+ * with --mismatch-every N, for every Nth attempt of the thread, a cpu_id no
+ * CPU has, so that the section's own check fails (a user-detected abort
+ * when --mismatch-to-abort sends it to the abort handler). */
+static __thread long long t_attempts;
+
+static inline int section_cpu(int cpu)
+{
+	if (cfg.mismatch_every && ++t_attempts % cfg.mismatch_every == 0)
+		return WL_NO_CPU;
+	return cpu;
+}
+
 /* Book one attempt of section `op`: 1 when it committed. A cpu_id mismatch
  * is the section's own retry (not a kernel abort: those are counted in the
  * abort handlers only, and RS_ABORT comes only from there). */
@@ -161,7 +174,7 @@ static int do_counter(void)
 	for (;;) {
 		int cpu = attempt_cpu();
 
-		if (settle(OP_COUNTER, rseq_op_counter(&slots[cpu].counter, cpu)))
+		if (settle(OP_COUNTER, rseq_op_counter(&slots[cpu].counter, section_cpu(cpu))))
 			return 1;
 	}
 }
@@ -171,7 +184,7 @@ static int do_delay(void)
 	for (;;) {
 		int cpu = attempt_cpu();
 
-		if (settle(OP_DELAY, rseq_op_delay(&slots[cpu].delay_counter, cfg.in_cs_delay, cpu)))
+		if (settle(OP_DELAY, rseq_op_delay(&slots[cpu].delay_counter, cfg.in_cs_delay, section_cpu(cpu))))
 			return 1;
 	}
 }
@@ -180,7 +193,7 @@ static int do_spinlock(void)
 {
 	for (;;) {
 		int cpu = attempt_cpu();
-		int r = rseq_op_spinlock_lock(&slots[cpu].lock, cpu);
+		int r = rseq_op_spinlock_lock(&slots[cpu].lock, section_cpu(cpu));
 
 		if (settle(OP_SPINLOCK, r)) {
 			/* lock of `cpu` held: update the data it protects, release */
@@ -200,7 +213,7 @@ static int do_push(void)
 	for (;;) {
 		int cpu = attempt_cpu();
 
-		if (settle(OP_PUSH, rseq_op_push(&slots[cpu].head, t_held, cpu))) {
+		if (settle(OP_PUSH, rseq_op_push(&slots[cpu].head, t_held, section_cpu(cpu)))) {
 			t_held = NULL;
 			return 1;
 		}
@@ -212,7 +225,7 @@ static int do_pop(void)
 	for (;;) {
 		int cpu = attempt_cpu();
 		struct node *n = NULL;
-		int r = rseq_op_pop(&slots[cpu].head, &n, cpu);
+		int r = rseq_op_pop(&slots[cpu].head, &n, section_cpu(cpu));
 
 		if (settle(OP_POP, r)) {
 			t_held = n;

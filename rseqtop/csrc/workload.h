@@ -160,6 +160,10 @@ struct tstats {
 };
 extern __thread struct tstats t_stats;
 
+/* A cpu_id no CPU has (the kernel writes >= 0, or -1 / -2 before and after
+ * registration): --mismatch-every passes it to make the check fail. */
+#define WL_NO_CPU 0x7ffffff0
+
 /* Offset of the rseq area from the thread pointer (%fs base): glibc's
  * __rseq_offset, or the offset of the workload's own TLS area (rseq_abi.c).
  * Same for all threads. */
@@ -213,6 +217,10 @@ struct config {
 	int check_ids;           /* --check-cpu-id-start */
 	int idle_threads;        /* --idle-threads, 0: none */
 	long idle_period_ms;     /* --idle-period */
+	/* --mismatch-to-abort: a cpu_id mismatch jumps to the section's
+	 * abort_ip, as librseq's sections do (read by the sections' asm) */
+	int mismatch_to_abort;
+	long long mismatch_every; /* --mismatch-every: 0, or every Nth attempt mismatches */
 };
 
 /* main.c */

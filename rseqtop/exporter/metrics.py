@@ -68,6 +68,11 @@ PROCESS_COUNTERS = {
     "mb_calls": ("rseqtop_membarrier_calls", "membarrier system calls, by command", ("command",)),
     "mb_errors": ("rseqtop_membarrier_errors", "Failed membarrier system calls, by command and errno",
                   ("command", "errno")),
+    # only with --uprobes: absent (not 0) when not measured
+    "user_aborts": ("rseqtop_user_aborts",
+                    "Runs of rseq abort handlers that no kernel abort caused: the critical sections' own "
+                    "cpu_id-mismatch retries, which the kernel never sees (uprobes at the handlers, --uprobes)",
+                    ()),
 }
 
 
@@ -101,6 +106,8 @@ def _process_values(p, sites, syscalls: bool = True) -> dict:
             out[("mb_lat", m.cmd, int(slot))] = out.get(("mb_lat", m.cmd, int(slot)), 0) + n
     for s in sites:
         out[("site", s.symbol)] = out.get(("site", s.symbol), 0) + s.aborts
+    if p.user_aborts is not None:
+        out[("user_aborts",)] = p.user_aborts
     return out
 
 

@@ -46,12 +46,17 @@ from typing import Callable, Iterable, Optional
 
 from rseqtop.errors import UsageError, UserError
 from rseqtop.kernel import linux
-from rseqtop.kernel.linux import CAP_DAC_READ_SEARCH, CAP_SETGID, CAP_SETPCAP, CAP_SETUID, CAP_SYS_PTRACE
+from rseqtop.kernel.linux import (
+    CAP_DAC_READ_SEARCH, CAP_PERFMON, CAP_SETGID, CAP_SETPCAP, CAP_SETUID, CAP_SYS_PTRACE,
+)
 
 log = logging.getLogger("rseqtop.export")
 
 # What the parent keeps after attaching (measured: docs/production.md, "Privileges").
 PARENT_KEEP = (CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH)
+# With --uprobes also CAP_PERFMON: a uprobe at the abort handlers of a file
+# first mapped after start-up is a perf event (the BPF program is loaded).
+UPROBES_KEEP = PARENT_KEEP + (CAP_PERFMON,)
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4

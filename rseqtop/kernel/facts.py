@@ -208,3 +208,17 @@ def hot_storage_usable(release: Optional[str] = None) -> bool:
 
     return kernel_version(release) >= (6, 9) and Path("/sys/kernel/btf/vmlinux").exists() \
         and taskstorage.thread_pidfds_supported()
+
+
+# The signature word before every abort handler, by machine (librseq's
+# RSEQ_SIG): --uprobes attaches only after it, elsewhere it cannot check.
+RSEQ_SIGS = {"x86_64": 0x53053053, "aarch64": 0xD428BC00}
+UPROBE_PMU = Path("/sys/bus/event_source/devices/uprobe/type")
+
+
+def uprobes_available(tracefs_root: Optional[Path] = None) -> bool:
+    """Whether the kernel takes uprobes (CONFIG_UPROBE_EVENTS): the perf
+    uprobe PMU that bcc uses first, or tracefs's uprobe_events."""
+    if UPROBE_PMU.exists():
+        return True
+    return tracefs_root is not None and (Path(tracefs_root) / "uprobe_events").exists()

@@ -28,6 +28,12 @@ def cause_name(code: int) -> str:
 Pairs = tuple  # tuple[tuple[key, int], ...]: an immutable, ordered mapping
 
 
+def all_aborts(aborts: int, user_aborts: Optional[int]) -> Optional[int]:
+    """Kernel and user-detected aborts together; None when the latter were
+    not measured."""
+    return None if user_aborts is None else aborts + user_aborts
+
+
 def pairs(mapping) -> Pairs:
     """dict -> sorted tuple of (key, value) with zero values dropped."""
     return tuple(sorted((k, v) for k, v in mapping.items() if v))
@@ -93,6 +99,9 @@ class ThreadStats:
     last_signal: int = 0
     alive: bool = True
     gen: int = 0  # its process's generation (see ProcessStats.gen)
+    # With --uprobes: runs of its sections' abort handlers that no kernel
+    # abort sent it to (the sections' own cpu_id checks); None: not measured
+    user_aborts: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +130,7 @@ class ProcessStats:
     # successful registrations by the ABI their length asks for: ("legacy",
     # n) for 32-byte areas, ("v2", n) for longer ones (see ABI_NAMES)
     registrations_by_abi: Pairs = ()
+    user_aborts: Optional[int] = None  # as ThreadStats.user_aborts, all its threads
 
     def membarrier_calls(self) -> int:
         return sum(m.calls for m in self.membarrier)
@@ -136,6 +146,7 @@ class SiteStats:
     abort_ip: int = 0
     post_commit_offset: int = 0
     offsets: Pairs = ()  # (interrupted offset from start_ip, aborts)
+    user_aborts: Optional[int] = None  # as ThreadStats.user_aborts, at this section's abort handler
 
 
 @dataclass(frozen=True)
@@ -163,6 +174,10 @@ class SelfStats:
     # program runs the kernel skipped (its recursion guard: the program was
     # already running on that CPU, preempted from 6.19): events not seen
     probe_misses: int = 0
+    # --uprobes: user-detected aborts are measured (abort handlers probed),
+    # and how many handlers have a uprobe
+    uprobes: bool = False
+    handlers_probed: int = 0
 
     def dropped(self) -> int:
         return sum(m.dropped for m in self.maps)

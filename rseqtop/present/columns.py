@@ -81,6 +81,18 @@ class Column:
     descending: bool = True  # the natural first direction: biggest first for numbers
 
 
+def user_aborts_text(row) -> str:
+    """User-detected aborts (--uprobes); "-" when not measured, never 0."""
+    return "-" if row.user_aborts is None else num(row.user_aborts)
+
+
+def _user_aborts_sort(row) -> int:
+    return -1 if row.user_aborts is None else row.user_aborts
+
+
+USER_ABORTS_COLUMN = Column("user_aborts", "USER AB", user_aborts_text, _user_aborts_sort)
+
+
 def _ratio_sort(row):
     r = row.rates.abort_ratio
     return -1.0 if r is None else r
@@ -92,6 +104,7 @@ PROCESS_COLUMNS = (
     Column("threads", "THR", lambda r: num(r.threads), lambda r: r.threads),
     Column("aborts_s", "ABORTS/s", lambda r: rate(r.rates.aborts), lambda r: r.rates.aborts),
     Column("aborts", "ABORTS", lambda r: num(r.counts.aborts), lambda r: r.counts.aborts),
+    USER_ABORTS_COLUMN,
     Column("preempt_s", "PREEMPT/s", lambda r: cause_rate(r.rates, "preempts", r.unavailable),
            lambda r: r.rates.preempts),
     Column("migr_s", "MIGR/s", lambda r: cause_rate(r.rates, "migrations", r.unavailable),
@@ -115,6 +128,7 @@ THREAD_COLUMNS = (
            descending=False),
     Column("aborts_s", "ABORTS/s", lambda r: rate(r.rates.aborts), lambda r: r.rates.aborts),
     Column("aborts", "ABORTS", lambda r: num(r.counts.aborts), lambda r: r.counts.aborts),
+    USER_ABORTS_COLUMN,
     Column("preempt_s", "PREEMPT/s", lambda r: cause_rate(r.rates, "preempts", r.unavailable),
            lambda r: r.rates.preempts),
     Column("ratio", "AB/100PR", lambda r: ratio(r.rates.abort_ratio), _ratio_sort),
@@ -149,6 +163,7 @@ SITE_COLUMNS = (
     Column("symbol", "CRITICAL SECTION", lambda r: printable(r.symbol), lambda r: r.symbol, right=False),
     Column("aborts_s", "ABORTS/s", lambda r: rate(r.aborts_per_s), lambda r: r.aborts_per_s),
     Column("aborts", "ABORTS", lambda r: num(r.aborts), lambda r: r.aborts),
+    USER_ABORTS_COLUMN,
     Column("share", "SHARE", lambda r: "-" if r.share is None else f"{r.share:.0f}%", lambda r: r.share or 0),
     Column("causes", "CAUSES", lambda r: cause_split(r.causes, r.aborts), lambda r: r.causes, right=False),
     Column("where", "INTERRUPTED AT", lambda r: offsets_text(r), lambda r: r.top_offset() or 0, right=False),

@@ -55,6 +55,7 @@ class ProcessRow:
     history: tuple = ()
     alive: bool = True
     unavailable: tuple = ()  # causes this kernel cannot see (shown as n/a)
+    user_aborts: Optional[int] = None  # --uprobes: user-detected aborts; None: not measured
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class ThreadRow:
     unavailable: tuple = ()
     node: int = -1  # NUMA node of `cpu`; -1 while the CPU is unknown
     last_signal: int = 0  # number of the last signal delivered to the thread; 0: none seen
+    user_aborts: Optional[int] = None  # as ProcessRow.user_aborts
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class SiteRow:
     causes: tuple
     offsets: tuple  # (offset, aborts)
     post_commit_offset: int = 0
+    user_aborts: Optional[int] = None  # as ProcessRow.user_aborts, at this section's handler
 
     def top_offset(self) -> Optional[int]:
         return max(self.offsets, key=lambda kv: kv[1])[0] if self.offsets else None
@@ -141,13 +144,13 @@ class LiveModel:
                 best_site[s.pid] = s
         out = []
         for p in snap.processes:
-            if not include_idle and not p.counts.aborts:
+            if not include_idle and not p.counts.aborts and not p.user_aborts:
                 continue
             site = best_site.get(p.pid)
             out.append(ProcessRow(p.pid, p.comm, p.threads_live, prates.get(p.pid, Rates()), p.counts,
                                   p.counts.top_cause(), site.symbol if site else "",
                                   tuple(self.history.get(p.pid, ())), p.alive,
-                                  snap.self_stats.unavailable_causes))
+                                  snap.self_stats.unavailable_causes, p.user_aborts))
         return out
 
     def thread_rows(self, pid: Optional[int] = None, include_idle: bool = False) -> list:
@@ -155,11 +158,11 @@ class LiveModel:
         if snap is None:
             return []
         threads = snap.threads_of(pid) if pid is not None else snap.threads
-        threads = [t for t in threads if include_idle or t.counts.aborts]
+        threads = [t for t in threads if include_idle or t.counts.aborts or t.user_aborts]
         trates = rates.thread_rates(self.prev, snap, threads) if self.prev else {}
         unavailable = snap.self_stats.unavailable_causes
         return [ThreadRow(t.pid, t.tid, t.comm, t.cpu, t.mm_cid, trates.get(t.tid, Rates()), t.counts, t.alive,
-                          unavailable, node=t.node, last_signal=t.last_signal)
+                          unavailable, node=t.node, last_signal=t.last_signal, user_aborts=t.user_aborts)
                 for t in threads]
 
     def site_rows(self, pid: int) -> list:
@@ -170,7 +173,8 @@ class LiveModel:
         proc = snap.process(pid)
         total = proc.counts.aborts if proc else 0
         rows = [SiteRow(s.pid, s.start_ip, s.symbol, srates.get((s.pid, s.start_ip), 0.0), s.aborts,
-                        100.0 * s.aborts / total if total else None, s.causes, s.offsets, s.post_commit_offset)
+                        100.0 * s.aborts / total if total else None, s.causes, s.offsets, s.post_commit_offset,
+                        s.user_aborts)
                 for s in snap.sites_of(pid)]
         return sorted(rows, key=lambda r: (-r.aborts, r.start_ip))
 

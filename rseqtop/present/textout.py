@@ -12,7 +12,7 @@ import json
 import time
 from typing import Optional
 
-from rseqtop.model.snapshot import CAUSE_OF_FIELD, COUNT_FIELDS
+from rseqtop.model.snapshot import CAUSE_OF_FIELD, COUNT_FIELDS, all_aborts
 from rseqtop.present.columns import PROCESS_COLUMNS, THREAD_COLUMNS, signal_name, sort_rows, system_rates_text
 from rseqtop.present.rows import LiveModel
 
@@ -89,13 +89,20 @@ def _registrations(proc, counted: bool) -> Optional[dict]:
             "unregistrations": proc.unregistrations, "errors": dict(proc.registration_errors)}
 
 
+def _user_aborts(aborts: int, user_aborts) -> dict:
+    """Kernel aborts (as `aborts` elsewhere), user-detected ones (--uprobes)
+    and both: the last two null when not measured, never 0."""
+    return {"aborts": aborts, "user_aborts": user_aborts, "all_aborts": all_aborts(aborts, user_aborts)}
+
+
 def _thread(t, unavailable: tuple = ()) -> dict:
     """A thread's object: node null while its CPU is unknown, last_signal
     a name ("SIGUSR1") or null (none delivered, or signals unseen here)."""
     return {"tid": t.tid, "comm": t.comm, "cpu": t.cpu, "node": t.node if t.node >= 0 else None,
             "mm_cid": t.mm_cid,
             "last_signal": None if "signal" in unavailable else signal_name(t.last_signal),
-            "alive": t.alive, "totals": _counts(t.counts, unavailable), "rates": _rates(t.rates, unavailable)}
+            "alive": t.alive, "totals": _counts(t.counts, unavailable), "rates": _rates(t.rates, unavailable),
+            **_user_aborts(t.counts.aborts, t.user_aborts)}
 
 
 def json_record(model: LiveModel, include_idle: bool = False) -> dict:
@@ -113,9 +120,10 @@ def json_record(model: LiveModel, include_idle: bool = False) -> dict:
             "pid": p.pid, "comm": p.comm, "alive": p.alive, "threads_live": p.threads,
             "totals": _counts(p.counts, na), "rates": _rates(p.rates, na), "top_cause": p.top_cause,
             "top_section": p.top_site,
+            **_user_aborts(p.counts.aborts, p.user_aborts),
             "registrations": _registrations(stats.get(p.pid), st.syscall_accounting),
             "threads": [_thread(t, na) for t in threads_by_pid.get(p.pid, ())],
-            "sections": [{"symbol": s.symbol, "start_ip": s.start_ip, "aborts": s.aborts,
+            "sections": [{"symbol": s.symbol, "start_ip": s.start_ip, **_user_aborts(s.aborts, s.user_aborts),
                           "aborts_per_s": s.aborts_per_s, "share_percent": s.share,
                           "causes": dict(s.causes),
                           "interrupted_offsets": {str(off): n for off, n in s.offsets}}
@@ -132,7 +140,8 @@ def json_record(model: LiveModel, include_idle: bool = False) -> dict:
                  "unavailable_causes": list(na),
                  "events_lost": st.events_lost, "cpu_percent": cpu, "bpf_cpu_percent": model.bpf_cpu_percent(),
                  "maps_dropped": st.dropped(), "probe_misses": st.probe_misses,
-                 "syscall_accounting": st.syscall_accounting},
+                 "syscall_accounting": st.syscall_accounting, "uprobes": st.uprobes,
+                 "handlers_probed": st.handlers_probed if st.uprobes else None},
         "processes": processes,
     }
 

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 __all__ = ["ElfError", "ElfTimeout", "ElfInternalError", "Limits", "Segment", "ElfSymbols",
-           "parse_bytes", "parse_fd", "load"]
+           "parse_bytes", "parse_fd", "load", "RseqHandler", "rseq_handlers_bytes", "rseq_handlers_fd",
+           "rseq_handler_at"]
 
 
 class ElfError(Exception):
@@ -212,6 +213,10 @@ def parse_bytes(data, limits: Limits = DEFAULT_LIMITS,
 def parse_fd(fd: int, limits: Limits = DEFAULT_LIMITS,
              deadline: Optional[float] = None) -> ElfSymbols:
     """Parse the regular file open on FD (positioned reads; FD's offset is untouched)."""
+    return _parse_guarded(_fd_source(fd, limits), limits, deadline)
+
+
+def _fd_source(fd: int, limits: Limits) -> "_FdSource":
     try:
         st = os.fstat(fd)
     except OSError as err:
@@ -220,7 +225,43 @@ def parse_fd(fd: int, limits: Limits = DEFAULT_LIMITS,
         raise ElfError("not a regular file")
     if st.st_size > limits.max_file_size:
         raise ElfError(f"file is {st.st_size} bytes, over the {limits.max_file_size}-byte limit")
-    return _parse_guarded(_FdSource(fd, st.st_size), limits, deadline)
+    return _FdSource(fd, st.st_size)
+
+
+def rseq_handlers_fd(fd: int, sig: int, limits: Limits = DEFAULT_LIMITS,
+                     deadline: Optional[float] = None) -> Tuple["RseqHandler", ...]:
+    """The verified rseq abort handlers of the file open on FD (see
+    _rseq_handlers)."""
+    src = _fd_source(fd, limits)
+    return _parse_guarded(src, limits, deadline, lambda s, lim, dl: _rseq_handlers(s, lim, dl, sig))
+
+
+def rseq_handler_at(fd: int, file_offset: int, sig: int, limits: Limits = DEFAULT_LIMITS,
+                    deadline: Optional[float] = None) -> bool:
+    """Whether FILE_OFFSET of the file open on FD can be an abort handler:
+    inside an executable PT_LOAD segment's file bytes, after the signature
+    SIG (a run-time abort_ip the kernel reported, mapped back to the file)."""
+    src = _fd_source(fd, limits)
+
+    def check(s, lim, dl):
+        _e_type, _shdrs, segments, _ndx = _headers(s, lim, dl)
+        if file_offset < 4:
+            return False
+        for seg in segments:
+            if seg.flags & _PF_X and seg.offset <= file_offset - 4 and file_offset < seg.offset + seg.filesz:
+                return s.read(file_offset - 4, 4) == struct.pack("<I", sig & 0xFFFFFFFF)
+        return False
+
+    return _parse_guarded(src, limits, deadline, check)
+
+
+def rseq_handlers_bytes(data, sig: int, limits: Limits = DEFAULT_LIMITS,
+                        deadline: Optional[float] = None) -> Tuple["RseqHandler", ...]:
+    try:
+        src = _BytesSource(data)
+    except (TypeError, ValueError) as err:
+        raise ElfError(f"not a byte buffer: {err}") from None
+    return _parse_guarded(src, limits, deadline, lambda s, lim, dl: _rseq_handlers(s, lim, dl, sig))
 
 
 def open_regular(path: str) -> int:
@@ -253,9 +294,11 @@ def load(path: str, limits: Limits = DEFAULT_LIMITS,
         os.close(fd)
 
 
-def _parse_guarded(src: _Source, limits: Limits, deadline: Optional[float]) -> ElfSymbols:
+def _parse_guarded(src: _Source, limits: Limits, deadline: Optional[float], parse=None):
+    """parse(src, limits, deadline) (default: the symbols), with only
+    ElfError escaping."""
     try:
-        return _parse(src, limits, deadline)
+        return (parse or _parse)(src, limits, deadline)
     except ElfError:
         raise
     except MemoryError:
@@ -280,12 +323,13 @@ def _table(src: _Source, offset: int, count: int, entsize: int, minsize: int,
     return src.read(offset, count * entsize)
 
 
-def _parse(src: _Source, limits: Limits, deadline: Optional[float]) -> ElfSymbols:
+def _headers(src: _Source, limits: Limits, deadline: Optional[float]) -> tuple:
+    """(e_type, section headers, PT_LOAD segments, e_shstrndx), all checked."""
     _check_deadline(deadline)
     if src.size < _EHDR.size:
         raise ElfError("file too small for an ELF header")
     (ident, e_type, _machine, e_version, _entry, e_phoff, e_shoff, _flags, _ehsize,
-     e_phentsize, e_phnum, e_shentsize, e_shnum, _shstrndx) = _EHDR.unpack(src.read(0, _EHDR.size))
+     e_phentsize, e_phnum, e_shentsize, e_shnum, shstrndx) = _EHDR.unpack(src.read(0, _EHDR.size))
     if ident[:4] != _ELFMAG:
         raise ElfError("not an ELF file")
     if ident[4] != _ELFCLASS64:
@@ -303,6 +347,8 @@ def _parse(src: _Source, limits: Limits, deadline: Optional[float]) -> ElfSymbol
             raise ElfError(f"section header size {e_shentsize} is smaller than {_SHDR.size}")
         first = _SHDR.unpack(src.read(e_shoff, _SHDR.size))
         shnum = e_shnum if e_shnum else first[5]
+        if shstrndx == _SHN_XINDEX:
+            shstrndx = first[6]
         if e_phnum == _PN_XNUM:
             e_phnum = first[7]
         if shnum > limits.max_sections:
@@ -329,6 +375,11 @@ def _parse(src: _Source, limits: Limits, deadline: Optional[float]) -> ElfSymbol
                 raise ElfError("PT_LOAD segment wraps around the address space")
             segments.append(Segment(p_offset, p_vaddr, p_filesz, p_memsz, p_flags))
 
+    return e_type, shdrs, segments, shstrndx
+
+
+def _parse(src: _Source, limits: Limits, deadline: Optional[float]) -> ElfSymbols:
+    e_type, shdrs, segments, _shstrndx = _headers(src, limits, deadline)
     symbols = _read_symbols(src, shdrs, limits, deadline)
     return ElfSymbols(e_type, tuple(segments), symbols, limits.max_lookback)
 
@@ -451,3 +502,126 @@ def _cstring(table: bytes, offset: int, max_len: int) -> str:
         cut = len(table) - offset > max_len
         return raw.decode("utf-8", "replace") + ("..." if cut else "")
     return table[offset:end].decode("utf-8", "replace")
+
+
+# ---------------------------------------------------------------- rseq handlers
+
+_PF_X = 1
+_SHT_RELA = 4
+_RELA = struct.Struct("<QQq")                    # Elf64_Rela: 24 bytes
+_R_RELATIVE = {8, 1027}                          # R_X86_64_RELATIVE, R_AARCH64_RELATIVE
+_MAX_RELOCS = 4_000_000                          # entries read per file, all RELA sections together
+_RSEQ_CS = struct.Struct("<IIQQQ")               # struct rseq_cs: 32 bytes
+_RSEQ_SECTIONS = (b"__rseq_cs", b"__rseq_cs_ptr_array")
+_MAX_DESCRIPTORS = 65536                         # per file, both sections together
+
+
+@dataclass(frozen=True)
+class RseqHandler:
+    """An abort handler: its link-time address and where it is in the file,
+    and the link-time start_ip of the (first) critical section it serves."""
+
+    vaddr: int
+    file_offset: int
+    start_vaddr: int = 0
+
+
+def _vaddr_to_offset(segments: List[Segment], vaddr: int, length: int, executable: bool) -> Optional[int]:
+    """The file offset of [vaddr, vaddr + length) when one PT_LOAD segment's
+    file bytes hold all of it (and the segment is executable if asked)."""
+    for seg in segments:
+        if executable and not seg.flags & _PF_X:
+            continue
+        if seg.vaddr <= vaddr and vaddr + length <= seg.vaddr + seg.filesz:
+            return vaddr - seg.vaddr + seg.offset
+    return None
+
+
+def _relative_relocs(src: _Source, shdrs: List[tuple], limits: Limits, deadline: Optional[float]) -> dict:
+    """r_offset -> addend of the RELATIVE relocations of SHT_RELA sections
+    (bounded: _MAX_RELOCS entries in all)."""
+    out: dict = {}
+    budget = _MAX_RELOCS
+    for sh in shdrs:
+        if sh[1] != _SHT_RELA or budget <= 0:
+            continue
+        sh_offset, sh_size, entsize = sh[4], sh[5], sh[9] or _RELA.size
+        if entsize != _RELA.size:
+            raise ElfError(f"relocation entry size {entsize}, expected {_RELA.size}")
+        if sh_offset > src.size or sh_size > src.size - sh_offset:
+            raise ElfError("relocation section extends past the end of the file")
+        count = min(sh_size // _RELA.size, budget)
+        budget -= count
+        raw = src.read(sh_offset, count * _RELA.size)
+        for n, (r_offset, r_info, r_addend) in enumerate(_RELA.iter_unpack(raw)):
+            if n % _CHECK_EVERY == 0:
+                _check_deadline(deadline)
+            if r_info & 0xFFFFFFFF in _R_RELATIVE and r_addend > 0:
+                out[r_offset] = r_addend
+    return out
+
+
+def _rseq_handlers(src: _Source, limits: Limits, deadline: Optional[float], sig: int) -> Tuple[RseqHandler, ...]:
+    """The abort handlers named by the descriptors (struct rseq_cs) in
+    section __rseq_cs and by the pointers in __rseq_cs_ptr_array, at their
+    link-time addresses: as the linker wrote them in place, or (a 0 in
+    place) as the addend of a RELATIVE relocation there. A handler counts
+    only if the kernel would accept it: version 0, abort_ip outside
+    [start_ip, start_ip + post_commit_offset), in an executable segment,
+    and preceded by the signature SIG."""
+    _e_type, shdrs, segments, shstrndx = _headers(src, limits, deadline)
+    if not shdrs or shstrndx >= len(shdrs):
+        return ()
+    names = _read_strtab(src, shdrs[shstrndx], limits)
+    found: dict = {}
+    for sh in shdrs:
+        name = _cstring(names, sh[0], 32).encode()
+        if name in _RSEQ_SECTIONS and sh[1] != _SHT_NOBITS and sh[5]:
+            if sh[4] > src.size or sh[5] > src.size - sh[4]:
+                raise ElfError(f"section {name.decode()} extends past the end of the file")
+            found[name] = src.read(sh[4], min(sh[5], _MAX_DESCRIPTORS * _RSEQ_CS.size))
+    if not found:
+        return ()
+    relative: list = []  # the RELATIVE relocations, read at the first 0 in place
+
+    def word(addr: int, value: int) -> int:
+        # a linker that leaves the value to a RELATIVE relocation (lld)
+        # writes 0 in place and the value as the relocation's addend
+        if value:
+            return value
+        if not relative:
+            relative.append(_relative_relocs(src, shdrs, limits, deadline))
+        return relative[0].get(addr, 0)
+
+    def descriptor(addr: int, raw: bytes, at: int = 0) -> tuple:
+        version, flags, start_ip, pco, abort_ip = _RSEQ_CS.unpack_from(raw, at)
+        return version, flags, word(addr + 8, start_ip), pco, word(addr + 24, abort_ip)
+
+    descriptors = []
+    table = found.get(b"__rseq_cs", b"")
+    base = next((sh[3] for sh in shdrs if _cstring(names, sh[0], 32) == "__rseq_cs"), 0)
+    descriptors += [descriptor(base + k, table, k) for k in range(0, len(table) - _RSEQ_CS.size + 1, _RSEQ_CS.size)]
+    ptrs = found.get(b"__rseq_cs_ptr_array", b"")
+    pbase = next((sh[3] for sh in shdrs if _cstring(names, sh[0], 32) == "__rseq_cs_ptr_array"), 0)
+    for k in range(0, len(ptrs) - 7, 8):
+        if len(descriptors) >= _MAX_DESCRIPTORS:
+            break
+        if k % (8 * _CHECK_EVERY) == 0:
+            _check_deadline(deadline)
+        ptr = word(pbase + k, struct.unpack_from("<Q", ptrs, k)[0])
+        off = _vaddr_to_offset(segments, ptr, _RSEQ_CS.size, False)
+        if off is not None:
+            descriptors.append(descriptor(ptr, src.read(off, _RSEQ_CS.size)))
+    handlers = {}
+    want = struct.pack("<I", sig & 0xFFFFFFFF)
+    for n, (version, _flags, start_ip, post_commit_offset, abort_ip) in enumerate(descriptors[:_MAX_DESCRIPTORS]):
+        if n % _CHECK_EVERY == 0:
+            _check_deadline(deadline)
+        if version != 0 or not abort_ip or abort_ip in handlers or abort_ip < 4:
+            continue
+        if start_ip <= abort_ip < start_ip + post_commit_offset:
+            continue
+        off = _vaddr_to_offset(segments, abort_ip - 4, 5, True)
+        if off is not None and src.read(off, 4) == want:
+            handlers[abort_ip] = RseqHandler(abort_ip, off + 4, start_ip)
+    return tuple(sorted(handlers.values(), key=lambda h: h.vaddr))

@@ -20,7 +20,8 @@ def help_text() -> Text:
         text.append(f"{k.help}\n")
     text.append("\nColumns: ABORTS/s and other /s columns are rates over the last interval; ABORTS is the\n"
                 "total since rseqtop attached; AB/100PR is aborts per 100 preemptions; TOP SECTION is the\n"
-                "critical section (binary!symbol+offset) with the most aborts.")
+                "critical section (binary!symbol+offset) with the most aborts. USER AB counts the sections'\n"
+                "own cpu_id-mismatch retries seen at their abort handlers (--uprobes; - when not measured).")
     return text
 
 

@@ -459,18 +459,25 @@ def test_the_private_datatable_api_keyed_table_relies_on_is_there():
 # -- section drill-down (annotate) ----------------------------------------------
 class DelaySites(SyntheticSource):
     """The synthetic delay section (pid 1004's fifth) interrupted at two
-    instruction starts of the real workload's delay section."""
+    instruction starts of the real workload's delay section (its last two,
+    as the workload binary has them now)."""
 
-    OFFSETS = (0x12, 0x17)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        listing = listing_of(workload.build(), "delay")
+        starts = [i.vaddr - listing.start_vaddr for i in listing.section]
+        last = listing.section[-1]
+        self.offsets = tuple(starts[-2:])
+        self.post_commit_offset = last.vaddr + last.size - listing.start_vaddr
 
     def poll(self):
         snap = super().poll()
         sites = []
         for s in snap.sites:
             if s.symbol.endswith("rseq_op_delay+0x0"):
-                a, b = self.OFFSETS
+                a, b = self.offsets
                 s = dataclasses.replace(s, offsets=((a, s.aborts - s.aborts // 4), (b, s.aborts // 4)),
-                                        post_commit_offset=0x1e)
+                                        post_commit_offset=self.post_commit_offset)
             sites.append(s)
         return dataclasses.replace(snap, sites=tuple(sites))
 
@@ -524,7 +531,7 @@ async def test_enter_on_a_section_shows_its_annotated_listing():
         await poll(pilot, app)  # counts follow refreshes; the listing is not read again
         body = str(screen.query_one("#ann-body").render())
         site = next(s for s in app.shown.cur.sites_of(1004) if s.start_ip == delay.start_ip)
-        assert f" {dict(site.offsets)[0x12]} " in body
+        assert f" {dict(site.offsets)[app.source.offsets[0]]} " in body
         assert annotator.calls == 1
         await pilot.press("escape")
         assert isinstance(app.screen, ProcessScreen)

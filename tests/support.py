@@ -385,14 +385,16 @@ def workload_binary() -> Path:
 
 
 def source_lines(op: str) -> tuple:
-    """(line of the section's asm statement, line of its abort counter) in rseq_abi.c."""
+    """(line of the section's asm statement, line of its abort handler's
+    first statement, the one after its `abort:` label) in rseq_abi.c."""
     text = (workload.source_dir() / "rseq_abi.c").read_text().splitlines()
     symbol = dict(zip(workload.OPERATIONS, ("rseq_op_counter", "rseq_op_spinlock_lock", "rseq_op_push",
                                             "rseq_op_pop", "rseq_op_delay")))[op]
     fn = next(i for i, line in enumerate(text) if re.match(rf"RSEQ_FN int {symbol}\(", line))
     asm = next(i for i in range(fn, len(text)) if "__asm__ __volatile__ goto(" in text[i])
-    counter = next(i for i in range(fn, len(text)) if f"t_stats.aborts[OP_{op.upper()}]++" in text[i])
-    return asm + 1, counter + 1
+    label = next(i for i in range(asm, len(text)) if text[i].strip() == "abort:")
+    first = next(i for i in range(label + 1, len(text)) if text[i].strip())
+    return asm + 1, first + 1
 
 
 def nm(binary: Path) -> dict:

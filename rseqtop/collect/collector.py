@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Optional
 
 from rseqtop.collect import reaper as reaper_mod
 from rseqtop.collect.assemble import Assembly, View, assemble
+from rseqtop.collect.handoff import HandedProbes
 from rseqtop.collect.loader import Probes
 from rseqtop.collect.reader import THREAD_MODES, MapReader
 from rseqtop.collect.records import MapRecords
@@ -46,7 +47,9 @@ class Collector:
 
     pids: only these processes (tgids) are tracked; cgroups: only tasks in
     these cgroup v2 directories; comm: a regular expression applied to what
-    snapshots show. All can change at run time with set_filter().
+    snapshots show. All can change at run time with set_filter(). lean:
+    this process never loads libbcc (and LLVM): see rseqtop.collect.handoff
+    for what it does without.
     """
 
     def __init__(self, pids: Optional[Iterable[int]] = None, comm: Optional[str] = None,
@@ -54,7 +57,7 @@ class Collector:
                  emit_events: bool = False, tracefs_root: Optional[Path] = None,
                  symbolizer: Optional[Symbolizer] = None, keep_dead_seconds: float = 60.0,
                  keep_dead_max: int = 4096, syscalls: bool = False, mm_cid_window: float = MM_CID_WINDOW,
-                 threads: str = "all"):
+                 threads: str = "all", lean: bool = False):
         self._pids = set(pids) if pids else set()
         self._comm = compile_comm(comm)
         self._cgroups = list(cgroups or ())
@@ -62,7 +65,8 @@ class Collector:
         self._want_mm_cid = False
         self.mm_cid_window = mm_cid_window
         self.want_threads(threads)
-        self.loader = Probes(sizes, syscalls, tracefs_root)
+        # lean: bcc stays in a short-lived loader process (rseqtop.collect.handoff)
+        self.loader = (HandedProbes if lean else Probes)(sizes, syscalls, tracefs_root)
         self._reader: Optional[MapReader] = None
         self.reaper = reaper_mod.Reaper(keep_dead_seconds, keep_dead_max)
         self.symbolize = symbolizer or Symbolizer()

@@ -1,6 +1,7 @@
 """Loading and attaching: generate the BPF program for this kernel, compile
 it with bcc, attach it, write the filter configuration, and run the
-new-site and event streams. The only module that imports bcc."""
+new-site and event streams. With rseqtop.collect.attach (the loader
+process of rseqtop.collect.handoff), the only module that imports bcc."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Callable, Iterable, Optional
 
 from rseqtop.collect.records import Setup
 from rseqtop.errors import UserError
-from rseqtop.kernel import bpfgen, tracefs
+from rseqtop.kernel import bpfgen, bpfsys, tracefs
 from rseqtop.kernel import facts as kernel
 from rseqtop.kernel.bccimport import CFLAGS, import_bcc, prepare_headers
 from rseqtop.kernel.facts import hot_storage_usable
@@ -51,7 +52,6 @@ class Probes:
         self.hot_value = None
         self.hot_iter_link: Optional[int] = None  # the task iterator's link fd
         self.iter_pass = 0
-        self.bcc_lib = None
         self._mm_cid_attached = False
         self._mm_lock = threading.Lock()
         self._config_lock = threading.Lock()
@@ -76,9 +76,18 @@ class Probes:
 
     def attach(self) -> None:
         check_privileges()
+        self._load(self.generate())
+        if self.plan.hot_storage:
+            self.hot_value = dict(self.bpf["threads"].Leaf._fields_)["h"]()
+        capacities = {name: int(self.plan.defines[size]) for name, size in self.MAP_SIZES.items()
+                      if name != "proc_live" or self.plan.hot_storage}
+        self.setup = Setup(self.era.name, self.era.description, self.names, self.plan.missing,
+                           self.plan.unavailable_causes, pairs(capacities), self.syscalls)
+
+    def _load(self, text: str) -> None:
+        """Compile, load and attach `text` in this process (sets self.bpf,
+        self.hot_fd and self.hot_iter_link)."""
         bcc = import_bcc()
-        self.bcc_lib = bcc.lib
-        text = self.generate()
         prepare_headers()
         try:
             self.bpf = bcc.BPF(text=text.encode(), cflags=CFLAGS)
@@ -96,12 +105,7 @@ class Probes:
             raise UserError(f"attaching to tracepoints failed ({first_line(err)}); see 'rseqtop doctor'") from None
         if self.plan.hot_storage:
             self.hot_fd = bcc.lib.bpf_table_fd(self.bpf.module, b"hot")
-            self.hot_value = dict(self.bpf["threads"].Leaf._fields_)["h"]()
             self._attach_hot_iterator(bcc)
-        capacities = {name: int(self.plan.defines[size]) for name, size in self.MAP_SIZES.items()
-                      if name != "proc_live" or self.plan.hot_storage}
-        self.setup = Setup(self.era.name, self.era.description, self.names, self.plan.missing,
-                           self.plan.unavailable_causes, pairs(capacities), self.syscalls)
 
     def _attach_hot_iterator(self, bcc) -> None:
         """The task iterator that reads every thread's hot state at once;
@@ -130,8 +134,9 @@ class Probes:
             value.iter_threads = threads
             cfg[0] = value
             self.iter_pass = value.iter_pass
-        fd = self.bcc_lib.bcc_iter_create(self.hot_iter_link)
-        if fd < 0:
+        try:
+            fd = bpfsys.iter_create(self.hot_iter_link)
+        except OSError:
             return None
         try:
             chunks = []

@@ -121,7 +121,7 @@ def run(args) -> int:
 
     # only labels=tid has per-thread series; process totals never need threads
     source = Collector(pids=flat_pids(args) or None, comm=args.comm, cgroups=args.cgroups, syscalls=args.syscalls,
-                       threads="all" if args.labels == "tid" else "none")
+                       threads="all" if args.labels == "tid" else "none", lean=True)
     if args.ebpf:
         print(source.generate())
         return 0

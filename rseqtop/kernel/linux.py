@@ -20,6 +20,7 @@ LIBC.prctl.restype = ctypes.c_int
 _SYSCALLS = {
     "bpf": {"x86_64": 321, "aarch64": 280, "riscv64": 280, "loongarch64": 280},
     "membarrier": {"x86_64": 324, "aarch64": 283, "riscv64": 283, "loongarch64": 283},
+    "perf_event_open": {"x86_64": 298, "aarch64": 241, "riscv64": 241, "loongarch64": 241},
 }
 
 

@@ -27,6 +27,7 @@ import time
 from rseqtop.commands.options import add_syscalls_arg, flat_pids, pid_list, positive_int
 from rseqtop.errors import UsageError, UserError
 from rseqtop.exporter import DEFAULT_LISTEN, DEFAULT_PORT
+from rseqtop.kernel import linux
 
 EPILOG = f"""\
 examples:
@@ -104,6 +105,7 @@ def _setup_logging(level: str) -> None:
 
 def run(args) -> int:
     _setup_logging(args.log_level)
+    linux.one_malloc_arena()  # both processes: RSS that stays flat (docs/production.md, Memory)
     log = logging.getLogger("rseqtop.export")
     from rseqtop.exporter.server import parse_listen_address
 
@@ -250,6 +252,7 @@ def _answer(requests: queue.Queue, link, registry, render, log) -> None:
             st, payload = privsep.ERROR, f"error building the metrics: {type(err).__name__}\n".encode()
         for rid in rids:
             link.reply(rid, st, payload)
+    linux.release_free_memory()  # after the replies: not on the scrape's path
 
 
 def _alive(pid: int) -> bool:

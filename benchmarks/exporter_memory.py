@@ -93,10 +93,13 @@ def report(e: Exporter, warm: int) -> bool:
     print(f"  {'':24} {'collector':>10} {'http':>8} {'both':>8}   (MiB RSS; PSS both)")
     for label, r in (("after attach", first), (f"after {warm} scrapes", base), ("peak", peak), ("end", last)):
         print(f"  {label:24} {r[1] / MB:10.1f} {r[2] / MB:8.1f} {total(r):8.1f}   ({(r[3] + r[4]) / MB:.1f})")
+    marks = [r for i, r in enumerate(s) if i == 0 or int(r[0] // 60) > int(s[i - 1][0] // 60)] + [last]
+    print("  both, by minute:        " + " ".join(f"{total(r):.1f}" for r in marks))
     met_size = total(peak) <= TARGET_MB
     met_flat = growth <= FLAT_PCT
     print(f"  target both <= {TARGET_MB:.0f} MiB RSS: {'met' if met_size else 'MISSED'} (peak {total(peak):.1f}); "
-          f"flat (growth <= {FLAT_PCT:.0f}% after warm-up): {'met' if met_flat else 'MISSED'} ({growth:+.1f}%)")
+          f"flat (growth <= {FLAT_PCT:.0f}% after warm-up): {'met' if met_flat else 'MISSED'} "
+          f"({growth:+.1f}%, {total(last) - total(base):+.1f} MiB)")
     return met_size and met_flat
 
 

@@ -45,41 +45,22 @@ def describe_maps(bpf, lib, names) -> tuple:
 
 def load(request: dict) -> tuple:
     """(reply, fds). Raises UserError with the reason it failed."""
-    from rseqtop.collect.loader import first_line
-    from rseqtop.errors import UserError
-    from rseqtop.kernel.bccimport import CFLAGS, import_bcc, prepare_headers
+    from rseqtop.collect.loader import attach_events, attach_task_iterator, compile_program
+    from rseqtop.kernel.bccimport import import_bcc
 
     bcc = import_bcc()
-    prepare_headers()
-    try:
-        bpf = bcc.BPF(text=request["source"].encode(), cflags=CFLAGS)
-    except Exception as err:
-        raise UserError(f"the BPF program failed to compile or load ({first_line(err)}); "
-                        f"see 'rseqtop doctor'") from None
-    try:
-        for system, event, raw in request["attach"]:
-            if raw:
-                bpf.attach_raw_tracepoint(tp=event, fn_name=f"on_{event}")
-            else:
-                bpf.attach_tracepoint(tp=f"{system}:{event}", fn_name=f"on_{event}")
-    except Exception as err:
-        raise UserError(f"attaching to tracepoints failed ({first_line(err)}); see 'rseqtop doctor'") from None
-    link = -1
-    if request["iterator"]:
-        try:
-            fn = bpf.load_func("bpf_iter__task", bcc.BPF.TRACING)
-            link = bcc.lib.bcc_iter_attach(fn.fd, None, 0)
-        except Exception:
-            link = -1  # refused by this kernel: the collector reads each thread through a pidfd
+    bpf = compile_program(bcc, request["source"])
+    attach_events(bpf, request["attach"])
+    link = attach_task_iterator(bcc, bpf) if request["iterator"] else None
     specs, fds = describe_maps(bpf, bcc.lib, request["maps"])
     programs = sorted(bpf.funcs)
     fds += [bpf.funcs[p].fd for p in programs]
     attachments = list(bpf.tracepoint_fds.values()) + list(bpf.raw_tracepoint_fds.values())
     fds += attachments
-    if link >= 0:
+    if link is not None:
         fds.append(link)
     reply = {"maps": specs, "programs": [p.decode() if isinstance(p, bytes) else p for p in programs],
-             "attachments": len(attachments), "iterator": link >= 0}
+             "attachments": len(attachments), "iterator": link is not None}
     return reply, fds
 
 

@@ -31,6 +31,40 @@ def first_line(err: Exception) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def compile_program(bcc, text: str):
+    """bcc's BPF object for the program text (headers set up first)."""
+    prepare_headers()
+    try:
+        return bcc.BPF(text=text.encode(), cflags=CFLAGS)
+    except Exception as err:
+        raise UserError(f"the BPF program failed to compile or load ({first_line(err)}); "
+                        f"see 'rseqtop doctor'") from None
+
+
+def attach_events(bpf, events: Iterable[tuple]) -> None:
+    """Attach on_EVENT to each (system, event, raw) tracepoint."""
+    try:
+        for system, event, raw in events:
+            if raw:
+                bpf.attach_raw_tracepoint(tp=event, fn_name=f"on_{event}")
+            else:
+                bpf.attach_tracepoint(tp=f"{system}:{event}", fn_name=f"on_{event}")
+    except Exception as err:
+        raise UserError(f"attaching to tracepoints failed ({first_line(err)}); see 'rseqtop doctor'") from None
+
+
+def attach_task_iterator(bcc, bpf) -> Optional[int]:
+    """The link fd of the task iterator that reads every thread's hot state
+    at once; None where this kernel refuses it (each thread is then read
+    through a pidfd, a few syscalls per thread and poll)."""
+    try:
+        fn = bpf.load_func("bpf_iter__task", bcc.BPF.TRACING)
+        link = bcc.lib.bcc_iter_attach(fn.fd, None, 0)
+    except Exception:
+        return None
+    return link if link >= 0 else None
+
+
 class Probes:
     """One compiled and attached copy of rseqtop's BPF program."""
 
@@ -88,36 +122,15 @@ class Probes:
         """Compile, load and attach `text` in this process (sets self.bpf,
         self.hot_fd and self.hot_iter_link)."""
         bcc = import_bcc()
-        prepare_headers()
+        self.bpf = compile_program(bcc, text)
         try:
-            self.bpf = bcc.BPF(text=text.encode(), cflags=CFLAGS)
-        except Exception as err:
-            raise UserError(f"the BPF program failed to compile or load ({first_line(err)}); "
-                            f"see 'rseqtop doctor'") from None
-        try:
-            for system, event in self.plan.attach:
-                if event in self.plan.raw:
-                    self.bpf.attach_raw_tracepoint(tp=event, fn_name=f"on_{event}")
-                else:
-                    self.bpf.attach_tracepoint(tp=f"{system}:{event}", fn_name=f"on_{event}")
-        except Exception as err:
+            attach_events(self.bpf, ((s, e, e in self.plan.raw) for s, e in self.plan.attach))
+        except UserError:
             self.close()
-            raise UserError(f"attaching to tracepoints failed ({first_line(err)}); see 'rseqtop doctor'") from None
+            raise
         if self.plan.hot_storage:
             self.hot_fd = bcc.lib.bpf_table_fd(self.bpf.module, b"hot")
-            self._attach_hot_iterator(bcc)
-
-    def _attach_hot_iterator(self, bcc) -> None:
-        """The task iterator that reads every thread's hot state at once;
-        without it (refused by this kernel) each thread is read through a
-        pidfd, which costs a few syscalls per thread and poll."""
-        try:
-            fn = self.bpf.load_func("bpf_iter__task", bcc.BPF.TRACING)
-            link = bcc.lib.bcc_iter_attach(fn.fd, None, 0)
-        except Exception:
-            return
-        if link >= 0:
-            self.hot_iter_link = link
+            self.hot_iter_link = attach_task_iterator(bcc, self.bpf)
 
     def iterate(self, threads: int) -> Optional[bytes]:
         """Run the task iterator: it sums every process's live threads into

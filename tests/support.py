@@ -443,3 +443,28 @@ def listing_of(binary: Path, op: str):
         return annotate_fd(fd, file_offset(binary, start), length, file_offset(binary, abort), str(binary))
     finally:
         os.close(fd)
+
+def assert_exact(summary, snap):
+    """The workload's own counts (summary) against a snapshot: per thread, per
+    critical section (with its symbol, named while the process lived) and
+    the process total; returns the process."""
+    pid = summary["pid"]
+    proc = snap.process(pid)
+    assert proc is not None, f"workload pid {pid} not seen"
+    threads = {t.tid: t for t in snap.threads_of(pid)}
+    for tid, rec in summary["threads"].items():
+        t = threads.get(int(tid))
+        assert t is not None, f"thread {tid} not seen"
+        assert t.counts.aborts == rec["aborts"], (tid, t.counts.aborts, rec["aborts"],
+                                                  f"probe misses {snap.self_stats.probe_misses}")
+    sites = {s.start_ip: s for s in snap.sites_of(pid)}
+    for name, op in summary["ops"].items():
+        if not op.get("enabled", True):
+            continue
+        got = sites[int(op["start_ip"], 16)].aborts if int(op["start_ip"], 16) in sites else 0
+        assert got == op["aborts"], (name, got, op["aborts"])
+        if op["aborts"]:
+            assert op["symbol"] in sites[int(op["start_ip"], 16)].symbol
+    assert proc.counts.aborts == summary["totals"]["aborts"]
+    assert sum(n for _, n in proc.counts.causes) == proc.counts.aborts
+    return proc

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support import assert_exact
 
 from rseqtop import workload
 from rseqtop.collect import Collector
@@ -69,29 +70,6 @@ def no_rt_throttling():
         yield
     finally:
         RT_RUNTIME.write_text(old)
-
-
-def assert_exact(summary, snap):
-    pid = summary["pid"]
-    proc = snap.process(pid)
-    assert proc is not None, f"workload pid {pid} not seen"
-    threads = {t.tid: t for t in snap.threads_of(pid)}
-    for tid, rec in summary["threads"].items():
-        t = threads.get(int(tid))
-        assert t is not None, f"thread {tid} not seen"
-        assert t.counts.aborts == rec["aborts"], (tid, t.counts.aborts, rec["aborts"],
-                                                  f"probe misses {snap.self_stats.probe_misses}")
-    sites = {s.start_ip: s for s in snap.sites_of(pid)}
-    for name, op in summary["ops"].items():
-        if not op.get("enabled", True):
-            continue
-        got = sites[int(op["start_ip"], 16)].aborts if int(op["start_ip"], 16) in sites else 0
-        assert got == op["aborts"], (name, got, op["aborts"])
-        if op["aborts"]:
-            assert op["symbol"] in sites[int(op["start_ip"], 16)].symbol
-    assert proc.counts.aborts == summary["totals"]["aborts"]
-    assert sum(n for _, n in proc.counts.causes) == proc.counts.aborts
-    return proc
 
 
 INDUCERS = {

@@ -7,13 +7,17 @@ from __future__ import annotations
 import ctypes
 import errno
 
+from rseqtop.kernel import bpfsys
+
 CHUNK = 1024  # entries per system call; the buffers hold one chunk
 
 
 class BatchTable:
-    def __init__(self, table, lib, chunk: int = CHUNK):
+    """table: bcc's or rseqtop.collect.maps.MapTable (map_fd, Key, Leaf,
+    max_entries, items())."""
+
+    def __init__(self, table, chunk: int = CHUNK):
         self.table = table
-        self._lib = lib
         self._chunk = min(chunk, max(1, table.max_entries))
         self.key_size = ctypes.sizeof(table.Key)
         self.value_size = ctypes.sizeof(table.Leaf)
@@ -33,20 +37,16 @@ class BatchTable:
     def _batched(self) -> list:
         out = []
         token = ctypes.c_uint32(0)
-        count = ctypes.c_uint32(0)
         ks, vs = self.key_size, self.value_size
         first = True
         while True:
-            count.value = self._chunk
-            res = self._lib.bpf_lookup_batch(self.table.map_fd, None if first else ctypes.byref(token),
-                                             ctypes.byref(token), self._keys, self._values, ctypes.byref(count))
-            err = ctypes.get_errno() if res else 0
-            n = count.value
+            n, err = bpfsys.lookup_batch(self.table.map_fd, None if first else token, token, self._keys,
+                                         self._values, self._chunk)
             if n:
                 keys = ctypes.string_at(self._keys, n * ks)
                 values = ctypes.string_at(self._values, n * vs)
                 out.extend((keys[i * ks:(i + 1) * ks], values[i * vs:(i + 1) * vs]) for i in range(n))
-            if res == 0:
+            if err == 0:
                 if n == 0:  # no progress (concurrent inserts): what was read
                     return out
                 first = False

@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Optional
 
 from rseqtop.collect import reaper as reaper_mod
 from rseqtop.collect.assemble import Assembly, View, assemble
+from rseqtop.collect.handoff import HandedProbes
 from rseqtop.collect.loader import Probes
 from rseqtop.collect.reader import THREAD_MODES, MapReader
 from rseqtop.collect.records import MapRecords
@@ -50,7 +51,9 @@ class Collector:
 
     pids: only these processes (tgids) are tracked; cgroups: only tasks in
     these cgroup v2 directories; comm: a regular expression applied to what
-    snapshots show. All can change at run time with set_filter().
+    snapshots show. All can change at run time with set_filter(). lean:
+    this process never loads libbcc (and LLVM): see rseqtop.collect.handoff
+    for what it does without.
     """
 
     def __init__(self, pids: Optional[Iterable[int]] = None, comm: Optional[str] = None,
@@ -58,7 +61,7 @@ class Collector:
                  emit_events: bool = False, tracefs_root: Optional[Path] = None,
                  symbolizer: Optional[Symbolizer] = None, keep_dead_seconds: float = 60.0,
                  keep_dead_max: int = 4096, syscalls: bool = False, mm_cid_window: float = MM_CID_WINDOW,
-                 threads: str = "all", uprobes: bool = False):
+                 threads: str = "all", uprobes: bool = False, lean: bool = False):
         self._pids = set(pids) if pids else set()
         self._comm = compile_comm(comm)
         self._cgroups = list(cgroups or ())
@@ -66,7 +69,10 @@ class Collector:
         self._want_mm_cid = False
         self.mm_cid_window = mm_cid_window
         self.want_threads(threads)
-        self.loader = Probes(sizes, syscalls, tracefs_root, uprobes)
+        # lean: bcc stays in a short-lived loader process (rseqtop.collect.handoff);
+        # not with --uprobes, which attaches probes as binaries appear
+        lean = lean and not uprobes
+        self.loader = (HandedProbes if lean else Probes)(sizes, syscalls, tracefs_root, uprobes)
         # --uprobes: abort handlers probed as processes and sections appear
         self.handlers = HandlerProbes(self.loader.attach_handler) if uprobes else None
         self._reader: Optional[MapReader] = None

@@ -1,6 +1,7 @@
 """Loading and attaching: generate the BPF program for this kernel, compile
 it with bcc, attach it, write the filter configuration, and run the
-new-site and event streams. The only module that imports bcc."""
+new-site and event streams. With rseqtop.collect.attach (the loader
+process of rseqtop.collect.handoff), the only module that imports bcc."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Callable, Iterable, Optional
 
 from rseqtop.collect.records import Setup
 from rseqtop.errors import UserError
-from rseqtop.kernel import bpfgen, tracefs
+from rseqtop.kernel import bpfgen, bpfsys, tracefs
 from rseqtop.kernel import facts as kernel
 from rseqtop.kernel.bccimport import CFLAGS, import_bcc, prepare_headers
 from rseqtop.kernel.facts import hot_storage_usable
@@ -28,6 +29,40 @@ def check_privileges() -> None:
 def first_line(err: Exception) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def compile_program(bcc, text: str):
+    """bcc's BPF object for the program text (headers set up first)."""
+    prepare_headers()
+    try:
+        return bcc.BPF(text=text.encode(), cflags=CFLAGS)
+    except Exception as err:
+        raise UserError(f"the BPF program failed to compile or load ({first_line(err)}); "
+                        f"see 'rseqtop doctor'") from None
+
+
+def attach_events(bpf, events: Iterable[tuple]) -> None:
+    """Attach on_EVENT to each (system, event, raw) tracepoint."""
+    try:
+        for system, event, raw in events:
+            if raw:
+                bpf.attach_raw_tracepoint(tp=event, fn_name=f"on_{event}")
+            else:
+                bpf.attach_tracepoint(tp=f"{system}:{event}", fn_name=f"on_{event}")
+    except Exception as err:
+        raise UserError(f"attaching to tracepoints failed ({first_line(err)}); see 'rseqtop doctor'") from None
+
+
+def attach_task_iterator(bcc, bpf) -> Optional[int]:
+    """The link fd of the task iterator that reads every thread's hot state
+    at once; None where this kernel refuses it (each thread is then read
+    through a pidfd, a few syscalls per thread and poll)."""
+    try:
+        fn = bpf.load_func("bpf_iter__task", bcc.BPF.TRACING)
+        link = bcc.lib.bcc_iter_attach(fn.fd, None, 0)
+    except Exception:
+        return None
+    return link if link >= 0 else None
 
 
 class Probes:
@@ -54,7 +89,6 @@ class Probes:
         self.hot_value = None
         self.hot_iter_link: Optional[int] = None  # the task iterator's link fd
         self.iter_pass = 0
-        self.bcc_lib = None
         self._mm_cid_attached = False
         self._mm_lock = threading.Lock()
         self._config_lock = threading.Lock()
@@ -84,44 +118,28 @@ class Probes:
         if self.uprobes and not kernel.uprobes_available(self._tracefs_root or tracefs.ensure_root()):
             raise UserError("--uprobes: this kernel takes no uprobes (needs CONFIG_UPROBE_EVENTS); "
                             "run without --uprobes, see 'rseqtop doctor'")
-        bcc = import_bcc()
-        self.bcc_lib = bcc.lib
-        text = self.generate()
-        prepare_headers()
-        try:
-            self.bpf = bcc.BPF(text=text.encode(), cflags=CFLAGS)
-        except Exception as err:
-            raise UserError(f"the BPF program failed to compile or load ({first_line(err)}); "
-                            f"see 'rseqtop doctor'") from None
-        try:
-            for system, event in self.plan.attach:
-                if event in self.plan.raw:
-                    self.bpf.attach_raw_tracepoint(tp=event, fn_name=f"on_{event}")
-                else:
-                    self.bpf.attach_tracepoint(tp=f"{system}:{event}", fn_name=f"on_{event}")
-        except Exception as err:
-            self.close()
-            raise UserError(f"attaching to tracepoints failed ({first_line(err)}); see 'rseqtop doctor'") from None
+        self._load(self.generate())
         if self.plan.hot_storage:
-            self.hot_fd = bcc.lib.bpf_table_fd(self.bpf.module, b"hot")
             self.hot_value = dict(self.bpf["threads"].Leaf._fields_)["h"]()
-            self._attach_hot_iterator(bcc)
         capacities = {name: int(self.plan.defines[size]) for name, size in self.MAP_SIZES.items()
                       if (name != "proc_live" or self.plan.hot_storage) and (name != "handlers" or self.uprobes)}
         self.setup = Setup(self.era.name, self.era.description, self.names, self.plan.missing,
                            self.plan.unavailable_causes, pairs(capacities), self.syscalls, self.uprobes)
 
-    def _attach_hot_iterator(self, bcc) -> None:
-        """The task iterator that reads every thread's hot state at once;
-        without it (refused by this kernel) each thread is read through a
-        pidfd, which costs a few syscalls per thread and poll."""
+    def _load(self, text: str) -> None:
+        """Compile, load and attach `text` in this process (sets self.bpf,
+        self.hot_fd and self.hot_iter_link)."""
+        bcc = import_bcc()
+        self.bcc_lib = bcc.lib  # --uprobes attaches by file offset through it
+        self.bpf = compile_program(bcc, text)
         try:
-            fn = self.bpf.load_func("bpf_iter__task", bcc.BPF.TRACING)
-            link = bcc.lib.bcc_iter_attach(fn.fd, None, 0)
-        except Exception:
-            return
-        if link >= 0:
-            self.hot_iter_link = link
+            attach_events(self.bpf, ((s, e, e in self.plan.raw) for s, e in self.plan.attach))
+        except UserError:
+            self.close()
+            raise
+        if self.plan.hot_storage:
+            self.hot_fd = bcc.lib.bpf_table_fd(self.bpf.module, b"hot")
+            self.hot_iter_link = attach_task_iterator(bcc, self.bpf)
 
     def iterate(self, threads: int) -> Optional[bytes]:
         """Run the task iterator: it sums every process's live threads into
@@ -138,8 +156,9 @@ class Probes:
             value.iter_threads = threads
             cfg[0] = value
             self.iter_pass = value.iter_pass
-        fd = self.bcc_lib.bcc_iter_create(self.hot_iter_link)
-        if fd < 0:
+        try:
+            fd = bpfsys.iter_create(self.hot_iter_link)
+        except OSError:
             return None
         try:
             chunks = []

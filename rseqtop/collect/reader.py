@@ -107,11 +107,10 @@ class MapReader:
                                if name.startswith(COUNTER_PREFIX) and name != "RSEQTOP_NCOUNTERS"}
         self._nodes = kernel.cpu_nodes()
         b = probes.bpf
-        lib = probes.bcc_lib
-        self._tables = {name: BatchTable(b[name], lib)
+        self._tables = {name: BatchTable(b[name])
                         for name in ("threads", "dead_threads", "procs", "pcounts", "sites", "offsets")}
         if probes.uprobes:
-            self._tables["handlers"] = BatchTable(b["handlers"], lib)
+            self._tables["handlers"] = BatchTable(b["handlers"])
         # tid -> (updates, preempts, cpu) last read from the hot state: a
         # thread gone between the map read and the hot read keeps them
         self._last_hot: dict[int, tuple] = {}
@@ -128,7 +127,7 @@ class MapReader:
         self.threads = "all"
         self._iter_threads = {mode: k[f"RSEQTOP_ITER_THREADS_{mode.upper()}"] for mode in THREAD_MODES}
         if probes.hot_iter_link is not None:
-            self._tables["proc_live"] = BatchTable(b["proc_live"], lib)
+            self._tables["proc_live"] = BatchTable(b["proc_live"])
             self._live_values = struct.Struct(f"=2Q{len(COUNT_FIELDS) + self._ncodes}Q")
             if self._live_values.size != ctypes.sizeof(b["proc_live"].Leaf):
                 raise RuntimeError("struct rseqtop_live changed: update rseqtop.collect.reader")

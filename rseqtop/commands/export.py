@@ -27,6 +27,7 @@ import time
 from rseqtop.commands.options import add_syscalls_arg, add_uprobes_arg, flat_pids, pid_list, positive_int
 from rseqtop.errors import UsageError, UserError
 from rseqtop.exporter import DEFAULT_LISTEN, DEFAULT_PORT
+from rseqtop.kernel import linux
 
 EPILOG = f"""\
 examples:
@@ -105,6 +106,7 @@ def _setup_logging(level: str) -> None:
 
 def run(args) -> int:
     _setup_logging(args.log_level)
+    linux.one_malloc_arena()  # both processes: RSS that stays flat (docs/production.md, Memory)
     log = logging.getLogger("rseqtop.export")
     from rseqtop.exporter.server import parse_listen_address
 
@@ -122,7 +124,8 @@ def run(args) -> int:
 
     # only labels=tid has per-thread series; process totals never need threads
     source = Collector(pids=flat_pids(args) or None, comm=args.comm, cgroups=args.cgroups, syscalls=args.syscalls,
-                       threads="all" if args.labels == "tid" else "none", uprobes=args.uprobes)
+                       threads="all" if args.labels == "tid" else "none", uprobes=args.uprobes,
+                       lean=not args.uprobes)  # without bcc (memory) unless probes come and go
     if args.ebpf:
         print(source.generate())
         return 0
@@ -253,6 +256,7 @@ def _answer(requests: queue.Queue, link, registry, render, log) -> None:
             st, payload = privsep.ERROR, f"error building the metrics: {type(err).__name__}\n".encode()
         for rid in rids:
             link.reply(rid, st, payload)
+    linux.release_free_memory()  # after the replies: not on the scrape's path
 
 
 def _alive(pid: int) -> bool:

@@ -20,6 +20,7 @@ LIBC.prctl.restype = ctypes.c_int
 _SYSCALLS = {
     "bpf": {"x86_64": 321, "aarch64": 280, "riscv64": 280, "loongarch64": 280},
     "membarrier": {"x86_64": 324, "aarch64": 283, "riscv64": 283, "loongarch64": 283},
+    "perf_event_open": {"x86_64": 298, "aarch64": 241, "riscv64": 241, "loongarch64": 241},
 }
 
 
@@ -52,3 +53,23 @@ def proc_status(path: str = "/proc/thread-self/status", text: Optional[str] = No
     m = re.search(r"^NoNewPrivs:\s*(\d+)", text, re.M)
     out["NoNewPrivs"] = int(m.group(1)) if m else 0
     return out
+
+
+# glibc's malloc: each thread that allocates gets an arena of its own, and
+# memory freed in one stays there; a long-running exporter whose threads
+# build large bodies then holds several heaps' worth. Absent (musl): no-ops.
+M_ARENA_MAX = -8
+
+
+def one_malloc_arena() -> None:
+    """All threads allocate from one heap (call before starting threads;
+    forked children inherit it)."""
+    if hasattr(LIBC, "mallopt"):
+        LIBC.mallopt(M_ARENA_MAX, 1)
+
+
+def release_free_memory() -> None:
+    """Give the heap's free pages back to the kernel (what a scrape's
+    temporary objects left), so that RSS follows what is in use."""
+    if hasattr(LIBC, "malloc_trim"):
+        LIBC.malloc_trim(0)

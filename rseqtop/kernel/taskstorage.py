@@ -1,6 +1,6 @@
 """Read a BPF task-storage map from user space: the key is a pidfd of the
 thread (PIDFD_THREAD, Linux 6.9+). Plain bpf(2) through libc, so that bcc
-stays confined to the collector."""
+stays confined to the loader."""
 
 from __future__ import annotations
 
@@ -10,18 +10,12 @@ import os
 import threading
 from typing import Optional
 
-from rseqtop.kernel import linux
+from rseqtop.kernel import bpfsys
 
 # None on an architecture whose number rseqtop does not know: no task
 # storage there (the hash variant works everywhere).
-SYS_BPF = linux.syscall_number("bpf")
-BPF_MAP_LOOKUP_ELEM = 1
+SYS_BPF = bpfsys.SYS_BPF
 PIDFD_THREAD = os.O_EXCL  # include/uapi/linux/pidfd.h
-
-
-class _LookupAttr(ctypes.Structure):
-    _fields_ = [("map_fd", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("key", ctypes.c_uint64),
-                ("value", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
 
 
 def thread_pidfds_supported() -> bool:
@@ -45,15 +39,12 @@ def lookup(map_fd: int, tid: int, value) -> Optional[object]:
     except OSError:
         return None
     try:
-        key = ctypes.c_int(pidfd)
-        attr = _LookupAttr(map_fd, 0, ctypes.addressof(key), ctypes.addressof(value), 0)
-        # syscall(2) reads longs from its varargs
-        if linux.LIBC.syscall(ctypes.c_long(SYS_BPF), ctypes.c_long(BPF_MAP_LOOKUP_ELEM), ctypes.byref(attr),
-                         ctypes.c_long(ctypes.sizeof(attr))) != 0:
-            err = ctypes.get_errno()
-            if err in (errno.ENOENT, errno.ESRCH, errno.EBADF):
+        try:
+            found = bpfsys.lookup(map_fd, ctypes.c_int(pidfd), value)
+        except OSError as err:
+            if err.errno in (errno.ESRCH, errno.EBADF):
                 return None
-            raise OSError(err, os.strerror(err))
-        return value
+            raise
+        return value if found else None
     finally:
         os.close(pidfd)

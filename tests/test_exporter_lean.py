@@ -1,0 +1,178 @@
+"""The exporter's lean collector (rseqtop.collect.handoff): a loader process
+compiles and attaches with bcc, hands the maps, programs and attachments
+over as file descriptors and exits; the collector process never maps libbcc
+or LLVM. Its counts are checked against the bundled workload's own, through
+the Collector and through a real `rseqtop export` scraped over HTTP."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import support
+from prometheus_client.parser import text_string_to_metric_families
+from support import assert_exact, free_port, wait_for
+
+from rseqtop import workload
+from rseqtop.collect import Collector
+from rseqtop.kernel import facts as kernel
+
+# Kernel-facing: scripts/kernels runs these in a VM of each kernel in the matrix.
+pytestmark = pytest.mark.kernel
+
+LLVM_MARKS = ("libbcc", "libLLVM", "libclang")
+SIGNALS = ["--threads", "2", "--signal-rate", "2000", "--in-cs-delay", "3000", "--duration", "1"]
+
+
+@pytest.fixture(scope="module")
+def lean(bpf_ok):
+    workload.build()
+    with Collector(lean=True) as c:
+        yield c
+
+
+def llvm_mappings(pid) -> list:
+    return [line for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
+            if any(m in line for m in LLVM_MARKS)]
+
+
+def children(pid: int) -> set:
+    out = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        out |= {int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()}
+    return out
+
+
+def prog_ids(pid: int) -> set:
+    ids = set()
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+        except OSError:
+            continue
+        ids |= {int(line.split()[1]) for line in text.splitlines() if line.startswith("prog_id:")}
+    return ids
+
+
+def test_lean_collector_is_exact_per_thread_site_and_process(lean, record_property):
+    """Aborts per thread, per critical section (named by the new-site perf
+    rings this process reads itself, while the workload lived) and per
+    process equal the workload's own counts."""
+    summary = workload.run(SIGNALS, timeout=120)
+    snap = lean.poll()
+    proc = assert_exact(summary, snap)
+    assert proc.counts.aborts > 0
+    assert dict(proc.counts.causes).get("signal", 0) > 0, proc.counts.causes
+    assert lean.loader._rings.lost == 0
+    record_property("figure", f"{proc.counts.aborts} aborts, causes {dict(proc.counts.causes)}")
+
+
+def test_lean_process_totals_do_not_depend_on_the_threads_asked_for(lean):
+    """The exporter asks for no threads: totals come from the task iterator
+    where there is one (6.9+), from every thread's record elsewhere."""
+    summary = workload.run(SIGNALS, timeout=120)
+    try:
+        lean.want_threads("none")
+        none = lean.poll().process(summary["pid"])
+    finally:
+        lean.want_threads("all")
+    assert none is not None and none.counts.aborts == summary["totals"]["aborts"]
+    if kernel.kernel_version() < (6, 9):
+        assert lean.loader.hot_iter_link is None
+
+
+def test_lean_and_bcc_decode_the_maps_alike(lean):
+    """The key and value types the lean collector decodes from the loader's
+    descriptions have bcc's sizes and field offsets."""
+    with Collector() as full:
+        for name, table in lean.bpf.items():
+            if name == "hot":  # task storage, a table type bcc's Python has no class for: the record's copy
+                theirs = (ctypes.c_int, dict(full.bpf["threads"].Leaf._fields_)["h"])
+            else:
+                theirs = (full.bpf[name].Key, full.bpf[name].Leaf)
+            for ours, bccs in zip((table.Key, table.Leaf), theirs):
+                assert ctypes.sizeof(ours) == ctypes.sizeof(bccs), name
+                for field, *_ in getattr(bccs, "_fields_", ()):
+                    assert getattr(ours, field).offset == getattr(bccs, field).offset, (name, field)
+
+
+def test_lean_filter_and_reaping_write_through_the_handed_fds(lean):
+    """set_filter writes the config maps, reap() deletes map entries: both
+    through file descriptors the loader handed over."""
+    lean.set_filter(pids=[os.getpid()])
+    try:
+        summary = workload.run(SIGNALS, timeout=120)
+        assert lean.poll().process(summary["pid"]) is None, "the pid filter did not reach the kernel"
+    finally:
+        lean.set_filter()
+    summary = workload.run(SIGNALS, timeout=120)
+    pid = summary["pid"]
+    keep = lean.reaper.keep_seconds
+    lean.reaper.keep_seconds = 0.0
+    try:
+        assert lean.poll().process(pid).counts.aborts == summary["totals"]["aborts"]
+        lean.reap()  # first seen dead now
+        time.sleep(0.05)
+        lean.poll()
+        assert lean.reap() >= 1
+        rec = lean.read()
+        assert pid not in {p.pid for p in rec.procs} and pid not in {t.pid for t in rec.threads}
+    finally:
+        lean.reaper.keep_seconds = keep
+
+
+def scrape(port: int) -> list:
+    status, body = support.get(f"http://127.0.0.1:{port}/metrics", timeout=30)
+    assert status == 200
+    return [s for fam in text_string_to_metric_families(body.decode()) for s in fam.samples]
+
+
+def test_exporter_collector_never_maps_llvm_and_scrapes_exact_counts(bpf_ok, rseqtop_cmd, record_property):
+    """`rseqtop export`: after attach the collector process has no libbcc or
+    LLVM mapping and no loader child left, holds the programs through its
+    fds, and a scrape after the workload's run shows its own counts: aborts
+    by cause and by critical section (symbol)."""
+    port = free_port()
+    exporter = subprocess.Popen(rseqtop_cmd + ["export", "--labels", "pid", f"--web.listen-address=127.0.0.1:{port}"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: support.get(f"http://127.0.0.1:{port}/-/ready", timeout=5, down_ok=True)[0] == 200, 300,
+                 "exporter ready", exporter, interval=0.3)
+        pid = exporter.pid
+        assert llvm_mappings(pid) == []
+        assert len(children(pid)) == 1, "a process besides the HTTP process is left (the loader?)"
+        assert prog_ids(pid), "the collector holds no BPF program"
+        summary = workload.run(SIGNALS, timeout=120)
+        samples = scrape(port)
+        wpid = str(summary["pid"])
+        aborts = {s.labels["cause"]: s.value for s in samples
+                  if s.name == "rseqtop_aborts_total" and s.labels.get("pid") == wpid}
+        assert sum(aborts.values()) == summary["totals"]["aborts"] > 0, aborts
+        assert aborts.get("signal", 0) > 0, aborts
+        sites = {s.labels["symbol"]: s.value for s in samples
+                 if s.name == "rseqtop_site_aborts_total" and s.labels.get("pid") == wpid}
+        for name, op in summary["ops"].items():
+            if op["aborts"]:
+                got = [v for sym, v in sites.items() if op["symbol"] in sym]
+                assert got == [op["aborts"]], (name, op["symbol"], sites)
+        assert llvm_mappings(pid) == []
+        record_property("figure", f"{summary['totals']['aborts']} aborts scraped exactly; "
+                                  f"collector RSS {rss_kib(pid) // 1024} MiB")
+    finally:
+        exporter.terminate()
+        try:
+            exporter.wait(30)
+        except subprocess.TimeoutExpired:
+            exporter.kill()
+            exporter.wait()
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0

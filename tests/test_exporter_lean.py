@@ -66,7 +66,9 @@ def test_lean_collector_is_exact_per_thread_site_and_process(lean, record_proper
     snap = lean.poll()
     proc = assert_exact(summary, snap)
     assert proc.counts.aborts > 0
-    assert dict(proc.counts.causes).get("signal", 0) > 0, proc.counts.causes
+    # causes come through the handed maps too (unpinned, the signal sender
+    # often preempts the worker as well: "preempt+signal")
+    assert sum(n for cause, n in proc.counts.causes if "signal" in cause) > 0, proc.counts.causes
     assert lean.loader._rings.lost == 0
     record_property("figure", f"{proc.counts.aborts} aborts, causes {dict(proc.counts.causes)}")
 

@@ -57,192 +57,30 @@
  * (bpfgen's sizes, tests' small maps) overrides them. */
 #ifndef RSEQTOP_MAX_THREADS
 #define RSEQTOP_MAX_THREADS 32768
-/* --uprobes: runs of a critical section's abort handler (a uprobe at its
- * abort_ip), per thread and handler. `kernel` of them followed a
- * rseq_ip_fixup of the thread at that abort_ip; the others are the
- * section's own cpu_id-mismatch exits (user-detected aborts), which the
- * kernel never sees. */
-struct rseqtop_handler_key {
-    u32 tgid;
-    u32 gen;
-    u32 tid;
-    u32 pad;
-    u64 abort_ip;
-};
-
-struct rseqtop_handler {
-    u64 hits;
-    u64 kernel;
-};
-
 #endif
 #ifndef RSEQTOP_MAX_DEAD_THREADS
 #define RSEQTOP_MAX_DEAD_THREADS 2048
-/* --uprobes: runs of a critical section's abort handler (a uprobe at its
- * abort_ip), per thread and handler. `kernel` of them followed a
- * rseq_ip_fixup of the thread at that abort_ip; the others are the
- * section's own cpu_id-mismatch exits (user-detected aborts), which the
- * kernel never sees. */
-struct rseqtop_handler_key {
-    u32 tgid;
-    u32 gen;
-    u32 tid;
-    u32 pad;
-    u64 abort_ip;
-};
-
-struct rseqtop_handler {
-    u64 hits;
-    u64 kernel;
-};
-
 #endif
 #ifndef RSEQTOP_MAX_PROCS
 #define RSEQTOP_MAX_PROCS 65536
-/* --uprobes: runs of a critical section's abort handler (a uprobe at its
- * abort_ip), per thread and handler. `kernel` of them followed a
- * rseq_ip_fixup of the thread at that abort_ip; the others are the
- * section's own cpu_id-mismatch exits (user-detected aborts), which the
- * kernel never sees. */
-struct rseqtop_handler_key {
-    u32 tgid;
-    u32 gen;
-    u32 tid;
-    u32 pad;
-    u64 abort_ip;
-};
-
-struct rseqtop_handler {
-    u64 hits;
-    u64 kernel;
-};
-
 #endif
 #ifndef RSEQTOP_MAX_PROC_GENS
 #define RSEQTOP_MAX_PROC_GENS 131072
-/* --uprobes: runs of a critical section's abort handler (a uprobe at its
- * abort_ip), per thread and handler. `kernel` of them followed a
- * rseq_ip_fixup of the thread at that abort_ip; the others are the
- * section's own cpu_id-mismatch exits (user-detected aborts), which the
- * kernel never sees. */
-struct rseqtop_handler_key {
-    u32 tgid;
-    u32 gen;
-    u32 tid;
-    u32 pad;
-    u64 abort_ip;
-};
-
-struct rseqtop_handler {
-    u64 hits;
-    u64 kernel;
-};
-
 #endif
 #ifndef RSEQTOP_MAX_SITES
 #define RSEQTOP_MAX_SITES 4096
-/* --uprobes: runs of a critical section's abort handler (a uprobe at its
- * abort_ip), per thread and handler. `kernel` of them followed a
- * rseq_ip_fixup of the thread at that abort_ip; the others are the
- * section's own cpu_id-mismatch exits (user-detected aborts), which the
- * kernel never sees. */
-struct rseqtop_handler_key {
-    u32 tgid;
-    u32 gen;
-    u32 tid;
-    u32 pad;
-    u64 abort_ip;
-};
-
-struct rseqtop_handler {
-    u64 hits;
-    u64 kernel;
-};
-
 #endif
 #ifndef RSEQTOP_MAX_OFFSETS
 #define RSEQTOP_MAX_OFFSETS 16384
-/* --uprobes: runs of a critical section's abort handler (a uprobe at its
- * abort_ip), per thread and handler. `kernel` of them followed a
- * rseq_ip_fixup of the thread at that abort_ip; the others are the
- * section's own cpu_id-mismatch exits (user-detected aborts), which the
- * kernel never sees. */
-struct rseqtop_handler_key {
-    u32 tgid;
-    u32 gen;
-    u32 tid;
-    u32 pad;
-    u64 abort_ip;
-};
-
-struct rseqtop_handler {
-    u64 hits;
-    u64 kernel;
-};
-
 #endif
 #ifndef RSEQTOP_MAX_PCOUNTS
 #define RSEQTOP_MAX_PCOUNTS 8192
-/* --uprobes: runs of a critical section's abort handler (a uprobe at its
- * abort_ip), per thread and handler. `kernel` of them followed a
- * rseq_ip_fixup of the thread at that abort_ip; the others are the
- * section's own cpu_id-mismatch exits (user-detected aborts), which the
- * kernel never sees. */
-struct rseqtop_handler_key {
-    u32 tgid;
-    u32 gen;
-    u32 tid;
-    u32 pad;
-    u64 abort_ip;
-};
-
-struct rseqtop_handler {
-    u64 hits;
-    u64 kernel;
-};
-
 #endif
 #ifndef RSEQTOP_MAX_HANDLERS
 #define RSEQTOP_MAX_HANDLERS 16384
-/* --uprobes: runs of a critical section's abort handler (a uprobe at its
- * abort_ip), per thread and handler. `kernel` of them followed a
- * rseq_ip_fixup of the thread at that abort_ip; the others are the
- * section's own cpu_id-mismatch exits (user-detected aborts), which the
- * kernel never sees. */
-struct rseqtop_handler_key {
-    u32 tgid;
-    u32 gen;
-    u32 tid;
-    u32 pad;
-    u64 abort_ip;
-};
-
-struct rseqtop_handler {
-    u64 hits;
-    u64 kernel;
-};
-
 #endif
 #ifndef RSEQTOP_RINGBUF_PAGES
 #define RSEQTOP_RINGBUF_PAGES 64
-/* --uprobes: runs of a critical section's abort handler (a uprobe at its
- * abort_ip), per thread and handler. `kernel` of them followed a
- * rseq_ip_fixup of the thread at that abort_ip; the others are the
- * section's own cpu_id-mismatch exits (user-detected aborts), which the
- * kernel never sees. */
-struct rseqtop_handler_key {
-    u32 tgid;
-    u32 gen;
-    u32 tid;
-    u32 pad;
-    u64 abort_ip;
-};
-
-struct rseqtop_handler {
-    u64 hits;
-    u64 kernel;
-};
-
 #endif
 
 /* Counts kept per thread while it lives, summed into its process when it

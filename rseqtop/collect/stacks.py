@@ -72,17 +72,21 @@ class AbortStacks:
                 self._sections[site] = self._symbolize(k.tgid, k.start_ip)
             ident = (k.tgid, k.gen, k.stack_id)
             if k.stack_id >= 0 and ident not in self._frames:
-                self._frames[ident] = self._walk(traces, k.tgid, k.stack_id)
+                self._frames[ident] = self._walk(traces, k.tgid, k.stack_id, self._sections[site])
         self.dropped = bpf["stack_drops"].sum(0).value
 
-    def _walk(self, traces, pid: int, stack_id: int) -> tuple:
+    def _walk(self, traces, pid: int, stack_id: int, section: str) -> tuple:
         try:
             addrs = list(traces.walk(stack_id))[:MAX_FRAMES]
         except (KeyError, OSError):
             return ()
-        # The first address is the interrupted IP; the others are return
-        # addresses, one past their call: name the call (addr - 1).
-        names = [frame_name(self._symbolize(pid, a if i == 0 else a - 1)) for i, a in enumerate(addrs)]
+        if not addrs:
+            return ()
+        # The first address is the interrupted IP, inside the section (the
+        # only IPs the kernel fixes up): its function is the section's,
+        # named even if the process has exited by now. The others are
+        # return addresses, one past their call: name the call (addr - 1).
+        names = [frame_name(section)] + [frame_name(self._symbolize(pid, a - 1)) for a in addrs[1:]]
         return tuple(reversed(names))
 
     def table(self) -> list:

@@ -82,6 +82,49 @@ static __always_inline void note_kernel_abort(u32 tid, u64 abort_ip)
 static __always_inline void note_kernel_abort(u32 tid, u64 abort_ip) {}
 #endif
 
+/* --stacks: aborts per (process, section, user stack). The stack is the
+ * interrupted one (the tracepoint fires before the fixup moves the IP to
+ * abort_ip), walked by frame pointers. A failed walk (stack_id < 0: -EFAULT,
+ * -EEXIST on a hash collision, -ENOMEM) is counted under its negative errno,
+ * so that per-section counts still add up to the section's aborts; a full
+ * count map is counted in stack_drops. */
+#ifdef RSEQTOP_STACKS
+struct rseqtop_stack_key {
+    u32 tgid;
+    u32 gen;
+    u64 start_ip;
+    s32 stack_id;
+    u32 pad;
+};
+BPF_STACK_TRACE(abort_stacks, RSEQTOP_MAX_STACKS);
+BPF_HASH(stack_counts, struct rseqtop_stack_key, u64, RSEQTOP_MAX_STACK_COUNTS);
+BPF_PERCPU_ARRAY(stack_drops, u64, 1);
+static __always_inline void count_stack(void *ctx, u32 tgid, u32 gen, u64 start_ip)
+{
+    struct rseqtop_stack_key k = {.tgid = tgid, .gen = gen, .start_ip = start_ip};
+    k.stack_id = abort_stacks.get_stackid(ctx, BPF_F_USER_STACK);
+    u64 *n = stack_counts.lookup(&k);
+    if (n) {
+        __sync_fetch_and_add(n, 1);
+        return;
+    }
+    u64 one = 1;
+    if (stack_counts.insert(&k, &one) == 0)
+        return;
+    n = stack_counts.lookup(&k); /* another CPU inserted it first */
+    if (n) {
+        __sync_fetch_and_add(n, 1);
+        return;
+    }
+    int zero = 0;
+    u64 *d = stack_drops.lookup(&zero);
+    if (d)
+        __sync_fetch_and_add(d, 1);
+}
+#else
+static __always_inline void count_stack(void *ctx, u32 tgid, u32 gen, u64 start_ip) {}
+#endif
+
 /* Global counters: map health and the event stream only. Activity is
  * counted per thread (no second map update on the hot paths). Atomic even
  * though per-CPU: from 6.19 tracepoint programs run preemptible (migration
@@ -346,6 +389,7 @@ static __always_inline void aborted(void *ctx, u64 regs_ip, u64 start_ip, u64 po
     }
     struct rseqtop_offset_key ok = {.tgid = tgid, .gen = t->gen, .start_ip = start_ip, .offset = (u32)offset};
     offsets_add(&ok);
+    count_stack(ctx, tgid, t->gen, start_ip); /* --stacks */
 
     struct rseqtop_config *cfg = config.lookup(&zero);
     if (cfg && cfg->emit_events) {

@@ -83,6 +83,15 @@
 #define RSEQTOP_RINGBUF_PAGES 64
 #endif
 
+/* --stacks: the user stacks of aborts (stack trace map entries) and the
+ * (process, section, stack) counts of them. */
+#ifndef RSEQTOP_MAX_STACKS
+#define RSEQTOP_MAX_STACKS 4096
+#endif
+#ifndef RSEQTOP_MAX_STACK_COUNTS
+#define RSEQTOP_MAX_STACK_COUNTS 16384
+#endif
+
 /* Counts kept per thread while it lives, summed into its process when it
  * exits. */
 struct rseqtop_counts {

@@ -40,7 +40,10 @@ SOURCE_SUFFIXES = (".c", ".h")
 BINARY_NAME = "rseq-workload"
 SCHEMA_VERSION = 1
 # -g: line tables for `rseqtop annotate` (source lines of each section's instructions)
-CFLAGS = ["-O2", "-g", "-Wall", "-Wextra", "-pthread"]
+# Frame pointers everywhere (leaf functions too: the critical sections are
+# asm inside leaf functions) so that a BPF user-stack walk (rseqtop --stacks)
+# gets from an interrupted section to its callers.
+CFLAGS = ["-O2", "-g", "-Wall", "-Wextra", "-pthread", "-fno-omit-frame-pointer", "-mno-omit-leaf-frame-pointer"]
 # Warnings are errors only where the source is developed (the test suite sets
 # this): on users' machines a newer compiler's new warning must not stop
 # `rseqtop demo`.

@@ -20,6 +20,7 @@ from rseqtop.collect.assemble import Assembly, View, assemble
 from rseqtop.collect.handoff import HandedProbes
 from rseqtop.collect.loader import Probes
 from rseqtop.collect.reader import THREAD_MODES, MapReader
+from rseqtop.collect.stacks import AbortStacks
 from rseqtop.collect.records import MapRecords
 from rseqtop.collect.uprobes import HandlerProbes
 from rseqtop.errors import UserError
@@ -61,7 +62,8 @@ class Collector:
                  emit_events: bool = False, tracefs_root: Optional[Path] = None,
                  symbolizer: Optional[Symbolizer] = None, keep_dead_seconds: float = 60.0,
                  keep_dead_max: int = 4096, syscalls: bool = False, mm_cid_window: float = MM_CID_WINDOW,
-                 threads: str = "all", uprobes: bool = False, lean: bool = False):
+                 threads: str = "all", uprobes: bool = False, lean: bool = False,
+                 stacks: bool = False):
         self._pids = set(pids) if pids else set()
         self._comm = compile_comm(comm)
         self._cgroups = list(cgroups or ())
@@ -70,14 +72,17 @@ class Collector:
         self.mm_cid_window = mm_cid_window
         self.want_threads(threads)
         # lean: bcc stays in a short-lived loader process (rseqtop.collect.handoff);
-        # not with --uprobes, which attaches probes as binaries appear
-        lean = lean and not uprobes
-        self.loader = (HandedProbes if lean else Probes)(sizes, syscalls, tracefs_root, uprobes)
+        # not with --uprobes, which attaches probes as binaries appear, nor
+        # with --stacks (bcc's stack map walk)
+        lean = lean and not uprobes and not stacks
+        self.loader = (HandedProbes if lean else Probes)(sizes, syscalls, tracefs_root, uprobes, stacks)
         # --uprobes: abort handlers probed as processes and sections appear
         self.handlers = HandlerProbes(self.loader.attach_handler) if uprobes else None
         self._reader: Optional[MapReader] = None
         self.reaper = reaper_mod.Reaper(keep_dead_seconds, keep_dead_max)
         self.symbolize = symbolizer or Symbolizer()
+        # --stacks: abort stacks, symbolized at poll time while processes live
+        self.stacks = AbortStacks(self.symbolize) if stacks else None
         self._gens: dict[int, int] = {}  # pid -> newest generation seen (whose names the symbolizer holds)
         self._last_totals: dict[tuple, Counts] = {}  # (pid, gen) -> last totals shown
         self._forgotten = Counts()  # processes aged out of the maps, for the system totals
@@ -216,8 +221,18 @@ class Collector:
         for pid, gen in a.newest.items():
             self._note_generation(pid, gen)
         self._scan_handlers(rec.live_idents())  # processes started since the last poll
+        if self.stacks is not None:
+            self.stacks.read(self.bpf, {(p.pid, p.gen): p.comm for p in a.processes})
         self.records, self.assembly = rec, a
         return a.snapshot
+
+    def stack_table(self) -> list:
+        """--stacks: StackCount of every (process, section, stack) seen since
+        attach that the filters show (rseqtop.collect.stacks)."""
+        if self.stacks is None:
+            return []
+        return [s for s in self.stacks.table()
+                if (not self._pids or s.pid in self._pids) and (self._comm is None or self._comm.search(s.comm))]
 
     def reap(self) -> int:
         """Age dead processes out of the maps (those of the latest poll);
@@ -234,6 +249,8 @@ class Collector:
             if (p.pid, p.gen) in gone:
                 self._forgotten = self._forgotten + p.counts
         reaper_mod.delete(self.bpf, gone, rec)
+        if self.stacks is not None:
+            self.stacks.delete_from(self.bpf, gone)
         for pid, gen in gone:
             self._last_totals.pop((pid, gen), None)
             if self._gens.get(pid) == gen and not os.path.exists(f"/proc/{pid}"):

@@ -75,11 +75,12 @@ class Probes:
                  "handlers": "RSEQTOP_MAX_HANDLERS"}
 
     def __init__(self, sizes: Optional[dict] = None, syscalls: bool = False, tracefs_root: Optional[Path] = None,
-                 uprobes: bool = False):
+                 uprobes: bool = False, stacks: bool = False):
         self.constants = bpfgen.header_constants()
         self._sizes = sizes or {}
         self.syscalls = syscalls
         self.uprobes = uprobes
+        self.stacks = stacks  # abort user stacks (rseqtop.collect.stacks)
         self._tracefs_root = tracefs_root
         self.bpf = None
         self.plan: Optional[bpfgen.Plan] = None
@@ -104,7 +105,7 @@ class Probes:
         fs = tracefs.TraceFS(root)
         self.plan = bpfgen.plan(fs.format, kernel.kallsyms_address("ipi_rseq"), self._sizes,
                                 kernel.kernel_version(), syscalls=self.syscalls, hot_storage=hot_storage_usable(),
-                                uprobes=self.uprobes)
+                                uprobes=self.uprobes, stacks=self.stacks)
         upd = fs.format("rseq", "rseq_update")
         self.era = kernel.rseq_era(kernel.kernel_version(), tuple(f.name for f in upd.fields) if upd else ())
         return bpfgen.source(self.plan)

@@ -32,7 +32,8 @@ def configure(parser) -> None:
     add_filter_args(parser)
     add_syscalls_arg(parser)
     parser.add_argument("--stacks", action="store_true",
-                        help="also record stacks (not available yet: rseqtop says so and exits)")
+                        help="also record the user call stack of every abort (for the report's flame graph "
+                             "and 'rseqtop report FILE --folded'); programs built with frame pointers")
 
 
 def samples_for(duration, delay: float):
@@ -46,8 +47,16 @@ def record(source: SnapshotSource, out, delay: float, count, head: dict) -> int:
     number of samples written."""
     from rseqtop.recording import format as fmt
 
+    last_stacks = None
+
     def emit(model) -> None:
+        nonlocal last_stacks
         out.write(fmt.dumps(fmt.sample(model)))
+        if head.get("stacks"):
+            line = fmt.stacks(source.stack_table(), source.stacks.dropped, model.cur.wall)
+            if line["stacks"] != last_stacks or line["dropped"]:
+                out.write(fmt.dumps(line))  # totals since the start: the last line is the recording's
+                last_stacks = line["stacks"]
         out.flush()  # a crash loses at most the line being written
 
     install_sigterm()
@@ -65,13 +74,12 @@ def record(source: SnapshotSource, out, delay: float, count, head: dict) -> int:
 
 
 def run(args) -> int:
-    if args.stacks:
-        raise UserError("--stacks is not available yet in this rseqtop; record without it", exit_code=2)
     from rseqtop.recording import format as fmt
 
     from rseqtop.collect import Collector
 
-    source = Collector(pids=flat_pids(args) or None, comm=args.comm or None, syscalls=args.syscalls)
+    source = Collector(pids=flat_pids(args) or None, comm=args.comm or None, syscalls=args.syscalls,
+                       stacks=args.stacks)
     if args.ebpf:
         sys.stdout.write(source.generate())
         return 0
@@ -83,7 +91,7 @@ def run(args) -> int:
     with out:
         try:
             n = record(source, out, args.delay, samples_for(args.duration, args.delay),
-                       fmt.header(args.delay, watching(args)))
+                       fmt.header(args.delay, watching(args), stacks=args.stacks))
         except BaseException:
             if out.tell() == 0:  # failed before its header (not root, no tracepoints): leave no empty file
                 os.unlink(args.output)

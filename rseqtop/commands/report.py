@@ -10,6 +10,7 @@ from rseqtop.errors import UserError
 
 EPILOG = """examples:
   rseqtop record -o rec.jsonl --duration 60 && rseqtop report rec.jsonl -o report.html
+  rseqtop record -o rec.jsonl --stacks -d 5 && rseqtop report rec.jsonl --folded > aborts.folded
 
 The page has the abort rate over time per process and per top critical
 section, the causes, the interrupted offsets of the top sections and, when
@@ -19,14 +20,27 @@ refused with one line saying what is wrong (docs/recording.md)."""
 
 def configure(parser) -> None:
     parser.add_argument("recording", metavar="FILE", help="a recording written by 'rseqtop record'")
-    parser.add_argument("-o", "--output", required=True, metavar="HTML", help="the page to write (replaced)")
+    parser.add_argument("-o", "--output", metavar="HTML", help="the page to write (replaced)")
+    parser.add_argument("--folded", action="store_true",
+                        help="print the abort call stacks (record --stacks) as folded text, one "
+                             "'frame;frame;frame count' line per stack, root first (flamegraph.pl, speedscope)")
 
 
 def run(args) -> int:
     from rseqtop.recording import reader
     from rseqtop.report import page
 
-    text = page.render(reader.read(args.recording))
+    if args.folded == bool(args.output):
+        raise UserError("give one of -o HTML (the page) or --folded (stacks as text)", exit_code=2)
+    rec = reader.read(args.recording)
+    if args.folded:
+        if not rec.stacks:
+            raise UserError(f"{args.recording}: no stacks recorded (record with --stacks)")
+        from rseqtop.report import flame
+
+        sys.stdout.write(flame.folded(rec.stack_rows, rec.stacks_dropped))
+        return 0
+    text = page.render(rec)
     tmp = f"{args.output}.tmp{os.getpid()}"
     try:
         with open(tmp, "w", encoding="utf-8") as f:

@@ -219,6 +219,11 @@ static void print_help(void)
 "                           abort (a uprobe on the handler sees both)\n"
 "  --mismatch-every N       every Nth attempt (N >= 2) of each thread compares\n"
 "                           with a cpu_id no CPU has, so that its check fails\n"
+"  --call-paths 1|2         2: workers call every operation through one of two\n"
+"                           functions, caller_a for 3 of every 4 operations\n"
+"                           and caller_b for the 4th, and the summary counts\n"
+"                           each path's operations and kernel aborts\n"
+"                           (call_paths), for stack tracers to check against\n"
 "  --idle-threads N         N more threads (besides --threads; --threads 0\n"
 "                           allowed) that sleep and wake every --idle-period\n"
 "                           to run ONE operation of the round robin each, with\n"
@@ -245,7 +250,7 @@ enum {
 	O_SIGNAL, O_MIGRATE, O_MEMBARRIER, O_MB_UNREG, O_NAME, O_JSON_OUT, O_INDUCER_CPUS,
 	O_CHURN_THREADS, O_CHURN_PROCESSES, O_CHURN_OPS, O_CHURN_RATE,
 	O_RSEQ_ABI, O_CHECK_IDS, O_IDLE_THREADS, O_IDLE_PERIOD,
-	O_MISMATCH_TO_ABORT, O_MISMATCH_EVERY,
+	O_MISMATCH_TO_ABORT, O_MISMATCH_EVERY, O_CALL_PATHS,
 };
 
 void parse_args(int argc, char **argv)
@@ -275,6 +280,7 @@ void parse_args(int argc, char **argv)
 		{"idle-period", required_argument, 0, O_IDLE_PERIOD},
 		{"mismatch-to-abort", no_argument, 0, O_MISMATCH_TO_ABORT},
 		{"mismatch-every", required_argument, 0, O_MISMATCH_EVERY},
+		{"call-paths", required_argument, 0, O_CALL_PATHS},
 		{"help", no_argument, 0, 'h'},
 		{0, 0, 0, 0},
 	};
@@ -283,6 +289,7 @@ void parse_args(int argc, char **argv)
 
 	cfg.in_cs_delay = 1000;
 	cfg.churn_ops = CHURN_OPS_DEFAULT;
+	cfg.call_paths = 1;
 	parse_ops("all");
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
@@ -312,6 +319,9 @@ void parse_args(int argc, char **argv)
 		case O_MISMATCH_TO_ABORT: cfg.mismatch_to_abort = 1; break;
 		case O_MISMATCH_EVERY:
 			cfg.mismatch_every = parse_int("--mismatch-every", optarg, 2, LLONG_MAX);
+			break;
+		case O_CALL_PATHS:
+			cfg.call_paths = (int)parse_int("--call-paths", optarg, 1, 2);
 			break;
 		case O_SIGNAL: cfg.signal_rate = parse_positive_double("--signal-rate", optarg); break;
 		case O_MIGRATE: cfg.migrate_rate = parse_positive_double("--migrate-rate", optarg); break;
@@ -407,6 +417,8 @@ void parse_args(int argc, char **argv)
 		usage_error("--membarrier-unregistered needs --membarrier-rate");
 	if (cfg.churn_ops_given && !cfg.churn)
 		usage_error("--churn-ops needs --churn-threads or --churn-processes");
+	if (cfg.call_paths == 2 && cfg.churn)
+		usage_error("--call-paths 2 splits the workers' own loop: not with --churn-threads/--churn-processes");
 	if (cfg.churn_rate > 0 && !cfg.churn)
 		usage_error("--churn-rate needs --churn-threads or --churn-processes");
 	/* The length of glibc's registration is glibc's choice (max(__rseq_size,

@@ -226,6 +226,29 @@ static void write_churn_json(FILE *f, double duration)
 }
 
 /* "idle_threads": null, or what the idle threads did. */
+/* --call-paths 2: each path's operations and kernel aborts over all
+ * workers (null with one path). */
+static void write_call_paths_json(FILE *f)
+{
+	static const char *const names[2] = {"caller_a", "caller_b"};
+	uint64_t ops[2] = {0, 0}, aborts[2] = {0, 0};
+
+	if (cfg.call_paths != 2) {
+		fputs(" \"call_paths\": null,\n", f);
+		return;
+	}
+	for (int i = 0; i < cfg.threads; i++)
+		for (int p = 0; p < 2; p++) {
+			ops[p] += workers[i].stats.path_ops[p];
+			aborts[p] += workers[i].stats.path_aborts[p];
+		}
+	fputs(" \"call_paths\": {", f);
+	for (int p = 0; p < 2; p++)
+		fprintf(f, "%s\"%s\": {\"share\": %d, \"ops\": %llu, \"aborts\": %llu}", p ? ", " : "",
+			names[p], p ? 1 : 3, (unsigned long long)ops[p], (unsigned long long)aborts[p]);
+	fputs("},\n", f);
+}
+
 static void write_idle_json(FILE *f)
 {
 	uint64_t wakeups = 0, missed = 0, late_sum = 0, late_max = 0;
@@ -351,8 +374,8 @@ void write_json(FILE *f, const char *comm, const struct tstats *t, double durati
 	} else {
 		fputs(", \"churn\": null, \"churn_ops\": null, \"churn_rate\": null", f);
 	}
-	fprintf(f, ", \"mismatch_to_abort\": %s, \"mismatch_every\": %lld",
-		cfg.mismatch_to_abort ? "true" : "false", cfg.mismatch_every);
+	fprintf(f, ", \"mismatch_to_abort\": %s, \"mismatch_every\": %lld, \"call_paths\": %d",
+		cfg.mismatch_to_abort ? "true" : "false", cfg.mismatch_every, cfg.call_paths);
 	fprintf(f, ", \"rseq_abi\": \"%s\", \"check_cpu_id_start\": %s, \"idle_threads\": %d, "
 		"\"idle_period_ms\": ", cfg.rseq_v2 ? "v2" : "legacy",
 		cfg.check_ids ? "true" : "false", cfg.idle_threads);
@@ -452,6 +475,7 @@ void write_json(FILE *f, const char *comm, const struct tstats *t, double durati
 	}
 	fputs("}},\n", f);
 
+	write_call_paths_json(f);
 	write_churn_json(f, duration);
 	write_idle_json(f);
 	write_rusage_json(f);

@@ -519,6 +519,48 @@ static void slot_churn_processes(struct worker *w)
 	}
 }
 
+static uint64_t kernel_aborts(void)
+{
+	uint64_t n = 0;
+
+	for (int o = 0; o < NR_OPS; o++)
+		n += t_stats.aborts[o];
+	return n;
+}
+
+/* --call-paths 2: the two call paths of the sections, as a stack tracer
+ * sees them (frame pointers: the build keeps them). Not inlined, and the
+ * bookkeeping after the call keeps it from being a tail call, so each
+ * stays a frame of its own. The kernel aborts counted during the call are
+ * the path's: abort handlers count them as they run. */
+static __attribute__((noinline, noclone)) int caller_a(int op)
+{
+	uint64_t before = kernel_aborts();
+	int r = run_op(op);
+
+	t_stats.path_ops[0]++;
+	t_stats.path_aborts[0] += kernel_aborts() - before;
+	return r;
+}
+
+static __attribute__((noinline, noclone)) int caller_b(int op)
+{
+	uint64_t before = kernel_aborts();
+	int r = run_op(op);
+
+	t_stats.path_ops[1]++;
+	t_stats.path_aborts[1] += kernel_aborts() - before;
+	return r;
+}
+
+/* One operation of the worker's round robin: i counts its operations. */
+static int run_worker_op(long long i, int op)
+{
+	if (cfg.call_paths == 2)
+		return i % 4 == 3 ? caller_b(op) : caller_a(op);
+	return run_op(op);
+}
+
 void *worker_main(void *arg)
 {
 	struct worker *w = arg;
@@ -552,7 +594,7 @@ void *worker_main(void *arg)
 		for (int i = 0; !atomic_load_explicit(&stop_flag, memory_order_relaxed); i++) {
 			if (cfg.ops_per_thread && done_ops >= cfg.ops_per_thread)
 				break;
-			if (run_op(cfg.ops[i % cfg.nops]))
+			if (run_worker_op(i, cfg.ops[i % cfg.nops]))
 				done_ops++;
 			if (cfg.yield)
 				sched_yield();

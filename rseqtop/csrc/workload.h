@@ -157,6 +157,10 @@ struct tstats {
 	uint64_t ids_rewritten[NR_OPS];  /* written back, equal to cpu_id */
 	uint64_t ids_stale[NR_OPS];      /* still the sentinel */
 	uint64_t ids_wrong[NR_OPS];      /* written back, but not cpu_id */
+	/* --call-paths 2: operations and kernel aborts per call path
+	 * (caller_a, caller_b) */
+	uint64_t path_ops[2];
+	uint64_t path_aborts[2];
 };
 extern __thread struct tstats t_stats;
 
@@ -221,6 +225,7 @@ struct config {
 	 * abort_ip, as librseq's sections do (read by the sections' asm) */
 	int mismatch_to_abort;
 	long long mismatch_every; /* --mismatch-every: 0, or every Nth attempt mismatches */
+	int call_paths;          /* --call-paths: 1, or 2 (caller_a 3 : caller_b 1) */
 };
 
 /* main.c */

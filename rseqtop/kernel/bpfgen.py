@@ -154,7 +154,7 @@ def raw_ok(fmt: Format, event: str, kernel_version: tuple) -> bool:
 
 def plan(formats: Callable[[str, str], Optional[Format]], ipi_rseq_addr: Optional[int],
          sizes: Optional[dict] = None, kernel_version: tuple = (0, 0), syscalls: bool = False,
-         hot_storage: bool = False, uprobes: bool = False) -> Plan:
+         hot_storage: bool = False, uprobes: bool = False, stacks: bool = False) -> Plan:
     """What to attach on this kernel. The syscall tracepoints are attached
     only with `syscalls`: enabling any of them sends every system call on
     the machine through the kernel's slow path (docs/production.md has the
@@ -211,6 +211,8 @@ def plan(formats: Callable[[str, str], Optional[Format]], ipi_rseq_addr: Optiona
         defines["HOT_TASK_STORAGE"] = 1
     if uprobes:
         defines["RSEQTOP_UPROBES"] = 1  # abort-handler uprobes (see rseqtop.collect.uprobes)
+    if stacks:
+        defines["RSEQTOP_STACKS"] = 1  # abort user stacks (see rseqtop.collect.stacks)
     if kernel_version >= kernel.EXIT_CLEARS_SINCE:
         defines["RSEQTOP_EXIT_CLEARS"] = 1  # the cause rules of 6.19+ (see note_cause in the BPF program)
     return Plan(tuple(attach), tuple(missing), defines, "\n\n".join(structs), raw, on_demand, hot_storage)

@@ -3,7 +3,9 @@
 Line 1 is a header object {"format": "rseqtop-recording", "version": 1,
 ...}; every later line is an object with a "kind". Kind "sample" is one
 interval of `rseqtop --json` (rseqtop.present.textout.json_record) plus the
-kind. Readers skip kinds they do not know, so optional data (stack samples,
+kind. Kind "stacks" (`record --stacks`) is every (process, section, call
+stack) with its aborts since the start, written after a sample whenever it
+changed: the last one is the recording's. Readers skip kinds they do not know, so optional data (stack samples,
 per-section preempters) can be added within a version; a change an older
 reader would misread increments VERSION.
 """
@@ -20,7 +22,7 @@ from rseqtop.present import textout
 FORMAT = "rseqtop-recording"
 VERSION = 1
 SAMPLE = "sample"
-STACKS = "stacks"  # reserved for `record --stacks` (not written yet)
+STACKS = "stacks"  # `record --stacks`: abort call stacks, totals since the start
 
 
 def dumps(obj: dict) -> str:
@@ -43,3 +45,11 @@ def sample(model) -> dict:
     for p in rec["processes"]:
         p["threads"] = []
     return {"kind": SAMPLE, **rec}
+
+
+def stacks(table: list, dropped: int, t: float) -> dict:
+    """A stacks line: StackCount (rseqtop.collect.stacks) rows, frames root
+    first; a lost stack has no frames and names why (e.g. "EEXIST")."""
+    return {"kind": STACKS, "time": t, "dropped": dropped,
+            "stacks": [{"pid": s.pid, "comm": s.comm, "section": s.section, "start_ip": s.start_ip,
+                        "frames": list(s.frames), "count": s.count, "lost": s.lost} for s in table]}

@@ -33,6 +33,8 @@ MAX_OFFSETS = 4096  # interrupted offsets per section
 MAX_NAME = 256  # comm, cause, era, host, kernel
 MAX_TEXT = 4096  # symbol, watching
 MAX_UINT = (1 << 64) - 1
+MAX_STACKS = 100_000  # (process, section, stack) rows in a stacks line
+MAX_FRAMES = 128  # frames of one stack (the kernel walks at most 127)
 
 COUNT_KEYS = ("aborts", "updates", "preempts", "migrations", "signals", "membarrier_ipis")
 
@@ -93,6 +95,20 @@ class Process:
         return self.totals.get("aborts", 0)
 
 
+@dataclass(frozen=True)
+class StackRow:
+    """Aborts of one section of one process with one call stack (frames
+    root first); a lost stack has no frames and names why (e.g. "EEXIST")."""
+
+    pid: int
+    comm: str
+    section: str
+    start_ip: int
+    frames: tuple
+    count: int
+    lost: Optional[str] = None
+
+
 @dataclass
 class Recording:
     path: str
@@ -107,11 +123,16 @@ class Recording:
     probe_misses: int = 0
     processes: list = field(default_factory=list)
     skipped_kinds: dict = field(default_factory=dict)  # kind -> lines this reader does not know
+    # kind "stacks": the last line's rows (totals since the start), and the
+    # aborts whose stack the recorder's full map could not count
+    stack_rows: list = field(default_factory=list)
+    stacks_dropped: int = 0
+    stack_lines: int = 0
 
     @property
     def stacks(self) -> bool:
-        """Stack samples in the file (kind "stacks"), drawable or not."""
-        return self.skipped_kinds.get(fmt.STACKS, 0) > 0
+        """Stack counts in the file (kind "stacks")."""
+        return self.stack_lines > 0
 
     def sections(self) -> list:
         return [s for p in self.processes for s in p.sections.values()]
@@ -203,6 +224,29 @@ def _preempters(v, where: str) -> list:
         out.append((_uint(e.get("pid"), f"{where}[{i}].pid", 1 << 31), _str(e.get("comm"), f"{where}[{i}].comm"),
                      _uint(e.get("count"), f"{where}[{i}].count")))
     return out
+
+
+def check_stacks(s: dict) -> tuple:
+    """A stacks line: (rows, dropped)."""
+    _num(s.get("time"), "time")
+    dropped = _uint(s.get("dropped", 0), "dropped")
+    rows = []
+    for i, e in enumerate(_list(s.get("stacks"), "stacks", MAX_STACKS)):
+        where = f"stacks[{i}]"
+        e = _obj(e, where)
+        frames = tuple(_str(f, f"{where}.frames[]", MAX_TEXT) for f in _list(e.get("frames"), f"{where}.frames",
+                                                                             MAX_FRAMES))
+        lost = e.get("lost")
+        if lost is not None:
+            lost = _str(lost, f"{where}.lost", 64)
+            _expect(not frames, f"{where}.frames", "empty for a lost stack", e.get("frames"))
+        else:
+            _expect(bool(frames), f"{where}.frames", "a non-empty list (or lost set)", e.get("frames"))
+        rows.append(StackRow(_uint(e.get("pid"), f"{where}.pid", 1 << 31), _str(e.get("comm"), f"{where}.comm"),
+                             _str(e.get("section"), f"{where}.section", MAX_TEXT),
+                             _uint(e.get("start_ip"), f"{where}.start_ip"), frames,
+                             _uint(e.get("count"), f"{where}.count"), lost))
+    return rows, dropped
 
 
 def check_header(h) -> dict:
@@ -362,6 +406,9 @@ def _read(f, shown: str) -> Recording:
             kind = obj.get("kind")
             if kind == fmt.SAMPLE:
                 folder.sample(obj)
+            elif kind == fmt.STACKS:
+                rec.stack_rows, rec.stacks_dropped = check_stacks(obj)  # totals: the last line is the file's
+                rec.stack_lines += 1
             else:
                 kind = _str(kind, "kind", 64)
                 rec.skipped_kinds[kind] = rec.skipped_kinds.get(kind, 0) + 1

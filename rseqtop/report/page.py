@@ -11,7 +11,7 @@ import time
 
 from rseqtop import __version__
 from rseqtop.recording.reader import Process, Recording, Section
-from rseqtop.report import svg
+from rseqtop.report import flame, svg
 from rseqtop.report.svg import esc
 
 TOP = 8  # processes and sections drawn
@@ -162,10 +162,19 @@ def _offsets(sections: list) -> str:
 
 
 def _flame(rec: Recording) -> str:
-    if rec.stacks:
-        return ('<p class="placeholder">this recording has stack samples, which this version of rseqtop '
-                "cannot draw yet</p>")
-    return f'<p class="placeholder" id="no-stacks">{NO_STACKS}</p>'
+    if not rec.stacks:
+        return f'<p class="placeholder" id="no-stacks">{NO_STACKS}</p>'
+    stacks = flame.stacks_of(rec.stack_rows, rec.stacks_dropped)
+    total = sum(n for _, n in stacks)
+    lost = sum(r.count for r in rec.stack_rows if r.lost) + rec.stacks_dropped
+    graph = flame.flame_graph(stacks)
+    if not graph:
+        return '<p class="placeholder" id="no-stacks">stacks recorded, but no aborts</p>'
+    return (f'<p>User call stacks of <b id="stack-aborts" data-value="{total}">{total:,}</b> aborts '
+            f'(each frame as wide as its aborts; hover for counts), of which <span id="lost-stacks" '
+            f'data-value="{lost}">{lost:,}</span> without a stack. <code>rseqtop report FILE --folded</code> '
+            f"prints them for flamegraph.pl or speedscope.</p>"
+            f'<div class="chart" id="flame-graph">{graph}</div>')
 
 
 def render(rec: Recording) -> str:

@@ -9,22 +9,22 @@ from __future__ import annotations
 
 import errno as errno_mod
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping, Optional
 
 from rseqtop.collect.records import CallRecord, MapRecords, ProcRecord
 from rseqtop.kernel import bpfgen
 from rseqtop.kernel import facts as kernel
 from rseqtop.model.snapshot import (
-    ABI_NAMES, COUNT_FIELDS, Counts, MapFill, MembarrierStats, ProcessStats, SelfStats, SiteStats, Snapshot,
-    pairs, sum_counts,
+    ABI_NAMES, COUNT_FIELDS, Counts, MapFill, MembarrierStats, Preempter, ProcessStats, SelfStats, SiteStats,
+    Snapshot, merge_preempters, pairs, sum_counts,
 )
 
 K = bpfgen.header_constants()
 # map -> the counter of inserts it refused when full
 DROP_COUNTERS = {"threads": "threads_dropped", "dead_threads": None, "procs": "procs_dropped",
                  "sites": "sites_dropped", "offsets": "offsets_dropped", "pcounts": "pcounts_dropped",
-                 "proc_live": "live_dropped"}
+                 "proc_live": "live_dropped", "preempters": "preempters_dropped"}
 
 Ident = tuple  # (pid, gen): a process; a recycled pid is another process
 
@@ -76,6 +76,7 @@ def assemble(rec: MapRecords, view: View = View(), last_totals: Mapping[Ident, C
     keep = {(p.pid, p.gen) for p in processes}
     threads = [t for t in rec.threads if (t.pid, t.gen) in keep]
     sites = _sites(rec, keep, symbol)
+    processes = _with_site_sums(processes, sites)
     snap = Snapshot(rec.monotonic, rec.wall, rec.setup.era, rec.setup.era_description, totals,
                     tuple(sorted(processes, key=lambda p: p.pid)),
                     tuple(sorted(threads, key=lambda t: (t.pid, t.tid))),
@@ -182,16 +183,33 @@ def _sites(rec: MapRecords, keep: set, symbol: Callable[[int, int], str]) -> lis
     offs: dict[tuple, dict] = {}
     for o in rec.offsets:
         offs.setdefault((o.pid, o.gen, o.start_ip), {})[o.offset] = o.n
+    pre: dict[tuple, list] = {}
+    for r in rec.preempters:
+        if (r.pid, r.gen) in keep:
+            pre.setdefault((r.pid, r.gen, r.start_ip), []).append(
+                Preempter(r.ptid, r.ptgid if r.ptid is not None else None, r.comm, r.n, r.kthread))
     return [SiteStats(s.pid, s.start_ip, symbol(s.pid, s.start_ip), s.aborts, s.causes, s.abort_ip,
-                      s.post_commit_offset, pairs(offs.get((s.pid, s.gen, s.start_ip), {})))
+                      s.post_commit_offset, pairs(offs.get((s.pid, s.gen, s.start_ip), {})), s.storms,
+                      merge_preempters([pre.get((s.pid, s.gen, s.start_ip), ())]))
             for s in rec.sites if (s.pid, s.gen) in keep]
+
+
+def _with_site_sums(processes: list, sites: list) -> list:
+    """Each process's storms and preempters: the sums over its sections."""
+    by_pid: dict[int, list] = {}
+    for s in sites:
+        by_pid.setdefault(s.pid, []).append(s)
+    return [replace(p, storms=sum(s.storms for s in by_pid.get(p.pid, ())),
+                    preempters=merge_preempters(s.preempters for s in by_pid.get(p.pid, ())))
+            if p.pid in by_pid else p for p in processes]
 
 
 def _self_stats(rec: MapRecords) -> SelfStats:
     alive = sum(1 for t in rec.threads if t.alive)
     used = {"threads": alive if rec.live is None else sum(r.threads for r in rec.live),
             "dead_threads": len(rec.threads) - alive, "procs": len(rec.procs), "sites": len(rec.sites),
-            "offsets": len(rec.offsets), "pcounts": len(rec.calls), "proc_live": len(rec.live or ())}
+            "offsets": len(rec.offsets), "pcounts": len(rec.calls), "proc_live": len(rec.live or ()),
+            "preempters": len(rec.preempters)}
     capacity = dict(rec.setup.capacities)
     maps = tuple(MapFill(name, used[name], capacity[name], rec.counter(drop) if drop else 0)
                  for name, drop in DROP_COUNTERS.items() if name in capacity)

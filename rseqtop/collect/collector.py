@@ -54,11 +54,12 @@ class Collector:
                  emit_events: bool = False, tracefs_root: Optional[Path] = None,
                  symbolizer: Optional[Symbolizer] = None, keep_dead_seconds: float = 60.0,
                  keep_dead_max: int = 4096, syscalls: bool = False, mm_cid_window: float = MM_CID_WINDOW,
-                 threads: str = "all"):
+                 threads: str = "all", storm: Optional[tuple] = None):
         self._pids = set(pids) if pids else set()
         self._comm = compile_comm(comm)
         self._cgroups = list(cgroups or ())
         self._emit_events = emit_events
+        self._storm = storm  # (K aborts, T seconds); None: bpf/rseqtop.h's defaults
         self._want_mm_cid = False
         self.mm_cid_window = mm_cid_window
         self.want_threads(threads)
@@ -140,7 +141,7 @@ class Collector:
             self._configure()
 
     def _configure(self) -> None:
-        self.loader.configure(self._pids, self._cgroups, self._emit_events)
+        self.loader.configure(self._pids, self._cgroups, self._emit_events, self._storm)
 
     def want_mm_cid(self, on: bool) -> None:
         """Ask for threads' mm_cid: front ends ask while they show threads.

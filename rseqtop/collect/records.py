@@ -44,6 +44,23 @@ class SiteRecord:
     causes: Pairs = ()
     abort_ip: int = 0
     post_commit_offset: int = 0
+    storms: int = 0
+
+
+@dataclass(frozen=True)
+class PreempterRecord:
+    """Aborts of a section caused by preemption, for one preempter (map
+    preempters). ptid None: not seen; kthread None: unknown (read from
+    /proc by the reader)."""
+
+    pid: int
+    gen: int
+    start_ip: int
+    ptid: Optional[int]
+    ptgid: int
+    comm: str
+    n: int
+    kthread: Optional[bool] = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +123,7 @@ class MapRecords:
     # task iterator runs: `threads` then holds only the threads asked for
     # (Collector.want_threads). None: sum `threads`, which holds them all.
     live: Optional[tuple] = None
+    preempters: tuple = ()  # PreempterRecord
 
     def counter(self, name: str) -> int:
         return dict(self.counters).get(name, 0)
@@ -119,7 +137,7 @@ class MapRecords:
 
 # -- JSON ---------------------------------------------------------------
 _NESTED = {"procs": ProcRecord, "threads": ThreadStats, "calls": CallRecord, "sites": SiteRecord,
-           "offsets": OffsetRecord, "live": LiveRecord}
+           "offsets": OffsetRecord, "live": LiveRecord, "preempters": PreempterRecord}
 
 
 def _tuples(value):

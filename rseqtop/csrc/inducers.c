@@ -105,6 +105,7 @@ void *signal_main(void *arg)
 	double period = 1.0 / cfg.signal_rate;
 	pid_t pid = getpid();
 	int i = 0;
+	long in_burst = 0;
 
 	(void)arg;
 	set_comm();
@@ -112,6 +113,19 @@ void *signal_main(void *arg)
 	pthread_barrier_wait(&start_barrier);
 	clock_gettime(CLOCK_MONOTONIC, &next);
 	while (tick_wait(&next, period)) {
+		/* --signal-burst: a pause after every burst, long next to
+		 * --storm-t-us, so that each burst is one run of aborts */
+		if (cfg.signal_burst && in_burst++ == cfg.signal_burst) {
+			struct timespec gap = {cfg.signal_burst_gap_ms / 1000,
+					       (cfg.signal_burst_gap_ms % 1000) * 1000000L};
+
+			in_burst = 1;
+			while (nanosleep(&gap, &gap) == -1 && errno == EINTR)
+				;
+			if (atomic_load(&stop_flag))
+				break;
+			clock_gettime(CLOCK_MONOTONIC, &next);
+		}
 		/* next live worker, round robin */
 		for (int k = 0; k < cfg.threads; k++) {
 			struct worker *w = &workers[i++ % cfg.threads];
@@ -206,6 +220,52 @@ void *membarrier_main(void *arg)
 			mb_ok++;
 		else
 			mb_count_error(errno);
+	}
+	return NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* The antagonist (--antagonist NAME)                                  */
+
+atomic_int antagonist_tid;
+atomic_long antagonist_runs;
+int antagonist_realtime;
+
+/* A thread with a known name on the first worker CPU that wakes
+ * --antagonist-rate times a second and spins --antagonist-spin us: each
+ * wake-up preempts the worker running there. When the process runs
+ * SCHED_FIFO / SCHED_RR (chrt), it takes one realtime priority more than
+ * the workers, so that it preempts them at once and nothing else does. */
+void *antagonist_main(void *arg)
+{
+	struct timespec next;
+	double period = 1.0 / cfg.antagonist_rate;
+	struct sched_param sp;
+	int policy;
+	cpu_set_t set;
+
+	(void)arg;
+	prctl(PR_SET_NAME, cfg.antagonist, 0, 0, 0);
+	CPU_ZERO(&set);
+	CPU_SET(cfg.cpus[0], &set);
+	if (sched_setaffinity(0, sizeof(set), &set))
+		fatal("--antagonist: sched_setaffinity to CPU %d failed: %s", cfg.cpus[0], strerror(errno));
+	if (pthread_getschedparam(pthread_self(), &policy, &sp) == 0 &&
+	    (policy == SCHED_FIFO || policy == SCHED_RR)) {
+		sp.sched_priority++;
+		if (pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp))
+			fatal("--antagonist: cannot raise its realtime priority: %s", strerror(errno));
+		antagonist_realtime = 1;
+	}
+	atomic_store(&antagonist_tid, (int)syscall(SYS_gettid));
+	pthread_barrier_wait(&start_barrier);
+	clock_gettime(CLOCK_MONOTONIC, &next);
+	while (tick_wait(&next, period)) {
+		double until = now_mono() + cfg.antagonist_spin_us / 1e6;
+
+		atomic_fetch_add(&antagonist_runs, 1);
+		while (now_mono() < until)
+			;
 	}
 	return NULL;
 }

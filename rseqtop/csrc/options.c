@@ -191,6 +191,20 @@ static void print_help(void)
 "                           before its commit (default 1000; 0 allowed)\n"
 "  --yield                  sched_yield() between operations\n"
 "  --signal-rate HZ         send SIGUSR1 (tgkill) to workers, round robin, HZ in total\n"
+"  --signal-burst N         send the signals in bursts of N (at --signal-rate),\n"
+"                           each followed by a pause of --signal-burst-gap\n"
+"  --signal-burst-gap MS    the pause after each burst (default 20 ms)\n"
+"  --storm-k K              abort storm rule (as rseqtop's): K consecutive kernel\n"
+"                           aborts of a thread in one section (default 16) ...\n"
+"  --storm-t-us US          ... each less than US after the previous (default\n"
+"                           1000); counted from the thread's own abort times\n"
+"  --antagonist NAME        a thread named NAME pinned to the first --cpus CPU\n"
+"                           that wakes --antagonist-rate times a second and\n"
+"                           spins --antagonist-spin us, preempting the worker\n"
+"                           there (SCHED_FIFO one above the workers when the\n"
+"                           process runs realtime, e.g. under chrt -f 1)\n"
+"  --antagonist-rate HZ     its wake-ups per second (default 1000)\n"
+"  --antagonist-spin US     its busy time per wake-up (default 50)\n"
 "  --migrate-rate HZ        move one worker per tick to its next allowed CPU\n"
 "                           (sched_setaffinity), HZ ticks per second\n"
 "  --membarrier-rate HZ     call membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ)\n"
@@ -239,6 +253,8 @@ enum {
 	O_SIGNAL, O_MIGRATE, O_MEMBARRIER, O_MB_UNREG, O_NAME, O_JSON_OUT, O_INDUCER_CPUS,
 	O_CHURN_THREADS, O_CHURN_PROCESSES, O_CHURN_OPS, O_CHURN_RATE,
 	O_RSEQ_ABI, O_CHECK_IDS, O_IDLE_THREADS, O_IDLE_PERIOD,
+	O_SIGNAL_BURST, O_SIGNAL_BURST_GAP, O_STORM_K, O_STORM_T, O_ANTAGONIST, O_ANTAGONIST_RATE,
+	O_ANTAGONIST_SPIN,
 };
 
 void parse_args(int argc, char **argv)
@@ -266,6 +282,13 @@ void parse_args(int argc, char **argv)
 		{"check-cpu-id-start", no_argument, 0, O_CHECK_IDS},
 		{"idle-threads", required_argument, 0, O_IDLE_THREADS},
 		{"idle-period", required_argument, 0, O_IDLE_PERIOD},
+		{"signal-burst", required_argument, 0, O_SIGNAL_BURST},
+		{"signal-burst-gap", required_argument, 0, O_SIGNAL_BURST_GAP},
+		{"storm-k", required_argument, 0, O_STORM_K},
+		{"storm-t-us", required_argument, 0, O_STORM_T},
+		{"antagonist", required_argument, 0, O_ANTAGONIST},
+		{"antagonist-rate", required_argument, 0, O_ANTAGONIST_RATE},
+		{"antagonist-spin", required_argument, 0, O_ANTAGONIST_SPIN},
 		{"help", no_argument, 0, 'h'},
 		{0, 0, 0, 0},
 	};
@@ -274,6 +297,11 @@ void parse_args(int argc, char **argv)
 
 	cfg.in_cs_delay = 1000;
 	cfg.churn_ops = CHURN_OPS_DEFAULT;
+	cfg.signal_burst_gap_ms = 20;
+	cfg.storm_k = 16;
+	cfg.storm_t_us = 1000;
+	cfg.antagonist_rate = 1000;
+	cfg.antagonist_spin_us = 50;
 	parse_ops("all");
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
@@ -348,6 +376,25 @@ void parse_args(int argc, char **argv)
 			cfg.idle_period_ms = (long)parse_int("--idle-period", optarg, 1, MAX_IDLE_PERIOD_MS);
 			idle_period_given = 1;
 			break;
+		case O_SIGNAL_BURST:
+			cfg.signal_burst = (long)parse_int("--signal-burst", optarg, 1, 1000000000L);
+			break;
+		case O_SIGNAL_BURST_GAP:
+			cfg.signal_burst_gap_ms = (long)parse_int("--signal-burst-gap", optarg, 1, 3600000L);
+			break;
+		case O_STORM_K: cfg.storm_k = (long)parse_int("--storm-k", optarg, 1, 1000000000L); break;
+		case O_STORM_T: cfg.storm_t_us = (long)parse_int("--storm-t-us", optarg, 1, 3600000000L); break;
+		case O_ANTAGONIST:
+			if (!*optarg)
+				usage_error("--antagonist: empty name");
+			cfg.antagonist = optarg;
+			break;
+		case O_ANTAGONIST_RATE:
+			cfg.antagonist_rate = parse_positive_double("--antagonist-rate", optarg);
+			break;
+		case O_ANTAGONIST_SPIN:
+			cfg.antagonist_spin_us = (long)parse_int("--antagonist-spin", optarg, 0, 1000000L);
+			break;
 		case 'h':
 			print_help();
 			exit(0);
@@ -359,6 +406,12 @@ void parse_args(int argc, char **argv)
 	}
 	if (optind < argc)
 		usage_error("unexpected argument '%s'", argv[optind]);
+	if (cfg.signal_burst && cfg.signal_rate <= 0)
+		usage_error("--signal-burst needs --signal-rate");
+	if (cfg.antagonist && !cfg.ncpus)
+		usage_error("--antagonist runs on the workers' CPU: give it with --cpus");
+	if (cfg.antagonist && cfg.churn == CHURN_PROCESSES)
+		usage_error("--antagonist cannot be combined with --churn-processes");
 	if (!threads_given)
 		cfg.threads = CPU_COUNT(&allowed_set) > 0 ? CPU_COUNT(&allowed_set) : 1;
 	if (cfg.threads > MAX_THREADS)

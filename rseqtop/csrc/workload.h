@@ -157,6 +157,12 @@ struct tstats {
 	uint64_t ids_rewritten[NR_OPS];  /* written back, equal to cpu_id */
 	uint64_t ids_stale[NR_OPS];      /* still the sentinel */
 	uint64_t ids_wrong[NR_OPS];      /* written back, but not cpu_id */
+	/* abort storms by the rule of --storm-k / --storm-t-us, from the
+	 * thread's own abort timestamps (the rule rseqtop applies in the
+	 * kernel): a run of consecutive aborts of one section, each less than
+	 * T after the previous, counts once when it reaches K */
+	uint64_t storms[NR_OPS];
+	uint64_t max_abort_run;          /* the longest such run */
 };
 extern __thread struct tstats t_stats;
 
@@ -213,6 +219,13 @@ struct config {
 	int check_ids;           /* --check-cpu-id-start */
 	int idle_threads;        /* --idle-threads, 0: none */
 	long idle_period_ms;     /* --idle-period */
+	long signal_burst;       /* --signal-burst: signals per burst, 0: steady */
+	long signal_burst_gap_ms; /* --signal-burst-gap: pause after each burst */
+	long storm_k;            /* --storm-k */
+	long storm_t_us;         /* --storm-t-us */
+	const char *antagonist;  /* --antagonist NAME, NULL: none */
+	double antagonist_rate;  /* --antagonist-rate HZ */
+	long antagonist_spin_us; /* --antagonist-spin US */
 };
 
 /* main.c */
@@ -343,6 +356,12 @@ void set_comm(void);
 void *signal_main(void *arg);
 void *migrate_main(void *arg);
 void *membarrier_main(void *arg);
+void *antagonist_main(void *arg);
+
+/* The antagonist (--antagonist), as the summary reports it. */
+extern atomic_int antagonist_tid;
+extern atomic_long antagonist_runs;
+extern int antagonist_realtime;   /* it runs SCHED_FIFO above the workers */
 
 /* workers.c: self-check */
 #define MAX_PROBLEMS 16

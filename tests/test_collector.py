@@ -627,3 +627,82 @@ def test_process_totals_exact_whatever_threads_are_asked_for(collector, record_p
     # and the run's own count once it is over
     final = collector.poll().process(proc.pid)
     assert final.counts.aborts == summary["totals"]["aborts"]
+
+
+# -- who preempted (issue 15, item 1) ------------------------------------
+ANTAGONIST = "hog-15"
+
+
+def test_antagonist_is_named_as_the_top_preempter(collector, record_property):
+    """A named thread pinned to the worker's CPU, one realtime priority
+    above it, preempts it at each wake-up: rseqtop must name that thread
+    (tid and comm from the workload's summary) as the preempter of at least
+    95% of the run's aborts (all of which are preemptions here: no other
+    inducer, other tasks kept off by SCHED_FIFO), for the process and for
+    the section, and never more than the antagonist ran."""
+    summary, snap = observe(collector, ["--threads", 1, "--cpus", NCPU - 1, "--op", "delay", "--in-cs-delay", 5000,
+                                        "--antagonist", ANTAGONIST, "--antagonist-rate", 1000, "--duration", 1.5],
+                            realtime=True)
+    ant = summary["antagonist"]
+    assert ant["comm"] == ANTAGONIST and ant["realtime"] and ant["runs"] > 0
+    proc = assert_exact(summary, snap)
+    total = summary["totals"]["aborts"]
+    assert total > 50, "the antagonist preempted no section; the test proves nothing"
+    pre = proc.preempters
+    assert sum(e.count for e in pre) == sum(n for cause, n in proc.counts.causes if "preempt" in cause)
+    top = pre[0]
+    record_property("figure", f"{top.comm} {100 * top.count / total:.1f}% of {total} aborts "
+                              f"({ant['runs']} antagonist runs)")
+    assert (top.pid, top.tgid, top.comm) == (ant["tid"], summary["pid"], ANTAGONIST), pre[:3]
+    assert top.count >= 0.95 * total, pre[:3]
+    assert top.count <= ant["runs"]  # one preemption aborts at most one section
+    assert top.kthread is not True
+    site = {s.start_ip: s for s in snap.sites_of(summary["pid"])}[int(summary["ops"]["delay"]["start_ip"], 16)]
+    assert site.preempters[0].pid == ant["tid"] and site.preempters[0].count == top.count
+
+
+# -- abort storms (issue 15, item 4) -------------------------------------
+def test_signal_storms_match_the_workloads_own_count(collector, record_property):
+    """Bursts of signals at one thread in a long section: every burst is a
+    run of consecutive aborts, and the storm count (runs reaching K, each
+    abort less than T after the one before) must equal what the workload
+    computed from its own abort times by the same rule. T is 3 ms here, the
+    pause between bursts 30 ms: gaps sit far from T on either side, also
+    under a slow VM."""
+    collector.set_storm((16, 0.003))
+    try:
+        summary, snap = observe(collector, ["--threads", 1, "--cpus", NCPU - 1, "--op", "delay", "--in-cs-delay", 20000,
+                                            "--signal-rate", 10000, "--signal-burst", 40, "--signal-burst-gap", 30,
+                                            "--storm-k", 16, "--storm-t-us", 3000, "--duration", 1.5,
+                                            "--inducer-cpus", 0], realtime=True)
+    finally:
+        collector.set_storm(None)
+    proc = assert_exact(summary, snap)
+    want = summary["totals"]["storms"]
+    record_property("figure", f"{proc.storms}={want} storms, {proc.counts.aborts} aborts, "
+                              f"longest run {summary['totals']['max_abort_run']}")
+    assert want > 0 and summary["totals"]["max_abort_run"] >= 16, "no storm happened; the test proves nothing"
+    assert proc.storms == want
+    sites = {s.start_ip: s for s in snap.sites_of(summary["pid"])}
+    for name, op in summary["ops"].items():
+        ip = int(op["start_ip"], 16)
+        assert (sites[ip].storms if ip in sites else 0) == op["storms"], name
+
+
+def test_no_storm_below_the_rule(collector, record_property):
+    """The same bursts with K above the burst length: no run reaches it, in
+    the workload or in rseqtop (a run of aborts counts once when it reaches
+    K, never before)."""
+    collector.set_storm((64, 0.003))
+    try:
+        summary, snap = observe(collector, ["--threads", 1, "--cpus", NCPU - 1, "--op", "delay", "--in-cs-delay", 20000,
+                                            "--signal-rate", 10000, "--signal-burst", 40, "--signal-burst-gap", 30,
+                                            "--storm-k", 64, "--storm-t-us", 3000, "--duration", 0.5,
+                                            "--inducer-cpus", 0], realtime=True)
+    finally:
+        collector.set_storm(None)
+    proc = assert_exact(summary, snap)
+    record_property("figure", f"{proc.storms}={summary['totals']['storms']} storms at K=64, "
+                              f"longest run {summary['totals']['max_abort_run']}")
+    assert proc.counts.aborts > 16
+    assert proc.storms == summary["totals"]["storms"]

@@ -135,6 +135,13 @@ class Collector:
         if self.bpf is not None:
             self._configure()
 
+    def set_storm(self, storm: Optional[tuple]) -> None:
+        """The abort storm rule: (K consecutive aborts, each less than T
+        seconds after the one before); None: bpf/rseqtop.h's defaults."""
+        self._storm = storm
+        if self.bpf is not None:
+            self._configure()
+
     def set_emit_events(self, on: bool) -> None:
         self._emit_events = on
         if self.bpf is not None:

@@ -392,6 +392,7 @@ static __always_inline void aborted(void *ctx, u64 regs_ip, u64 start_ip, u64 po
         e->cause = code;
         e->offset = (u32)offset;
         e->gen = t->gen;
+        e->run = t->abort_run;
         bpf_get_current_comm(&e->comm, sizeof(e->comm));
         events.ringbuf_submit(e, 0);
         count(RSEQTOP_CNT_EVENTS_SENT);

@@ -260,6 +260,8 @@ struct rseqtop_event {
     u32 offset;
     u32 gen;
     char comm[RSEQTOP_COMM_LEN];
+    u32 run; /* the thread's consecutive aborts in this section so far (storm rule) */
+    u32 pad;
 };
 
 #endif

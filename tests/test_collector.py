@@ -6,7 +6,6 @@ aborts counted in its abort handlers, which only abort_ip reaches.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import signal
@@ -16,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support import run_realtime
 
 from rseqtop import workload
 from rseqtop.collect import Collector
@@ -45,30 +45,10 @@ def observe(collector, args, env=None, realtime=False):
     workers (cause-attribution tests want only their own inducer)."""
     args = [str(a) for a in args]
     if realtime:
-        with no_rt_throttling():
-            out = subprocess.run(["chrt", "-f", "1", str(workload.build()), *args], capture_output=True, text=True,
-                                 timeout=120, env=env)
-        assert out.returncode == 0, out.stderr
-        summary = workload.parse_summary(out.stdout)
+        summary = run_realtime(args, env)
     else:
         summary = workload.run(args, timeout=120, env=env)
     return summary, collector.poll()
-
-
-RT_RUNTIME = Path("/proc/sys/kernel/sched_rt_runtime_us")
-
-
-@contextlib.contextmanager
-def no_rt_throttling():
-    """The kernel throttles realtime tasks to 95% of each second by default,
-    switching the worker out for other tasks (true preemptions, but not the
-    inducer under test) whenever the machine is busy: off for these runs."""
-    old = RT_RUNTIME.read_text().strip()
-    RT_RUNTIME.write_text("-1")
-    try:
-        yield
-    finally:
-        RT_RUNTIME.write_text(old)
 
 
 def assert_exact(summary, snap):
@@ -641,7 +621,7 @@ def test_antagonist_is_named_as_the_top_preempter(collector, record_property):
     inducer, other tasks kept off by SCHED_FIFO), for the process and for
     the section, and never more than the antagonist ran."""
     summary, snap = observe(collector, ["--threads", 1, "--cpus", NCPU - 1, "--op", "delay", "--in-cs-delay", 5000,
-                                        "--antagonist", ANTAGONIST, "--antagonist-rate", 1000, "--duration", 1.5],
+                                        "--antagonist", ANTAGONIST, "--antagonist-rate", 2000, "--duration", 1.5],
                             realtime=True)
     ant = summary["antagonist"]
     assert ant["comm"] == ANTAGONIST and ant["realtime"] and ant["runs"] > 0

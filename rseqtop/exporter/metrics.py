@@ -185,7 +185,7 @@ class SeriesSet:
             group = self.groups[key]
             vals = ent.values
             for sid, v in values.items():
-                if v > vals.get(sid, 0):
+                if sid not in vals or v > vals[sid]:  # a zero is a series too
                     vals[sid] = v
             ent.gauge = gauge if alive else 0
             if alive:
@@ -364,6 +364,9 @@ class RseqCollector:
                     lat_by_cmd.setdefault(sid[1], {})[sid[2]] = v
             if site_tot:
                 _add_top(sites, labels, group.sites, self.top_sites, site_tot)
+            unknown = pre_tot.pop(UNKNOWN_PREEMPTER, None)
+            if unknown is not None:  # its own series, never among the top nor in [other]
+                preempters.add_metric(labels + [UNKNOWN_PREEMPTER], unknown)
             if pre_tot:
                 _add_top(preempters, labels, group.preempters, self.top_preempters, pre_tot)
             for cmd, slots in sorted(lat_by_cmd.items()):

@@ -228,7 +228,8 @@ class RseqCollector:
     """prometheus_client custom collector: register it in a CollectorRegistry."""
 
     def __init__(self, source, labels: str = "comm", max_series: int = 2000, series_ttl: float = 600.0,
-                 top_sites: int = 10, top_preempters: int = 5, identity: Optional[Callable[[int], cgroup.Identity]] = cgroup.identity,
+                 top_sites: int = 10, top_preempters: int = 5,
+                 identity: Optional[Callable[[int], cgroup.Identity]] = cgroup.identity,
                  lock: Optional[threading.Lock] = None, version: str = __version__):
         if labels not in LABEL_MODES:
             raise ValueError(f"labels must be one of {LABEL_MODES}")

@@ -227,3 +227,23 @@ def run_realtime(args, env=None, timeout: float = 120) -> dict:
                              text=True, timeout=timeout, env=env)
     assert out.returncode == 0, out.stderr
     return workload.parse_summary(out.stdout)
+
+
+# An abort storm on demand: bursts of 40 signals at one thread in a long
+# section, a pause after each. The storm rule (K 16, T 20 ms) sits far from
+# both gaps, the signals' (~0.2 ms here, a few ms in a slow VM) and the
+# pauses' (250 ms), so that the kernel's and the workload's timestamps,
+# a few microseconds apart, always agree on which aborts are consecutive.
+STORM_RULE = (16, 0.02)
+STORM_RUN = ["--threads", 1, "--cpus", (os.cpu_count() or 1) - 1, "--op", "delay", "--in-cs-delay", 20000,
+             "--signal-rate", 5000, "--signal-burst", 40, "--signal-burst-gap", 250, "--storm-k", STORM_RULE[0],
+             "--storm-t-us", int(STORM_RULE[1] * 1e6), "--duration", 1.5, "--inducer-cpus", 0]
+STORM_CLI = ["--storm-aborts", str(STORM_RULE[0]), "--storm-interval", str(STORM_RULE[1])]
+
+
+def storm_problem(summary) -> str:
+    """Why a storm run proves nothing, for the assertion message ("" if it does)."""
+    t = summary["totals"]
+    if t["storms"] > 0:
+        return ""
+    return f"no storm happened ({t['aborts']} aborts, longest run {t['max_abort_run']}); the test proves nothing"

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import run_realtime
+from support import STORM_RULE, STORM_RUN, run_realtime, storm_problem
 
 from rseqtop import workload
 from rseqtop.collect import Collector
@@ -646,22 +646,18 @@ def test_signal_storms_match_the_workloads_own_count(collector, record_property)
     """Bursts of signals at one thread in a long section: every burst is a
     run of consecutive aborts, and the storm count (runs reaching K, each
     abort less than T after the one before) must equal what the workload
-    computed from its own abort times by the same rule. T is 3 ms here, the
-    pause between bursts 30 ms: gaps sit far from T on either side, also
-    under a slow VM."""
-    collector.set_storm((16, 0.003))
+    computed from its own abort times by the same rule (support.STORM_RUN:
+    gaps far from T on either side, also in a slow VM)."""
+    collector.set_storm(STORM_RULE)
     try:
-        summary, snap = observe(collector, ["--threads", 1, "--cpus", NCPU - 1, "--op", "delay", "--in-cs-delay", 20000,
-                                            "--signal-rate", 10000, "--signal-burst", 40, "--signal-burst-gap", 30,
-                                            "--storm-k", 16, "--storm-t-us", 3000, "--duration", 1.5,
-                                            "--inducer-cpus", 0], realtime=True)
+        summary, snap = observe(collector, STORM_RUN, realtime=True)
     finally:
         collector.set_storm(None)
     proc = assert_exact(summary, snap)
     want = summary["totals"]["storms"]
     record_property("figure", f"{proc.storms}={want} storms, {proc.counts.aborts} aborts, "
                               f"longest run {summary['totals']['max_abort_run']}")
-    assert want > 0 and summary["totals"]["max_abort_run"] >= 16, "no storm happened; the test proves nothing"
+    assert not storm_problem(summary), storm_problem(summary)
     assert proc.storms == want
     sites = {s.start_ip: s for s in snap.sites_of(summary["pid"])}
     for name, op in summary["ops"].items():
@@ -673,16 +669,14 @@ def test_no_storm_below_the_rule(collector, record_property):
     """The same bursts with K above the burst length: no run reaches it, in
     the workload or in rseqtop (a run of aborts counts once when it reaches
     K, never before)."""
-    collector.set_storm((64, 0.003))
+    k = 64
+    collector.set_storm((k, STORM_RULE[1]))
     try:
-        summary, snap = observe(collector, ["--threads", 1, "--cpus", NCPU - 1, "--op", "delay", "--in-cs-delay", 20000,
-                                            "--signal-rate", 10000, "--signal-burst", 40, "--signal-burst-gap", 30,
-                                            "--storm-k", 64, "--storm-t-us", 3000, "--duration", 0.5,
-                                            "--inducer-cpus", 0], realtime=True)
+        summary, snap = observe(collector, STORM_RUN + ["--storm-k", k, "--duration", 0.6], realtime=True)
     finally:
         collector.set_storm(None)
     proc = assert_exact(summary, snap)
-    record_property("figure", f"{proc.storms}={summary['totals']['storms']} storms at K=64, "
+    record_property("figure", f"{proc.storms}={summary['totals']['storms']} storms at K={k}, "
                               f"longest run {summary['totals']['max_abort_run']}")
     assert proc.counts.aborts > 16
     assert proc.storms == summary["totals"]["storms"]

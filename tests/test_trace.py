@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import threading
@@ -98,21 +97,20 @@ def test_pid_filter_text_output_and_sigterm(bpf_ok, rseqtop_cmd):
 def test_storm_marks_equal_the_workloads_storms(bpf_ok, rseqtop_cmd, record_property):
     """Each abort event carries the thread's run of consecutive aborts in
     its section: the events whose run reaches K exactly are the storms, as
-    many as the workload counted by the same rule (K 16, T 3 ms)."""
-    from support import run_realtime
+    many as the workload counted by the same rule (support.STORM_RUN)."""
+    from support import STORM_CLI, STORM_RULE, STORM_RUN, run_realtime, storm_problem
 
-    tr = Trace(rseqtop_cmd + ["trace", "--json", "--storm-aborts", "16", "--storm-interval", "0.003"])
-    summary = run_realtime(["--threads", 1, "--cpus", (os.cpu_count() or 1) - 1, "--op", "delay",
-                            "--in-cs-delay", 20000, "--signal-rate", 10000, "--signal-burst", 40,
-                            "--signal-burst-gap", 30, "--storm-k", 16, "--storm-t-us", 3000, "--duration", 1.0,
-                            "--inducer-cpus", 0])
+    tr = Trace(rseqtop_cmd + ["trace", "--json", *STORM_CLI])
+    summary = run_realtime(STORM_RUN)
     time.sleep(0.3)
     assert tr.stop(signal.SIGINT) == 0
     mine = [r for r in map(json.loads, tr.out) if r["pid"] == summary["pid"]]
     assert not any("lost" in line for line in tr.err)
     assert len(mine) == summary["totals"]["aborts"]
-    starts = sum(1 for r in mine if r["run"] == 16)
+    k = STORM_RULE[0]
+    starts = sum(1 for r in mine if r["run"] == k)
     record_property("figure", f"{starts}={summary['totals']['storms']} storms")
-    assert summary["totals"]["storms"] > 0 and starts == summary["totals"]["storms"]
-    assert all(r["storm"] == (r["run"] >= 16) for r in mine)
+    assert not storm_problem(summary), storm_problem(summary)
+    assert starts == summary["totals"]["storms"]
+    assert all(r["storm"] == (r["run"] >= k) for r in mine)
     assert max(r["run"] for r in mine) == summary["totals"]["max_abort_run"]

@@ -99,46 +99,68 @@ static void inducer_release(struct worker *w)
 		pthread_mutex_unlock(&w->churn_lock);
 }
 
+/* Signal the next live worker, round robin; 1 when a signal was sent. */
+static int signal_next_worker(pid_t pid, int *i)
+{
+	for (int k = 0; k < cfg.threads; k++) {
+		struct worker *w = &workers[(*i)++ % cfg.threads];
+		int tid = inducer_target(w);
+		int sent;
+
+		if (!tid)
+			continue;
+		sent = syscall(SYS_tgkill, pid, tid, SIGUSR1) == 0;
+		if (sent)
+			atomic_fetch_add(&signals_sent, 1);
+		inducer_release(w);
+		return sent;
+	}
+	return 0;
+}
+
+/* --signal-burst: bursts of signals paced by a busy wait (no timer: the
+ * storm keeps its rate on a slow machine or in an emulated VM, where timer
+ * wake-ups come late), each followed by a pause of --signal-burst-gap, long
+ * next to --storm-t-us, so that each burst is one run of aborts. */
+static void signal_bursts(pid_t pid)
+{
+	struct timespec gap = {cfg.signal_burst_gap_ms / 1000, (cfg.signal_burst_gap_ms % 1000) * 1000000L};
+	double period = 1.0 / cfg.signal_rate;
+	int i = 0;
+
+	while (!atomic_load_explicit(&stop_flag, memory_order_relaxed)) {
+		struct timespec left = gap;
+
+		for (long n = 0; n < cfg.signal_burst; n++) {
+			double until = now_mono() + period;
+
+			signal_next_worker(pid, &i);
+			while (now_mono() < until)
+				;
+		}
+		while (nanosleep(&left, &left) == -1 && errno == EINTR)
+			;
+	}
+}
+
 void *signal_main(void *arg)
 {
 	struct timespec next;
 	double period = 1.0 / cfg.signal_rate;
 	pid_t pid = getpid();
 	int i = 0;
-	long in_burst = 0;
 
 	(void)arg;
 	set_comm();
 	pin_inducer();
 	pthread_barrier_wait(&start_barrier);
-	clock_gettime(CLOCK_MONOTONIC, &next);
-	while (tick_wait(&next, period)) {
-		/* --signal-burst: a pause after every burst, long next to
-		 * --storm-t-us, so that each burst is one run of aborts */
-		if (cfg.signal_burst && in_burst++ == cfg.signal_burst) {
-			struct timespec gap = {cfg.signal_burst_gap_ms / 1000,
-					       (cfg.signal_burst_gap_ms % 1000) * 1000000L};
-
-			in_burst = 1;
-			while (nanosleep(&gap, &gap) == -1 && errno == EINTR)
-				;
-			if (atomic_load(&stop_flag))
-				break;
-			clock_gettime(CLOCK_MONOTONIC, &next);
-		}
-		/* next live worker, round robin */
-		for (int k = 0; k < cfg.threads; k++) {
-			struct worker *w = &workers[i++ % cfg.threads];
-			int tid = inducer_target(w);
-
-			if (!tid)
-				continue;
-			if (syscall(SYS_tgkill, pid, tid, SIGUSR1) == 0)
-				atomic_fetch_add(&signals_sent, 1);
-			inducer_release(w);
-			break;
-		}
+	if (cfg.signal_burst) {
+		signal_bursts(pid);
+		return NULL;
 	}
+	clock_gettime(CLOCK_MONOTONIC, &next);
+	while (tick_wait(&next, period))
+		signal_next_worker(pid, &i);
 	return NULL;
 }
 

@@ -229,15 +229,18 @@ def run_realtime(args, env=None, timeout: float = 120) -> dict:
     return workload.parse_summary(out.stdout)
 
 
-# An abort storm on demand: bursts of 40 signals at one thread in a long
-# section, a pause after each. The storm rule (K 16, T 20 ms) sits far from
-# both gaps, the signals' (~0.2 ms here, a few ms in a slow VM) and the
-# pauses' (250 ms), so that the kernel's and the workload's timestamps,
-# a few microseconds apart, always agree on which aborts are consecutive.
-STORM_RULE = (16, 0.02)
+# An abort storm on demand: 4 bursts of 40 signals at one thread in a long
+# section, a pause after each, then the run ends (however slow the machine:
+# QEMU TCG on a busy host ran a time-bound run's inducer 100 times slower).
+# The storm rule (K 16, T 100 ms) sits far from both gaps, the signals'
+# (~0.2 ms here, some ms in a slow VM) and the pauses' (1 s), so that the
+# kernel's and the workload's timestamps, microseconds apart, agree on
+# which aborts are consecutive.
+STORM_RULE = (16, 0.1)
 STORM_RUN = ["--threads", 1, "--cpus", (os.cpu_count() or 1) - 1, "--op", "delay", "--in-cs-delay", 20000,
-             "--signal-rate", 5000, "--signal-burst", 40, "--signal-burst-gap", 250, "--storm-k", STORM_RULE[0],
-             "--storm-t-us", int(STORM_RULE[1] * 1e6), "--duration", 1.5, "--inducer-cpus", 0]
+             "--signal-rate", 5000, "--signal-burst", 40, "--signal-burst-gap", 1000, "--signal-bursts", 4,
+             "--storm-k", STORM_RULE[0], "--storm-t-us", int(STORM_RULE[1] * 1e6), "--duration", 100,
+             "--inducer-cpus", 0]
 STORM_CLI = ["--storm-aborts", str(STORM_RULE[0]), "--storm-interval", str(STORM_RULE[1])]
 
 

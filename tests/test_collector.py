@@ -672,7 +672,7 @@ def test_no_storm_below_the_rule(collector, record_property):
     k = 64
     collector.set_storm((k, STORM_RULE[1]))
     try:
-        summary, snap = observe(collector, STORM_RUN + ["--storm-k", k, "--duration", 0.6], realtime=True)
+        summary, snap = observe(collector, STORM_RUN + ["--storm-k", k, "--signal-bursts", 2], realtime=True)
     finally:
         collector.set_storm(None)
     proc = assert_exact(summary, snap)

@@ -35,7 +35,7 @@ OPTIONS = [
     "--signal-rate", "--migrate-rate", "--membarrier-rate", "--membarrier-unregistered",
     "--name", "--json-out", "--help", "--churn-threads", "--churn-processes", "--churn-ops",
     "--churn-rate", "--rseq-abi", "--check-cpu-id-start", "--idle-threads", "--idle-period",
-    "--signal-burst", "--signal-burst-gap", "--storm-k", "--storm-t-us", "--antagonist", "--antagonist-rate",
+    "--signal-burst", "--signal-burst-gap", "--signal-bursts", "--storm-k", "--storm-t-us", "--antagonist", "--antagonist-rate",
     "--antagonist-spin",
 ]
 NO_GLIBC_RSEQ = {"GLIBC_TUNABLES": "glibc.pthread.rseq=0"}
@@ -935,6 +935,8 @@ BAD = [
     ["--signal-rate", "10", "--signal-burst", "0"],
     ["--signal-rate", "10", "--signal-burst", "5", "--signal-burst-gap", "0"],
     ["--storm-k", "0"],
+    ["--signal-rate", "10", "--signal-bursts", "2"],
+    ["--signal-rate", "10", "--signal-burst", "5", "--signal-bursts", "0"],
     ["--storm-t-us", "x"],
     ["--antagonist", "hog"],
     ["--antagonist", "", "--cpus", "0"],

@@ -121,14 +121,20 @@ static int signal_next_worker(pid_t pid, int *i)
 /* --signal-burst: bursts of signals paced by a busy wait (no timer: the
  * storm keeps its rate on a slow machine or in an emulated VM, where timer
  * wake-ups come late), each followed by a pause of --signal-burst-gap, long
- * next to --storm-t-us, so that each burst is one run of aborts. */
+ * next to --storm-t-us, so that each burst is one run of aborts. With
+ * --signal-bursts N the run ends after the N-th burst and its pause, so
+ * that a slow machine sees as many bursts as a fast one. */
 static void signal_bursts(pid_t pid)
 {
 	struct timespec gap = {cfg.signal_burst_gap_ms / 1000, (cfg.signal_burst_gap_ms % 1000) * 1000000L};
 	double period = 1.0 / cfg.signal_rate;
 	int i = 0;
 
-	while (!atomic_load_explicit(&stop_flag, memory_order_relaxed)) {
+	for (long b = 0; !atomic_load_explicit(&stop_flag, memory_order_relaxed); b++) {
+		if (cfg.signal_bursts && b == cfg.signal_bursts) {
+			atomic_store(&stop_flag, 1);
+			break;
+		}
 		struct timespec left = gap;
 
 		for (long n = 0; n < cfg.signal_burst; n++) {

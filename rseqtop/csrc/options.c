@@ -195,6 +195,8 @@ static void print_help(void)
 "                           paced by a busy wait), each followed by a pause of\n"
 "                           --signal-burst-gap\n"
 "  --signal-burst-gap MS    the pause after each burst (default 20 ms)\n"
+"  --signal-bursts N        end the run after N bursts and their pauses\n"
+"                           (--duration still bounds it)\n"
 "  --storm-k K              abort storm rule (as rseqtop's): K consecutive kernel\n"
 "                           aborts of a thread in one section (default 16) ...\n"
 "  --storm-t-us US          ... each less than US after the previous (default\n"
@@ -254,7 +256,7 @@ enum {
 	O_SIGNAL, O_MIGRATE, O_MEMBARRIER, O_MB_UNREG, O_NAME, O_JSON_OUT, O_INDUCER_CPUS,
 	O_CHURN_THREADS, O_CHURN_PROCESSES, O_CHURN_OPS, O_CHURN_RATE,
 	O_RSEQ_ABI, O_CHECK_IDS, O_IDLE_THREADS, O_IDLE_PERIOD,
-	O_SIGNAL_BURST, O_SIGNAL_BURST_GAP, O_STORM_K, O_STORM_T, O_ANTAGONIST, O_ANTAGONIST_RATE,
+	O_SIGNAL_BURST, O_SIGNAL_BURST_GAP, O_SIGNAL_BURSTS, O_STORM_K, O_STORM_T, O_ANTAGONIST, O_ANTAGONIST_RATE,
 	O_ANTAGONIST_SPIN,
 };
 
@@ -285,6 +287,7 @@ void parse_args(int argc, char **argv)
 		{"idle-period", required_argument, 0, O_IDLE_PERIOD},
 		{"signal-burst", required_argument, 0, O_SIGNAL_BURST},
 		{"signal-burst-gap", required_argument, 0, O_SIGNAL_BURST_GAP},
+		{"signal-bursts", required_argument, 0, O_SIGNAL_BURSTS},
 		{"storm-k", required_argument, 0, O_STORM_K},
 		{"storm-t-us", required_argument, 0, O_STORM_T},
 		{"antagonist", required_argument, 0, O_ANTAGONIST},
@@ -383,6 +386,9 @@ void parse_args(int argc, char **argv)
 		case O_SIGNAL_BURST_GAP:
 			cfg.signal_burst_gap_ms = (long)parse_int("--signal-burst-gap", optarg, 1, 3600000L);
 			break;
+		case O_SIGNAL_BURSTS:
+			cfg.signal_bursts = (long)parse_int("--signal-bursts", optarg, 1, 1000000000L);
+			break;
 		case O_STORM_K: cfg.storm_k = (long)parse_int("--storm-k", optarg, 1, 1000000000L); break;
 		case O_STORM_T: cfg.storm_t_us = (long)parse_int("--storm-t-us", optarg, 1, 3600000000L); break;
 		case O_ANTAGONIST:
@@ -409,6 +415,8 @@ void parse_args(int argc, char **argv)
 		usage_error("unexpected argument '%s'", argv[optind]);
 	if (cfg.signal_burst && cfg.signal_rate <= 0)
 		usage_error("--signal-burst needs --signal-rate");
+	if (cfg.signal_bursts && !cfg.signal_burst)
+		usage_error("--signal-bursts needs --signal-burst");
 	if (cfg.antagonist && !cfg.ncpus)
 		usage_error("--antagonist runs on the workers' CPU: give it with --cpus");
 	if (cfg.antagonist && cfg.churn == CHURN_PROCESSES)

@@ -221,6 +221,7 @@ struct config {
 	long idle_period_ms;     /* --idle-period */
 	long signal_burst;       /* --signal-burst: signals per burst, 0: steady */
 	long signal_burst_gap_ms; /* --signal-burst-gap: pause after each burst */
+	long signal_bursts;      /* --signal-bursts: stop the run after this many, 0: no limit */
 	long storm_k;            /* --storm-k */
 	long storm_t_us;         /* --storm-t-us */
 	const char *antagonist;  /* --antagonist NAME, NULL: none */

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import STORM_RULE, STORM_RUN, run_realtime, storm_problem
+from support import ISOLATED_PRIORITY, STORM_RULE, STORM_RUN, run_realtime, storm_problem
 
 from rseqtop import workload
 from rseqtop.collect import Collector
@@ -39,13 +39,13 @@ def collector(bpf_ok):
         yield c
 
 
-def observe(collector, args, env=None, realtime=False):
+def observe(collector, args, env=None, realtime=False, priority=1):
     """Run the workload to its end, then read the collector. realtime: run it
     SCHED_FIFO, so that other tasks on a busy machine cannot preempt its
     workers (cause-attribution tests want only their own inducer)."""
     args = [str(a) for a in args]
     if realtime:
-        summary = run_realtime(args, env)
+        summary = run_realtime(args, env, priority=priority)
     else:
         summary = workload.run(args, timeout=120, env=env)
     return summary, collector.poll()
@@ -618,11 +618,12 @@ def test_antagonist_is_named_as_the_top_preempter(collector, record_property):
     above it, preempts it at each wake-up: rseqtop must name that thread
     (tid and comm from the workload's summary) as the preempter of at least
     95% of the run's aborts (all of which are preemptions here: no other
-    inducer, other tasks kept off by SCHED_FIFO), for the process and for
-    the section, and never more than the antagonist ran."""
+    inducer, other tasks kept off by SCHED_FIFO at a priority above other
+    tests' workloads), for the process and for the section, and never more
+    than the antagonist ran."""
     summary, snap = observe(collector, ["--threads", 1, "--cpus", NCPU - 1, "--op", "delay", "--in-cs-delay", 5000,
                                         "--antagonist", ANTAGONIST, "--antagonist-rate", 2000, "--duration", 1.5],
-                            realtime=True)
+                            realtime=True, priority=ISOLATED_PRIORITY)
     ant = summary["antagonist"]
     assert ant["comm"] == ANTAGONIST and ant["realtime"] and ant["runs"] > 0
     proc = assert_exact(summary, snap)

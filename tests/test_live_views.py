@@ -278,7 +278,7 @@ def test_json_and_exporter_show_preempters_and_storms(bpf_ok, rseqtop_cmd, recor
     at least 95% of the workload's aborts)."""
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.parser import text_string_to_metric_families
-    from support import STORM_CLI, STORM_RULE, STORM_RUN, run_realtime, storm_problem
+    from support import ISOLATED_PRIORITY, STORM_CLI, STORM_RULE, STORM_RUN, run_realtime, storm_problem
 
     from rseqtop.collect import Collector
     from rseqtop.exporter.metrics import RseqCollector
@@ -290,7 +290,7 @@ def test_json_and_exporter_show_preempters_and_storms(bpf_ok, rseqtop_cmd, recor
         try:
             top.next()
             storm = run_realtime(STORM_RUN + ["--name", "storm-live"])
-            ant = run_realtime(ANTAGONIST_RUN + ["--name", "victim-live"])
+            ant = run_realtime(ANTAGONIST_RUN + ["--name", "victim-live"], priority=ISOLATED_PRIORITY)
             top.more(lambda line: True)
         finally:
             assert top.stop() == 0

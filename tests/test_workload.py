@@ -35,8 +35,8 @@ OPTIONS = [
     "--signal-rate", "--migrate-rate", "--membarrier-rate", "--membarrier-unregistered",
     "--name", "--json-out", "--help", "--churn-threads", "--churn-processes", "--churn-ops",
     "--churn-rate", "--rseq-abi", "--check-cpu-id-start", "--idle-threads", "--idle-period",
-    "--signal-burst", "--signal-burst-gap", "--signal-bursts", "--storm-k", "--storm-t-us", "--antagonist", "--antagonist-rate",
-    "--antagonist-spin",
+    "--signal-burst", "--signal-burst-gap", "--signal-bursts", "--storm-k", "--storm-t-us", "--antagonist",
+    "--antagonist-rate", "--antagonist-spin",
 ]
 NO_GLIBC_RSEQ = {"GLIBC_TUNABLES": "glibc.pthread.rseq=0"}
 CANARY = ("cpu_id_start_rewritten", "cpu_id_start_stale", "cpu_id_start_wrong")

@@ -68,6 +68,7 @@ static void pin_inducer(void)
 
 /* Inducer results. */
 atomic_long signals_sent, migrations_requested;
+atomic_long signals_handled;   /* SIGUSR1 handled, all threads (paces --signal-burst) */
 long mb_calls, mb_ok;
 int mb_registered;
 int mb_register_errno;
@@ -138,9 +139,16 @@ static void signal_bursts(pid_t pid)
 		struct timespec left = gap;
 
 		for (long n = 0; n < cfg.signal_burst; n++) {
-			double until = now_mono() + period;
+			double start = now_mono(), until = start + period;
+			long handled = atomic_load(&signals_handled);
 
-			signal_next_worker(pid, &i);
+			/* the next one only once this one was handled (up to
+			 * 50 ms): a SIGUSR1 sent while one is pending is lost,
+			 * as in a slow VM most of a burst was */
+			if (signal_next_worker(pid, &i))
+				while (atomic_load(&signals_handled) == handled && now_mono() < start + 0.05 &&
+				       !atomic_load_explicit(&stop_flag, memory_order_relaxed))
+					;
 			while (now_mono() < until)
 				;
 		}

@@ -84,6 +84,7 @@ void on_sigusr1(int sig)
 {
 	(void)sig;
 	t_stats.signals++;
+	atomic_fetch_add_explicit(&signals_handled, 1, memory_order_relaxed);
 }
 
 /*

@@ -128,6 +128,18 @@ class CollectorMode(Tracer):
         wait_line(self.proc, "FIRST")
 
 
+class CollectorNoPreemptersMode(Tracer):
+    """The collector without the who-preempted bookkeeping in sched_switch:
+    the baseline of what that costs (see also --switch-cost)."""
+
+    name = "rseqtop collector (no preempters)"
+
+    def start(self):
+        self.proc = subprocess.Popen([PY, str(REPO / "benchmarks/collector_probe.py"), "--no-preempters"],
+                                     stdout=subprocess.PIPE, text=True, cwd=REPO)
+        wait_line(self.proc, "FIRST")
+
+
 class CollectorSyscallsMode(Tracer):
     """The opt-in syscall accounting: what it adds to every system call."""
 
@@ -216,7 +228,8 @@ class Tui(Tracer):
         subprocess.run(["tmux", "kill-session", "-t", self.session], check=False, stderr=subprocess.DEVNULL)
 
 
-MODES = [Tracer, Perf, Bpftrace, CollectorMode, CollectorSyscallsMode, Json, JsonMmCidAlways, Export, Tui]
+MODES = [Tracer, Perf, Bpftrace, CollectorMode, CollectorNoPreemptersMode, CollectorSyscallsMode, Json,
+         JsonMmCidAlways, Export, Tui]
 
 
 def run_workload(args: list[str], seconds: float) -> dict:
@@ -314,6 +327,45 @@ def front_ends(quick: bool) -> dict:
     return out
 
 
+SWITCH_COST_CONFIGS = ("preemption-heavy", "one antagonist")
+
+
+def switch_cost(reps: int, seconds: float, configs) -> dict:
+    """What the who-preempted bookkeeping adds per context switch: the
+    sched_switch program's own run time per run (kernel.bpf_stats_enabled),
+    with it and without it (RSEQTOP_NO_PREEMPTERS), interleaved, for
+    benchmarks/probe_cost.py's configurations."""
+    from probe_cost import measure
+
+    out: dict = {}
+    for config in configs:
+        runs = out[config] = {"with": [], "without": []}
+        for rep in range(reps):
+            for variant in (("with", "without") if rep % 2 == 0 else ("without", "with")):
+                rows = measure(config, seconds, {"RSEQTOP_NO_PREEMPTERS": 1} if variant == "without" else None,
+                               quiet=True)
+                ns = next((r[3] for r in rows if r[0] == "on_sched_switch"), None)
+                if ns is not None:
+                    runs[variant].append(ns)
+                print(f"  switch cost {config} round {rep + 1} {variant:8s} preempters: {ns} ns per sched_switch",
+                      file=sys.stderr)
+    return out
+
+
+def switch_cost_text(doc: dict) -> str:
+    lines = ["**Who preempted, per context switch**: the sched_switch program's run time per run "
+             "(kernel.bpf_stats_enabled) with the preempter bookkeeping and without (RSEQTOP_NO_PREEMPTERS)", "",
+             "| configuration | with (ns) | without (ns) | added per context switch (ns) |", "|---|---|---|---|"]
+    for config, runs in doc["switch_cost"].items():
+        w, wo = runs["with"], runs["without"]
+        if not w or not wo:
+            lines.append(f"| {config} | n/a | n/a | n/a (no sched_switch program on this kernel) |")
+            continue
+        added = [a - b for a, b in zip(w, wo)]
+        lines.append(f"| {config} | {fmt(w, digits=1)} | {fmt(wo, digits=1)} | {fmt(added, digits=1)} |")
+    return "\n".join(lines)
+
+
 def tp_configs(doc: dict) -> list:
     return list(doc["overhead"]["throughput"])
 
@@ -362,6 +414,10 @@ def main() -> int:
     ap.add_argument("--modes", help="comma-separated mode names to run (default all; untraced always runs)")
     ap.add_argument("--configs", help="comma-separated workload configurations (default all)")
     ap.add_argument("--overhead-only", action="store_true", help="skip the loss, start-up and front-end parts")
+    ap.add_argument("--switch-cost", action="store_true",
+                    help="only what the who-preempted bookkeeping adds per context switch (sched_switch program "
+                         "run time with and without it; --configs from benchmarks/probe_cost.py, default: "
+                         + ", ".join(SWITCH_COST_CONFIGS) + ")")
     a = ap.parse_args()
     if os.geteuid() != 0:
         print("benchmarks/run: run as root (sudo benchmarks/run): it loads BPF programs", file=sys.stderr)
@@ -377,6 +433,10 @@ def main() -> int:
     configs = CONFIGS if not a.configs else {k: v for k, v in CONFIGS.items() if k in a.configs.split(",")}
     doc = {"machine": f"{platform.node()} {platform.release()} {NCPU} CPUs", "date": time.strftime("%Y-%m-%d %H:%M"),
            "reps": reps, "seconds": seconds, "quick": a.quick}
+    if a.switch_cost:
+        doc["switch_cost"] = switch_cost(reps, seconds, a.configs.split(",") if a.configs else SWITCH_COST_CONFIGS)
+        print(switch_cost_text(doc))
+        return 0
     print("overhead ...", file=sys.stderr)
     doc["overhead"] = overhead(reps, seconds, modes, configs)
     if not a.overhead_only:

@@ -22,6 +22,9 @@ CONFIGS = {
     "fast path": ["--threads", str(NCPU), "--op", "counter"],
     "preemption-heavy": ["--threads", str(8 * NCPU), "--yield", "--op", "counter"],
     "abort-heavy": ["--threads", str(NCPU), "--op", "delay", "--in-cs-delay", "2000", "--signal-rate", "2000"],
+    # one thread preempted again and again by the same task (a noisy neighbour)
+    "one antagonist": ["--threads", "1", "--cpus", str(NCPU - 1), "--op", "counter", "--antagonist", "hog",
+                       "--antagonist-rate", "5000", "--antagonist-spin", "5"],
 }
 STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 
@@ -36,11 +39,13 @@ def prog_stats(collector) -> dict:
     return out
 
 
-def measure(config: str, seconds: float) -> list:
+def measure(config: str, seconds: float, defines: dict | None = None, quiet: bool = False) -> list:
+    """defines: extra -D flags of the BPF program (e.g. RSEQTOP_NO_PREEMPTERS,
+    the baseline of benchmarks/bench.py --switch-cost)."""
     old = STATS.read_text().strip()
     STATS.write_text("1")
     try:
-        with Collector() as c:
+        with Collector(sizes=defines) as c:
             before = prog_stats(c)
             t0 = time.monotonic()
             summary = workload.run(CONFIGS[config] + ["--duration", str(seconds)], timeout=seconds + 60)
@@ -54,7 +59,8 @@ def measure(config: str, seconds: float) -> list:
         cnt = after[name][1] - before.get(name, (0, 0))[1]
         rows.append((name, cnt, cnt / wall, ns / cnt if cnt else 0.0, 100.0 * ns / 1e9 / wall / NCPU))
     rows.append(("total", sum(r[1] for r in rows), sum(r[2] for r in rows), 0.0, sum(r[4] for r in rows)))
-    print(f"{config}: {summary['ops_per_second']:.3e} ops/s over {wall:.1f} s")
+    if not quiet:
+        print(f"{config}: {summary['ops_per_second']:.3e} ops/s over {wall:.1f} s")
     return rows
 
 

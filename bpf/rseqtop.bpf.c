@@ -26,6 +26,8 @@ BPF_F_TABLE("hash", u32, u32, proc_gen, RSEQTOP_MAX_PROC_GENS, BPF_F_NO_PREALLOC
 BPF_HASH(sites, struct rseqtop_site_key, struct rseqtop_site, RSEQTOP_MAX_SITES);
 BPF_HASH(offsets, struct rseqtop_offset_key, u64, RSEQTOP_MAX_OFFSETS);
 BPF_HASH(pcounts, struct rseqtop_pcount_key, u64, RSEQTOP_MAX_PCOUNTS);
+BPF_HASH(preempters, struct rseqtop_preempter_key, struct rseqtop_preempter, RSEQTOP_MAX_PREEMPTERS);
+BPF_PERCPU_ARRAY(last_victim, struct rseqtop_victim, 1);
 BPF_PERCPU_ARRAY(counters, u64, RSEQTOP_NCOUNTERS);
 BPF_PERCPU_ARRAY(cpu_aborts, u64, 1);
 BPF_ARRAY(config, struct rseqtop_config, 1);
@@ -345,6 +347,44 @@ static __always_inline u32 take_causes(struct rseqtop_hot *h, s32 cpu)
     return 0;
 }
 
+/* The storm rule at an abort of thread t in start_ip at now: 1 when this
+ * abort makes the thread's run of consecutive aborts in that section, each
+ * less than storm_ns after the previous one, reach storm_k (a run counts
+ * once). Only the thread's own state: its own aborts write it. */
+static __always_inline int storm_step(struct rseqtop_thread *t, struct rseqtop_config *cfg, u64 start_ip, u64 now)
+{
+    if (t->last_abort_ip == start_ip && now - t->last_abort_ns < (cfg ? cfg->storm_ns : RSEQTOP_STORM_NS))
+        t->abort_run++;
+    else
+        t->abort_run = 1;
+    t->last_abort_ns = now;
+    t->last_abort_ip = start_ip;
+    u32 k = cfg ? cfg->storm_k : RSEQTOP_STORM_K;
+    return k && t->abort_run == k;
+}
+
+/* An abort caused by preemption: count it for the task that ran next on
+ * the CPU after the thread's latest switch-out, when that was a preemption
+ * and its successor has been seen (else for RSEQTOP_PREEMPTER_UNKNOWN). */
+static __always_inline void preempter_add(struct rseqtop_thread *t, struct rseqtop_hot *h, u64 start_ip)
+{
+    int known = h->outs && t->pre_seq == h->outs;
+    struct rseqtop_preempter_key k = {.tgid = t->tgid, .gen = t->gen, .start_ip = start_ip,
+                                      .ptid = known ? t->pre_tid : RSEQTOP_PREEMPTER_UNKNOWN};
+    struct rseqtop_preempter zero = {};
+    struct rseqtop_preempter *p = preempters.lookup_or_try_init(&k, &zero);
+    if (!p) {
+        count(RSEQTOP_CNT_PREEMPTERS_DROPPED);
+        return;
+    }
+    __sync_fetch_and_add(&p->count, 1);
+    if (known) {
+        /* its latest name (racing aborts write the same task's) */
+        p->ptgid = t->pre_tgid;
+        __builtin_memcpy(p->comm, t->pre_comm, sizeof(p->comm));
+    }
+}
+
 /* An abort. ctx is the program's context (for the perf buffer). */
 static __always_inline void aborted(void *ctx, u64 regs_ip, u64 start_ip, u64 post_commit_offset, u64 abort_ip)
 {
@@ -366,6 +406,9 @@ static __always_inline void aborted(void *ctx, u64 regs_ip, u64 start_ip, u64 po
     u64 *cpu = cpu_aborts.lookup(&zero);
     if (cpu)
         __sync_fetch_and_add(cpu, 1);
+    struct rseqtop_config *cfg = config.lookup(&zero);
+    u64 now = bpf_ktime_get_ns();
+    int storm = storm_step(t, cfg, start_ip, now);
 
     u64 offset = regs_ip - start_ip;
     struct rseqtop_site_key sk = {.tgid = tgid, .gen = t->gen, .start_ip = start_ip};
@@ -386,19 +429,22 @@ static __always_inline void aborted(void *ctx, u64 regs_ip, u64 start_ip, u64 po
     if (s) {
         __sync_fetch_and_add(&s->aborts, 1);
         __sync_fetch_and_add(&s->causes[code], 1);
+        if (storm)
+            __sync_fetch_and_add(&s->storms, 1);
     }
     struct rseqtop_offset_key ok = {.tgid = tgid, .gen = t->gen, .start_ip = start_ip, .offset = (u32)offset};
     offsets_add(&ok);
     count_stack(ctx, tgid, t->gen, start_ip); /* --stacks */
+    if (code & RSEQTOP_CAUSE_PREEMPT)
+        preempter_add(t, h, start_ip);
 
-    struct rseqtop_config *cfg = config.lookup(&zero);
     if (cfg && cfg->emit_events) {
         struct rseqtop_event *e = events.ringbuf_reserve(sizeof(*e));
         if (!e) {
             count(RSEQTOP_CNT_EVENTS_LOST);
             return;
         }
-        e->ts_ns = bpf_ktime_get_ns();
+        e->ts_ns = now;
         e->start_ip = start_ip;
         e->abort_ip = abort_ip;
         e->tgid = tgid;
@@ -407,6 +453,7 @@ static __always_inline void aborted(void *ctx, u64 regs_ip, u64 start_ip, u64 po
         e->cause = code;
         e->offset = (u32)offset;
         e->gen = t->gen;
+        e->run = t->abort_run;
         bpf_get_current_comm(&e->comm, sizeof(e->comm));
         events.ringbuf_submit(e, 0);
         count(RSEQTOP_CNT_EVENTS_SENT);
@@ -496,18 +543,61 @@ int on_rseq_update(struct tp_rseq_update *args)
 #endif
 
 #ifdef HAVE_SCHED_SWITCH
+/* Who preempted: the task switched out now is the one that ran on this CPU
+ * after the thread preempted here last (its slot in last_victim), so its
+ * own tid and comm, no struct read, name that thread's preempter. Costs
+ * every switch a per-CPU array lookup; the record write comes only after
+ * a tracked thread's preemption. */
+static __always_inline struct rseqtop_victim *note_successor(void)
+{
+    int zero = 0;
+    struct rseqtop_victim *v = last_victim.lookup(&zero);
+    if (!v || !v->tid)
+        return v;
+    u32 victim = v->tid;
+    v->tid = 0;
+    struct rseqtop_thread *t = threads.lookup(&victim);
+    if (t) {
+        u64 id = bpf_get_current_pid_tgid();
+        /* The name costs more than the rest together (measured: ~65 ns
+         * of ~120): fetched when the preempter differs from the thread's
+         * previous one, so a steady antagonist costs a lookup, and a task
+         * that renames itself while it keeps preempting the same thread
+         * keeps its earlier name until another task preempts in between. */
+        if (t->pre_tid != (u32)id || !t->pre_comm[0]) {
+            t->pre_tid = (u32)id;
+            t->pre_tgid = id >> 32;
+            bpf_get_current_comm(&t->pre_comm, sizeof(t->pre_comm));
+        }
+        t->pre_seq = v->seq;
+    }
+    return v;
+}
+
 /* Runs in the context of the task being switched out (prev), so its tid
  * needs no struct access. The kernel flags an rseq "preempt" event on every
  * switch-out: every switch-out is a pending cause, and the involuntary ones
- * (still runnable) are counted as preemptions. */
+ * (still runnable) are counted as preemptions, their successor noted. */
 static __always_inline void switched_out(int runnable)
 {
+#ifdef RSEQTOP_NO_PREEMPTERS
+    /* the benchmark's baseline (benchmarks/bench.py --switch-cost) */
+    struct rseqtop_victim *v = 0;
+#else
+    struct rseqtop_victim *v = note_successor();
+#endif
     struct rseqtop_hot *h = current_hot();
     if (!h)
         return;
     note_cause(h, 0);
-    if (runnable)
+    h->outs++;
+    if (runnable) {
         h->preempts++;
+        if (v) {
+            v->tid = (u32)bpf_get_current_pid_tgid();
+            v->seq = h->outs;
+        }
+    }
 }
 
 #ifdef RAW_SCHED_SWITCH

@@ -27,7 +27,8 @@
 #define RSEQTOP_CNT_THREAD_EXITS 7
 #define RSEQTOP_CNT_LIVE_DROPPED 8
 #define RSEQTOP_CNT_HANDLERS_DROPPED 9
-#define RSEQTOP_NCOUNTERS 10
+#define RSEQTOP_CNT_PREEMPTERS_DROPPED 10
+#define RSEQTOP_NCOUNTERS 11
 
 /* Kinds of per-process keyed counters (map "pcounts"). */
 #define RSEQTOP_PC_RSEQ_REG 1        /* cmd = RSEQTOP_ABI_*, code = errno (0: success) */
@@ -52,6 +53,17 @@
 #define RSEQTOP_FILTER_CGROUPS 2
 
 #define RSEQTOP_COMM_LEN 16
+
+/* The preempter of an abort whose thread's latest switch-out was not a
+ * preemption, or whose successor on that CPU had not switched out yet when
+ * the thread aborted (it ran elsewhere first). */
+#define RSEQTOP_PREEMPTER_UNKNOWN 0xffffffff
+
+/* Abort storms: at least STORM_K consecutive aborts of one thread in one
+ * section, each less than STORM_NS after the one before (the defaults; user
+ * space writes its settings into the config map). */
+#define RSEQTOP_STORM_K 16
+#define RSEQTOP_STORM_NS 1000000
 
 /* Map sizes: the defaults, which rseqtop.bpfgen reads from here; a -D
  * (bpfgen's sizes, tests' small maps) overrides them. */
@@ -78,6 +90,9 @@
 #endif
 #ifndef RSEQTOP_MAX_HANDLERS
 #define RSEQTOP_MAX_HANDLERS 16384
+#endif
+#ifndef RSEQTOP_MAX_PREEMPTERS
+#define RSEQTOP_MAX_PREEMPTERS 16384
 #endif
 #ifndef RSEQTOP_RINGBUF_PAGES
 #define RSEQTOP_RINGBUF_PAGES 64
@@ -125,6 +140,10 @@ struct rseqtop_hot {
      * the (low half of the) iterator pass that last summed the thread. */
     u32 tid;
     u32 summed_pass;
+    /* switch-outs of the thread (any): the sequence number that tells
+     * whether its recorded preempter belongs to the latest one */
+    u32 outs;
+    u32 pad;
 };
 
 /* What the task iterator writes per tracked thread (HOT_TASK_STORAGE). */
@@ -143,6 +162,39 @@ struct rseqtop_thread {
     u32 gen; /* its process's generation (see proc_gen) */
     s32 mm_cid;
     u32 last_signal;
+    char comm[RSEQTOP_COMM_LEN];
+    /* Who ran next on the CPU after the thread's latest preemption: written
+     * by that task's own next sched_switch (another thread's context), for
+     * switch-out number pre_seq (see rseqtop_hot.outs). */
+    u32 pre_seq;
+    u32 pre_tid;
+    u32 pre_tgid;
+    u32 abort_run; /* consecutive aborts in last_abort_ip, storm rule */
+    char pre_comm[RSEQTOP_COMM_LEN];
+    u64 last_abort_ns;
+    u64 last_abort_ip;
+};
+
+/* The thread preempted last on this CPU (per-CPU slot, sched_switch only):
+ * the next sched_switch here runs in its successor's context. */
+struct rseqtop_victim {
+    u32 tid;
+    u32 seq;
+};
+
+/* Aborts caused by preemption, by process, section and preempter. */
+struct rseqtop_preempter_key {
+    u32 tgid;
+    u32 gen;
+    u64 start_ip;
+    u32 ptid; /* RSEQTOP_PREEMPTER_UNKNOWN: not seen */
+    u32 pad;
+};
+
+struct rseqtop_preempter {
+    u64 count;
+    u32 ptgid;
+    u32 pad;
     char comm[RSEQTOP_COMM_LEN];
 };
 
@@ -170,6 +222,7 @@ struct rseqtop_site {
     u64 causes[RSEQTOP_NCODES];
     u64 abort_ip;
     u64 post_commit_offset;
+    u64 storms; /* runs of consecutive aborts that reached the storm rule's K */
 };
 
 struct rseqtop_offset_key {
@@ -194,6 +247,9 @@ struct rseqtop_config {
     u32 filter_gen;   /* bumped by user space at every filter change (from 1) */
     u32 iter_threads; /* RSEQTOP_ITER_THREADS_*: what the task iterator writes out */
     u64 iter_pass;    /* bumped by user space before each run of the task iterator */
+    u64 storm_ns;     /* storm rule: most time between consecutive aborts */
+    u32 storm_k;      /* storm rule: consecutive aborts that make a storm (0: off) */
+    u32 pad;
 };
 
 /* A process's live threads summed by the task iterator (HOT_TASK_STORAGE,
@@ -217,6 +273,8 @@ struct rseqtop_event {
     u32 offset;
     u32 gen;
     char comm[RSEQTOP_COMM_LEN];
+    u32 run; /* the thread's consecutive aborts in this section so far (storm rule) */
+    u32 pad;
 };
 
 /* --uprobes: runs of a critical section's abort handler (a uprobe at its

@@ -5,6 +5,7 @@ helpers live in conftest.py."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import os
 import re
@@ -468,3 +469,58 @@ def assert_exact(summary, snap):
     assert proc.counts.aborts == summary["totals"]["aborts"]
     assert sum(n for _, n in proc.counts.causes) == proc.counts.aborts
     return proc
+RT_RUNTIME = Path("/proc/sys/kernel/sched_rt_runtime_us")
+
+
+@contextlib.contextmanager
+def no_rt_throttling():
+    """The kernel throttles realtime tasks to 95% of each second by default,
+    switching the worker out for other tasks (true preemptions, but not the
+    inducer under test) whenever the machine is busy: off for these runs."""
+    old = RT_RUNTIME.read_text().strip()
+    RT_RUNTIME.write_text("-1")
+    try:
+        yield
+    finally:
+        RT_RUNTIME.write_text(old)
+
+
+# A realtime priority above what other tests' workloads run at (1, their
+# antagonists 2) and below the kernel's interrupt threads (50): for runs that
+# must see one named preempter only, on a machine that runs other tests too.
+ISOLATED_PRIORITY = 40
+
+
+def run_realtime(args, env=None, timeout: float = 120, priority: int = 1) -> dict:
+    """Run the bundled workload SCHED_FIFO (chrt -f PRIORITY), unthrottled,
+    to its end: its JSON summary."""
+    from rseqtop import workload
+
+    with no_rt_throttling():
+        out = subprocess.run(["chrt", "-f", str(priority), str(workload.build()), *map(str, args)],
+                             capture_output=True, text=True, timeout=timeout, env=env)
+    assert out.returncode == 0, out.stderr
+    return workload.parse_summary(out.stdout)
+
+
+# An abort storm on demand: 4 bursts of 40 signals at one thread in a long
+# section, a pause after each, then the run ends (however slow the machine:
+# QEMU TCG on a busy host ran a time-bound run's inducer 100 times slower).
+# The storm rule (K 16, T 100 ms) sits far from both gaps, the signals'
+# (~0.2 ms here, some ms in a slow VM) and the pauses' (1 s), so that the
+# kernel's and the workload's timestamps, microseconds apart, agree on
+# which aborts are consecutive.
+STORM_RULE = (16, 0.1)
+STORM_RUN = ["--threads", 1, "--cpus", (os.cpu_count() or 1) - 1, "--op", "delay", "--in-cs-delay", 20000,
+             "--signal-rate", 5000, "--signal-burst", 40, "--signal-burst-gap", 1000, "--signal-bursts", 4,
+             "--storm-k", STORM_RULE[0], "--storm-t-us", int(STORM_RULE[1] * 1e6), "--duration", 100,
+             "--inducer-cpus", 0]
+STORM_CLI = ["--storm-aborts", str(STORM_RULE[0]), "--storm-interval", str(STORM_RULE[1])]
+
+
+def storm_problem(summary) -> str:
+    """Why a storm run proves nothing, for the assertion message ("" if it does)."""
+    t = summary["totals"]
+    if t["storms"] > 0:
+        return ""
+    return f"no storm happened ({t['aborts']} aborts, longest run {t['max_abort_run']}); the test proves nothing"

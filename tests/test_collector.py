@@ -6,7 +6,6 @@ aborts counted in its abort handlers, which only abort_ip reaches.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import signal
@@ -16,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import assert_exact
+from support import ISOLATED_PRIORITY, STORM_RULE, STORM_RUN, assert_exact, run_realtime, storm_problem
 
 from rseqtop import workload
 from rseqtop.collect import Collector
@@ -40,36 +39,18 @@ def collector(bpf_ok):
         yield c
 
 
-def observe(collector, args, env=None, realtime=False):
+def observe(collector, args, env=None, realtime=False, priority=1):
     """Run the workload to its end, then read the collector. realtime: run it
     SCHED_FIFO, so that other tasks on a busy machine cannot preempt its
     workers (cause-attribution tests want only their own inducer)."""
     args = [str(a) for a in args]
     if realtime:
-        with no_rt_throttling():
-            out = subprocess.run(["chrt", "-f", "1", str(workload.build()), *args], capture_output=True, text=True,
-                                 timeout=120, env=env)
-        assert out.returncode == 0, out.stderr
-        summary = workload.parse_summary(out.stdout)
+        summary = run_realtime(args, env, priority=priority)
     else:
         summary = workload.run(args, timeout=120, env=env)
     return summary, collector.poll()
 
 
-RT_RUNTIME = Path("/proc/sys/kernel/sched_rt_runtime_us")
-
-
-@contextlib.contextmanager
-def no_rt_throttling():
-    """The kernel throttles realtime tasks to 95% of each second by default,
-    switching the worker out for other tasks (true preemptions, but not the
-    inducer under test) whenever the machine is busy: off for these runs."""
-    old = RT_RUNTIME.read_text().strip()
-    RT_RUNTIME.write_text("-1")
-    try:
-        yield
-    finally:
-        RT_RUNTIME.write_text(old)
 
 
 INDUCERS = {
@@ -605,3 +586,78 @@ def test_process_totals_exact_whatever_threads_are_asked_for(collector, record_p
     # and the run's own count once it is over
     final = collector.poll().process(proc.pid)
     assert final.counts.aborts == summary["totals"]["aborts"]
+
+
+# -- who preempted (issue 15, item 1) ------------------------------------
+ANTAGONIST = "hog-15"
+
+
+def test_antagonist_is_named_as_the_top_preempter(collector, record_property):
+    """A named thread pinned to the worker's CPU, one realtime priority
+    above it, preempts it at each wake-up: rseqtop must name that thread
+    (tid and comm from the workload's summary) as the preempter of at least
+    95% of the run's aborts (all of which are preemptions here: no other
+    inducer, other tasks kept off by SCHED_FIFO at a priority above other
+    tests' workloads), for the process and for the section, and never more
+    than the antagonist ran."""
+    summary, snap = observe(collector, ["--threads", 1, "--cpus", NCPU - 1, "--op", "delay", "--in-cs-delay", 5000,
+                                        "--antagonist", ANTAGONIST, "--antagonist-rate", 2000, "--duration", 1.5],
+                            realtime=True, priority=ISOLATED_PRIORITY)
+    ant = summary["antagonist"]
+    assert ant["comm"] == ANTAGONIST and ant["realtime"] and ant["runs"] > 0
+    proc = assert_exact(summary, snap)
+    total = summary["totals"]["aborts"]
+    assert total > 50, "the antagonist preempted no section; the test proves nothing"
+    pre = proc.preempters
+    assert sum(e.count for e in pre) == sum(n for cause, n in proc.counts.causes if "preempt" in cause)
+    top = pre[0]
+    record_property("figure", f"{top.comm} {100 * top.count / total:.1f}% of {total} aborts "
+                              f"({ant['runs']} antagonist runs)")
+    assert (top.pid, top.tgid, top.comm) == (ant["tid"], summary["pid"], ANTAGONIST), pre[:3]
+    assert top.count >= 0.95 * total, pre[:3]
+    assert top.count <= ant["runs"]  # one preemption aborts at most one section
+    assert top.kthread is not True
+    site = {s.start_ip: s for s in snap.sites_of(summary["pid"])}[int(summary["ops"]["delay"]["start_ip"], 16)]
+    assert site.preempters[0].pid == ant["tid"] and site.preempters[0].count == top.count
+
+
+# -- abort storms (issue 15, item 4) -------------------------------------
+def test_signal_storms_match_the_workloads_own_count(collector, record_property):
+    """Bursts of signals at one thread in a long section: every burst is a
+    run of consecutive aborts, and the storm count (runs reaching K, each
+    abort less than T after the one before) must equal what the workload
+    computed from its own abort times by the same rule (support.STORM_RUN:
+    gaps far from T on either side, also in a slow VM)."""
+    collector.set_storm(STORM_RULE)
+    try:
+        summary, snap = observe(collector, STORM_RUN, realtime=True)
+    finally:
+        collector.set_storm(None)
+    proc = assert_exact(summary, snap)
+    want = summary["totals"]["storms"]
+    record_property("figure", f"{proc.storms}={want} storms, {proc.counts.aborts} aborts, "
+                              f"longest run {summary['totals']['max_abort_run']}")
+    assert not storm_problem(summary), storm_problem(summary)
+    assert proc.storms == want
+    sites = {s.start_ip: s for s in snap.sites_of(summary["pid"])}
+    for name, op in summary["ops"].items():
+        ip = int(op["start_ip"], 16)
+        assert (sites[ip].storms if ip in sites else 0) == op["storms"], name
+
+
+def test_no_storm_below_the_rule(collector, record_property):
+    """The same bursts with K above the burst length: a burst alone never
+    reaches it (preemptions during the pauses may chain a longer run), and
+    rseqtop counts exactly the runs the workload counted (a run counts once
+    when it reaches K, never before)."""
+    k = 64
+    collector.set_storm((k, STORM_RULE[1]))
+    try:
+        summary, snap = observe(collector, STORM_RUN + ["--storm-k", k, "--signal-bursts", 2], realtime=True)
+    finally:
+        collector.set_storm(None)
+    proc = assert_exact(summary, snap)
+    record_property("figure", f"{proc.storms}={summary['totals']['storms']} storms at K={k}, "
+                              f"longest run {summary['totals']['max_abort_run']}")
+    assert proc.counts.aborts > 16
+    assert proc.storms == summary["totals"]["storms"]

@@ -263,3 +263,61 @@ def test_batch_and_json_load_neither_the_tui_nor_textual(bpf_ok, mode):
     assert "rseqtop.present.rows" in imported and "rseqtop.collect.collector" in imported
     bad = [m for m in imported if m.startswith(("rseqtop.tui", "textual"))]
     assert not bad, bad
+
+
+ANTAGONIST = "hog-live"
+ANTAGONIST_RUN = ["--threads", 1, "--cpus", (os.cpu_count() or 1) - 1, "--op", "delay", "--in-cs-delay", 5000,
+                  "--antagonist", ANTAGONIST, "--antagonist-rate", 2000, "--duration", 1.0]
+
+
+@pytest.mark.kernel
+def test_json_and_exporter_show_preempters_and_storms(bpf_ok, rseqtop_cmd, record_property):
+    """`rseqtop --json` and the exporter's metrics against two workload
+    runs: a signal storm (storm counts equal the workload's own, same rule,
+    support.STORM_RUN) and a named antagonist (named as the top preempter of
+    at least 95% of the workload's aborts)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+    from support import ISOLATED_PRIORITY, STORM_CLI, STORM_RULE, STORM_RUN, run_realtime, storm_problem
+
+    from rseqtop.collect import Collector
+    from rseqtop.exporter.metrics import RseqCollector
+
+    top = Lines(rseqtop_cmd + ["--json", "-d", "0.3", *STORM_CLI])
+    registry = CollectorRegistry()
+    with Collector(storm=STORM_RULE, threads="none") as source:
+        registry.register(RseqCollector(source, identity=None))
+        try:
+            top.next()
+            storm = run_realtime(STORM_RUN + ["--name", "storm-live"])
+            ant = run_realtime(ANTAGONIST_RUN + ["--name", "victim-live"], priority=ISOLATED_PRIORITY)
+            top.more(lambda line: True)
+        finally:
+            assert top.stop() == 0
+        text = generate_latest(registry).decode()
+    rec = json.loads(top.raw[-1])
+    procs = {p["pid"]: p for p in rec["processes"]}
+    sp, ap = procs[storm["pid"]], procs[ant["pid"]]
+    assert not storm_problem(storm), storm_problem(storm)
+    assert sp["totals"]["aborts"] == storm["totals"]["aborts"]
+    assert sp["storms"] == storm["totals"]["storms"]
+    delay = next(s for s in sp["sections"] if s["start_ip"] == int(storm["ops"]["delay"]["start_ip"], 16))
+    assert delay["storms"] == storm["ops"]["delay"]["storms"]
+    total = ant["totals"]["aborts"]
+    assert ap["totals"]["aborts"] == total > 50
+    first = ap["preempters"][0]
+    assert (first["pid"], first["tgid"], first["comm"]) == (ant["antagonist"]["tid"], ant["pid"], ANTAGONIST)
+    assert first["count"] >= 0.95 * total and first["kthread"] is not True, \
+        (ap["preempters"], ap["preempters_other"], ap["preempters_unknown"], ap["totals"]["causes"])
+    assert ap["sections"][0]["preempters"][0]["pid"] == first["pid"]
+    assert sum(e["count"] for e in ap["preempters"]) + ap["preempters_other"] + ap["preempters_unknown"] == \
+        sum(n for cause, n in ap["totals"]["causes"].items() if "preempt" in cause)
+
+    got: dict = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            got[(s.name, s.labels.get("comm"), s.labels.get("preempter"))] = s.value
+    assert got[("rseqtop_abort_storms_total", "storm-live", None)] == storm["totals"]["storms"]
+    assert got[("rseqtop_preempter_aborts_total", "victim-live", ANTAGONIST)] == first["count"]
+    record_property("figure", f"storms {sp['storms']}={storm['totals']['storms']}, {ANTAGONIST} "
+                              f"{100 * first['count'] / total:.1f}% of {total} aborts")

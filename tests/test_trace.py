@@ -91,3 +91,26 @@ def test_pid_filter_text_output_and_sigterm(bpf_ok, rseqtop_cmd):
     assert all(r[2] == str(wl.pid) for r in rows)
     assert all(r[-1].startswith("+0x") and "rseq_op_" in r[-2] for r in rows)
     assert "Traceback" not in "".join(tr.err)
+
+
+@pytest.mark.kernel
+def test_storm_marks_equal_the_workloads_storms(bpf_ok, rseqtop_cmd, record_property):
+    """Each abort event carries the thread's run of consecutive aborts in
+    its section: the events whose run reaches K exactly are the storms, as
+    many as the workload counted by the same rule (support.STORM_RUN)."""
+    from support import STORM_CLI, STORM_RULE, STORM_RUN, run_realtime, storm_problem
+
+    tr = Trace(rseqtop_cmd + ["trace", "--json", *STORM_CLI])
+    summary = run_realtime(STORM_RUN)
+    time.sleep(0.3)
+    assert tr.stop(signal.SIGINT) == 0
+    mine = [r for r in map(json.loads, tr.out) if r["pid"] == summary["pid"]]
+    assert not any("lost" in line for line in tr.err)
+    assert len(mine) == summary["totals"]["aborts"]
+    k = STORM_RULE[0]
+    starts = sum(1 for r in mine if r["run"] == k)
+    record_property("figure", f"{starts}={summary['totals']['storms']} storms")
+    assert not storm_problem(summary), storm_problem(summary)
+    assert starts == summary["totals"]["storms"]
+    assert all(r["storm"] == (r["run"] >= k) for r in mine)
+    assert max(r["run"] for r in mine) == summary["totals"]["max_abort_run"]

@@ -35,6 +35,8 @@ OPTIONS = [
     "--signal-rate", "--migrate-rate", "--membarrier-rate", "--membarrier-unregistered",
     "--name", "--json-out", "--help", "--churn-threads", "--churn-processes", "--churn-ops",
     "--churn-rate", "--rseq-abi", "--check-cpu-id-start", "--idle-threads", "--idle-period",
+    "--signal-burst", "--signal-burst-gap", "--signal-bursts", "--storm-k", "--storm-t-us", "--antagonist",
+    "--antagonist-rate", "--antagonist-spin",
 ]
 NO_GLIBC_RSEQ = {"GLIBC_TUNABLES": "glibc.pthread.rseq=0"}
 CANARY = ("cpu_id_start_rewritten", "cpu_id_start_stale", "cpu_id_start_wrong")
@@ -955,6 +957,18 @@ BAD = [
     ["--threads", "0", "--idle-threads", "5", "--signal-rate", "10"],
     ["--threads", "0", "--idle-threads", "5", "--migrate-rate", "10"],
     ["--idle-threads", "5", "--churn-processes"],
+    ["--signal-burst", "5"],
+    ["--signal-rate", "10", "--signal-burst", "0"],
+    ["--signal-rate", "10", "--signal-burst", "5", "--signal-burst-gap", "0"],
+    ["--storm-k", "0"],
+    ["--signal-rate", "10", "--signal-bursts", "2"],
+    ["--signal-rate", "10", "--signal-burst", "5", "--signal-bursts", "0"],
+    ["--storm-t-us", "x"],
+    ["--antagonist", "hog"],
+    ["--antagonist", "", "--cpus", "0"],
+    ["--antagonist", "hog", "--cpus", "0", "--antagonist-rate", "0"],
+    ["--antagonist", "hog", "--cpus", "0", "--antagonist-spin", "-1"],
+    ["--antagonist", "hog", "--cpus", "0", "--churn-processes"],
 ]
 
 
@@ -1000,3 +1014,33 @@ def test_users_build_without_werror_and_strict_builds_apart(tmp_path, monkeypatc
     lenient = workload.binary_path()
     monkeypatch.setenv(workload.WERROR_ENV, "1")
     assert "-Werror" in workload.cflags() and workload.binary_path() != lenient
+
+
+def test_storms_follow_the_rule_from_the_threads_own_aborts():
+    """The storm rule computed by the workload itself: with bursts of 40
+    signals at one thread in a long section, 16 in a row makes a storm and
+    64 never does; the counts add up over threads and ops."""
+    base = ["--threads", "1", "--op", "delay", "--in-cs-delay", "20000", "--signal-rate", "10000",
+            "--signal-burst", "40", "--signal-burst-gap", "30", "--storm-t-us", "3000", "--duration", "0.6"]
+    s = workload.run(base + ["--storm-k", "16"], timeout=60)
+    t = s["totals"]
+    assert s["storm_rule"] == {"k": 16, "t_us": 3000}
+    assert t["storms"] == sum(th["storms"] for th in s["threads"].values()) == s["ops"]["delay"]["storms"]
+    assert t["storms"] == sum(op["storms"] for op in s["ops"].values())
+    if t["max_abort_run"] >= 16:
+        assert t["storms"] >= 1
+    else:
+        assert t["storms"] == 0
+    assert t["max_abort_run"] <= t["aborts"]
+    quiet = workload.run(base + ["--storm-k", "64"], timeout=60)
+    assert quiet["totals"]["storms"] == 0 or quiet["totals"]["max_abort_run"] >= 64
+    assert s["antagonist"] is None
+
+
+def test_antagonist_reports_itself():
+    s = workload.run(["--threads", "1", "--cpus", "0", "--op", "counter", "--antagonist", "a-very-long-antagonist",
+                      "--antagonist-rate", "500", "--duration", "0.3"], timeout=60)
+    a = s["antagonist"]
+    assert a["comm"] == "a-very-long-ant"  # the kernel keeps 15 bytes
+    assert a["pid"] == s["pid"] and a["tid"] > 0 and a["tid"] not in {int(t) for t in s["threads"]}
+    assert a["cpu"] == 0 and a["runs"] > 0 and a["spin_us"] == 50

@@ -16,24 +16,16 @@ from rseqtop.collect.records import CallRecord, MapRecords, ProcRecord
 from rseqtop.kernel import bpfgen
 from rseqtop.kernel import facts as kernel
 from rseqtop.model.snapshot import (
-    ABI_NAMES,
-    COUNT_FIELDS,
-    Counts,
-    MapFill,
-    MembarrierStats,
-    ProcessStats,
-    SelfStats,
-    SiteStats,
-    Snapshot,
-    pairs,
-    sum_counts,
+    ABI_NAMES, COUNT_FIELDS, Counts, MapFill, MembarrierStats, Preempter, ProcessStats, SelfStats, SiteStats,
+    Snapshot, merge_preempters, pairs, sum_counts,
 )
 
 K = bpfgen.header_constants()
 # map -> the counter of inserts it refused when full
 DROP_COUNTERS = {"threads": "threads_dropped", "dead_threads": None, "procs": "procs_dropped",
                  "sites": "sites_dropped", "offsets": "offsets_dropped", "pcounts": "pcounts_dropped",
-                 "proc_live": "live_dropped", "handlers": "handlers_dropped"}
+                 "proc_live": "live_dropped", "handlers": "handlers_dropped",
+                 "preempters": "preempters_dropped"}
 
 Ident = tuple  # (pid, gen): a process; a recycled pid is another process
 
@@ -90,6 +82,7 @@ def assemble(rec: MapRecords, view: View = View(), last_totals: Mapping[Ident, C
     sites = _sites(rec, keep, symbol)
     if rec.handlers is not None:
         processes, threads, sites = _with_user_aborts(rec.handlers, processes, threads, sites, symbol, section_of)
+    processes = _with_site_sums(processes, sites)
     snap = Snapshot(rec.monotonic, rec.wall, rec.setup.era, rec.setup.era_description, totals,
                     tuple(sorted(processes, key=lambda p: p.pid)),
                     tuple(sorted(threads, key=lambda t: (t.pid, t.tid))),
@@ -196,8 +189,14 @@ def _sites(rec: MapRecords, keep: set, symbol: Callable[[int, int], str]) -> lis
     offs: dict[tuple, dict] = {}
     for o in rec.offsets:
         offs.setdefault((o.pid, o.gen, o.start_ip), {})[o.offset] = o.n
+    pre: dict[tuple, list] = {}
+    for r in rec.preempters:
+        if (r.pid, r.gen) in keep:
+            pre.setdefault((r.pid, r.gen, r.start_ip), []).append(
+                Preempter(r.ptid, r.ptgid if r.ptid is not None else None, r.comm, r.n, r.kthread))
     return [SiteStats(s.pid, s.start_ip, symbol(s.pid, s.start_ip), s.aborts, s.causes, s.abort_ip,
-                      s.post_commit_offset, pairs(offs.get((s.pid, s.gen, s.start_ip), {})))
+                      s.post_commit_offset, pairs(offs.get((s.pid, s.gen, s.start_ip), {})), storms=s.storms,
+                      preempters=merge_preempters([pre.get((s.pid, s.gen, s.start_ip), ())]))
             for s in rec.sites if (s.pid, s.gen) in keep]
 
 
@@ -228,6 +227,14 @@ def _with_user_aborts(handlers: tuple, processes: list, threads: list, sites: li
                 known.add((pid, start))
                 sites.append(SiteStats(pid, start, symbol(pid, start), 0, abort_ip=abort_ip, user_aborts=n))
     return processes, threads, sites
+def _with_site_sums(processes: list, sites: list) -> list:
+    """Each process's storms and preempters: the sums over its sections."""
+    by_pid: dict[int, list] = {}
+    for s in sites:
+        by_pid.setdefault(s.pid, []).append(s)
+    return [replace(p, storms=sum(s.storms for s in by_pid.get(p.pid, ())),
+                    preempters=merge_preempters(s.preempters for s in by_pid.get(p.pid, ())))
+            if p.pid in by_pid else p for p in processes]
 
 
 def _self_stats(rec: MapRecords) -> SelfStats:
@@ -235,7 +242,7 @@ def _self_stats(rec: MapRecords) -> SelfStats:
     used = {"threads": alive if rec.live is None else sum(r.threads for r in rec.live),
             "dead_threads": len(rec.threads) - alive, "procs": len(rec.procs), "sites": len(rec.sites),
             "offsets": len(rec.offsets), "pcounts": len(rec.calls), "proc_live": len(rec.live or ()),
-            "handlers": len(rec.handlers or ())}
+            "handlers": len(rec.handlers or ()), "preempters": len(rec.preempters)}
     capacity = dict(rec.setup.capacities)
     maps = tuple(MapFill(name, used[name], capacity[name], rec.counter(drop) if drop else 0)
                  for name, drop in DROP_COUNTERS.items() if name in capacity)

@@ -63,11 +63,12 @@ class Collector:
                  symbolizer: Optional[Symbolizer] = None, keep_dead_seconds: float = 60.0,
                  keep_dead_max: int = 4096, syscalls: bool = False, mm_cid_window: float = MM_CID_WINDOW,
                  threads: str = "all", uprobes: bool = False, lean: bool = False,
-                 stacks: bool = False):
+                 stacks: bool = False, storm: Optional[tuple] = None):
         self._pids = set(pids) if pids else set()
         self._comm = compile_comm(comm)
         self._cgroups = list(cgroups or ())
         self._emit_events = emit_events
+        self._storm = storm  # (K aborts, T seconds); None: bpf/rseqtop.h's defaults
         self._want_mm_cid = False
         self.mm_cid_window = mm_cid_window
         self.want_threads(threads)
@@ -167,13 +168,20 @@ class Collector:
             self._configure()
             self._scan_handlers(self._pids)
 
+    def set_storm(self, storm: Optional[tuple]) -> None:
+        """The abort storm rule: (K consecutive aborts, each less than T
+        seconds after the one before); None: bpf/rseqtop.h's defaults."""
+        self._storm = storm
+        if self.bpf is not None:
+            self._configure()
+
     def set_emit_events(self, on: bool) -> None:
         self._emit_events = on
         if self.bpf is not None:
             self._configure()
 
     def _configure(self) -> None:
-        self.loader.configure(self._pids, self._cgroups, self._emit_events)
+        self.loader.configure(self._pids, self._cgroups, self._emit_events, self._storm)
 
     def want_mm_cid(self, on: bool) -> None:
         """Ask for threads' mm_cid: front ends ask while they show threads.

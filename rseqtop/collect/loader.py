@@ -72,7 +72,7 @@ class Probes:
     MAP_SIZES = {"threads": "RSEQTOP_MAX_THREADS", "dead_threads": "RSEQTOP_MAX_DEAD_THREADS",
                  "procs": "RSEQTOP_MAX_PROCS", "sites": "RSEQTOP_MAX_SITES", "offsets": "RSEQTOP_MAX_OFFSETS",
                  "pcounts": "RSEQTOP_MAX_PCOUNTS", "proc_live": "RSEQTOP_MAX_PROCS",
-                 "handlers": "RSEQTOP_MAX_HANDLERS"}
+                 "handlers": "RSEQTOP_MAX_HANDLERS", "preempters": "RSEQTOP_MAX_PREEMPTERS"}
 
     def __init__(self, sizes: Optional[dict] = None, syscalls: bool = False, tracefs_root: Optional[Path] = None,
                  uprobes: bool = False, stacks: bool = False):
@@ -192,9 +192,12 @@ class Probes:
         return [fn.fd for fn in self.bpf.funcs.values()]
 
     # -- configuration --------------------------------------------------
-    def configure(self, pids: Iterable[int], cgroups: Iterable[str], emit_events: bool) -> None:
+    def configure(self, pids: Iterable[int], cgroups: Iterable[str], emit_events: bool,
+                  storm: Optional[tuple] = None) -> None:
         """Write the in-kernel filter: only these processes (tgids) and
-        cgroup v2 directories are tracked; none given: everything."""
+        cgroup v2 directories are tracked; none given: everything. storm:
+        the storm rule (K consecutive aborts, each less than T seconds after
+        the one before); None: the defaults of bpf/rseqtop.h."""
         pids, cgroups = list(pids), list(cgroups)
         b = self.bpf
         watch = b["watch_pids"]
@@ -218,6 +221,9 @@ class Probes:
             value.emit_events = 1 if emit_events else 0
             # Threads the previous filter excluded are checked again.
             value.filter_gen = value.filter_gen % 0xFFFFFFFF + 1
+            k_runs, t_seconds = storm or (k["RSEQTOP_STORM_K"], k["RSEQTOP_STORM_NS"] / 1e9)
+            value.storm_k = k_runs
+            value.storm_ns = int(round(t_seconds * 1e9))
             cfg[0] = value
 
     def proc_gen(self, pid: int) -> Optional[int]:

@@ -16,10 +16,11 @@ from pathlib import Path
 
 from rseqtop.collect.batch import BatchTable
 from rseqtop.collect.records import (
-    CallRecord, HandlerRecord, LiveRecord, MapRecords, OffsetRecord, ProcRecord, SiteRecord,
+    CallRecord, HandlerRecord, LiveRecord, MapRecords, OffsetRecord, PreempterRecord, ProcRecord, SiteRecord,
 )
 from rseqtop.kernel import facts as kernel
 from rseqtop.kernel import taskstorage
+from rseqtop.kernel.kthread import KthreadCache
 from rseqtop.model.snapshot import COUNT_FIELDS, Counts, ThreadStats, cause_name, pairs
 
 COUNTER_PREFIX = "RSEQTOP_CNT_"
@@ -108,9 +109,12 @@ class MapReader:
         self._nodes = kernel.cpu_nodes()
         b = probes.bpf
         self._tables = {name: BatchTable(b[name])
-                        for name in ("threads", "dead_threads", "procs", "pcounts", "sites", "offsets")}
+                        for name in ("threads", "dead_threads", "procs", "pcounts", "sites", "offsets",
+                                     "preempters")}
         if probes.uprobes:
             self._tables["handlers"] = BatchTable(b["handlers"])
+        self._unknown_preempter = k["RSEQTOP_PREEMPTER_UNKNOWN"]
+        self._kthread = KthreadCache()
         # tid -> (updates, preempts, cpu) last read from the hot state: a
         # thread gone between the map read and the hot read keeps them
         self._last_hot: dict[int, tuple] = {}
@@ -161,7 +165,8 @@ class MapReader:
                       for k, v in self._parsed(t["pcounts"]))
         names = self._cause_names
         sites = tuple(SiteRecord(k.tgid, k.gen, k.start_ip, v.aborts, cause_pairs(v.causes, names), v.abort_ip,
-                                 v.post_commit_offset) for k, v in self._parsed(t["sites"]))
+                                 v.post_commit_offset, v.storms) for k, v in self._parsed(t["sites"]))
+        preempters = tuple(self._preempter(k, v) for k, v in self._parsed(t["preempters"]))
         offsets = tuple(OffsetRecord(k.tgid, k.gen, k.start_ip, k.offset, v.value)
                         for k, v in self._parsed(t["offsets"]))
         cpu_aborts = tuple(b["cpu_aborts"][0]) if len(counters) else ()
@@ -178,7 +183,13 @@ class MapReader:
                           threads, calls, sites, offsets, cpu_aborts,
                           tuple((pid, _live_comm(pid)) for pid in sorted(live_pids)),
                           run_ns, run_cnt, misses, ru.ru_utime + ru.ru_stime, live, handlers,
-                          self.probes.handlers_probed)
+                          self.probes.handlers_probed, preempters)
+
+    def _preempter(self, k, v) -> PreempterRecord:
+        if k.ptid == self._unknown_preempter:
+            return PreempterRecord(k.tgid, k.gen, k.start_ip, None, 0, "", v.count, None)
+        comm = comm_text(v.comm)
+        return PreempterRecord(k.tgid, k.gen, k.start_ip, k.ptid, v.ptgid, comm, v.count, self._kthread(k.ptid, comm))
 
     @staticmethod
     def _parsed(table: BatchTable) -> list:

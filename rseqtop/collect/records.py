@@ -44,6 +44,23 @@ class SiteRecord:
     causes: Pairs = ()
     abort_ip: int = 0
     post_commit_offset: int = 0
+    storms: int = 0
+
+
+@dataclass(frozen=True)
+class PreempterRecord:
+    """Aborts of a section caused by preemption, for one preempter (map
+    preempters). ptid None: not seen; kthread None: unknown (read from
+    /proc by the reader)."""
+
+    pid: int
+    gen: int
+    start_ip: int
+    ptid: Optional[int]
+    ptgid: int
+    comm: str
+    n: int
+    kthread: Optional[bool] = None
 
 
 @dataclass(frozen=True)
@@ -127,6 +144,7 @@ class MapRecords:
     # HandlerRecord with --uprobes; None: user-detected aborts not measured
     handlers: Optional[tuple] = None
     handlers_probed: int = 0  # uprobes attached at abort handlers
+    preempters: tuple = ()  # PreempterRecord
 
     def counter(self, name: str) -> int:
         return dict(self.counters).get(name, 0)
@@ -140,7 +158,8 @@ class MapRecords:
 
 # -- JSON ---------------------------------------------------------------
 _NESTED = {"procs": ProcRecord, "threads": ThreadStats, "calls": CallRecord, "sites": SiteRecord,
-           "offsets": OffsetRecord, "live": LiveRecord, "handlers": HandlerRecord}
+           "offsets": OffsetRecord, "live": LiveRecord, "handlers": HandlerRecord,
+           "preempters": PreempterRecord}
 
 
 def _tuples(value):

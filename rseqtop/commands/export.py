@@ -24,7 +24,9 @@ import sys
 import threading
 import time
 
-from rseqtop.commands.options import add_syscalls_arg, add_uprobes_arg, flat_pids, pid_list, positive_int
+from rseqtop.commands.options import (
+    add_storm_args, add_syscalls_arg, add_uprobes_arg, flat_pids, pid_list, positive_int, storm_rule,
+)
 from rseqtop.errors import UsageError, UserError
 from rseqtop.exporter import DEFAULT_LISTEN, DEFAULT_PORT
 from rseqtop.kernel import linux
@@ -93,6 +95,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                      help="only tasks in this cgroup v2 directory (repeatable)")
     add_syscalls_arg(parser)
     add_uprobes_arg(parser)
+    add_storm_args(parser)
     parser.add_argument("--log.level", dest="log_level", choices=("debug", "info", "warn", "error"),
                         default="info", help="log level (default info)")
     parser.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)
@@ -125,6 +128,7 @@ def run(args) -> int:
     # only labels=tid has per-thread series; process totals never need threads
     source = Collector(pids=flat_pids(args) or None, comm=args.comm, cgroups=args.cgroups, syscalls=args.syscalls,
                        threads="all" if args.labels == "tid" else "none", uprobes=args.uprobes,
+                       storm=storm_rule(args),
                        lean=not args.uprobes)  # without bcc (memory) unless probes come and go
     if args.ebpf:
         print(source.generate())

@@ -8,6 +8,7 @@ import os
 import re
 
 from rseqtop.errors import UserError
+from rseqtop.kernel.bpfgen import header_constants
 
 
 def positive_float(text: str) -> float:
@@ -59,6 +60,24 @@ def add_uprobes_arg(parser) -> None:
                         help="also count user-detected aborts: a uprobe at each verified rseq abort handler "
                              "(RSEQ_SIG checked) sees the sections' own cpu_id-mismatch retries, which the kernel "
                              "never sees (costs a trap per handler run: see benchmarks/uprobe_cost.py)")
+
+
+_K = header_constants()
+STORM_ABORTS, STORM_INTERVAL = _K["RSEQTOP_STORM_K"], _K["RSEQTOP_STORM_NS"] / 1e9
+
+
+def add_storm_args(parser) -> None:
+    parser.add_argument("--storm-aborts", type=positive_int, default=STORM_ABORTS, metavar="K",
+                        help=f"abort storm rule: K consecutive aborts of one thread in one critical section "
+                             f"(default {STORM_ABORTS}) ...")
+    parser.add_argument("--storm-interval", type=positive_float, default=STORM_INTERVAL, metavar="SECONDS",
+                        help=f"... each less than SECONDS after the one before (default {STORM_INTERVAL}); "
+                             f"each such run counts as one storm")
+
+
+def storm_rule(args) -> tuple:
+    """(K, T seconds) for rseqtop.collect.Collector(storm=...)."""
+    return (args.storm_aborts, args.storm_interval)
 
 
 def flat_pids(args) -> list:

@@ -7,7 +7,8 @@ import sys
 from typing import Optional
 
 from rseqtop.commands.options import (
-    add_filter_args, add_syscalls_arg, add_uprobes_arg, check_filters, flat_pids, positive_float, positive_int, watching,
+    add_filter_args, add_storm_args, add_syscalls_arg, add_uprobes_arg, check_filters, flat_pids, positive_float,
+    positive_int, storm_rule, watching,
 )
 from rseqtop.commands.polling import Terminated, install_sigterm, poll_loop
 from rseqtop.errors import UserError
@@ -42,6 +43,7 @@ def configure(parser) -> None:
                         help="batch sort column: aborts_s (default), aborts, pid, comm, preempt_s, ratio, ...")
     add_syscalls_arg(parser)
     add_uprobes_arg(parser)
+    add_storm_args(parser)
     # seconds of mm_cid sampling after each refresh (0: all the time), for
     # benchmarks/run's side-by-side rows; see rseqtop.collect.collector
     parser.add_argument("--mm-cid-window", type=float, default=None, help=argparse.SUPPRESS)
@@ -55,6 +57,7 @@ def make_collector(args, emit_events: bool = False):
     window = getattr(args, "mm_cid_window", None)
     return Collector(pids=flat_pids(args) or None, comm=args.comm or None, emit_events=emit_events,
                      syscalls=getattr(args, "syscalls", False), uprobes=getattr(args, "uprobes", False),
+                     storm=storm_rule(args),
                      **({"mm_cid_window": max(0.0, window)} if window is not None else {}))
 
 

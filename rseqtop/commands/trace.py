@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 
-from rseqtop.commands.options import add_filter_args, add_uprobes_arg, check_filters, flat_pids
+from rseqtop.commands.options import add_filter_args, add_storm_args, add_uprobes_arg, check_filters, flat_pids, storm_rule
 from rseqtop.model.snapshot import cause_name
 from rseqtop.present.textsafe import printable
 
@@ -28,6 +28,7 @@ LOSS_CHECK_SECONDS = 1.0
 
 def configure(parser) -> None:
     add_filter_args(parser)
+    add_storm_args(parser)
     parser.add_argument("--json", action="store_true", help="one JSON object per abort")
     add_uprobes_arg(parser)
 
@@ -39,7 +40,7 @@ def decode_comm(raw) -> str:
 class Tracer:
     """Formats abort events; counts what it printed per pid (for tests and the summary)."""
 
-    def __init__(self, collector, out, as_json: bool, pids: set, comm: str | None):
+    def __init__(self, collector, out, as_json: bool, pids: set, comm: str | None, storm_aborts: int = 16):
         self.collector = collector
         self.out = out
         self.as_json = as_json
@@ -48,6 +49,7 @@ class Tracer:
         self.clock_offset = time.time() - time.monotonic()  # bpf_ktime_get_ns is CLOCK_MONOTONIC
         self.printed = 0
         self.user_seen: dict = {}  # (pid, tid) -> user-detected aborts shown
+        self.storm_aborts = storm_aborts
         self.stop = False  # set by SIGINT/SIGTERM or a closed stdout
         self.error: BaseException | None = None
 
@@ -72,15 +74,19 @@ class Tracer:
         wall = ev.ts_ns / 1e9 + self.clock_offset
         site = self.collector.symbolize(ev.tgid, ev.start_ip)
         cause = cause_name(ev.cause)
+        # within an abort storm: the thread's run of consecutive aborts here met the rule
+        storm = ev.run >= self.storm_aborts
         if self.as_json:
             record = {"schema_version": SCHEMA_VERSION, "time": round(wall, 6), "ts_ns": ev.ts_ns, "comm": comm,
                       "pid": ev.tgid, "tid": ev.tid, "cpu": ev.cpu, "cause": cause, "site": site,
-                      "start_ip": ev.start_ip, "abort_ip": ev.abort_ip, "offset": ev.offset}
+                      "start_ip": ev.start_ip, "abort_ip": ev.abort_ip, "offset": ev.offset, "run": ev.run,
+                      "storm": storm}
             self.out.write(json.dumps(record, ensure_ascii=True, separators=(",", ":")) + "\n")
         else:
             stamp = time.strftime("%H:%M:%S", time.localtime(wall)) + f".{int(wall * 1e6) % 1000000:06d}"
             self.out.write(f"{stamp:<15} {printable(comm):<16} {ev.tgid:>7} {ev.tid:>7} {ev.cpu:>3}  "
-                           f"{cause:<22} {printable(site):<40} +{ev.offset:#x}\n")
+                           f"{cause:<22} {printable(site):<40} +{ev.offset:#x}"
+                           f"{f'  STORM (run {ev.run})' if storm else ''}\n")
         self.printed += 1
 
     def show_user_aborts(self, snap) -> None:
@@ -118,9 +124,9 @@ def run(args) -> int:
     check_filters(args)
     # polled for its loss count (and with --uprobes the threads' user-detected aborts)
     collector = Collector(pids=pids or None, emit_events=True, threads="all" if args.uprobes else "none",
-                          uprobes=args.uprobes)
+                          uprobes=args.uprobes, storm=storm_rule(args))
     out = sys.stdout
-    tracer = Tracer(collector, out, args.json, set(pids), args.comm)
+    tracer = Tracer(collector, out, args.json, set(pids), args.comm, args.storm_aborts)
 
     def on_signal(signum, frame):
         tracer.stop = True

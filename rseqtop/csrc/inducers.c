@@ -68,6 +68,7 @@ static void pin_inducer(void)
 
 /* Inducer results. */
 atomic_long signals_sent, migrations_requested;
+atomic_long signals_handled;   /* SIGUSR1 handled, all threads (paces --signal-burst) */
 long mb_calls, mb_ok;
 int mb_registered;
 int mb_register_errno;
@@ -99,6 +100,63 @@ static void inducer_release(struct worker *w)
 		pthread_mutex_unlock(&w->churn_lock);
 }
 
+/* Signal the next live worker, round robin; 1 when a signal was sent. */
+static int signal_next_worker(pid_t pid, int *i)
+{
+	for (int k = 0; k < cfg.threads; k++) {
+		struct worker *w = &workers[(*i)++ % cfg.threads];
+		int tid = inducer_target(w);
+		int sent;
+
+		if (!tid)
+			continue;
+		sent = syscall(SYS_tgkill, pid, tid, SIGUSR1) == 0;
+		if (sent)
+			atomic_fetch_add(&signals_sent, 1);
+		inducer_release(w);
+		return sent;
+	}
+	return 0;
+}
+
+/* --signal-burst: bursts of signals paced by a busy wait (no timer: the
+ * storm keeps its rate on a slow machine or in an emulated VM, where timer
+ * wake-ups come late), each followed by a pause of --signal-burst-gap, long
+ * next to --storm-t-us, so that each burst is one run of aborts. With
+ * --signal-bursts N the run ends after the N-th burst and its pause, so
+ * that a slow machine sees as many bursts as a fast one. */
+static void signal_bursts(pid_t pid)
+{
+	struct timespec gap = {cfg.signal_burst_gap_ms / 1000, (cfg.signal_burst_gap_ms % 1000) * 1000000L};
+	double period = 1.0 / cfg.signal_rate;
+	int i = 0;
+
+	for (long b = 0; !atomic_load_explicit(&stop_flag, memory_order_relaxed); b++) {
+		if (cfg.signal_bursts && b == cfg.signal_bursts) {
+			atomic_store(&stop_flag, 1);
+			break;
+		}
+		struct timespec left = gap;
+
+		for (long n = 0; n < cfg.signal_burst; n++) {
+			double start = now_mono(), until = start + period;
+			long handled = atomic_load(&signals_handled);
+
+			/* the next one only once this one was handled (up to
+			 * 50 ms): a SIGUSR1 sent while one is pending is lost,
+			 * as in a slow VM most of a burst was */
+			if (signal_next_worker(pid, &i))
+				while (atomic_load(&signals_handled) == handled && now_mono() < start + 0.05 &&
+				       !atomic_load_explicit(&stop_flag, memory_order_relaxed))
+					;
+			while (now_mono() < until)
+				;
+		}
+		while (nanosleep(&left, &left) == -1 && errno == EINTR)
+			;
+	}
+}
+
 void *signal_main(void *arg)
 {
 	struct timespec next;
@@ -110,21 +168,13 @@ void *signal_main(void *arg)
 	set_comm();
 	pin_inducer();
 	pthread_barrier_wait(&start_barrier);
-	clock_gettime(CLOCK_MONOTONIC, &next);
-	while (tick_wait(&next, period)) {
-		/* next live worker, round robin */
-		for (int k = 0; k < cfg.threads; k++) {
-			struct worker *w = &workers[i++ % cfg.threads];
-			int tid = inducer_target(w);
-
-			if (!tid)
-				continue;
-			if (syscall(SYS_tgkill, pid, tid, SIGUSR1) == 0)
-				atomic_fetch_add(&signals_sent, 1);
-			inducer_release(w);
-			break;
-		}
+	if (cfg.signal_burst) {
+		signal_bursts(pid);
+		return NULL;
 	}
+	clock_gettime(CLOCK_MONOTONIC, &next);
+	while (tick_wait(&next, period))
+		signal_next_worker(pid, &i);
 	return NULL;
 }
 
@@ -206,6 +256,52 @@ void *membarrier_main(void *arg)
 			mb_ok++;
 		else
 			mb_count_error(errno);
+	}
+	return NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* The antagonist (--antagonist NAME)                                  */
+
+atomic_int antagonist_tid;
+atomic_long antagonist_runs;
+int antagonist_realtime;
+
+/* A thread with a known name on the first worker CPU that wakes
+ * --antagonist-rate times a second and spins --antagonist-spin us: each
+ * wake-up preempts the worker running there. When the process runs
+ * SCHED_FIFO / SCHED_RR (chrt), it takes one realtime priority more than
+ * the workers, so that it preempts them at once and nothing else does. */
+void *antagonist_main(void *arg)
+{
+	struct timespec next;
+	double period = 1.0 / cfg.antagonist_rate;
+	struct sched_param sp;
+	int policy;
+	cpu_set_t set;
+
+	(void)arg;
+	prctl(PR_SET_NAME, cfg.antagonist, 0, 0, 0);
+	CPU_ZERO(&set);
+	CPU_SET(cfg.cpus[0], &set);
+	if (sched_setaffinity(0, sizeof(set), &set))
+		fatal("--antagonist: sched_setaffinity to CPU %d failed: %s", cfg.cpus[0], strerror(errno));
+	if (pthread_getschedparam(pthread_self(), &policy, &sp) == 0 &&
+	    (policy == SCHED_FIFO || policy == SCHED_RR)) {
+		sp.sched_priority++;
+		if (pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp))
+			fatal("--antagonist: cannot raise its realtime priority: %s", strerror(errno));
+		antagonist_realtime = 1;
+	}
+	atomic_store(&antagonist_tid, (int)syscall(SYS_gettid));
+	pthread_barrier_wait(&start_barrier);
+	clock_gettime(CLOCK_MONOTONIC, &next);
+	while (tick_wait(&next, period)) {
+		double until = now_mono() + cfg.antagonist_spin_us / 1e6;
+
+		atomic_fetch_add(&antagonist_runs, 1);
+		while (now_mono() < until)
+			;
 	}
 	return NULL;
 }

@@ -70,7 +70,7 @@ int main(int argc, char **argv)
 {
 	sigset_t stopset;
 	struct sigaction sa;
-	pthread_t sig_thr, mig_thr, mb_thr;
+	pthread_t sig_thr, mig_thr, mb_thr, ant_thr;
 	int n_inducers = 0;
 	double t0, t1, t_create, t_stop, deadline;
 	struct tstats tot;
@@ -132,6 +132,8 @@ int main(int argc, char **argv)
 		n_inducers++;
 	if (cfg.membarrier_rate > 0)
 		n_inducers++;
+	if (cfg.antagonist)
+		n_inducers++;
 	pthread_barrier_init(&start_barrier, NULL, cfg.threads + n_inducers + 1);
 
 	t_create = now_mono();
@@ -147,6 +149,8 @@ int main(int argc, char **argv)
 		fatal("cannot create the migration thread");
 	if (cfg.membarrier_rate > 0 && pthread_create(&mb_thr, NULL, membarrier_main, NULL))
 		fatal("cannot create the membarrier thread");
+	if (cfg.antagonist && pthread_create(&ant_thr, NULL, antagonist_main, NULL))
+		fatal("cannot create the antagonist thread");
 	/* The timed run starts once every thread is up: the idle threads
 	 * registered and waiting, the workers and inducers at the barrier. */
 	start_idle_threads();
@@ -192,6 +196,8 @@ int main(int argc, char **argv)
 		pthread_join(mig_thr, NULL);
 	if (cfg.membarrier_rate > 0)
 		pthread_join(mb_thr, NULL);
+	if (cfg.antagonist)
+		pthread_join(ant_thr, NULL);
 
 	for (int i = 0; i < cfg.threads; i++) {
 		const struct worker *w = &workers[i];

@@ -191,6 +191,23 @@ static void print_help(void)
 "                           before its commit (default 1000; 0 allowed)\n"
 "  --yield                  sched_yield() between operations\n"
 "  --signal-rate HZ         send SIGUSR1 (tgkill) to workers, round robin, HZ in total\n"
+"  --signal-burst N         send the signals in bursts of N (at most --signal-rate,\n"
+"                           each once the previous one was handled), each burst\n"
+"                           followed by a pause of --signal-burst-gap\n"
+"  --signal-burst-gap MS    the pause after each burst (default 20 ms)\n"
+"  --signal-bursts N        end the run after N bursts and their pauses\n"
+"                           (--duration still bounds it)\n"
+"  --storm-k K              abort storm rule (as rseqtop's): K consecutive kernel\n"
+"                           aborts of a thread in one section (default 16) ...\n"
+"  --storm-t-us US          ... each less than US after the previous (default\n"
+"                           1000); counted from the thread's own abort times\n"
+"  --antagonist NAME        a thread named NAME pinned to the first --cpus CPU\n"
+"                           that wakes --antagonist-rate times a second and\n"
+"                           spins --antagonist-spin us, preempting the worker\n"
+"                           there (SCHED_FIFO one above the workers when the\n"
+"                           process runs realtime, e.g. under chrt -f 1)\n"
+"  --antagonist-rate HZ     its wake-ups per second (default 1000)\n"
+"  --antagonist-spin US     its busy time per wake-up (default 50)\n"
 "  --migrate-rate HZ        move one worker per tick to its next allowed CPU\n"
 "                           (sched_setaffinity), HZ ticks per second\n"
 "  --membarrier-rate HZ     call membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ)\n"
@@ -251,6 +268,8 @@ enum {
 	O_CHURN_THREADS, O_CHURN_PROCESSES, O_CHURN_OPS, O_CHURN_RATE,
 	O_RSEQ_ABI, O_CHECK_IDS, O_IDLE_THREADS, O_IDLE_PERIOD,
 	O_MISMATCH_TO_ABORT, O_MISMATCH_EVERY, O_CALL_PATHS,
+	O_SIGNAL_BURST, O_SIGNAL_BURST_GAP, O_SIGNAL_BURSTS, O_STORM_K, O_STORM_T, O_ANTAGONIST, O_ANTAGONIST_RATE,
+	O_ANTAGONIST_SPIN,
 };
 
 void parse_args(int argc, char **argv)
@@ -281,6 +300,14 @@ void parse_args(int argc, char **argv)
 		{"mismatch-to-abort", no_argument, 0, O_MISMATCH_TO_ABORT},
 		{"mismatch-every", required_argument, 0, O_MISMATCH_EVERY},
 		{"call-paths", required_argument, 0, O_CALL_PATHS},
+		{"signal-burst", required_argument, 0, O_SIGNAL_BURST},
+		{"signal-burst-gap", required_argument, 0, O_SIGNAL_BURST_GAP},
+		{"signal-bursts", required_argument, 0, O_SIGNAL_BURSTS},
+		{"storm-k", required_argument, 0, O_STORM_K},
+		{"storm-t-us", required_argument, 0, O_STORM_T},
+		{"antagonist", required_argument, 0, O_ANTAGONIST},
+		{"antagonist-rate", required_argument, 0, O_ANTAGONIST_RATE},
+		{"antagonist-spin", required_argument, 0, O_ANTAGONIST_SPIN},
 		{"help", no_argument, 0, 'h'},
 		{0, 0, 0, 0},
 	};
@@ -290,6 +317,11 @@ void parse_args(int argc, char **argv)
 	cfg.in_cs_delay = 1000;
 	cfg.churn_ops = CHURN_OPS_DEFAULT;
 	cfg.call_paths = 1;
+	cfg.signal_burst_gap_ms = 20;
+	cfg.storm_k = 16;
+	cfg.storm_t_us = 1000;
+	cfg.antagonist_rate = 1000;
+	cfg.antagonist_spin_us = 50;
 	parse_ops("all");
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
@@ -371,6 +403,28 @@ void parse_args(int argc, char **argv)
 			cfg.idle_period_ms = (long)parse_int("--idle-period", optarg, 1, MAX_IDLE_PERIOD_MS);
 			idle_period_given = 1;
 			break;
+		case O_SIGNAL_BURST:
+			cfg.signal_burst = (long)parse_int("--signal-burst", optarg, 1, 1000000000L);
+			break;
+		case O_SIGNAL_BURST_GAP:
+			cfg.signal_burst_gap_ms = (long)parse_int("--signal-burst-gap", optarg, 1, 3600000L);
+			break;
+		case O_SIGNAL_BURSTS:
+			cfg.signal_bursts = (long)parse_int("--signal-bursts", optarg, 1, 1000000000L);
+			break;
+		case O_STORM_K: cfg.storm_k = (long)parse_int("--storm-k", optarg, 1, 1000000000L); break;
+		case O_STORM_T: cfg.storm_t_us = (long)parse_int("--storm-t-us", optarg, 1, 3600000000L); break;
+		case O_ANTAGONIST:
+			if (!*optarg)
+				usage_error("--antagonist: empty name");
+			cfg.antagonist = optarg;
+			break;
+		case O_ANTAGONIST_RATE:
+			cfg.antagonist_rate = parse_positive_double("--antagonist-rate", optarg);
+			break;
+		case O_ANTAGONIST_SPIN:
+			cfg.antagonist_spin_us = (long)parse_int("--antagonist-spin", optarg, 0, 1000000L);
+			break;
 		case 'h':
 			print_help();
 			exit(0);
@@ -382,6 +436,14 @@ void parse_args(int argc, char **argv)
 	}
 	if (optind < argc)
 		usage_error("unexpected argument '%s'", argv[optind]);
+	if (cfg.signal_burst && cfg.signal_rate <= 0)
+		usage_error("--signal-burst needs --signal-rate");
+	if (cfg.signal_bursts && !cfg.signal_burst)
+		usage_error("--signal-bursts needs --signal-burst");
+	if (cfg.antagonist && !cfg.ncpus)
+		usage_error("--antagonist runs on the workers' CPU: give it with --cpus");
+	if (cfg.antagonist && cfg.churn == CHURN_PROCESSES)
+		usage_error("--antagonist cannot be combined with --churn-processes");
 	if (!threads_given)
 		cfg.threads = CPU_COUNT(&allowed_set) > 0 ? CPU_COUNT(&allowed_set) : 1;
 	if (cfg.threads > MAX_THREADS)

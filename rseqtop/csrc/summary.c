@@ -111,6 +111,38 @@ static void write_ids(FILE *f, uint64_t rewritten, uint64_t stale, uint64_t wron
 		(unsigned long long)stale, (unsigned long long)wrong);
 }
 
+/* A record's abort storms (see struct tstats), as further members. */
+static void write_storms(FILE *f, const struct tstats *s)
+{
+	uint64_t storms = 0;
+
+	for (int o = 0; o < NR_OPS; o++)
+		storms += s->storms[o];
+	fprintf(f, ", \"storms\": %llu, \"max_abort_run\": %llu", (unsigned long long)storms,
+		(unsigned long long)s->max_abort_run);
+}
+
+/* "antagonist": the thread of --antagonist, or null. */
+static void write_antagonist_json(FILE *f)
+{
+	fputs(" \"antagonist\": ", f);
+	if (!cfg.antagonist) {
+		fputs("null,\n", f);
+		return;
+	}
+	fprintf(f, "{\"pid\": %d, \"tid\": %d, \"comm\": ", (int)getpid(), atomic_load(&antagonist_tid));
+	{
+		char comm[16];
+
+		snprintf(comm, sizeof(comm), "%s", cfg.antagonist);  /* as the kernel keeps it */
+		json_str(f, comm);
+	}
+	fprintf(f, ", \"cpu\": %d, \"realtime\": %s, \"runs\": %ld, \"rate\": ", cfg.cpus[0],
+		antagonist_realtime ? "true" : "false", atomic_load(&antagonist_runs));
+	json_rate(f, cfg.antagonist_rate);
+	fprintf(f, ", \"spin_us\": %ld},\n", cfg.antagonist_spin_us);
+}
+
 /* The members of an "ops" object: per-operation counts of one record. */
 static void write_op_counts(FILE *f, const struct tstats *s)
 {
@@ -121,10 +153,11 @@ static void write_op_counts(FILE *f, const struct tstats *s)
 		    !s->mismatch[o] && !s->cmp_fail[o])
 			continue;
 		fprintf(f, "%s\"%s\": {\"commits\": %llu, \"aborts\": %llu, "
-			"\"cpu_mismatch\": %llu, \"cmp_fail\": %llu",
+			"\"cpu_mismatch\": %llu, \"cmp_fail\": %llu, \"storms\": %llu",
 			first ? "" : ", ", op_names[o],
 			(unsigned long long)s->commits[o], (unsigned long long)s->aborts[o],
-			(unsigned long long)s->mismatch[o], (unsigned long long)s->cmp_fail[o]);
+			(unsigned long long)s->mismatch[o], (unsigned long long)s->cmp_fail[o],
+			(unsigned long long)s->storms[o]);
 		write_ids(f, s->ids_rewritten[o], s->ids_stale[o], s->ids_wrong[o]);
 		fputc('}', f);
 		first = 0;
@@ -397,6 +430,7 @@ void write_json(FILE *f, const char *comm, const struct tstats *t, double durati
 			(unsigned long long)n.commits, (unsigned long long)n.aborts, (unsigned long long)n.mismatch,
 			(unsigned long long)n.cmp_fail, (unsigned long long)s->signals, w->nivcsw, w->nvcsw);
 		write_ids(f, n.ids_rewritten, n.ids_stale, n.ids_wrong);
+		write_storms(f, s);
 		fputs(", \"ops\": {", f);
 		write_op_counts(f, s);
 		fputc('}', f);
@@ -419,6 +453,7 @@ void write_json(FILE *f, const char *comm, const struct tstats *t, double durati
 			(unsigned long long)s->signals, t->nivcsw, t->nvcsw,
 			(unsigned long long)t->wakeups, (unsigned long long)t->missed);
 		write_ids(f, n.ids_rewritten, n.ids_stale, n.ids_wrong);
+		write_storms(f, s);
 		fputs(", \"ops\": {", f);
 		write_op_counts(f, s);
 		fputs("}}", f);
@@ -445,7 +480,7 @@ void write_json(FILE *f, const char *comm, const struct tstats *t, double durati
 			(unsigned long long)t->commits[o], (unsigned long long)t->aborts[o],
 			(unsigned long long)t->mismatch[o], (unsigned long long)t->cmp_fail[o]);
 		write_ids(f, t->ids_rewritten[o], t->ids_stale[o], t->ids_wrong[o]);
-		fputc('}', f);
+		fprintf(f, ", \"storms\": %llu}", (unsigned long long)t->storms[o]);
 	}
 	fputs("},\n", f);
 
@@ -454,7 +489,10 @@ void write_json(FILE *f, const char *comm, const struct tstats *t, double durati
 		(unsigned long long)tc, (unsigned long long)ta, (unsigned long long)tm,
 		(unsigned long long)tf, (unsigned long long)t->signals);
 	write_ids(f, sum.ids_rewritten, sum.ids_stale, sum.ids_wrong);
+	write_storms(f, t);
 	fputs("},\n", f);
+	fprintf(f, " \"storm_rule\": {\"k\": %ld, \"t_us\": %ld},\n", cfg.storm_k, cfg.storm_t_us);
+	write_antagonist_json(f);
 
 	fprintf(f, " \"membarrier\": {\"registered\": %s, \"register_error\": ",
 		mb_registered ? "true" : "false");

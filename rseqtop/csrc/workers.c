@@ -84,6 +84,7 @@ void on_sigusr1(int sig)
 {
 	(void)sig;
 	t_stats.signals++;
+	atomic_fetch_add_explicit(&signals_handled, 1, memory_order_relaxed);
 }
 
 /*
@@ -149,13 +150,38 @@ static inline int section_cpu(int cpu)
 	return cpu;
 }
 
+/* The storm rule on the thread's own kernel aborts (see struct tstats). */
+static __thread struct { uint64_t last_ns; uint64_t run; int last_op; } t_run = {0, 0, -1};
+
+static void note_abort_run(int op)
+{
+	struct timespec ts;
+	uint64_t now;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+	if (t_run.last_op == op && now - t_run.last_ns < (uint64_t)cfg.storm_t_us * 1000)
+		t_run.run++;
+	else
+		t_run.run = 1;
+	t_run.last_ns = now;
+	t_run.last_op = op;
+	if (t_run.run == (uint64_t)cfg.storm_k)
+		t_stats.storms[op]++;
+	if (t_run.run > t_stats.max_abort_run)
+		t_stats.max_abort_run = t_run.run;
+}
+
 /* Book one attempt of section `op`: 1 when it committed. A cpu_id mismatch
  * is the section's own retry (not a kernel abort: those are counted in the
  * abort handlers only, and RS_ABORT comes only from there). */
 static inline int settle(int op, int r)
 {
-	if (r == RS_ABORT && cfg.check_ids)
-		check_ids_after_abort(op);
+	if (r == RS_ABORT) {
+		note_abort_run(op);
+		if (cfg.check_ids)
+			check_ids_after_abort(op);
+	}
 	if (r == RS_COMMIT) {
 		t_stats.commits[op]++;
 		return 1;
@@ -279,8 +305,11 @@ void add_stats(struct tstats *dst, const struct tstats *src)
 		dst->ids_rewritten[o] += src->ids_rewritten[o];
 		dst->ids_stale[o] += src->ids_stale[o];
 		dst->ids_wrong[o] += src->ids_wrong[o];
+		dst->storms[o] += src->storms[o];
 	}
 	dst->signals += src->signals;
+	if (src->max_abort_run > dst->max_abort_run)
+		dst->max_abort_run = src->max_abort_run;
 }
 
 /* The body of a churn thread or child: up to k round-robin steps over

@@ -161,6 +161,12 @@ struct tstats {
 	 * (caller_a, caller_b) */
 	uint64_t path_ops[2];
 	uint64_t path_aborts[2];
+	/* abort storms by the rule of --storm-k / --storm-t-us, from the
+	 * thread's own abort timestamps (the rule rseqtop applies in the
+	 * kernel): a run of consecutive aborts of one section, each less than
+	 * T after the previous, counts once when it reaches K */
+	uint64_t storms[NR_OPS];
+	uint64_t max_abort_run;          /* the longest such run */
 };
 extern __thread struct tstats t_stats;
 
@@ -226,6 +232,14 @@ struct config {
 	int mismatch_to_abort;
 	long long mismatch_every; /* --mismatch-every: 0, or every Nth attempt mismatches */
 	int call_paths;          /* --call-paths: 1, or 2 (caller_a 3 : caller_b 1) */
+	long signal_burst;       /* --signal-burst: signals per burst, 0: steady */
+	long signal_burst_gap_ms; /* --signal-burst-gap: pause after each burst */
+	long signal_bursts;      /* --signal-bursts: stop the run after this many, 0: no limit */
+	long storm_k;            /* --storm-k */
+	long storm_t_us;         /* --storm-t-us */
+	const char *antagonist;  /* --antagonist NAME, NULL: none */
+	double antagonist_rate;  /* --antagonist-rate HZ */
+	long antagonist_spin_us; /* --antagonist-spin US */
 };
 
 /* main.c */
@@ -323,6 +337,7 @@ extern long run_rss_kib;   /* resident set at the stop, -1 if unknown */
 
 /* Inducer results (inducers.c). */
 extern atomic_long signals_sent, migrations_requested;
+extern atomic_long signals_handled;
 extern long mb_calls, mb_ok;
 extern int mb_registered;
 extern int mb_register_errno;
@@ -356,6 +371,12 @@ void set_comm(void);
 void *signal_main(void *arg);
 void *migrate_main(void *arg);
 void *membarrier_main(void *arg);
+void *antagonist_main(void *arg);
+
+/* The antagonist (--antagonist), as the summary reports it. */
+extern atomic_int antagonist_tid;
+extern atomic_long antagonist_runs;
+extern int antagonist_realtime;   /* it runs SCHED_FIFO above the workers */
 
 /* workers.c: self-check */
 #define MAX_PROBLEMS 16

@@ -40,6 +40,7 @@ log = logging.getLogger("rseqtop.export")
 LABEL_MODES = ("comm", "pid", "tid")
 BASE_LABELS = ("comm", "pod_uid", "container_id")
 OTHER_SITE = "[other]"
+UNKNOWN_PREEMPTER = "[unknown]"
 # Histogram buckets for membarrier latency: le = 2^k ns for k in this range.
 LAT_MIN_LOG2, LAT_MAX_LOG2 = 10, 33  # ~1 us .. ~8.6 s
 LAT_BOUNDS = tuple((k, float(2 ** k) / 1e9) for k in range(LAT_MIN_LOG2, LAT_MAX_LOG2 + 1))
@@ -73,6 +74,10 @@ PROCESS_COUNTERS = {
                     "Runs of rseq abort handlers that no kernel abort caused: the critical sections' own "
                     "cpu_id-mismatch retries, which the kernel never sees (uprobes at the handlers, --uprobes)",
                     ()),
+    "storms": ("rseqtop_abort_storms",
+               "Abort storms: runs of consecutive aborts of one thread in one critical section, each less than "
+               "the storm interval after the previous one, that reached the storm length (counted once per run; "
+               "rseqtop export --storm-aborts / --storm-interval)", ()),
 }
 
 
@@ -88,7 +93,7 @@ def _counts_values(c, out: dict) -> None:
             out[(f,)] = getattr(c, f)
 
 
-def _process_values(p, sites, syscalls: bool = True) -> dict:
+def _process_values(p, sites, syscalls: bool = True, preempt_seen: bool = True) -> dict:
     out: dict = {}
     _counts_values(p.counts, out)
     if syscalls:  # not counted is absent, not zero
@@ -108,6 +113,11 @@ def _process_values(p, sites, syscalls: bool = True) -> dict:
         out[("site", s.symbol)] = out.get(("site", s.symbol), 0) + s.aborts
     if p.user_aborts is not None:
         out[("user_aborts",)] = p.user_aborts
+    out[("storms",)] = p.storms
+    if preempt_seen:  # not seen is absent, not zero
+        for e in p.preempters:
+            comm = UNKNOWN_PREEMPTER if e.pid is None else e.comm
+            out[("preempter", comm)] = out.get(("preempter", comm), 0) + e.count
     return out
 
 
@@ -130,13 +140,14 @@ class _Entity:
 
 
 class _Group:
-    __slots__ = ("retired", "members", "last_alive", "sites")
+    __slots__ = ("retired", "members", "last_alive", "sites", "preempters")
 
     def __init__(self, now: float):
         self.retired: dict = {}
         self.members: set = set()
         self.last_alive = now
         self.sites: list = []  # admitted site symbols, sticky while the group lives
+        self.preempters: list = []  # admitted preempter comms, the same way
 
 
 class SeriesSet:
@@ -182,7 +193,7 @@ class SeriesSet:
             group = self.groups[key]
             vals = ent.values
             for sid, v in values.items():
-                if v > vals.get(sid, 0):
+                if sid not in vals or v > vals[sid]:  # a zero is a series too
                     vals[sid] = v
             ent.gauge = gauge if alive else 0
             if alive:
@@ -232,13 +243,15 @@ class RseqCollector:
     """prometheus_client custom collector: register it in a CollectorRegistry."""
 
     def __init__(self, source, labels: str = "comm", max_series: int = 2000, series_ttl: float = 600.0,
-                 top_sites: int = 10, identity: Optional[Callable[[int], cgroup.Identity]] = cgroup.identity,
+                 top_sites: int = 10, top_preempters: int = 5,
+                 identity: Optional[Callable[[int], cgroup.Identity]] = cgroup.identity,
                  lock: Optional[threading.Lock] = None, version: str = __version__):
         if labels not in LABEL_MODES:
             raise ValueError(f"labels must be one of {LABEL_MODES}")
         self.source = source
         self.labels = labels
         self.top_sites = top_sites
+        self.top_preempters = top_preempters
         self.identity = identity or (lambda pid: cgroup.NONE)
         self.lock = lock or threading.Lock()
         self.version = version
@@ -272,13 +285,15 @@ class RseqCollector:
         with_pid = self.labels in ("pid", "tid")
         present = set()
         syscalls = snap.self_stats.syscall_accounting
+        preempt_seen = "preempt" not in snap.self_stats.unavailable_causes
 
         def proc_rows():
             for p in snap.processes:
                 present.add(p.pid)
                 ident = self._ident(p.pid)
                 key = (p.comm, ident.pod_uid, ident.container_id) + ((str(p.pid),) if with_pid else ())
-                yield p.pid, key, p.alive, _process_values(p, sites.get(p.pid, ()), syscalls), p.threads_live
+                values = _process_values(p, sites.get(p.pid, ()), syscalls, preempt_seen)
+                yield p.pid, key, p.alive, values, p.threads_live
 
         self.procs.update(snap.monotonic, proc_rows())
         if self.threads is not None:
@@ -330,6 +345,12 @@ class RseqCollector:
         lat = FastHistogram("rseqtop_membarrier_duration_seconds",
                                     "membarrier system call latency (log2 buckets; the sum is estimated "
                                     "from bucket midpoints)", labels=pl + ["command"])
+        preempters = CounterMetricFamily(
+            "rseqtop_preempter_aborts",
+            f"Aborts caused by preemption, by the comm of the task that ran next on the CPU (the preempter); "
+            f"the first {self.top_preempters} preempters per label set get their own series, later ones are "
+            f"summed as {OTHER_SITE}, aborts whose preempter was not seen are {UNKNOWN_PREEMPTER}",
+            labels=pl + ["preempter"])
         threads = FastGauge("rseqtop_threads_registered", "Live threads with rseq registered", labels=pl)
 
         # A cause this kernel cannot see has no series at all (an absent
@@ -344,6 +365,7 @@ class RseqCollector:
             labels = list(key)
             threads.add_metric(labels, gauge)
             site_tot: dict = {}
+            pre_tot: dict = {}
             lat_by_cmd: dict = {}
             for sid, v in tot.items():
                 kind = sid[0]
@@ -351,32 +373,21 @@ class RseqCollector:
                     fams[kind].add_metric(labels + list(sid[1:]), v)
                 elif kind == "site":
                     site_tot[sid[1]] = v
+                elif kind == "preempter":
+                    pre_tot[sid[1]] = v
                 elif kind == "mb_lat":
                     lat_by_cmd.setdefault(sid[1], {})[sid[2]] = v
             if site_tot:
-                self._add_sites(sites, labels, group, site_tot)
+                _add_top(sites, labels, group.sites, self.top_sites, site_tot)
+            unknown = pre_tot.pop(UNKNOWN_PREEMPTER, None)
+            if unknown is not None:  # its own series, never among the top nor in [other]
+                preempters.add_metric(labels + [UNKNOWN_PREEMPTER], unknown)
+            if pre_tot:
+                _add_top(preempters, labels, group.preempters, self.top_preempters, pre_tot)
             for cmd, slots in sorted(lat_by_cmd.items()):
                 buckets, total = _buckets(slots)
                 lat.add_metric(labels + [cmd], buckets, sum_value=total)
-        return list(fams.values()) + [sites, lat, threads]
-
-    def _add_sites(self, fam, labels: list, group: _Group, site_tot: dict) -> None:
-        admitted = group.sites
-        if len(admitted) < self.top_sites:
-            have = set(admitted)
-            for sym in sorted((s for s in site_tot if s not in have), key=lambda s: (-site_tot[s], s)):
-                if len(admitted) >= self.top_sites:
-                    break
-                admitted.append(sym)
-        have = set(admitted)
-        other = 0
-        for sym, v in site_tot.items():
-            if sym in have:
-                fam.add_metric(labels + [sym], v)
-            else:
-                other += v
-        if other:
-            fam.add_metric(labels + [OTHER_SITE], other)
+        return list(fams.values()) + [sites, preempters, lat, threads]
 
     def _self_families(self) -> list:
         out = []
@@ -453,6 +464,27 @@ class RseqCollector:
         c.add_metric([], self.scrape_errors)
         out.append(c)
         return out
+
+
+def _add_top(fam, labels: list, admitted: list, limit: int, totals: dict) -> None:
+    """The `limit` biggest keys of a label set get their own series, admitted
+    for good (sticky, so that a series never turns into part of the other
+    one and back); later keys are summed as OTHER_SITE."""
+    if len(admitted) < limit:
+        have = set(admitted)
+        for key in sorted((k for k in totals if k not in have), key=lambda k: (-totals[k], k)):
+            if len(admitted) >= limit:
+                break
+            admitted.append(key)
+    have = set(admitted)
+    other = 0
+    for key, v in totals.items():
+        if key in have:
+            fam.add_metric(labels + [key], v)
+        else:
+            other += v
+    if other:
+        fam.add_metric(labels + [OTHER_SITE], other)
 
 
 def _buckets(slots: dict) -> tuple:

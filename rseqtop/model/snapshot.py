@@ -88,6 +88,40 @@ CAUSE_OF_FIELD = {"preempts": "preempt", "migrations": "migrate", "signals": "si
 
 
 @dataclass(frozen=True)
+class Preempter:
+    """A task that ran next on the CPU after preempting a thread, and how
+    many aborts its preemptions caused. pid is the task's id (a thread id,
+    as sched_switch's next_pid), tgid its process; kthread: a kernel thread
+    (None: it exited before rseqtop could tell). pid None: not seen (the
+    thread's latest switch-out was voluntary, or it ran on another CPU
+    before its preempter switched out)."""
+
+    pid: Optional[int]
+    tgid: Optional[int]
+    comm: str
+    count: int
+    kthread: Optional[bool] = None
+
+
+def top_preempters(entries, n: int) -> tuple:
+    """(the n most frequent known preempters, the count of the other known
+    ones, the count of unknown ones)."""
+    known = sorted((e for e in entries if e.pid is not None), key=lambda e: (-e.count, e.pid))
+    unknown = sum(e.count for e in entries if e.pid is None)
+    return tuple(known[:n]), sum(e.count for e in known[n:]), unknown
+
+
+def merge_preempters(groups) -> tuple:
+    """Preempters of several sections summed by task, most frequent first."""
+    by_task: dict = {}
+    for entries in groups:
+        for e in entries:
+            have = by_task.get(e.pid)
+            by_task[e.pid] = e if have is None else Preempter(e.pid, e.tgid, e.comm, have.count + e.count, e.kthread)
+    return tuple(sorted(by_task.values(), key=lambda e: (-e.count, -1 if e.pid is None else e.pid)))
+
+
+@dataclass(frozen=True)
 class ThreadStats:
     pid: int
     tid: int
@@ -131,6 +165,9 @@ class ProcessStats:
     # n) for 32-byte areas, ("v2", n) for longer ones (see ABI_NAMES)
     registrations_by_abi: Pairs = ()
     user_aborts: Optional[int] = None  # as ThreadStats.user_aborts, all its threads
+    # abort storms and preempters, summed over its sections (SiteStats)
+    storms: int = 0
+    preempters: tuple = ()  # Preempter, most frequent first
 
     def membarrier_calls(self) -> int:
         return sum(m.calls for m in self.membarrier)
@@ -147,6 +184,9 @@ class SiteStats:
     post_commit_offset: int = 0
     offsets: Pairs = ()  # (interrupted offset from start_ip, aborts)
     user_aborts: Optional[int] = None  # as ThreadStats.user_aborts, at this section's abort handler
+    # runs of consecutive aborts of one thread here that met the storm rule
+    storms: int = 0
+    preempters: tuple = ()  # Preempter of its aborts caused by preemption, most frequent first
 
 
 @dataclass(frozen=True)

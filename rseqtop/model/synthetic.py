@@ -14,8 +14,8 @@ from typing import Iterable, Optional
 
 from rseqtop.kernel import bpfgen
 from rseqtop.model.snapshot import (
-    COUNT_FIELDS, Counts, MapFill, MembarrierStats, ProcessStats, SelfStats, SiteStats, Snapshot, ThreadStats, pairs,
-    sum_counts,
+    COUNT_FIELDS, Counts, MapFill, MembarrierStats, Preempter, ProcessStats, SelfStats, SiteStats, Snapshot,
+    ThreadStats, merge_preempters, pairs, sum_counts,
 )
 
 PROBES = tuple(f"{system}:{event}" for system, event, *_ in bpfgen.PROBES)
@@ -46,6 +46,23 @@ class SyntheticSource:
                       signals=(i % 2) * 5, membarrier_ipis=(i % 4 == 0) * 3,
                       causes=pairs({"preempt": aborts - 5 if aborts > 5 else aborts,
                                     "signal": 5 if aborts > 5 else 0}))
+
+    @staticmethod
+    def storms(i: int, k: int, elapsed: float) -> int:
+        """Abort storms of section k of process i: one a second in the first
+        section of every other process."""
+        return int(elapsed) if k == 0 and i % 2 == 0 else 0
+
+    @staticmethod
+    def preempters(i: int, aborts: int) -> tuple:
+        """A section's preempters: a process's antagonist 60%, a kernel
+        worker 30%, the rest not seen."""
+        hog, kworker = aborts * 6 // 10, aborts * 3 // 10
+        entries = (Preempter(2000 + i, 2000 + i, f"hog{i}", hog, False),
+                   Preempter(50, 50, "kworker/1:2", kworker, True),
+                   Preempter(None, None, "", aborts - hog - kworker))
+        return tuple(e for e in entries if e.count)
+
 
     def _thread_counts(self, i: int, j: int, k: float) -> Counts:
         """thread_rate(i, j) scaled by k, with the rates kept between polls:
@@ -83,16 +100,21 @@ class SyntheticSource:
             for j, c in enumerate(own):
                 threads.append(ThreadStats(pid, pid + 100000 * (j + 1) if j else pid, comm, c,
                                            cpu=(i + j) % self.cpus, node=0, mm_cid=j))
+            own_sites = []
             for k, op in enumerate(OPS[: 1 + i % len(OPS)]):
                 share = pc.aborts // (k + 2)
                 start = 0x401000 + 0x100 * k
-                sites.append(SiteStats(pid, start, f"{comm}!{op}+0x0", share,
-                                       pairs({"preempt": share}), start + 0x40, 0x20,
-                                       pairs({0x10: share // 2, 0x18: share - share // 2})))
+                own_sites.append(SiteStats(pid, start, f"{comm}!{op}+0x0", share,
+                                           pairs({"preempt": share}), start + 0x40, 0x20,
+                                           pairs({0x10: share // 2, 0x18: share - share // 2}),
+                                           storms=self.storms(i, k, elapsed), preempters=self.preempters(i, share)))
+            sites += own_sites
             mb = (MembarrierStats("PRIVATE_EXPEDITED_RSEQ", int(10 * elapsed), pairs({"EPERM": int(10 * elapsed)}),
                                   pairs({12: int(10 * elapsed)})),) if i % 4 == 0 else ()
             procs.append(ProcessStats(pid, comm, pc, self.nthreads, 0, self.nthreads, 0, (), mb,
-                                      registrations_by_abi=pairs({"legacy": self.nthreads})))
+                                      registrations_by_abi=pairs({"legacy": self.nthreads}),
+                                      storms=sum(st.storms for st in own_sites),
+                                      preempters=merge_preempters(st.preempters for st in own_sites)))
         total = sum_counts(p.counts for p in procs)
         stats = SelfStats(probes_attached=self.probes, unavailable_causes=self.unavailable_causes,
                           maps=(MapFill("threads", len(threads), 32768), MapFill("sites", len(sites), 4096)))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from rseqtop.model.snapshot import CAUSE_OF_FIELD
-from rseqtop.present.rows import cause_split, sparkline
+from rseqtop.present.rows import cause_split, preempter_split, sparkline, storms_text
 from rseqtop.present.textsafe import printable
 
 
@@ -113,6 +113,7 @@ PROCESS_COLUMNS = (
     Column("membarrier_s", "MEMBAR/s", lambda r: cause_rate(r.rates, "membarrier_ipis", r.unavailable),
            lambda r: r.rates.membarrier_ipis),
     Column("ratio", "AB/100PR", lambda r: ratio(r.rates.abort_ratio), _ratio_sort),
+    Column("storms", "STORMS", lambda r: storms_text(r.storms), lambda r: r.storms),
     Column("cause", "TOP CAUSE", lambda r: r.top_cause, lambda r: r.top_cause, right=False, descending=False),
     Column("site", "TOP SECTION", lambda r: printable(r.top_site), lambda r: r.top_site, right=False,
            descending=False),
@@ -166,6 +167,9 @@ SITE_COLUMNS = (
     USER_ABORTS_COLUMN,
     Column("share", "SHARE", lambda r: "-" if r.share is None else f"{r.share:.0f}%", lambda r: r.share or 0),
     Column("causes", "CAUSES", lambda r: cause_split(r.causes, r.aborts), lambda r: r.causes, right=False),
+    Column("storms", "STORMS", lambda r: storms_text(r.storms), lambda r: r.storms),
+    Column("preempted_by", "PREEMPTED BY", lambda r: preempter_split(r.preempters, 2),
+           lambda r: r.preempters[0].count if r.preempters else 0, right=False),
     Column("where", "INTERRUPTED AT", lambda r: offsets_text(r), lambda r: r.top_offset() or 0, right=False),
 )
 

@@ -15,9 +15,13 @@ from typing import Optional
 
 from rseqtop.model import rates
 from rseqtop.model.rates import Rates
-from rseqtop.model.snapshot import Counts, Snapshot
+from rseqtop.model.snapshot import Counts, Snapshot, top_preempters
+from rseqtop.present.textsafe import printable
 
 HISTORY = 20
+# Preempters named per process and section (JSON, drill-down); the rest
+# are summed as "other".
+TOP_PREEMPTERS = 5
 SPARK = "▁▂▃▄▅▆▇█"
 
 
@@ -43,6 +47,27 @@ def cause_split(causes, total: Optional[int] = None, limit: int = 3) -> str:
     return " ".join(shown)
 
 
+def preempter_split(entries, limit: int = 3) -> str:
+    """"hog 97%, kworker/1:2 2%, other 1%": who ran next after the
+    preemptions that aborted sections, share of those aborts, biggest
+    first; "unknown" for aborts whose preempter was not seen."""
+    total = sum(e.count for e in entries)
+    if not total:
+        return ""
+    top, other, unknown = top_preempters(entries, limit)
+    parts = [f"{printable(e.comm)}{' [k]' if e.kthread else ''} {100.0 * e.count / total:.0f}%" for e in top]
+    if other:
+        parts.append(f"other {100.0 * other / total:.0f}%")
+    if unknown:
+        parts.append(f"unknown {100.0 * unknown / total:.0f}%")
+    return ", ".join(parts)
+
+
+def storms_text(n: int) -> str:
+    """The storm marker: "-" for none, else the count with a "!"."""
+    return f"{n}!" if n else "-"
+
+
 @dataclass(frozen=True)
 class ProcessRow:
     pid: int
@@ -56,6 +81,8 @@ class ProcessRow:
     alive: bool = True
     unavailable: tuple = ()  # causes this kernel cannot see (shown as n/a)
     user_aborts: Optional[int] = None  # --uprobes: user-detected aborts; None: not measured
+    storms: int = 0
+    preempters: tuple = ()  # rseqtop.model.snapshot.Preempter, most frequent first
 
 
 @dataclass(frozen=True)
@@ -86,6 +113,8 @@ class SiteRow:
     offsets: tuple  # (offset, aborts)
     post_commit_offset: int = 0
     user_aborts: Optional[int] = None  # as ProcessRow.user_aborts, at this section's handler
+    storms: int = 0
+    preempters: tuple = ()
 
     def top_offset(self) -> Optional[int]:
         return max(self.offsets, key=lambda kv: kv[1])[0] if self.offsets else None
@@ -150,7 +179,7 @@ class LiveModel:
             out.append(ProcessRow(p.pid, p.comm, p.threads_live, prates.get(p.pid, Rates()), p.counts,
                                   p.counts.top_cause(), site.symbol if site else "",
                                   tuple(self.history.get(p.pid, ())), p.alive,
-                                  snap.self_stats.unavailable_causes, p.user_aborts))
+                                  snap.self_stats.unavailable_causes, p.user_aborts, p.storms, p.preempters))
         return out
 
     def thread_rows(self, pid: Optional[int] = None, include_idle: bool = False) -> list:
@@ -174,7 +203,7 @@ class LiveModel:
         total = proc.counts.aborts if proc else 0
         rows = [SiteRow(s.pid, s.start_ip, s.symbol, srates.get((s.pid, s.start_ip), 0.0), s.aborts,
                         100.0 * s.aborts / total if total else None, s.causes, s.offsets, s.post_commit_offset,
-                        s.user_aborts)
+                        s.user_aborts, s.storms, s.preempters)
                 for s in snap.sites_of(pid)]
         return sorted(rows, key=lambda r: (-r.aborts, r.start_ip))
 

@@ -12,9 +12,9 @@ import json
 import time
 from typing import Optional
 
-from rseqtop.model.snapshot import CAUSE_OF_FIELD, COUNT_FIELDS, all_aborts
+from rseqtop.model.snapshot import CAUSE_OF_FIELD, COUNT_FIELDS, all_aborts, top_preempters
 from rseqtop.present.columns import PROCESS_COLUMNS, THREAD_COLUMNS, signal_name, sort_rows, system_rates_text
-from rseqtop.present.rows import LiveModel
+from rseqtop.present.rows import TOP_PREEMPTERS, LiveModel
 
 SCHEMA_VERSION = 1
 BATCH_PROCESS_COLUMNS = tuple(c for c in PROCESS_COLUMNS if c.key != "trend")
@@ -95,6 +95,22 @@ def _user_aborts(aborts: int, user_aborts) -> dict:
     return {"aborts": aborts, "user_aborts": user_aborts, "all_aborts": all_aborts(aborts, user_aborts)}
 
 
+def _diagnosis(row, unavailable: tuple) -> dict:
+    """A process's or section's abort storms and preempters: the top
+    TOP_PREEMPTERS (pid: thread id; kthread null when the task was gone
+    before rseqtop could tell), the other known ones summed, the aborts
+    whose preempter was not seen; all null when this kernel has no
+    sched_switch."""
+    if "preempt" in unavailable:
+        preempters = other = unknown = None
+    else:
+        top, other, unknown = top_preempters(row.preempters, TOP_PREEMPTERS)
+        preempters = [{"pid": e.pid, "tgid": e.tgid, "comm": e.comm, "kthread": e.kthread, "count": e.count}
+                      for e in top]
+    return {"storms": row.storms, "preempters": preempters, "preempters_other": other,
+            "preempters_unknown": unknown}
+
+
 def _thread(t, unavailable: tuple = ()) -> dict:
     """A thread's object: node null while its CPU is unknown, last_signal
     a name ("SIGUSR1") or null (none delivered, or signals unseen here)."""
@@ -122,11 +138,12 @@ def json_record(model: LiveModel, include_idle: bool = False) -> dict:
             "top_section": p.top_site,
             **_user_aborts(p.counts.aborts, p.user_aborts),
             "registrations": _registrations(stats.get(p.pid), st.syscall_accounting),
+            **_diagnosis(p, na),
             "threads": [_thread(t, na) for t in threads_by_pid.get(p.pid, ())],
             "sections": [{"symbol": s.symbol, "start_ip": s.start_ip, **_user_aborts(s.aborts, s.user_aborts),
                           "aborts_per_s": s.aborts_per_s, "share_percent": s.share,
                           "causes": dict(s.causes),
-                          "interrupted_offsets": {str(off): n for off, n in s.offsets}}
+                          "interrupted_offsets": {str(off): n for off, n in s.offsets}, **_diagnosis(s, na)}
                          for s in model.site_rows(p.pid)],
         })
     cpu = model.self_cpu_percent()

@@ -9,7 +9,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Static
 
 from rseqtop.present.columns import DETAIL_THREAD_COLUMNS, SITE_COLUMNS, THREAD_COLUMNS, rate, ratio, sort_rows
-from rseqtop.present.rows import LiveModel, cause_split
+from rseqtop.present.rows import LiveModel, cause_split, preempter_split
 from rseqtop.present.textsafe import printable
 from rseqtop.tui.keyed_table import KeyedTable
 
@@ -76,6 +76,13 @@ class ProcessScreen(Screen):
                             f"sig/s {rate(r.rates.signals)}  membarrier/s {rate(r.rates.membarrier_ipis)}  "
                             f"aborts/100 preempt {ratio(r.rates.abort_ratio)}")
             text.append(f"\ncauses: {cause_split(proc.counts.causes, limit=6) or '-'}")
+            if "preempt" in snap.self_stats.unavailable_causes:
+                text.append("\npreempted by: n/a (no sched_switch)", style="dim")
+            else:
+                text.append(f"\npreempted by {preempter_split(proc.preempters) or '-'}")
+            if proc.storms:
+                text.append(f"\nabort storms {proc.storms}: a thread's attempts at one section aborted back to "
+                            f"back (see STORMS per section)", style="bold red")
             summary.update(text)
         threads = sort_rows(model.thread_rows(self.pid, include_idle=True), THREAD_COLUMNS, "aborts_s")
         self.query_one("#threads", KeyedTable).sync(threads, DETAIL_THREAD_COLUMNS, lambda t: t.tid)

@@ -1,0 +1,53 @@
+"""Is a task a kernel thread? Decided in user space, from the PF_KTHREAD
+bit of its flags in /proc/TID/stat (the BPF side reads no task struct).
+The idle task (tid 0, "swapper/N") is the kernel's own."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+PF_KTHREAD = 0x00200000
+
+
+def parse_stat_flags(text: str) -> Optional[int]:
+    """The flags field of a /proc/PID/stat line (the comm, in parentheses,
+    may itself hold spaces and parentheses: fields count from the last)."""
+    rest = text.rsplit(")", 1)[-1].split()
+    try:
+        return int(rest[6])  # state ppid pgrp session tty_nr tpgid flags
+    except (IndexError, ValueError):
+        return None
+
+
+def is_kernel_thread(tid: int) -> Optional[bool]:
+    """None when the task is gone (or /proc does not say)."""
+    if tid == 0:
+        return True
+    try:
+        with open(f"/proc/{tid}/stat") as f:
+            flags = parse_stat_flags(f.read())
+    except OSError:
+        return None
+    return None if flags is None else bool(flags & PF_KTHREAD)
+
+
+class KthreadCache:
+    """is_kernel_thread per (tid, comm), asked once: a poll sees the same
+    few preempters again and again (a recycled tid has, as a rule, another
+    name; an unknown answer is asked again)."""
+
+    def __init__(self, probe=is_kernel_thread, limit: int = 65536):
+        self.probe = probe
+        self.limit = limit
+        self.known: dict = {}
+
+    def __call__(self, tid: int, comm: str) -> Optional[bool]:
+        key = (tid, comm)
+        if key in self.known:
+            return self.known[key]
+        got = self.probe(tid)
+        if got is not None:
+            if len(self.known) >= self.limit:
+                self.known.clear()
+            self.known[key] = got
+        return got

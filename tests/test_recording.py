@@ -86,7 +86,9 @@ def test_reader_has_the_synthetic_totals_rates_and_offsets(tmp_path):
         for k, s in enumerate(sorted(p.sections.values(), key=lambda s: s.start_ip)):
             share = truth.aborts // (k + 2)
             assert s.aborts == share and s.offsets == {0x10: share // 2, 0x18: share - share // 2}
-            assert s.preempters is None
+            # the synthetic preempters: process i's antagonist 60%, a kernel worker 30%, the rest unseen
+            assert s.preempters == [e for e in [(2000 + i, f"hog{i}", share * 6 // 10),
+                                                (50, "kworker/1:2", share * 3 // 10)] if e[2]]
     assert rec.total_aborts() == sum(synthetic_total(i, 2, 5).aborts for i in range(3))
     assert not rec.stacks
 
@@ -175,7 +177,7 @@ def test_report_numbers_are_the_recordings(tmp_path):
     assert total == sum(t.aborts for t in truth)
     assert rows == {1000 + i: t.aborts for i, t in enumerate(truth)}
     assert causes == dict(sum(truth, Counts()).causes)
-    assert page.NO_STACKS in text and "Preempters" not in text
+    assert page.NO_STACKS in text and "Preempters" in text and "kworker/1:2" in text  # synthetic preempters
     assert text.count("<svg") == 2 + 1 + min(page.TOP, len(rec.sections()))  # rates x2, causes, offsets
 
 

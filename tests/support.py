@@ -465,7 +465,11 @@ def assert_exact(summary, snap):
         got = sites[int(op["start_ip"], 16)].aborts if int(op["start_ip"], 16) in sites else 0
         assert got == op["aborts"], (name, got, op["aborts"])
         if op["aborts"]:
-            assert op["symbol"] in sites[int(op["start_ip"], 16)].symbol
+            site = sites[int(op["start_ip"], 16)]
+            assert op["symbol"] in site.symbol
+            # where in the section (annotate's per-instruction counts): every abort at one offset inside it
+            assert sum(n for _, n in site.offsets) == site.aborts, (name, site.offsets, site.aborts)
+            assert all(0 <= off < site.post_commit_offset for off, _ in site.offsets), (name, site.offsets)
     assert proc.counts.aborts == summary["totals"]["aborts"]
     assert sum(n for _, n in proc.counts.causes) == proc.counts.aborts
     return proc

@@ -54,11 +54,12 @@ class Collector:
                  emit_events: bool = False, tracefs_root: Optional[Path] = None,
                  symbolizer: Optional[Symbolizer] = None, keep_dead_seconds: float = 60.0,
                  keep_dead_max: int = 4096, syscalls: bool = False, mm_cid_window: float = MM_CID_WINDOW,
-                 threads: str = "all", storm: Optional[tuple] = None):
+                 threads: str = "all", storm: Optional[tuple] = None, event_kinds: int = 0):
         self._pids = set(pids) if pids else set()
         self._comm = compile_comm(comm)
         self._cgroups = list(cgroups or ())
         self._emit_events = emit_events
+        self._event_kinds = event_kinds  # bits 1 << RSEQTOP_EV_*: non-abort events, pid filter only
         self._storm = storm  # (K aborts, T seconds); None: bpf/rseqtop.h's defaults
         self._want_mm_cid = False
         self.mm_cid_window = mm_cid_window
@@ -148,7 +149,7 @@ class Collector:
             self._configure()
 
     def _configure(self) -> None:
-        self.loader.configure(self._pids, self._cgroups, self._emit_events, self._storm)
+        self.loader.configure(self._pids, self._cgroups, self._emit_events, self._storm, self._event_kinds)
 
     def want_mm_cid(self, on: bool) -> None:
         """Ask for threads' mm_cid: front ends ask while they show threads.
@@ -167,7 +168,8 @@ class Collector:
 
     # -- events ---------------------------------------------------------
     def open_events(self, callback: Callable) -> None:
-        """callback(event) for each abort, with event a ctypes rseqtop_event."""
+        """callback(event) for each event (an abort, or a kind of event_kinds),
+        with event a ctypes rseqtop_event."""
         self.set_emit_events(True)
         self.loader.open_events(callback)
 

@@ -19,6 +19,7 @@ import pytest
 
 from rseqtop import workload
 from rseqtop.commands import trace
+from rseqtop.kernel import tracefs
 from rseqtop.kernel.bpfgen import header_constants
 
 K = header_constants()
@@ -192,24 +193,14 @@ class Trace:
         return rc
 
 
-@pytest.mark.bpf
-@pytest.mark.slow
-def test_timeline_shows_the_workloads_signals_and_migrations_in_order(bpf_ok, rseqtop_cmd, tmp_path,
-                                                                       record_property):
-    """One worker pinned to c0, moved c0 -> c1 -> c0 ... by the workload's
-    migration thread, signalled with SIGUSR1: the trace of its pid shows
-    exactly the migrations it requested, in that round robin, the signals
-    its handler received, and its aborts; and between two migrations every
-    event of the worker's own comes from the CPU it was moved to."""
-    cpus = sorted(os.sched_getaffinity(0))
-    assert len(cpus) >= 2, "needs two CPUs"
-    c0, c1 = cpus[:2]
+def traced_run(rseqtop_cmd, tmp_path, args) -> tuple:
+    """The workload with args, traced by pid with every kind of event from
+    its start: (its summary, the JSON records, the trace's stderr)."""
     summary_path = tmp_path / "summary.json"
-    args = ["--threads", "1", "--cpus", f"{c0},{c1}", "--inducer-cpus", str(c1), "--in-cs-delay", "200",
-            "--migrate-rate", "20", "--signal-rate", "30", "--duration", "1", "--json-out", str(summary_path)]
     # The process waits for a line before it becomes the workload (same pid), so that the trace is attached
     # from its start.
-    wl = subprocess.Popen(["sh", "-c", 'read go && exec "$0" "$@"', str(workload.build()), *args],
+    wl = subprocess.Popen(["sh", "-c", 'read go && exec "$0" "$@"', str(workload.build()), *args,
+                           "--json-out", str(summary_path)],
                           stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         tr = Trace(rseqtop_cmd + ["trace", "-p", str(wl.pid), "--events", ALL, "--json"])
@@ -222,10 +213,31 @@ def test_timeline_shows_the_workloads_signals_and_migrations_in_order(bpf_ok, rs
         if wl.poll() is None:
             wl.kill()
             wl.wait()
-    summary = json.loads(summary_path.read_text())
-    assert not any("lost" in line for line in tr.err), "".join(tr.err)
     recs = [json.loads(line) for line in tr.out]
     assert recs and all(r["pid"] == wl.pid for r in recs)
+    return json.loads(summary_path.read_text()), recs, "".join(tr.err)
+
+
+def two_cpus() -> tuple:
+    cpus = sorted(os.sched_getaffinity(0))
+    assert len(cpus) >= 2, "needs two CPUs"
+    return cpus[0], cpus[1]
+
+
+@pytest.mark.bpf
+@pytest.mark.slow
+def test_timeline_shows_the_workloads_signals_and_migrations_in_order(bpf_ok, rseqtop_cmd, tmp_path,
+                                                                       record_property):
+    """One worker pinned to c0, moved c0 -> c1 -> c0 ... by the workload's
+    migration thread, signalled with SIGUSR1: the trace of its pid shows
+    exactly the migrations it requested, in that round robin, the signals
+    its handler received, and its aborts; and between two migrations every
+    event of the worker's own comes from the CPU it was moved to."""
+    c0, c1 = two_cpus()
+    summary, recs, err = traced_run(rseqtop_cmd, tmp_path, [
+        "--threads", "1", "--cpus", f"{c0},{c1}", "--inducer-cpus", str(c1), "--in-cs-delay", "200",
+        "--migrate-rate", "20", "--signal-rate", "30", "--duration", "1"])
+    assert "lost" not in err, err
     (worker,) = map(int, summary["threads"])
     mine = [r for r in recs if r["tid"] == worker]
     kinds = {k: [r for r in mine if r["event"] == k] for k in ("abort", "preempt", "migrate", "signal")}
@@ -261,3 +273,25 @@ def test_timeline_shows_the_workloads_signals_and_migrations_in_order(bpf_ok, rs
                               f"{len(kinds['signal'])}={summary['totals']['signals']} signals, "
                               f"{len(kinds['abort'])}={summary['totals']['aborts']} aborts, "
                               f"{len(kinds['preempt'])} preemptions")
+
+
+@pytest.mark.bpf
+@pytest.mark.slow
+def test_timeline_shows_membarrier_ipis_of_the_worker(bpf_ok, rseqtop_cmd, tmp_path, record_property):
+    """The worker spins on c0 while the workload's membarrier thread on c1
+    calls MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ: each successful call IPIs
+    the worker's CPU at most once (none when it is not running there)."""
+    c0, c1 = two_cpus()
+    summary, recs, err = traced_run(rseqtop_cmd, tmp_path, [
+        "--threads", "1", "--cpus", str(c0), "--inducer-cpus", str(c1), "--in-cs-delay", "200",
+        "--membarrier-rate", "200", "--duration", "1"])
+    assert "lost" not in err, err
+    (worker,) = map(int, summary["threads"])
+    ipis = [r for r in recs if r["event"] == "membarrier"]
+    ok = summary["membarrier"]["ok"]
+    record_property("figure", f"{len(ipis)} IPI events <= {ok} calls")
+    if not (tracefs.ensure_root() / "events" / "csd" / "csd_function_entry").is_dir():
+        assert not ipis  # before 6.3: no csd events, the IPIs are not seen
+        return
+    assert 0 < len(ipis) <= ok
+    assert all(r["tid"] == worker and r["cpu"] == c0 and r["ipi"] == "rseq" for r in ipis)

@@ -115,6 +115,19 @@ def test_the_timeline_prints_in_time_order_after_the_hold():
     assert body(out.getvalue().splitlines()[-1]).split()[4:] == ["signal", "12", "(SIGUSR2)"]
 
 
+def test_a_preempter_not_seen():
+    unknown = K["RSEQTOP_PREEMPTER_UNKNOWN"]
+    tr, out = tracer({"preempt"})
+    tr.show(event("preempt", next_tid=unknown, next_tgid=unknown))
+    tr.release()
+    assert body(out.getvalue()).endswith("preempt    by ? (not seen)\n")
+    tr, out = tracer({"preempt"}, as_json=True)
+    tr.show(event("preempt", next_tid=unknown, next_tgid=unknown))
+    tr.release()
+    r = json.loads(out.getvalue())
+    assert (r["next_pid"], r["next_tid"], r["next_comm"]) == (None, None, None)
+
+
 def test_pid_filter_and_kind_selection():
     tr, out = tracer({"signal"}, pids={100})
     tr.show(event("signal", tgid=200, signo=10))
@@ -244,7 +257,7 @@ def test_timeline_shows_the_workloads_signals_and_migrations_in_order(bpf_ok, rs
 
     # the workload's own counts
     assert len(kinds["signal"]) == summary["totals"]["signals"] > 0
-    assert all(r["signo"] == signal.SIGUSR1 for r in kinds["signal"])
+    assert [r for r in kinds["signal"] if r["signo"] != signal.SIGUSR1] == []
     assert len([r for r in recs if r["event"] == "signal"]) == len(kinds["signal"])  # only the worker's
     assert len(kinds["abort"]) == summary["totals"]["aborts"] > 0
     assert len([r for r in recs if r["event"] == "abort"]) == summary["totals"]["aborts"]
@@ -268,7 +281,9 @@ def test_timeline_shows_the_workloads_signals_and_migrations_in_order(bpf_ok, rs
 
     # preemptions name the task that ran next
     assert kinds["preempt"], "no preemption events"
-    assert all(r["next_tid"] != worker and r["next_comm"] for r in kinds["preempt"])
+    # (None: the switch to the successor was not seen, rare)
+    bad = [r for r in kinds["preempt"] if r["next_tid"] == worker or (r["next_tid"] and not r["next_comm"])]
+    assert not bad, json.dumps([worker, bad])
     record_property("figure", f"{len(kinds['migrate'])} migrate={summary['migrations_requested']} requested(+pin), "
                               f"{len(kinds['signal'])}={summary['totals']['signals']} signals, "
                               f"{len(kinds['abort'])}={summary['totals']['aborts']} aborts, "
@@ -294,4 +309,5 @@ def test_timeline_shows_membarrier_ipis_of_the_worker(bpf_ok, rseqtop_cmd, tmp_p
         assert not ipis  # before 6.3: no csd events, the IPIs are not seen
         return
     assert 0 < len(ipis) <= ok
-    assert all(r["tid"] == worker and r["cpu"] == c0 and r["ipi"] == "rseq" for r in ipis)
+    bad = [r for r in ipis if (r["tid"], r["cpu"], r["ipi"]) != (worker, c0, "rseq")]
+    assert not bad, json.dumps([worker, bad])

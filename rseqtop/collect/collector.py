@@ -174,7 +174,11 @@ class Collector:
         self.loader.open_events(callback)
 
     def poll_events(self, timeout_ms: int = 100) -> None:
+        """Wait up to timeout_ms for events, then hand all there are to the
+        callback (the kinds sent without a wake-up too)."""
         self.loader.poll_events(timeout_ms)
+        if self._event_kinds:
+            self.loader.consume_events()
 
     # -- snapshots ------------------------------------------------------
     def read(self) -> MapRecords:

@@ -293,3 +293,8 @@ class Probes:
 
     def poll_events(self, timeout_ms: int) -> None:
         self.bpf.ring_buffer_poll(timeout_ms)
+
+    def consume_events(self) -> None:
+        """Whatever is in the ring buffer, woken or not (events other than
+        aborts are sent without a wake-up)."""
+        self.bpf.ring_buffer_consume()

@@ -38,6 +38,7 @@ _K = header_constants()
 EVENT_KINDS = {name: _K[f"RSEQTOP_EV_{name.upper()}"] for name in ("abort", "preempt", "migrate", "signal",
                                                                    "membarrier")}
 KIND_NAMES = {code: name for name, code in EVENT_KINDS.items()}
+PREEMPTER_UNKNOWN = _K["RSEQTOP_PREEMPTER_UNKNOWN"]
 TIMELINE_HEADER = f"{'TIME':<15} {'COMM':<16} {'PID':>7} {'TID':>7} {'CPU':>3}  {'EVENT':<10} DETAIL"
 # A preemption is sent when its preempter leaves the CPU, after events of
 # the thread that came later (it may run elsewhere meanwhile): the timeline
@@ -167,7 +168,11 @@ class Tracer:
                 return json.dumps(record, ensure_ascii=True, separators=(",", ":")) + "\n"
             return self.abort_line(ev, comm, timeline=True)
         wall, stamp = self.stamp(ev.ts_ns)
-        if name == "preempt":
+        if name == "preempt" and ev.next_tid == PREEMPTER_UNKNOWN:
+            # the switch to its successor was not seen (see bpf note_successor)
+            fields = {"next_pid": None, "next_tid": None, "next_comm": None}
+            detail = "by ? (not seen)"
+        elif name == "preempt":
             next_comm = decode_comm(ev.next_comm)
             fields = {"next_pid": ev.next_tgid, "next_tid": ev.next_tid, "next_comm": next_comm}
             detail = f"by {printable(next_comm)} pid {ev.next_tgid} tid {ev.next_tid}"

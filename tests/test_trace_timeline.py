@@ -295,19 +295,21 @@ def test_timeline_shows_the_workloads_signals_and_migrations_in_order(bpf_ok, rs
 def test_timeline_shows_membarrier_ipis_of_the_worker(bpf_ok, rseqtop_cmd, tmp_path, record_property):
     """The worker spins on c0 while the workload's membarrier thread on c1
     calls MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ: each successful call IPIs
-    the worker's CPU at most once (none when it is not running there)."""
+    the worker's CPU at most once (none when it is not running there), so
+    the worker sees at most one IPI per call, each on c0."""
     c0, c1 = two_cpus()
     summary, recs, err = traced_run(rseqtop_cmd, tmp_path, [
         "--threads", "1", "--cpus", str(c0), "--inducer-cpus", str(c1), "--in-cs-delay", "200",
         "--membarrier-rate", "200", "--duration", "1"])
     assert "lost" not in err, err
     (worker,) = map(int, summary["threads"])
-    ipis = [r for r in recs if r["event"] == "membarrier"]
+    # (an IPI also hits the main thread when it runs on c0, at the start or the end)
+    ipis = [r for r in recs if r["event"] == "membarrier" and r["tid"] == worker]
     ok = summary["membarrier"]["ok"]
     record_property("figure", f"{len(ipis)} IPI events <= {ok} calls")
     if not (tracefs.ensure_root() / "events" / "csd" / "csd_function_entry").is_dir():
         assert not ipis  # before 6.3: no csd events, the IPIs are not seen
         return
     assert 0 < len(ipis) <= ok
-    bad = [r for r in ipis if (r["tid"], r["cpu"], r["ipi"]) != (worker, c0, "rseq")]
+    bad = [r for r in ipis if (r["cpu"], r["ipi"]) != (c0, "rseq")]
     assert not bad, json.dumps([worker, bad])

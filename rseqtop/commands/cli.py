@@ -18,7 +18,7 @@ from rseqtop.errors import UserError
 # name -> (module, one-line summary). `top` is what a bare `rseqtop` runs.
 COMMANDS = {
     "top": ("rseqtop.commands.top", "live view of rseq aborts (the default command)"),
-    "trace": ("rseqtop.commands.trace", "print one line per rseq abort as it happens (--events: a per-thread timeline)"),
+    "trace": ("rseqtop.commands.trace", "one line per rseq abort as it happens (--events: a per-thread timeline)"),
     "export": ("rseqtop.commands.export", "serve Prometheus metrics"),
     "demo": ("rseqtop.commands.demo", "run the bundled workload and open the live view on it"),
     "workload": ("rseqtop.workload", "run the bundled rseq workload (ground truth)"),

@@ -98,7 +98,8 @@ def decode_comm(raw) -> str:
 
 
 class Tracer:
-    """Formats abort events; counts what it printed per pid (for tests and the summary)."""
+    """Formats abort events (or, with kinds other than abort, the timeline);
+    counts what it printed."""
 
     def __init__(self, collector, out, as_json: bool, pids: set, comm: str | None, storm_aborts: int = 16,
                  kinds=frozenset({"abort"})):
@@ -162,10 +163,6 @@ class Tracer:
     def timeline_line(self, ev, comm: str, kind: int) -> str:
         name = KIND_NAMES.get(kind, f"kind{kind}")
         if name == "abort":
-            if self.as_json:
-                record = self.abort_record(ev, comm)
-                record["event"] = name
-                return json.dumps(record, ensure_ascii=True, separators=(",", ":")) + "\n"
             return self.abort_line(ev, comm, timeline=True)
         wall, stamp = self.stamp(ev.ts_ns)
         if name == "preempt" and ev.next_tid == PREEMPTER_UNKNOWN:
@@ -206,15 +203,17 @@ class Tracer:
                 "storm": storm}
 
     def abort_line(self, ev, comm: str, timeline: bool = False) -> str:
+        """Today's abort line or object; in the timeline with its event name."""
+        r = self.abort_record(ev, comm)
         if self.as_json:
-            return json.dumps(self.abort_record(ev, comm), ensure_ascii=True, separators=(",", ":")) + "\n"
-        site = self.collector.symbolize(ev.tgid, ev.start_ip)
-        storm = ev.run >= self.storm_aborts
+            if timeline:
+                r["event"] = "abort"
+            return json.dumps(r, ensure_ascii=True, separators=(",", ":")) + "\n"
         _, stamp = self.stamp(ev.ts_ns)
-        event = "abort      " if timeline else ""
+        event = f"{'abort':<10} " if timeline else ""
         return (f"{stamp:<15} {printable(comm):<16} {ev.tgid:>7} {ev.tid:>7} {ev.cpu:>3}  "
-                f"{event}{cause_name(ev.cause):<22} {printable(site):<40} +{ev.offset:#x}"
-                f"{f'  STORM (run {ev.run})' if storm else ''}\n")
+                f"{event}{r['cause']:<22} {printable(r['site']):<40} +{ev.offset:#x}"
+                f"{f'  STORM (run {ev.run})' if r['storm'] else ''}\n")
 
 
 def run(args) -> int:

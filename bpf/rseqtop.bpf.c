@@ -385,6 +385,59 @@ static __always_inline void preempter_add(struct rseqtop_thread *t, struct rseqt
     }
 }
 
+/* Whether events of a non-abort kind are wanted for process tgid: only for
+ * a process the pid filter names, never system-wide. */
+static __always_inline int timeline_wanted(struct rseqtop_config *cfg, u32 tgid, u32 kind)
+{
+    return cfg && (cfg->event_kinds & (1u << kind)) && (cfg->filter & RSEQTOP_FILTER_PIDS) &&
+           watch_pids.lookup(&tgid);
+}
+
+/* A ring buffer record of kind for thread t (tid) on this CPU at ts, the
+ * fields of other kinds zeroed; 0 (counted as lost) when the buffer is full.
+ * The caller fills comm and its kind's fields, then calls event_submit. */
+static __always_inline struct rseqtop_event *event_start(u32 kind, struct rseqtop_thread *t, u32 tid, u64 ts)
+{
+    struct rseqtop_event *e = events.ringbuf_reserve(sizeof(*e));
+    if (!e) {
+        count(RSEQTOP_CNT_EVENTS_LOST);
+        return 0;
+    }
+    __builtin_memset(e, 0, sizeof(*e));
+    e->ts_ns = ts;
+    e->tgid = t->tgid;
+    e->tid = tid;
+    e->gen = t->gen;
+    e->cpu = bpf_get_smp_processor_id();
+    e->kind = kind;
+    return e;
+}
+
+/* Only aborts wake the reader: a reader woken by a thread's preemption,
+ * migration or signal would preempt a watched thread in turn (measured: the
+ * trace process became the watched worker's main preempter, ~10k events/s
+ * feeding themselves). The timeline's reader drains the rest every 100 ms. */
+static __always_inline void event_submit(struct rseqtop_event *e)
+{
+    events.ringbuf_submit(e, e->kind == RSEQTOP_EV_ABORT ? 0 : BPF_RB_NO_WAKEUP);
+    count(RSEQTOP_CNT_EVENTS_SENT);
+}
+
+/* An event of the current thread t (signal, membarrier IPI), if wanted. */
+static __always_inline void own_event(struct rseqtop_thread *t, u32 kind, u32 signo)
+{
+    int zero = 0;
+    struct rseqtop_config *cfg = config.lookup(&zero);
+    if (!timeline_wanted(cfg, t->tgid, kind))
+        return;
+    struct rseqtop_event *e = event_start(kind, t, (u32)bpf_get_current_pid_tgid(), bpf_ktime_get_ns());
+    if (!e)
+        return;
+    e->signo = signo;
+    bpf_get_current_comm(&e->comm, sizeof(e->comm));
+    event_submit(e);
+}
+
 /* An abort. ctx is the program's context (for the perf buffer). */
 static __always_inline void aborted(void *ctx, u64 regs_ip, u64 start_ip, u64 post_commit_offset, u64 abort_ip)
 {
@@ -439,24 +492,16 @@ static __always_inline void aborted(void *ctx, u64 regs_ip, u64 start_ip, u64 po
         preempter_add(t, h, start_ip);
 
     if (cfg && cfg->emit_events) {
-        struct rseqtop_event *e = events.ringbuf_reserve(sizeof(*e));
-        if (!e) {
-            count(RSEQTOP_CNT_EVENTS_LOST);
+        struct rseqtop_event *e = event_start(RSEQTOP_EV_ABORT, t, tid, now);
+        if (!e)
             return;
-        }
-        e->ts_ns = now;
         e->start_ip = start_ip;
         e->abort_ip = abort_ip;
-        e->tgid = tgid;
-        e->tid = tid;
-        e->cpu = this_cpu;
         e->cause = code;
         e->offset = (u32)offset;
-        e->gen = t->gen;
         e->run = t->abort_run;
         bpf_get_current_comm(&e->comm, sizeof(e->comm));
-        events.ringbuf_submit(e, 0);
-        count(RSEQTOP_CNT_EVENTS_SENT);
+        event_submit(e);
     }
 }
 
@@ -557,8 +602,11 @@ static __always_inline struct rseqtop_victim *note_successor(void)
     u32 victim = v->tid;
     v->tid = 0;
     struct rseqtop_thread *t = threads.lookup(&victim);
-    if (t) {
-        u64 id = bpf_get_current_pid_tgid();
+    u64 id = bpf_get_current_pid_tgid();
+    /* The victim itself switching out again here: the switch to its
+     * successor was not seen (a program run missed), so no preempter. */
+    int seen = victim != (u32)id;
+    if (t && seen) {
         /* The name costs more than the rest together (measured: ~65 ns
          * of ~120): fetched when the preempter differs from the thread's
          * previous one, so a steady antagonist costs a lookup, and a task
@@ -571,6 +619,19 @@ static __always_inline struct rseqtop_victim *note_successor(void)
         }
         t->pre_seq = v->seq;
     }
+    if (t && v->ts) {
+        /* the preemption's event, now that its preempter is known */
+        struct rseqtop_event *e = event_start(RSEQTOP_EV_PREEMPT, t, victim, v->ts);
+        if (e) {
+            e->next_tid = seen ? (u32)id : RSEQTOP_PREEMPTER_UNKNOWN;
+            e->next_tgid = seen ? id >> 32 : RSEQTOP_PREEMPTER_UNKNOWN;
+            __builtin_memcpy(e->comm, t->comm, sizeof(e->comm));
+            if (seen)
+                __builtin_memcpy(e->next_comm, t->pre_comm, sizeof(e->next_comm));
+            event_submit(e);
+        }
+    }
+    v->ts = 0;
     return v;
 }
 
@@ -594,8 +655,14 @@ static __always_inline void switched_out(int runnable)
     if (runnable) {
         h->preempts++;
         if (v) {
-            v->tid = (u32)bpf_get_current_pid_tgid();
+            u64 id = bpf_get_current_pid_tgid();
+            v->tid = (u32)id;
             v->seq = h->outs;
+            /* a config read per preemption of a tracked thread only */
+            int zero = 0;
+            struct rseqtop_config *cfg = config.lookup(&zero);
+            if (timeline_wanted(cfg, id >> 32, RSEQTOP_EV_PREEMPT))
+                v->ts = bpf_ktime_get_ns();
         }
     }
 }
@@ -628,8 +695,20 @@ int on_sched_migrate_task(struct tp_sched_migrate_task *args)
         return 1;
     u32 tid = args->pid;
     struct rseqtop_thread *t = threads.lookup(&tid);
-    if (t)
-        __sync_fetch_and_add(&t->c.migrations, 1);
+    if (!t)
+        return 1;
+    __sync_fetch_and_add(&t->c.migrations, 1);
+    int zero = 0;
+    struct rseqtop_config *cfg = config.lookup(&zero);
+    if (!timeline_wanted(cfg, t->tgid, RSEQTOP_EV_MIGRATE))
+        return 1;
+    struct rseqtop_event *e = event_start(RSEQTOP_EV_MIGRATE, t, tid, bpf_ktime_get_ns());
+    if (!e)
+        return 1;
+    e->from_cpu = args->orig_cpu;
+    e->to_cpu = args->dest_cpu;
+    __builtin_memcpy(e->comm, t->comm, sizeof(e->comm));
+    event_submit(e);
     return 1;
 }
 #endif
@@ -647,6 +726,7 @@ static __always_inline void signalled(u32 sig)
     note_cause(h, 2);
     t->c.signals++;
     t->last_signal = sig;
+    own_event(t, RSEQTOP_EV_SIGNAL, sig);
 }
 
 #ifdef RAW_SIGNAL_DELIVER
@@ -683,6 +763,7 @@ static __always_inline void csd_called(u64 func)
         return;
     note_cause(h, 3);
     t->c.membarrier_ipis++;
+    own_event(t, RSEQTOP_EV_MEMBARRIER, 0);
 }
 
 #ifdef RAW_CSD_FUNCTION_ENTRY

@@ -54,6 +54,15 @@
 
 #define RSEQTOP_COMM_LEN 16
 
+/* Kinds of events in the ring buffer (rseqtop_event.kind). config.event_kinds
+ * has bit (1 << kind) set for the non-abort kinds wanted; those are sent only
+ * for processes in the pid filter (watch_pids), never system-wide. */
+#define RSEQTOP_EV_ABORT 0
+#define RSEQTOP_EV_PREEMPT 1
+#define RSEQTOP_EV_MIGRATE 2
+#define RSEQTOP_EV_SIGNAL 3
+#define RSEQTOP_EV_MEMBARRIER 4
+
 /* The preempter of an abort whose thread's latest switch-out was not a
  * preemption, or whose successor on that CPU had not switched out yet when
  * the thread aborted (it ran elsewhere first). */
@@ -180,6 +189,7 @@ struct rseqtop_thread {
 struct rseqtop_victim {
     u32 tid;
     u32 seq;
+    u64 ts; /* when it was preempted, if preemption events are wanted (else 0) */
 };
 
 /* Aborts caused by preemption, by process, section and preempter. */
@@ -249,7 +259,7 @@ struct rseqtop_config {
     u64 iter_pass;    /* bumped by user space before each run of the task iterator */
     u64 storm_ns;     /* storm rule: most time between consecutive aborts */
     u32 storm_k;      /* storm rule: consecutive aborts that make a storm (0: off) */
-    u32 pad;
+    u32 event_kinds;  /* bits 1 << RSEQTOP_EV_*: non-abort events to send (pid filter only) */
 };
 
 /* A process's live threads summed by the task iterator (HOT_TASK_STORAGE,
@@ -274,6 +284,15 @@ struct rseqtop_event {
     u32 gen;
     char comm[RSEQTOP_COMM_LEN];
     u32 run; /* the thread's consecutive aborts in this section so far (storm rule) */
+    u32 kind; /* RSEQTOP_EV_*; the fields above from start_ip to run are an abort's */
+    /* migration: the CPUs the thread moved from and to */
+    s32 from_cpu;
+    s32 to_cpu;
+    u32 signo; /* signal: its number */
+    /* preemption: the task that ran next on that CPU */
+    u32 next_tid;
+    u32 next_tgid;
+    char next_comm[RSEQTOP_COMM_LEN];
     u32 pad;
 };
 

@@ -63,11 +63,12 @@ class Collector:
                  symbolizer: Optional[Symbolizer] = None, keep_dead_seconds: float = 60.0,
                  keep_dead_max: int = 4096, syscalls: bool = False, mm_cid_window: float = MM_CID_WINDOW,
                  threads: str = "all", uprobes: bool = False, lean: bool = False,
-                 stacks: bool = False, storm: Optional[tuple] = None):
+                 stacks: bool = False, storm: Optional[tuple] = None, event_kinds: int = 0):
         self._pids = set(pids) if pids else set()
         self._comm = compile_comm(comm)
         self._cgroups = list(cgroups or ())
         self._emit_events = emit_events
+        self._event_kinds = event_kinds  # bits 1 << RSEQTOP_EV_*: non-abort events, pid filter only
         self._storm = storm  # (K aborts, T seconds); None: bpf/rseqtop.h's defaults
         self._want_mm_cid = False
         self.mm_cid_window = mm_cid_window
@@ -181,7 +182,7 @@ class Collector:
             self._configure()
 
     def _configure(self) -> None:
-        self.loader.configure(self._pids, self._cgroups, self._emit_events, self._storm)
+        self.loader.configure(self._pids, self._cgroups, self._emit_events, self._storm, self._event_kinds)
 
     def want_mm_cid(self, on: bool) -> None:
         """Ask for threads' mm_cid: front ends ask while they show threads.
@@ -200,12 +201,17 @@ class Collector:
 
     # -- events ---------------------------------------------------------
     def open_events(self, callback: Callable) -> None:
-        """callback(event) for each abort, with event a ctypes rseqtop_event."""
+        """callback(event) for each event (an abort, or a kind of event_kinds),
+        with event a ctypes rseqtop_event."""
         self.set_emit_events(True)
         self.loader.open_events(callback)
 
     def poll_events(self, timeout_ms: int = 100) -> None:
+        """Wait up to timeout_ms for events, then hand all there are to the
+        callback (the kinds sent without a wake-up too)."""
         self.loader.poll_events(timeout_ms)
+        if self._event_kinds:
+            self.loader.consume_events()
 
     # -- snapshots ------------------------------------------------------
     def read(self) -> MapRecords:

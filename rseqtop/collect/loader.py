@@ -193,11 +193,13 @@ class Probes:
 
     # -- configuration --------------------------------------------------
     def configure(self, pids: Iterable[int], cgroups: Iterable[str], emit_events: bool,
-                  storm: Optional[tuple] = None) -> None:
+                  storm: Optional[tuple] = None, event_kinds: int = 0) -> None:
         """Write the in-kernel filter: only these processes (tgids) and
         cgroup v2 directories are tracked; none given: everything. storm:
         the storm rule (K consecutive aborts, each less than T seconds after
-        the one before); None: the defaults of bpf/rseqtop.h."""
+        the one before); None: the defaults of bpf/rseqtop.h. event_kinds:
+        bits 1 << RSEQTOP_EV_* of the non-abort events to send (for the
+        processes of the pid filter only)."""
         pids, cgroups = list(pids), list(cgroups)
         b = self.bpf
         watch = b["watch_pids"]
@@ -219,6 +221,7 @@ class Probes:
             value = cfg[0]
             value.filter = (k["RSEQTOP_FILTER_PIDS"] if pids else 0) | (k["RSEQTOP_FILTER_CGROUPS"] if cgroups else 0)
             value.emit_events = 1 if emit_events else 0
+            value.event_kinds = event_kinds if emit_events else 0
             # Threads the previous filter excluded are checked again.
             value.filter_gen = value.filter_gen % 0xFFFFFFFF + 1
             k_runs, t_seconds = storm or (k["RSEQTOP_STORM_K"], k["RSEQTOP_STORM_NS"] / 1e9)
@@ -341,3 +344,8 @@ class Probes:
 
     def poll_events(self, timeout_ms: int) -> None:
         self.bpf.ring_buffer_poll(timeout_ms)
+
+    def consume_events(self) -> None:
+        """Whatever is in the ring buffer, woken or not (events other than
+        aborts are sent without a wake-up)."""
+        self.bpf.ring_buffer_consume()

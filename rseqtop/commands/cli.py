@@ -18,7 +18,7 @@ from rseqtop.errors import UserError
 # name -> (module, one-line summary). `top` is what a bare `rseqtop` runs.
 COMMANDS = {
     "top": ("rseqtop.commands.top", "live view of rseq aborts (the default command)"),
-    "trace": ("rseqtop.commands.trace", "print one line per rseq abort as it happens"),
+    "trace": ("rseqtop.commands.trace", "one line per rseq abort as it happens (--events: a per-thread timeline)"),
     "annotate": ("rseqtop.commands.annotate", "a critical section's instructions, source lines and where it aborts"),
     "export": ("rseqtop.commands.export", "serve Prometheus metrics"),
     "record": ("rseqtop.commands.record", "record snapshots over time to a file for 'rseqtop report'"),

@@ -528,3 +528,36 @@ def storm_problem(summary) -> str:
     if t["storms"] > 0:
         return ""
     return f"no storm happened ({t['aborts']} aborts, longest run {t['max_abort_run']}); the test proves nothing"
+
+
+class Trace:
+    """`rseqtop trace` as a subprocess (tests/test_trace*.py), its output
+    read as it comes; ready once it prints "Tracing"."""
+
+    def __init__(self, argv):
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.out: list = []
+        self.err: list = []
+        self.ready = threading.Event()
+        self.pumps = [threading.Thread(target=self._pump, args=(stream, sink), daemon=True)
+                      for stream, sink in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))]
+        for t in self.pumps:
+            t.start()
+        if not self.ready.wait(300):  # compiling under emulation (kernel VMs) is slow
+            self.proc.kill()
+            raise AssertionError(f"trace never attached: {''.join(self.err)}")
+
+    def _pump(self, stream, sink):
+        for line in stream:
+            sink.append(line)
+            if line.startswith("Tracing"):
+                self.ready.set()
+        if self.proc.poll() is not None:
+            self.ready.set()
+
+    def stop(self, sig=signal.SIGINT) -> int:
+        self.proc.send_signal(sig)
+        rc = self.proc.wait(timeout=60)
+        for t in self.pumps:  # every line read (slow under emulation)
+            t.join(timeout=30)
+        return rc

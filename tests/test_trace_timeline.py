@@ -11,13 +11,13 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from types import SimpleNamespace
 
 import pytest
 
 from rseqtop import workload
+from support import Trace
 from rseqtop.commands import trace
 from rseqtop.kernel import tracefs
 from rseqtop.kernel.bpfgen import header_constants
@@ -172,38 +172,6 @@ def test_bad_events_are_one_line_errors(argv, says):
 
 
 # -- against the kernel and the workload -------------------------------------
-
-
-class Trace:
-    """`rseqtop trace` as a subprocess, its output read as it comes."""
-
-    def __init__(self, argv):
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.out: list = []
-        self.err: list = []
-        self.ready = threading.Event()
-        self.pumps = [threading.Thread(target=self._pump, args=(s, sink), daemon=True)
-                      for s, sink in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))]
-        for t in self.pumps:
-            t.start()
-        if not self.ready.wait(300):
-            self.proc.kill()
-            raise AssertionError(f"trace never attached: {''.join(self.err)}")
-        assert self.proc.poll() is None, "".join(self.err)
-
-    def _pump(self, stream, sink):
-        for line in stream:
-            sink.append(line)
-            if line.startswith("Tracing"):
-                self.ready.set()
-        self.ready.set()
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGINT)
-        rc = self.proc.wait(timeout=60)
-        for t in self.pumps:
-            t.join(timeout=30)
-        return rc
 
 
 def traced_run(rseqtop_cmd, tmp_path, args) -> tuple:

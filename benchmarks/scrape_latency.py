@@ -45,7 +45,7 @@ def serve(source, labels: str):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--processes", type=int, default=550, help="synthetic processes (default 550: ~10,000 series)")
+    ap.add_argument("--processes", type=int, default=410, help="synthetic processes (default 410: ~10,000 series)")
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--labels", default="pid", choices=("comm", "pid", "tid"))
     ap.add_argument("--scrapes", type=int, default=200)

@@ -345,7 +345,7 @@ class RseqCollector:
         lat = FastHistogram("rseqtop_membarrier_duration_seconds",
                                     "membarrier system call latency (log2 buckets; the sum is estimated "
                                     "from bucket midpoints)", labels=pl + ["command"])
-        preempters = CounterMetricFamily(
+        preempters = FastCounter(
             "rseqtop_preempter_aborts",
             f"Aborts caused by preemption, by the comm of the task that ran next on the CPU (the preempter); "
             f"the first {self.top_preempters} preempters per label set get their own series, later ones are "
@@ -470,13 +470,13 @@ def _add_top(fam, labels: list, admitted: list, limit: int, totals: dict) -> Non
     """The `limit` biggest keys of a label set get their own series, admitted
     for good (sticky, so that a series never turns into part of the other
     one and back); later keys are summed as OTHER_SITE."""
-    if len(admitted) < limit:
-        have = set(admitted)
-        for key in sorted((k for k in totals if k not in have), key=lambda k: (-totals[k], k)):
-            if len(admitted) >= limit:
-                break
-            admitted.append(key)
     have = set(admitted)
+    if len(admitted) < limit:
+        new = [k for k in totals if k not in have]
+        if new:
+            new.sort(key=lambda k: (-totals[k], k))
+            admitted.extend(new[:limit - len(admitted)])
+            have.update(admitted)
     other = 0
     for key, v in totals.items():
         if key in have:

@@ -164,11 +164,15 @@ class MapReader:
         calls = tuple(CallRecord(k.tgid, k.gen, k.kind, k.cmd, k.code, v.value)
                       for k, v in self._parsed(t["pcounts"]))
         names = self._cause_names
-        sites = tuple(SiteRecord(k.tgid, k.gen, k.start_ip, v.aborts, cause_pairs(v.causes, names), v.abort_ip,
-                                 v.post_commit_offset, v.storms) for k, v in self._parsed(t["sites"]))
-        preempters = tuple(self._preempter(k, v) for k, v in self._parsed(t["preempters"]))
+        # The abort program counts a section's abort before its offset and
+        # preempter: reading those first, a section never shows fewer
+        # aborts than its offsets (or preempters) add up to, even while
+        # threads keep aborting between the reads.
         offsets = tuple(OffsetRecord(k.tgid, k.gen, k.start_ip, k.offset, v.value)
                         for k, v in self._parsed(t["offsets"]))
+        preempters = tuple(self._preempter(k, v) for k, v in self._parsed(t["preempters"]))
+        sites = tuple(SiteRecord(k.tgid, k.gen, k.start_ip, v.aborts, cause_pairs(v.causes, names), v.abort_ip,
+                                 v.post_commit_offset, v.storms) for k, v in self._parsed(t["sites"]))
         cpu_aborts = tuple(b["cpu_aborts"][0]) if len(counters) else ()
         threads = self._threads(live_raw, dead_raw, hot)
         handlers = None

@@ -17,7 +17,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -119,18 +118,9 @@ class HandedProbes(Probes):
         self._rings = PerfRings(self.bpf["new_sites"], on_sample, pages=8)
         self.resume_watcher()
 
-    def resume_watcher(self) -> None:
-        if self._watcher is not None or self._rings is None:
-            return
-        stop = self._stop_watcher = threading.Event()
-        rings = self._rings
-
-        def loop():
-            while not stop.is_set():
-                rings.poll(100)
-
-        self._watcher = threading.Thread(target=loop, name="rseqtop-symbolizer", daemon=True)
-        self._watcher.start()
+    def _new_sites_poller(self) -> Optional[Callable]:
+        """The rings this process reads itself (None until they are open)."""
+        return self._rings.poll if self._rings is not None else None
 
     def open_events(self, callback: Callable) -> None:
         raise RuntimeError("the abort event stream needs the bcc collector (Collector(lean=False))")

@@ -320,15 +320,21 @@ class Probes:
             self._watcher.join(timeout=5)
             self._watcher = None
 
+    def _new_sites_poller(self) -> Optional[Callable]:
+        """poll(timeout_ms): waits for new-site records (bcc's perf buffers)."""
+        return self.bpf.perf_buffer_poll
+
     def resume_watcher(self) -> None:
         if self._watcher is not None or self.bpf is None:
             return
+        poll = self._new_sites_poller()
+        if poll is None:
+            return
         stop = self._stop_watcher = threading.Event()
-        bpf = self.bpf
 
         def loop():
             while not stop.is_set():
-                bpf.perf_buffer_poll(100)
+                poll(100)
 
         self._watcher = threading.Thread(target=loop, name="rseqtop-symbolizer", daemon=True)
         self._watcher.start()

@@ -192,6 +192,51 @@ static __always_inline struct rseqtop_thread *current_thread(u32 tid, u32 tgid)
     return t;
 }
 
+/* Twins (6.19+). The kernel skips a program's run on a CPU where that
+ * program is still running (a raw tracepoint's program, preemptible from
+ * 6.19) or where any regular tracepoint or kprobe program, or a bpf(2)
+ * map operation of any process, holds the CPU's bpf_prog_active (a map
+ * syscall holds it preemptibly). Either way the event is not seen: about
+ * 1% of aborts in a signal-heavy run on 7.2 with a regular program alone.
+ * So rseq_ip_fixup and signal_deliver get both kinds of program, whose
+ * skips have unrelated causes. The regular one is attached first, so it
+ * runs first on each event (same priority: tracepoint probes run in the
+ * order they were registered, and ours stays registered), claims the
+ * event in the thread's hot state, and the raw twin, run next on the same
+ * event in the same thread, gives the claim back instead of handling it
+ * again. An event is lost only when both are skipped on it, or when the
+ * twin was skipped after a claim and the regular program is then skipped
+ * on the thread's next event of that kind (the stale claim hides it):
+ * each loss takes a skip of each program, so losses <= the smaller skip
+ * count, which is what rseqtop reports. */
+#define TWIN_FIXUP 1
+#define TWIN_SIGNAL 2
+#ifdef TWIN_RSEQ_IP_FIXUP
+#define TWINNED_FIXUP TWIN_FIXUP
+#else
+#define TWINNED_FIXUP 0
+#endif
+#ifdef TWIN_SIGNAL_DELIVER
+#define TWINNED_SIGNAL TWIN_SIGNAL
+#else
+#define TWINNED_SIGNAL 0
+#endif
+
+static __always_inline int twin_done(struct rseqtop_hot *h, u32 bit)
+{
+    if (!(h->claims & bit))
+        return 0;
+    h->claims &= ~bit;
+    return 1;
+}
+
+static __always_inline void twin_claim(struct rseqtop_hot *h, u32 bit, int twin)
+{
+    bit &= TWINNED_FIXUP | TWINNED_SIGNAL;
+    if (!twin && bit)
+        h->claims |= bit;
+}
+
 /* The current thread's hot state as stored: with HOT_TASK_STORAGE also the
  * entries of threads the filter excluded (ignored != 0); 0 if none. */
 static __always_inline struct rseqtop_hot *hot_entry(void)
@@ -438,18 +483,23 @@ static __always_inline void own_event(struct rseqtop_thread *t, u32 kind, u32 si
     event_submit(e);
 }
 
-/* An abort. ctx is the program's context (for the perf buffer). */
-static __always_inline void aborted(void *ctx, u64 regs_ip, u64 start_ip, u64 post_commit_offset, u64 abort_ip)
+/* An abort. ctx is the program's context (for the perf buffer); twin: run
+ * by the raw twin of the regular program (see twin_done). */
+static __always_inline void aborted(void *ctx, u64 regs_ip, u64 start_ip, u64 post_commit_offset, u64 abort_ip,
+                                    int twin)
 {
     u64 id = bpf_get_current_pid_tgid();
     u32 tid = (u32)id, tgid = id >> 32;
     s32 this_cpu = bpf_get_smp_processor_id();
     struct rseqtop_hot *h = hot_entry();
+    if (twin && h && !h->ignored && twin_done(h, TWIN_FIXUP))
+        return;
     if (!h || h->ignored)
         h = track_current(this_cpu, h);
     struct rseqtop_thread *t = threads.lookup(&tid);
     if (!h || !t)
         return;
+    twin_claim(h, TWIN_FIXUP, twin);
     note_kernel_abort(tid, abort_ip);
     u32 code = take_causes(h, this_cpu) & (RSEQTOP_NCODES - 1);
     t->c.aborts++;
@@ -541,14 +591,22 @@ static __always_inline void updated(s32 cpu)
 #ifdef RAW_RSEQ_IP_FIXUP
 int on_rseq_ip_fixup(struct bpf_raw_tracepoint_args *ctx)
 {
-    aborted(ctx, ctx->args[0], ctx->args[1], ctx->args[2], ctx->args[3]);
+    aborted(ctx, ctx->args[0], ctx->args[1], ctx->args[2], ctx->args[3], 0);
     return 0;
 }
 #else
 int on_rseq_ip_fixup(struct tp_rseq_ip_fixup *args)
 {
-    aborted(args, args->regs_ip, args->start_ip, args->post_commit_offset, args->abort_ip);
+    aborted(args, args->regs_ip, args->start_ip, args->post_commit_offset, args->abort_ip, 0);
     return 1;
+}
+#endif
+
+#ifdef TWIN_RSEQ_IP_FIXUP
+int on_rseq_ip_fixup_twin(struct bpf_raw_tracepoint_args *ctx)
+{
+    aborted(ctx, ctx->args[0], ctx->args[1], ctx->args[2], ctx->args[3], 1);
+    return 0;
 }
 #endif
 
@@ -714,7 +772,7 @@ int on_sched_migrate_task(struct tp_sched_migrate_task *args)
 #endif
 
 #ifdef HAVE_SIGNAL_DELIVER
-static __always_inline void signalled(u32 sig)
+static __always_inline void signalled(u32 sig, int twin)
 {
     u32 tid = (u32)bpf_get_current_pid_tgid();
     struct rseqtop_thread *t = threads.lookup(&tid);
@@ -723,6 +781,9 @@ static __always_inline void signalled(u32 sig)
     struct rseqtop_hot *h = hot_of(t);
     if (!h)
         return;
+    if (twin && twin_done(h, TWIN_SIGNAL))
+        return;
+    twin_claim(h, TWIN_SIGNAL, twin);
     note_cause(h, 2);
     t->c.signals++;
     t->last_signal = sig;
@@ -732,14 +793,22 @@ static __always_inline void signalled(u32 sig)
 #ifdef RAW_SIGNAL_DELIVER
 int on_signal_deliver(struct bpf_raw_tracepoint_args *ctx)
 {
-    signalled((u32)ctx->args[0]); /* (int sig, siginfo, k_sigaction) */
+    signalled((u32)ctx->args[0], 0); /* (int sig, siginfo, k_sigaction) */
     return 0;
 }
 #else
 int on_signal_deliver(struct tp_signal_deliver *args)
 {
-    signalled(args->sig);
+    signalled(args->sig, 0);
     return 1;
+}
+#endif
+
+#ifdef TWIN_SIGNAL_DELIVER
+int on_signal_deliver_twin(struct bpf_raw_tracepoint_args *ctx)
+{
+    signalled((u32)ctx->args[0], 1);
+    return 0;
 }
 #endif
 #endif

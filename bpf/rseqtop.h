@@ -152,7 +152,9 @@ struct rseqtop_hot {
     /* switch-outs of the thread (any): the sequence number that tells
      * whether its recorded preempter belongs to the latest one */
     u32 outs;
-    u32 pad;
+    /* 6.19+: TWIN_* bits, events the regular program handled, so that its
+     * raw twin (run next on the same event) does not handle them again */
+    u32 claims;
 };
 
 /* What the task iterator writes per tracked thread (HOT_TASK_STORAGE). */

@@ -105,6 +105,32 @@ def test_from_6_19_cause_rules_and_no_raw_tracepoint_in_preemptible_context():
     assert "RSEQTOP_EXIT_CLEARS" not in old.defines and "rseq_ip_fixup" in old.raw
 
 
+def test_from_6_19_preemptible_events_get_a_raw_twin_attached_after_the_regular_program():
+    """The regular program is skipped while a bpf(2) map operation on its
+    CPU is preempted, the raw one while its own earlier run there is: each
+    event gets both, the regular one attached (and so run) first, so that
+    the twin can give back its claim (see "Twins" in the BPF program)."""
+    new = plan_for("tracefs-6.18", kernel_version=(7, 2))
+    assert new.twins == ("rseq_ip_fixup", "signal_deliver")
+    assert new.defines["TWIN_RSEQ_IP_FIXUP"] == 1 and new.defines["TWIN_SIGNAL_DELIVER"] == 1
+    order = [(e, raw, fn) for _, e, raw, fn in new.attachments()]
+    for event in new.twins:
+        regular = order.index((event, False, f"on_{event}"))
+        assert order.index((event, True, f"on_{event}_twin")) > regular
+    assert len(order) == len(new.attach) + 2
+    old = plan_for("tracefs-6.18", kernel_version=(6, 18))
+    assert old.twins == () and not any(k.startswith("TWIN_") for k in old.defines)
+    assert [fn for *_, fn in old.attachments()] == [f"on_{e}" for _, e in old.attach]
+
+
+def test_a_twinned_programs_skips_count_only_as_far_as_its_twin_missed_too():
+    from rseqtop.collect.reader import unseen
+
+    assert unseen({"on_rseq_ip_fixup": 9, "on_rseq_ip_fixup_twin": 2, "on_rseq_update": 3}) == 5
+    assert unseen({"on_rseq_ip_fixup": 0, "on_rseq_ip_fixup_twin": 7}) == 0
+    assert unseen({"on_rseq_ip_fixup": 4}) == 4
+
+
 def test_raw_needs_the_arguments_in_prototype_order(tmp_path):
     """If a kernel reordered rseq_ip_fixup's fields (and so, presumably, its
     prototype), reading raw arguments would misread them: use the record."""

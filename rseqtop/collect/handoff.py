@@ -72,18 +72,17 @@ class HandedProbes(Probes):
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
         self._fds: list = []  # everything handed over, closed by close()
-        self._program_fds: list = []
+        self._programs: list = []  # (name, fd)
         self._rings: Optional[PerfRings] = None
 
     def _load(self, text: str) -> None:
-        raw = set(self.plan.raw)
         reply, fds = run_loader({"source": text, "maps": list(MAPS), "iterator": self.plan.hot_storage,
-                                 "attach": [[s, e, e in raw] for s, e in self.plan.attach]})
+                                 "attach": [list(a) for a in self.plan.attachments()]})
         self._fds = fds
         specs = reply["maps"]
         n_maps, n_progs = len(specs), len(reply["programs"])
         self.bpf = {spec["name"]: maps.table(spec, fd) for spec, fd in zip(specs, fds)}
-        self._program_fds = fds[n_maps:n_maps + n_progs]
+        self._programs = list(zip(reply["programs"], fds[n_maps:n_maps + n_progs]))
         if reply["iterator"]:
             self.hot_iter_link = fds[-1]
         if self.plan.hot_storage and "hot" in self.bpf:
@@ -96,12 +95,12 @@ class HandedProbes(Probes):
             self._rings = None
         self.hot_fd = self.hot_iter_link = None
         self.bpf = None
-        fds, self._fds, self._program_fds = self._fds, [], []
+        fds, self._fds, self._programs = self._fds, [], []
         for fd in fds:  # the attachments' last references: this detaches
             os.close(fd)
 
-    def program_fds(self) -> list:
-        return list(self._program_fds)
+    def programs(self) -> list:
+        return list(self._programs)
 
     def _set_mm_cid(self, on: bool) -> None:
         if on:

@@ -42,13 +42,13 @@ def compile_program(bcc, text: str):
 
 
 def attach_events(bpf, events: Iterable[tuple]) -> None:
-    """Attach on_EVENT to each (system, event, raw) tracepoint."""
+    """Attach each (system, event, raw, program), in order (Plan.attachments)."""
     try:
-        for system, event, raw in events:
+        for system, event, raw, fn in events:
             if raw:
-                bpf.attach_raw_tracepoint(tp=event, fn_name=f"on_{event}")
+                bpf.attach_raw_tracepoint(tp=event, fn_name=fn)
             else:
-                bpf.attach_tracepoint(tp=f"{system}:{event}", fn_name=f"on_{event}")
+                bpf.attach_tracepoint(tp=f"{system}:{event}", fn_name=fn)
     except Exception as err:
         raise UserError(f"attaching to tracepoints failed ({first_line(err)}); see 'rseqtop doctor'") from None
 
@@ -134,7 +134,7 @@ class Probes:
         self.bcc_lib = bcc.lib  # --uprobes attaches by file offset through it
         self.bpf = compile_program(bcc, text)
         try:
-            attach_events(self.bpf, ((s, e, e in self.plan.raw) for s, e in self.plan.attach))
+            attach_events(self.bpf, self.plan.attachments())
         except UserError:
             self.close()
             raise
@@ -188,8 +188,9 @@ class Probes:
             finally:
                 self.bpf = None
 
-    def program_fds(self) -> list:
-        return [fn.fd for fn in self.bpf.funcs.values()]
+    def programs(self) -> list:
+        """(name, fd) of each loaded program."""
+        return [(name.decode() if isinstance(name, bytes) else name, fn.fd) for name, fn in self.bpf.funcs.items()]
 
     # -- configuration --------------------------------------------------
     def configure(self, pids: Iterable[int], cgroups: Iterable[str], emit_events: bool,

@@ -292,13 +292,15 @@ class MapReader:
         return tuple(out)
 
     def _bpf_stats(self) -> tuple:
-        """(run ns, runs, missed runs) of the programs: the first two only
-        with kernel.bpf_stats_enabled, misses always (runs the kernel skipped
-        because the program was already running on that CPU: events rseqtop
-        did not see, never hidden)."""
+        """(run ns, runs, events possibly unseen) of the programs: the first
+        two only with kernel.bpf_stats_enabled, the last always (never
+        hidden): runs the kernel skipped (see "Twins" in the BPF program),
+        where a program has a twin only as many as the smaller of the two
+        skip counts, the most the pair can have lost."""
         stats = Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip() == "1"
-        run_ns = run_cnt = misses = 0
-        for fd in self.probes.program_fds():
+        run_ns = run_cnt = 0
+        skipped = {}
+        for name, fd in self.probes.programs():
             try:
                 info = Path(f"/proc/self/fdinfo/{fd}").read_text()
             except OSError:
@@ -306,8 +308,21 @@ class MapReader:
             fields = dict(re.findall(r"^(run_time_ns|run_cnt|recursion_misses):\s*(\d+)", info, re.M))
             run_ns += int(fields.get("run_time_ns", 0))
             run_cnt += int(fields.get("run_cnt", 0))
-            misses += int(fields.get("recursion_misses", 0))
+            skipped[name] = int(fields.get("recursion_misses", 0))
+        misses = unseen(skipped)
         return (run_ns, run_cnt, misses) if stats else (None, None, misses)
+
+
+def unseen(skipped: dict) -> int:
+    """Events possibly lost, from each program's skipped runs: a program
+    and its twin (on_X, on_X_twin) lose at most min() of theirs."""
+    total = 0
+    for name, n in skipped.items():
+        if name.endswith("_twin"):
+            continue
+        twin = skipped.get(f"{name}_twin")
+        total += n if twin is None else min(n, twin)
+    return total
 
 
 def _live_comm(pid: int) -> str:

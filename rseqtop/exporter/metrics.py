@@ -437,8 +437,8 @@ class RseqCollector:
             c.add_metric([], st.bpf_run_count or 0)
             out.append(c)
         c = CounterMetricFamily("rseqtop_bpf_missed_runs",
-                                "Runs of rseqtop's BPF programs the kernel skipped because the program was already "
-                                "running on that CPU (their events were not counted)")
+                                "Events rseqtop's BPF programs may not have counted because the kernel skipped "
+                                "their runs (of a program with a twin, only as many as both skipped)")
         c.add_metric([], st.probe_misses if st else 0)
         out.append(c)
         c = CounterMetricFamily("rseqtop_cpu_aborts", "rseq aborts by CPU (all processes)", labels=["cpu"])

@@ -54,6 +54,16 @@ class Plan:
     mm_cid_on_demand: bool = False
     # hot per-thread state in task-local storage (read back through pidfds)
     hot_storage: bool = False
+    # events that also get a raw twin program, on_EVENT_twin, attached after
+    # the regular one (6.19+, see "Twins" in bpf/rseqtop.bpf.c)
+    twins: tuple[str, ...] = ()
+
+    def attachments(self) -> tuple[tuple[str, str, bool, str], ...]:
+        """(system, event, raw, program) in attach order: the twins last,
+        so that on each event their regular program runs first."""
+        raw = set(self.raw)
+        first = tuple((s, e, e in raw, f"on_{e}") for s, e in self.attach)
+        return first + tuple((s, e, True, f"on_{e}_twin") for s, e in self.attach if e in self.twins)
 
     def has(self, event: str) -> bool:
         return any(e == event for _, e in self.attach)
@@ -128,10 +138,11 @@ def task_report_mask(switch_fmt: Optional[Format]) -> int:
 # program's per-CPU recursion guard taken, and the kernel skips the run
 # (counted as a recursion miss). Events that fire in preemptible context
 # (an abort or a signal delivered on the way to user space) then use the
-# regular tracepoint, whose perf callback still runs with preemption
-# disabled: every abort counted. rseq_update stays raw (a miss there costs
-# an update count, never an abort), sched_switch and csd run with
-# interrupts off.
+# regular tracepoint, whose perf callback runs with preemption disabled,
+# plus a raw twin: the regular program is skipped too while any bpf(2) map
+# operation on that CPU is preempted (see "Twins" in the BPF program).
+# rseq_update stays raw (a miss there costs an update count, never an
+# abort), sched_switch and csd run with interrupts off.
 PREEMPTIBLE_EVENTS = ("rseq_ip_fixup", "signal_deliver")
 RAW = {
     "rseq_ip_fixup": ((4, 18), ("regs_ip", "start_ip", "post_commit_offset", "abort_ip")),
@@ -142,14 +153,21 @@ RAW = {
 }
 
 
-def raw_ok(fmt: Format, event: str, kernel_version: tuple) -> bool:
+def raw_args_ok(fmt: Format, event: str, kernel_version: tuple) -> bool:
+    """A raw program can read this event's arguments on this kernel."""
     since, leading = RAW[event]
     if kernel_version < since:
         return False
-    if event in PREEMPTIBLE_EVENTS and kernel_version >= kernel.PREEMPTIBLE_TRACEPOINTS_SINCE:
-        return False
     own = [f.name for f in sorted(fmt.fields, key=lambda f: f.offset) if not f.name.startswith("common_")]
     return tuple(own[: len(leading)]) == leading
+
+
+def preemptible(event: str, kernel_version: tuple) -> bool:
+    return event in PREEMPTIBLE_EVENTS and kernel_version >= kernel.PREEMPTIBLE_TRACEPOINTS_SINCE
+
+
+def raw_ok(fmt: Format, event: str, kernel_version: tuple) -> bool:
+    return raw_args_ok(fmt, event, kernel_version) and not preemptible(event, kernel_version)
 
 
 def plan(formats: Callable[[str, str], Optional[Format]], ipi_rseq_addr: Optional[int],
@@ -206,6 +224,10 @@ def plan(formats: Callable[[str, str], Optional[Format]], ipi_rseq_addr: Optiona
     raw = tuple(e for e in RAW if e in found and raw_ok(found[e][1], e, kernel_version))
     for e in raw:
         defines[f"RAW_{e.upper()}"] = 1
+    twins = tuple(e for e in RAW if e in found and preemptible(e, kernel_version)
+                  and raw_args_ok(found[e][1], e, kernel_version))
+    for e in twins:
+        defines[f"TWIN_{e.upper()}"] = 1
     on_demand = "rseq_update" in raw and "HAVE_RSEQ_UPDATE_MM_CID" in defines
     if hot_storage:
         defines["HOT_TASK_STORAGE"] = 1
@@ -215,7 +237,7 @@ def plan(formats: Callable[[str, str], Optional[Format]], ipi_rseq_addr: Optiona
         defines["RSEQTOP_STACKS"] = 1  # abort user stacks (see rseqtop.collect.stacks)
     if kernel_version >= kernel.EXIT_CLEARS_SINCE:
         defines["RSEQTOP_EXIT_CLEARS"] = 1  # the cause rules of 6.19+ (see note_cause in the BPF program)
-    return Plan(tuple(attach), tuple(missing), defines, "\n\n".join(structs), raw, on_demand, hot_storage)
+    return Plan(tuple(attach), tuple(missing), defines, "\n\n".join(structs), raw, on_demand, hot_storage, twins)
 
 
 def source(p: Plan, bpf_dir: Optional[Path] = None) -> str:

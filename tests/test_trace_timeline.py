@@ -174,29 +174,54 @@ def test_bad_events_are_one_line_errors(argv, says):
 # -- against the kernel and the workload -------------------------------------
 
 
-def traced_run(rseqtop_cmd, tmp_path, args) -> tuple:
-    """The workload with args, traced by pid with every kind of event from
-    its start: (its summary, the JSON records, the trace's stderr)."""
+def start_held(tmp_path, args) -> tuple:
+    """The workload with args, waiting for a line before it becomes the
+    workload (same pid), so that a trace can be attached from its start:
+    (the process, its summary file)."""
     summary_path = tmp_path / "summary.json"
-    # The process waits for a line before it becomes the workload (same pid), so that the trace is attached
-    # from its start.
     wl = subprocess.Popen(["sh", "-c", 'read go && exec "$0" "$@"', str(workload.build()), *args,
                            "--json-out", str(summary_path)],
                           stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return wl, summary_path
+
+
+def release_held(wl, wait=True) -> None:
+    wl.stdin.write("go\n")
+    wl.stdin.close()
+    if wait:
+        assert wl.wait(timeout=120) == 0, wl.stderr.read()
+
+
+def traced_run(tmp_path, args) -> tuple:
+    """The workload with args, traced by pid with every kind of event from
+    its start, by trace's own Tracer in this process (compiling once; the
+    command line's loop is trace.run, tested on the host below): (its
+    summary, the JSON records, the events lost)."""
+    from rseqtop.collect import Collector
+
+    kinds = trace.event_list(ALL)
+    wl, summary_path = start_held(tmp_path, args)
+    out = io.StringIO()
     try:
-        tr = Trace(rseqtop_cmd + ["trace", "-p", str(wl.pid), "--events", ALL, "--json"])
-        wl.stdin.write("go\n")
-        wl.stdin.close()
-        assert wl.wait(timeout=60) == 0, wl.stderr.read()
-        time.sleep((trace.HOLD_NS / 1e9) + 0.3)  # its last events printed (it drains everything on exit too)
-        assert tr.stop() == 0
+        collector = Collector(pids=[wl.pid], emit_events=True, threads="none", event_kinds=trace.kind_bits(kinds))
+        tracer = trace.Tracer(collector, out, True, {wl.pid}, None, 16, kinds)
+        with collector:
+            collector.open_events(tracer.on_event)
+            release_held(wl, wait=False)
+            deadline = time.monotonic() + 120
+            while wl.poll() is None and time.monotonic() < deadline:
+                collector.poll_events(100)  # as trace.run does
+            assert wl.wait(timeout=1) == 0, wl.stderr.read()
+            collector.poll_events(0)
+            tracer.release()
+            lost = collector.poll().self_stats.events_lost
     finally:
         if wl.poll() is None:
             wl.kill()
             wl.wait()
-    recs = [json.loads(line) for line in tr.out]
+    recs = [json.loads(line) for line in out.getvalue().splitlines()]
     assert recs and all(r["pid"] == wl.pid for r in recs)
-    return json.loads(summary_path.read_text()), recs, "".join(tr.err)
+    return json.loads(summary_path.read_text()), recs, lost
 
 
 def two_cpus() -> tuple:
@@ -206,19 +231,18 @@ def two_cpus() -> tuple:
 
 
 @pytest.mark.bpf
-@pytest.mark.slow
-def test_timeline_shows_the_workloads_signals_and_migrations_in_order(bpf_ok, rseqtop_cmd, tmp_path,
-                                                                       record_property):
+@pytest.mark.kernel
+def test_timeline_shows_the_workloads_signals_and_migrations_in_order(bpf_ok, tmp_path, record_property):
     """One worker pinned to c0, moved c0 -> c1 -> c0 ... by the workload's
     migration thread, signalled with SIGUSR1: the trace of its pid shows
     exactly the migrations it requested, in that round robin, the signals
     its handler received, and its aborts; and between two migrations every
     event of the worker's own comes from the CPU it was moved to."""
     c0, c1 = two_cpus()
-    summary, recs, err = traced_run(rseqtop_cmd, tmp_path, [
+    summary, recs, lost = traced_run(tmp_path, [
         "--threads", "1", "--cpus", f"{c0},{c1}", "--inducer-cpus", str(c1), "--in-cs-delay", "200",
         "--migrate-rate", "20", "--signal-rate", "30", "--duration", "1"])
-    assert "lost" not in err, err
+    assert lost == 0
     (worker,) = map(int, summary["threads"])
     mine = [r for r in recs if r["tid"] == worker]
     kinds = {k: [r for r in mine if r["event"] == k] for k in ("abort", "preempt", "migrate", "signal")}
@@ -259,17 +283,17 @@ def test_timeline_shows_the_workloads_signals_and_migrations_in_order(bpf_ok, rs
 
 
 @pytest.mark.bpf
-@pytest.mark.slow
-def test_timeline_shows_membarrier_ipis_of_the_worker(bpf_ok, rseqtop_cmd, tmp_path, record_property):
+@pytest.mark.kernel
+def test_timeline_shows_membarrier_ipis_of_the_worker(bpf_ok, tmp_path, record_property):
     """The worker spins on c0 while the workload's membarrier thread on c1
     calls MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ: each successful call IPIs
     the worker's CPU at most once (none when it is not running there), so
     the worker sees at most one IPI per call, each on c0."""
     c0, c1 = two_cpus()
-    summary, recs, err = traced_run(rseqtop_cmd, tmp_path, [
+    summary, recs, lost = traced_run(tmp_path, [
         "--threads", "1", "--cpus", str(c0), "--inducer-cpus", str(c1), "--in-cs-delay", "200",
         "--membarrier-rate", "200", "--duration", "1"])
-    assert "lost" not in err, err
+    assert lost == 0
     (worker,) = map(int, summary["threads"])
     # (an IPI also hits the main thread when it runs on c0, at the start or the end)
     ipis = [r for r in recs if r["event"] == "membarrier" and r["tid"] == worker]
@@ -281,3 +305,28 @@ def test_timeline_shows_membarrier_ipis_of_the_worker(bpf_ok, rseqtop_cmd, tmp_p
     assert 0 < len(ipis) <= ok
     bad = [r for r in ipis if (r["cpu"], r["ipi"]) != (c0, "rseq")]
     assert not bad, json.dumps([worker, bad])
+
+
+@pytest.mark.bpf
+@pytest.mark.slow
+def test_trace_command_streams_the_timeline(bpf_ok, rseqtop_cmd, tmp_path):
+    """`rseqtop trace -p PID --events ... --json` itself (host only: a
+    compile per run): every signal the workload received, no loss."""
+    wl, summary_path = start_held(tmp_path, ["--threads", "1", "--in-cs-delay", "200", "--signal-rate", "30",
+                                              "--duration", "1"])
+    try:
+        tr = Trace(rseqtop_cmd + ["trace", "-p", str(wl.pid), "--events", ALL, "--json"])
+        release_held(wl)
+        time.sleep((trace.HOLD_NS / 1e9) + 0.3)  # its last events printed (it drains everything on exit too)
+        assert tr.stop() == 0
+    finally:
+        if wl.poll() is None:
+            wl.kill()
+            wl.wait()
+    summary = json.loads(summary_path.read_text())
+    recs = [json.loads(line) for line in tr.out]
+    err = "".join(tr.err)
+    assert "lost" not in err, err
+    assert all(r["pid"] == wl.pid for r in recs)
+    assert len([r for r in recs if r["event"] == "signal"]) == summary["totals"]["signals"] > 0
+    assert len([r for r in recs if r["event"] == "abort"]) == summary["totals"]["aborts"] > 0

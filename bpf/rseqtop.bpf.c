@@ -919,110 +919,62 @@ int on_sys_exit_membarrier(struct tp_sys_exit_membarrier *args)
 #ifdef HOT_TASK_STORAGE
 BPF_PERCPU_ARRAY(zero_live, struct rseqtop_live, 1);
 BPF_HASH(proc_live, struct rseqtop_proc_key, struct rseqtop_live, RSEQTOP_MAX_PROCS);
-/* The process whose threads the pass is visiting, summed so far: the pass
- * goes in tid order, where a process's threads mostly follow each other,
- * so proc_live is looked up once per run of them instead of per thread.
- * Not per-CPU: one pass may span several read(2)s, on other CPUs. */
-BPF_ARRAY(iter_acc, struct rseqtop_iter_acc, 1);
-
-/* Add the process summed so far to its proc_live entry, stamped with the
- * pass (an entry of an earlier pass starts from zero). */
-static __always_inline void flush_live(struct rseqtop_iter_acc *a)
-{
-    if (!a->live.threads)
-        return;
-    int zero = 0;
-    struct rseqtop_live *z = zero_live.lookup(&zero);
-    struct rseqtop_live *l = z ? proc_live.lookup_or_try_init(&a->key, z) : 0;
-    if (!l) {
-        count(RSEQTOP_CNT_LIVE_DROPPED);
-        return;
-    }
-    if (l->pass != a->live.pass) {
-        __builtin_memset(l, 0, sizeof(*l));
-        l->pass = a->live.pass;
-    }
-    l->threads += a->live.threads;
-    l->c.aborts += a->live.c.aborts;
-    l->c.updates += a->live.c.updates;
-    l->c.preempts += a->live.c.preempts;
-    l->c.migrations += a->live.c.migrations;
-    l->c.signals += a->live.c.signals;
-    l->c.membarrier_ipis += a->live.c.membarrier_ipis;
-#pragma unroll
-    for (int i = 0; i < RSEQTOP_NCODES; i++)
-        l->c.causes[i] += a->live.c.causes[i];
-}
 
 /* One pass over every task at each poll, in place of a pidfd and a lookup
  * per thread in user space: sums each live tracked thread (its record and
  * its hot state) into its process's proc_live entry, stamped with this
  * pass, and writes out the threads user space asked for (config
  * iter_threads) as a struct rseqtop_hot_out followed by the thread's
- * record. Only pointers of the task are used, never a field.
- *
- * When a thread's output overflows the iterator's buffer, the kernel drops
- * it and runs the program again for that thread at the next read(2): so
- * the output is written first, and the sums change only once it fits. */
+ * record. Only pointers of the task are used, never a field. */
 BPF_ITER(task)
 {
-    int zero = 0;
-    struct rseqtop_iter_acc *a = iter_acc.lookup(&zero);
-    struct rseqtop_config *cfg = config.lookup(&zero);
-    if (!a || !cfg)
-        return 0;
     struct task_struct *task = ctx->task;
-    if (!task) {
-        /* the end of the pass (run once, with no task) */
-        if (a->live.pass == cfg->iter_pass) {
-            flush_live(a);
-            a->live.threads = 0;
-        }
+    if (!task)
         return 0;
-    }
     struct rseqtop_hot *h = hot.task_storage_get(task, 0, 0);
     if (!h || h->ignored || !h->tid)
         return 0;
     u32 tid = h->tid;
     struct rseqtop_thread *t = threads.lookup(&tid);
-    if (!t || !t->tgid)
+    int zero = 0;
+    struct rseqtop_config *cfg = config.lookup(&zero);
+    if (!t || !t->tgid || !cfg)
         return 0;
+    /* When a thread's output overflows the iterator's buffer, the kernel
+     * runs the program again for it at the next read(2): sum it once. */
+    u32 pass = (u32)cfg->iter_pass;
+    struct rseqtop_live *z = h->summed_pass != pass ? zero_live.lookup(&zero) : 0;
+    struct rseqtop_proc_key pk = {.tgid = t->tgid, .gen = t->gen};
+    struct rseqtop_live *l = z ? proc_live.lookup_or_try_init(&pk, z) : 0;
+    if (z && !l)
+        count(RSEQTOP_CNT_LIVE_DROPPED);
+    if (l) {
+        h->summed_pass = pass;
+        if (l->pass != cfg->iter_pass) {
+            __builtin_memset(l, 0, sizeof(*l));
+            l->pass = cfg->iter_pass;
+        }
+        l->threads++;
+        l->c.aborts += t->c.aborts;
+        l->c.updates += h->updates;
+        l->c.preempts += h->preempts;
+        l->c.migrations += t->c.migrations;
+        l->c.signals += t->c.signals;
+        l->c.membarrier_ipis += t->c.membarrier_ipis;
+        /* causes only with aborts: most threads have none, and their
+         * cause slots are four cache lines of a pass that is memory bound */
+        if (t->c.aborts) {
+#pragma unroll
+            for (int i = 0; i < RSEQTOP_NCODES; i++)
+                l->c.causes[i] += t->c.causes[i];
+        }
+    }
     u32 want = cfg->iter_threads;
     if (want == RSEQTOP_ITER_THREADS_ALL || (want == RSEQTOP_ITER_THREADS_ABORTING && t->c.aborts)) {
         struct rseqtop_hot_out out = {.tid = tid, .cpu_id = h->cpu_id, .updates = h->updates,
                                       .preempts = h->preempts};
-        if (bpf_seq_write(ctx->meta->seq, &out, sizeof(out)) || bpf_seq_write(ctx->meta->seq, t, sizeof(*t)))
-            return 0; /* overflowed: this thread again at the next read */
-    }
-    if (a->live.pass != cfg->iter_pass) {
-        /* the first thread of this pass */
-        a->live.pass = cfg->iter_pass;
-        a->live.threads = 0;
-    }
-    if (a->live.threads && (a->key.tgid != t->tgid || a->key.gen != t->gen)) {
-        flush_live(a);
-        a->live.threads = 0;
-    }
-    if (!a->live.threads) {
-        u64 pass = a->live.pass;
-        __builtin_memset(&a->live, 0, sizeof(a->live));
-        a->live.pass = pass;
-        a->key.tgid = t->tgid;
-        a->key.gen = t->gen;
-    }
-    a->live.threads++;
-    a->live.c.aborts += t->c.aborts;
-    a->live.c.updates += h->updates;
-    a->live.c.preempts += h->preempts;
-    a->live.c.migrations += t->c.migrations;
-    a->live.c.signals += t->c.signals;
-    a->live.c.membarrier_ipis += t->c.membarrier_ipis;
-    /* causes only with aborts: most threads have none, and their cause
-     * slots are four cache lines of a pass that is memory bound */
-    if (t->c.aborts) {
-#pragma unroll
-        for (int i = 0; i < RSEQTOP_NCODES; i++)
-            a->live.c.causes[i] += t->c.causes[i];
+        bpf_seq_write(ctx->meta->seq, &out, sizeof(out));
+        bpf_seq_write(ctx->meta->seq, t, sizeof(*t));
     }
     return 0;
 }

@@ -145,11 +145,14 @@ struct rseqtop_hot {
     u32 ignored;
     u64 updates;
     u64 preempts;
-    /* With HOT_TASK_STORAGE: the thread's id, for the task iterator. */
+    /* With HOT_TASK_STORAGE: the thread's id, for the task iterator, and
+     * the (low half of the) iterator pass that last summed the thread. */
     u32 tid;
+    u32 summed_pass;
     /* switch-outs of the thread (any): the sequence number that tells
      * whether its recorded preempter belongs to the latest one */
     u32 outs;
+    u32 pad;
 };
 
 /* What the task iterator writes per tracked thread (HOT_TASK_STORAGE). */
@@ -267,12 +270,6 @@ struct rseqtop_live {
     u64 pass;
     u64 threads;
     struct rseqtop_counts c;
-};
-
-/* The task iterator's running sum of one process's threads (map iter_acc). */
-struct rseqtop_iter_acc {
-    struct rseqtop_proc_key key;
-    struct rseqtop_live live;
 };
 
 struct rseqtop_event {

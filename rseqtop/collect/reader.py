@@ -193,7 +193,7 @@ class MapReader:
         if k.ptid == self._unknown_preempter:
             return PreempterRecord(k.tgid, k.gen, k.start_ip, None, 0, "", v.count, None)
         comm = comm_text(v.comm)
-        return PreempterRecord(k.tgid, k.gen, k.start_ip, k.ptid, v.ptgid, comm, v.count, self._kthread(k.ptid, comm))
+        return PreempterRecord(k.tgid, k.gen, k.start_ip, k.ptid, v.ptgid, comm, v.count, self._kthread(k.ptid, comm, v.ptgid))
 
     def _records(self, name: str, make) -> tuple:
         """make(key, value) of every entry of map `name` (ctypes), made

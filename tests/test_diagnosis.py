@@ -7,6 +7,7 @@ counts in tests/test_collector.py, test_live_views.py and test_trace.py."""
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import replace
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -34,8 +35,20 @@ def test_kernel_threads_are_told_apart():
     if os.path.exists("/proc/2/stat") and open("/proc/2/comm").read().strip() == "kthreadd":
         assert is_kernel_thread(2) is True
     assert is_kernel_thread(2**22 + 12345) is None  # above pid_max: no such task
+    # a thread through its process's task directory (the per-thread stat)
+    tids = []
+    t = threading.Thread(target=lambda: tids.append(threading.get_native_id()))
+    t.start()
+    t.join()
+    probe = threading.Thread(target=lambda: tids.append(is_kernel_thread(threading.get_native_id(), os.getpid())))
+    probe.start()
+    probe.join()
+    assert tids[1] is False
+    assert is_kernel_thread(tids[0], os.getpid()) is None  # exited: gone
+    if os.path.exists("/proc/2/stat") and open("/proc/2/comm").read().strip() == "kthreadd":
+        assert is_kernel_thread(2, 2) is True
     asked = []
-    cache = KthreadCache(lambda tid: asked.append(tid) or (None if tid == 7 else True))
+    cache = KthreadCache(lambda tid, tgid=None: asked.append(tid) or (None if tid == 7 else True))
     assert [cache(5, "a"), cache(5, "a"), cache(7, "b"), cache(7, "b")] == [True, True, None, None]
     assert asked == [5, 7, 7]  # an unknown answer is asked again
 

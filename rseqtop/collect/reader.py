@@ -124,6 +124,7 @@ class MapReader:
         self._live_cache: dict[int, tuple] = {}
         self._dead_cache: dict[int, tuple] = {}
         self._proc_cache: dict[bytes, ProcRecord] = {}
+        self._entry_cache: dict[str, dict] = {}  # map name -> key + value bytes -> record (_records)
         self._thread_layout = ThreadLayout(b["threads"].Leaf, self._cause_names, self._nodes)
         self._thread_size = ctypes.sizeof(b["threads"].Leaf)
         # which threads polls bring (Collector.want_threads): with the task
@@ -161,24 +162,23 @@ class MapReader:
             live_raw = t["threads"].raw()
             hot = None  # each thread's own: through a pidfd, or in its record
         dead_raw = t["dead_threads"].raw()
-        calls = tuple(CallRecord(k.tgid, k.gen, k.kind, k.cmd, k.code, v.value)
-                      for k, v in self._parsed(t["pcounts"]))
+        calls = self._records("pcounts", lambda k, v: CallRecord(k.tgid, k.gen, k.kind, k.cmd, k.code, v.value))
         names = self._cause_names
         # The abort program counts a section's abort before its offset and
         # preempter: reading those first, a section never shows fewer
         # aborts than its offsets (or preempters) add up to, even while
         # threads keep aborting between the reads.
-        offsets = tuple(OffsetRecord(k.tgid, k.gen, k.start_ip, k.offset, v.value)
-                        for k, v in self._parsed(t["offsets"]))
-        preempters = tuple(self._preempter(k, v) for k, v in self._parsed(t["preempters"]))
-        sites = tuple(SiteRecord(k.tgid, k.gen, k.start_ip, v.aborts, cause_pairs(v.causes, names), v.abort_ip,
-                                 v.post_commit_offset, v.storms) for k, v in self._parsed(t["sites"]))
+        offsets = self._records("offsets", lambda k, v: OffsetRecord(k.tgid, k.gen, k.start_ip, k.offset, v.value))
+        preempters = self._records("preempters", self._preempter)
+        sites = self._records("sites", lambda k, v: SiteRecord(k.tgid, k.gen, k.start_ip, v.aborts,
+                                                               cause_pairs(v.causes, names), v.abort_ip,
+                                                               v.post_commit_offset, v.storms))
         cpu_aborts = tuple(b["cpu_aborts"][0]) if len(counters) else ()
         threads = self._threads(live_raw, dead_raw, hot)
         handlers = None
         if "handlers" in t:
-            handlers = tuple(HandlerRecord(k.tgid, k.gen, k.tid, k.abort_ip, v.hits, v.kernel)
-                             for k, v in self._parsed(t["handlers"]))
+            handlers = self._records("handlers", lambda k, v: HandlerRecord(k.tgid, k.gen, k.tid, k.abort_ip,
+                                                                            v.hits, v.kernel))
         read_seconds = time.monotonic() - t0
         live_pids = {r.pid for r in threads if r.alive} if live is None else {r.pid for r in live if r.threads}
         run_ns, run_cnt, misses = self._bpf_stats()
@@ -193,12 +193,25 @@ class MapReader:
         if k.ptid == self._unknown_preempter:
             return PreempterRecord(k.tgid, k.gen, k.start_ip, None, 0, "", v.count, None)
         comm = comm_text(v.comm)
-        return PreempterRecord(k.tgid, k.gen, k.start_ip, k.ptid, v.ptgid, comm, v.count, self._kthread(k.ptid, comm))
+        return PreempterRecord(k.tgid, k.gen, k.start_ip, k.ptid, v.ptgid, comm, v.count, self._kthread(k.ptid, comm, v.ptgid))
 
-    @staticmethod
-    def _parsed(table: BatchTable) -> list:
-        key, leaf = table.table.Key, table.table.Leaf
-        return [(key.from_buffer_copy(k), leaf.from_buffer_copy(v)) for k, v in table.raw()]
+    def _records(self, name: str, make) -> tuple:
+        """make(key, value) of every entry of map `name` (ctypes), made
+        again only for entries whose bytes changed since the previous poll:
+        most sections, offsets and preempters are unchanged from one poll to
+        the next (and a preempter's kernel-thread check reads /proc)."""
+        table = self._tables[name].table
+        key_type, leaf_type = table.Key, table.Leaf
+        old, cache, out = self._entry_cache.get(name, {}), {}, []
+        for kb, vb in self._tables[name].raw():
+            raw = kb + vb
+            rec = old.get(raw)
+            if rec is None:
+                rec = make(key_type.from_buffer_copy(kb), leaf_type.from_buffer_copy(vb))
+            cache[raw] = rec
+            out.append(rec)
+        self._entry_cache[name] = cache
+        return tuple(out)
 
     def _procs(self, raw: list) -> tuple:
         cache, out = {}, []

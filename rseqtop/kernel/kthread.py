@@ -19,12 +19,15 @@ def parse_stat_flags(text: str) -> Optional[int]:
         return None
 
 
-def is_kernel_thread(tid: int) -> Optional[bool]:
-    """None when the task is gone (or /proc does not say)."""
+def is_kernel_thread(tid: int, tgid: Optional[int] = None) -> Optional[bool]:
+    """None when the task is gone (or /proc does not say). With its tgid,
+    the thread's own /proc/TGID/task/TID/stat is read: /proc/TID/stat sums
+    over every thread of the process (ms with thousands of threads)."""
     if tid == 0:
         return True
+    path = f"/proc/{tgid}/task/{tid}/stat" if tgid else f"/proc/{tid}/stat"
     try:
-        with open(f"/proc/{tid}/stat") as f:
+        with open(path) as f:
             flags = parse_stat_flags(f.read())
     except OSError:
         return None
@@ -41,11 +44,11 @@ class KthreadCache:
         self.limit = limit
         self.known: dict = {}
 
-    def __call__(self, tid: int, comm: str) -> Optional[bool]:
+    def __call__(self, tid: int, comm: str, tgid: Optional[int] = None) -> Optional[bool]:
         key = (tid, comm)
         if key in self.known:
             return self.known[key]
-        got = self.probe(tid)
+        got = self.probe(tid, tgid)
         if got is not None:
             if len(self.known) >= self.limit:
                 self.known.clear()

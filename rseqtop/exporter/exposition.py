@@ -30,6 +30,8 @@ def _help(text: str) -> str:
 
 
 def _value(v: float) -> str:
+    if v.__class__ is int:  # most values: counts (never inf or NaN)
+        return repr(float(v))
     if v == math.inf:
         return "+Inf"
     if v == -math.inf:
@@ -99,8 +101,9 @@ class FastHistogram(HistogramMetricFamily):
 
 
 class LabelText:
-    """`{k="v",...}` for label-value tuples, kept across scrapes. Bounded:
-    emptied when it outgrows twice the label sets of the last scrape."""
+    """`{k="v",...}` for label-value tuples, and the text of samples before
+    their values, kept across scrapes. Bounded: emptied when it outgrows
+    twice what the last scrape used."""
 
     def __init__(self) -> None:
         self._text: dict = {}
@@ -110,8 +113,26 @@ class LabelText:
         key = (names, values)
         t = self._text.get(key)
         if t is None:
-            t = self._text[key] = "{" + ",".join(
-                f'{k}="{_escape(v)}"' for k, v in zip(names, values)) + "}" if values else ""
+            t = self._text[key] = _labels(names, values)
+        self._used += 1
+        return t
+
+    def prefix(self, sample: str, names: tuple, values: tuple) -> str:
+        """`sample{k="v",...} `: a sample's line up to its value."""
+        key = (sample, names, values)
+        t = self._text.get(key)
+        if t is None:
+            t = self._text[key] = f"{sample}{_labels(names, values)} "
+        self._used += 1
+        return t
+
+    def bucket_prefixes(self, sample: str, names: tuple, values: tuple, les: tuple) -> tuple:
+        """prefix() of a histogram's `sample` for each bucket bound in `les`."""
+        key = (sample, names, values, les)
+        t = self._text.get(key)
+        if t is None:
+            with_le = names + ("le",)
+            t = self._text[key] = tuple(f"{sample}{_labels(with_le, values + (le,))} " for le in les)
         self._used += 1
         return t
 
@@ -119,6 +140,10 @@ class LabelText:
         if len(self._text) > 2 * self._used + 1024:
             self._text.clear()
         self._used = 0
+
+
+def _labels(names: tuple, values: tuple) -> str:
+    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in zip(names, values)) + "}" if values else ""
 
 
 def _escape(v: str) -> str:
@@ -130,9 +155,10 @@ _LABEL_TEXT = LabelText()
 
 def _histogram_lines(fam: FastHistogram, label_text: LabelText, out: list) -> None:
     names = tuple(fam._labelnames)
-    with_le = names + ("le",)
+    sample = fam.name + "_bucket"
     for labels, buckets, sum_value in fam.rows:
-        out.extend(f"{fam.name}_bucket{label_text(with_le, labels + (le,))} {_value(n)}\n" for le, n in buckets)
+        prefixes = label_text.bucket_prefixes(sample, names, labels, tuple([le for le, _ in buckets]))
+        out.extend([f"{p}{_value(n)}\n" for p, (_, n) in zip(prefixes, buckets)])
         if sum_value is not None and float(buckets[0][0]) >= 0:  # as HistogramMetricFamily: +Inf is the count
             text = label_text(names, labels)
             out.append(f"{fam.name}_count{text} {_value(buckets[-1][1])}\n{fam.name}_sum{text} {_value(sum_value)}\n")
@@ -153,7 +179,8 @@ def encode(registry: CollectorRegistry, label_text: LabelText = _LABEL_TEXT) -> 
         if isinstance(fam, _Rows):
             names = tuple(fam._labelnames)
             sample = fam.name + fam._suffix
-            out.extend(f"{sample}{label_text(names, labels)} {_value(v)}\n" for labels, v in fam.rows)
+            prefix = label_text.prefix
+            out.extend([f"{prefix(sample, names, labels)}{_value(v)}\n" for labels, v in fam.rows])
             continue
         if isinstance(fam, FastHistogram):
             _histogram_lines(fam, label_text, out)

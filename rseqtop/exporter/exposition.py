@@ -106,7 +106,8 @@ class LabelText:
     twice what the last scrape used."""
 
     def __init__(self) -> None:
-        self._text: dict = {}
+        self._text: dict = {}  # also (sample, names) -> {label values: text}: see lines()
+        self._size = 0  # texts kept
         self._used = 0
 
     def __call__(self, names: tuple, values: tuple) -> str:
@@ -114,17 +115,26 @@ class LabelText:
         t = self._text.get(key)
         if t is None:
             t = self._text[key] = _labels(names, values)
+            self._size += 1
         self._used += 1
         return t
 
-    def prefix(self, sample: str, names: tuple, values: tuple) -> str:
-        """`sample{k="v",...} `: a sample's line up to its value."""
-        key = (sample, names, values)
-        t = self._text.get(key)
-        if t is None:
-            t = self._text[key] = f"{sample}{_labels(names, values)} "
-        self._used += 1
-        return t
+    def lines(self, sample: str, names: tuple, rows) -> list:
+        """The lines of (label values, value) rows of `sample`; the text up
+        to each value is kept (one loop here: a scrape is mostly this)."""
+        family = self._text.get((sample, names))
+        if family is None:
+            family = self._text[(sample, names)] = {}
+        out = []
+        add = out.append
+        for values, v in rows:
+            t = family.get(values)
+            if t is None:
+                t = family[values] = f"{sample}{_labels(names, values)} "
+                self._size += 1
+            add(f"{t}{repr(float(v)) if v.__class__ is int else _value(v)}\n")
+        self._used += len(out)
+        return out
 
     def bucket_prefixes(self, sample: str, names: tuple, values: tuple, les: tuple) -> tuple:
         """prefix() of a histogram's `sample` for each bucket bound in `les`."""
@@ -133,12 +143,14 @@ class LabelText:
         if t is None:
             with_le = names + ("le",)
             t = self._text[key] = tuple(f"{sample}{_labels(with_le, values + (le,))} " for le in les)
+            self._size += 1
         self._used += 1
         return t
 
     def end_scrape(self) -> None:
-        if len(self._text) > 2 * self._used + 1024:
+        if self._size > 2 * self._used + 1024:
             self._text.clear()
+            self._size = 0
         self._used = 0
 
 
@@ -179,8 +191,7 @@ def encode(registry: CollectorRegistry, label_text: LabelText = _LABEL_TEXT) -> 
         if isinstance(fam, _Rows):
             names = tuple(fam._labelnames)
             sample = fam.name + fam._suffix
-            prefix = label_text.prefix
-            out.extend([f"{prefix(sample, names, labels)}{_value(v)}\n" for labels, v in fam.rows])
+            out += label_text.lines(sample, names, fam.rows)
             continue
         if isinstance(fam, FastHistogram):
             _histogram_lines(fam, label_text, out)

@@ -60,9 +60,8 @@ def test_overlapping_scrapes_turn_it_on_when_the_last_ends():
 
 def test_a_failed_scrape_turns_it_back_on():
     gc.enable()
-    with pytest.raises(RuntimeError):
-        with gcpause.paused():
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), gcpause.paused():
+        raise RuntimeError("boom")
     assert gc.isenabled()
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from operator import attrgetter
 from typing import Callable, Optional
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -82,6 +83,11 @@ PROCESS_COUNTERS = {
 }
 
 
+# the series ids of Counts' fields but aborts (by cause, below), and a reader of their values
+_FIELD_SIDS = tuple((f,) for f in COUNT_FIELDS if f != "aborts")
+_field_values = attrgetter(*(f for f in COUNT_FIELDS if f != "aborts"))
+
+
 def _counts_values(c, out: dict) -> None:
     named = 0
     for cause, n in c.causes:
@@ -89,9 +95,7 @@ def _counts_values(c, out: dict) -> None:
         named += n
     if c.aborts > named:  # never hide an abort: what no cause covers is unknown
         out[("aborts", "unknown")] = out.get(("aborts", "unknown"), 0) + c.aborts - named
-    for f in COUNT_FIELDS:
-        if f != "aborts":  # by cause, above
-            out[(f,)] = getattr(c, f)
+    out.update(zip(_FIELD_SIDS, _field_values(c)))
 
 
 def _process_values(p, sites, syscalls: bool = True, preempt_seen: bool = True) -> dict:
@@ -193,8 +197,10 @@ class SeriesSet:
                 group.members.add(eid)
             group = self.groups[key]
             vals = ent.values
+            have = vals.get
             for sid, v in values.items():
-                if sid not in vals or v > vals[sid]:  # a zero is a series too
+                old = have(sid)
+                if old is None or v > old:  # a zero is a series too
                     vals[sid] = v
             ent.gauge = gauge if alive else 0
             if alive:

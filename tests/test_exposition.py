@@ -93,5 +93,18 @@ def test_label_text_cache_stays_bounded():
     for scrape in range(50):
         for i in range(1000):
             text(("pid",), (f"{scrape}-{i}",))
+        text.lines("m_total", ("pid",), [((f"{scrape}-{i}",), i) for i in range(1000)])
+        text.bucket_prefixes("h_bucket", ("pid",), (str(scrape),), ("1.0", "+Inf"))
         text.end_scrape()
-        assert len(text._text) <= 2 * 1000 + 1024
+        kept = sum(len(t) if isinstance(t, dict) else 1 for t in text._text.values())
+        assert kept <= 2 * 2001 + 1024
+
+
+def test_text_kept_between_scrapes_is_the_same_text():
+    """The second scrape writes from the kept text: it must be the first's."""
+    reg = frozen_registry()
+    text = LabelText()
+    first = encode(reg, text)
+    assert text._size > 500
+    assert encode(reg, text) == first
+    assert encode(reg, LabelText()) == first

@@ -30,6 +30,8 @@ def _help(text: str) -> str:
 
 
 def _value(v: float) -> str:
+    if v.__class__ is int:  # most values: counts (never inf or NaN)
+        return repr(float(v))
     if v == math.inf:
         return "+Inf"
     if v == -math.inf:
@@ -99,26 +101,61 @@ class FastHistogram(HistogramMetricFamily):
 
 
 class LabelText:
-    """`{k="v",...}` for label-value tuples, kept across scrapes. Bounded:
-    emptied when it outgrows twice the label sets of the last scrape."""
+    """`{k="v",...}` for label-value tuples, and the text of samples before
+    their values, kept across scrapes. Bounded: emptied when it outgrows
+    twice what the last scrape used."""
 
     def __init__(self) -> None:
-        self._text: dict = {}
+        self._text: dict = {}  # also (sample, names) -> {label values: text}: see lines()
+        self._size = 0  # texts kept
         self._used = 0
 
     def __call__(self, names: tuple, values: tuple) -> str:
         key = (names, values)
         t = self._text.get(key)
         if t is None:
-            t = self._text[key] = "{" + ",".join(
-                f'{k}="{_escape(v)}"' for k, v in zip(names, values)) + "}" if values else ""
+            t = self._text[key] = _labels(names, values)
+            self._size += 1
+        self._used += 1
+        return t
+
+    def lines(self, sample: str, names: tuple, rows) -> list:
+        """The lines of (label values, value) rows of `sample`; the text up
+        to each value is kept (one loop here: a scrape is mostly this)."""
+        family = self._text.get((sample, names))
+        if family is None:
+            family = self._text[(sample, names)] = {}
+        out = []
+        add = out.append
+        for values, v in rows:
+            t = family.get(values)
+            if t is None:
+                t = family[values] = f"{sample}{_labels(names, values)} "
+                self._size += 1
+            add(f"{t}{repr(float(v)) if v.__class__ is int else _value(v)}\n")
+        self._used += len(out)
+        return out
+
+    def bucket_prefixes(self, sample: str, names: tuple, values: tuple, les: tuple) -> tuple:
+        """prefix() of a histogram's `sample` for each bucket bound in `les`."""
+        key = (sample, names, values, les)
+        t = self._text.get(key)
+        if t is None:
+            with_le = names + ("le",)
+            t = self._text[key] = tuple(f"{sample}{_labels(with_le, values + (le,))} " for le in les)
+            self._size += 1
         self._used += 1
         return t
 
     def end_scrape(self) -> None:
-        if len(self._text) > 2 * self._used + 1024:
+        if self._size > 2 * self._used + 1024:
             self._text.clear()
+            self._size = 0
         self._used = 0
+
+
+def _labels(names: tuple, values: tuple) -> str:
+    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in zip(names, values)) + "}" if values else ""
 
 
 def _escape(v: str) -> str:
@@ -130,9 +167,10 @@ _LABEL_TEXT = LabelText()
 
 def _histogram_lines(fam: FastHistogram, label_text: LabelText, out: list) -> None:
     names = tuple(fam._labelnames)
-    with_le = names + ("le",)
+    sample = fam.name + "_bucket"
     for labels, buckets, sum_value in fam.rows:
-        out.extend(f"{fam.name}_bucket{label_text(with_le, labels + (le,))} {_value(n)}\n" for le, n in buckets)
+        prefixes = label_text.bucket_prefixes(sample, names, labels, tuple([le for le, _ in buckets]))
+        out.extend([f"{p}{_value(n)}\n" for p, (_, n) in zip(prefixes, buckets)])
         if sum_value is not None and float(buckets[0][0]) >= 0:  # as HistogramMetricFamily: +Inf is the count
             text = label_text(names, labels)
             out.append(f"{fam.name}_count{text} {_value(buckets[-1][1])}\n{fam.name}_sum{text} {_value(sum_value)}\n")
@@ -153,7 +191,7 @@ def encode(registry: CollectorRegistry, label_text: LabelText = _LABEL_TEXT) -> 
         if isinstance(fam, _Rows):
             names = tuple(fam._labelnames)
             sample = fam.name + fam._suffix
-            out.extend(f"{sample}{label_text(names, labels)} {_value(v)}\n" for labels, v in fam.rows)
+            out += label_text.lines(sample, names, fam.rows)
             continue
         if isinstance(fam, FastHistogram):
             _histogram_lines(fam, label_text, out)

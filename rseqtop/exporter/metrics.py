@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from operator import attrgetter
 from typing import Callable, Optional
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -43,7 +44,8 @@ OTHER_SITE = "[other]"
 UNKNOWN_PREEMPTER = "[unknown]"
 # Histogram buckets for membarrier latency: le = 2^k ns for k in this range.
 LAT_MIN_LOG2, LAT_MAX_LOG2 = 10, 33  # ~1 us .. ~8.6 s
-LAT_BOUNDS = tuple((k, float(2 ** k) / 1e9) for k in range(LAT_MIN_LOG2, LAT_MAX_LOG2 + 1))
+# (k, bucket bound text): the le label prometheus_client writes for 2^k ns in seconds
+LAT_BOUNDS = tuple((k, repr(float(2 ** k) / 1e9)) for k in range(LAT_MIN_LOG2, LAT_MAX_LOG2 + 1))
 
 # Per-entity counters, one per snapshot.COUNT_FIELDS (a test checks): series id
 # prefix -> (metric name without _total, help, extra label names)
@@ -81,6 +83,11 @@ PROCESS_COUNTERS = {
 }
 
 
+# the series ids of Counts' fields but aborts (by cause, below), and a reader of their values
+_FIELD_SIDS = tuple((f,) for f in COUNT_FIELDS if f != "aborts")
+_field_values = attrgetter(*(f for f in COUNT_FIELDS if f != "aborts"))
+
+
 def _counts_values(c, out: dict) -> None:
     named = 0
     for cause, n in c.causes:
@@ -88,9 +95,7 @@ def _counts_values(c, out: dict) -> None:
         named += n
     if c.aborts > named:  # never hide an abort: what no cause covers is unknown
         out[("aborts", "unknown")] = out.get(("aborts", "unknown"), 0) + c.aborts - named
-    for f in COUNT_FIELDS:
-        if f != "aborts":  # by cause, above
-            out[(f,)] = getattr(c, f)
+    out.update(zip(_FIELD_SIDS, _field_values(c)))
 
 
 def _process_values(p, sites, syscalls: bool = True, preempt_seen: bool = True) -> dict:
@@ -192,8 +197,10 @@ class SeriesSet:
                 group.members.add(eid)
             group = self.groups[key]
             vals = ent.values
+            have = vals.get
             for sid, v in values.items():
-                if sid not in vals or v > vals[sid]:  # a zero is a series too
+                old = have(sid)
+                if old is None or v > old:  # a zero is a series too
                     vals[sid] = v
             ent.gauge = gauge if alive else 0
             if alive:
@@ -357,20 +364,28 @@ class RseqCollector:
         # series, not a misleading 0); rseqtop_cause_available says why.
         unseen = {sid for sid, cause in CAUSE_COUNTERS.items()
                   if self.last is not None and cause in self.last.self_stats.unavailable_causes}
-        for key, group, tot, gauge in counter_set.totals():
-            for sid, v in tot.items():
-                if sid[0] in COUNTERS and sid[0] not in unseen:
-                    fams[sid[0]].add_metric(list(key) + list(sid[1:]), v)
+        # Rows go straight into the families (label values, value): at 10,000
+        # series a scrape is mostly this loop.
+        counter_rows = {sid: fams[sid].rows for sid in COUNTERS if sid not in unseen}
+        rows_of = {sid: fams[sid].rows for sid in PROCESS_COUNTERS}
+        if self.threads is not None:
+            for key, group, tot, gauge in self.threads.totals():
+                for sid, v in tot.items():
+                    rows = counter_rows.get(sid[0])
+                    if rows is not None:
+                        rows.append((key + sid[1:], v))
+        else:  # the per-entity counters are the processes' own
+            rows_of.update(counter_rows)
         for key, group, tot, gauge in self.procs.totals():
-            labels = list(key)
-            threads.add_metric(labels, gauge)
+            threads.rows.append((key, gauge))
             site_tot: dict = {}
             pre_tot: dict = {}
             lat_by_cmd: dict = {}
             for sid, v in tot.items():
                 kind = sid[0]
-                if kind in PROCESS_COUNTERS:
-                    fams[kind].add_metric(labels + list(sid[1:]), v)
+                rows = rows_of.get(kind)
+                if rows is not None:
+                    rows.append((key + sid[1:], v))
                 elif kind == "site":
                     site_tot[sid[1]] = v
                 elif kind == "preempter":
@@ -378,15 +393,15 @@ class RseqCollector:
                 elif kind == "mb_lat":
                     lat_by_cmd.setdefault(sid[1], {})[sid[2]] = v
             if site_tot:
-                _add_top(sites, labels, group.sites, self.top_sites, site_tot)
+                _add_top(sites, key, group.sites, self.top_sites, site_tot)
             unknown = pre_tot.pop(UNKNOWN_PREEMPTER, None)
             if unknown is not None:  # its own series, never among the top nor in [other]
-                preempters.add_metric(labels + [UNKNOWN_PREEMPTER], unknown)
+                preempters.rows.append((key + (UNKNOWN_PREEMPTER,), unknown))
             if pre_tot:
-                _add_top(preempters, labels, group.preempters, self.top_preempters, pre_tot)
+                _add_top(preempters, key, group.preempters, self.top_preempters, pre_tot)
             for cmd, slots in sorted(lat_by_cmd.items()):
                 buckets, total = _buckets(slots)
-                lat.add_metric(labels + [cmd], buckets, sum_value=total)
+                lat.add_metric(key + (cmd,), buckets, sum_value=total)
         return list(fams.values()) + [sites, preempters, lat, threads]
 
     def _self_families(self) -> list:
@@ -466,7 +481,7 @@ class RseqCollector:
         return out
 
 
-def _add_top(fam, labels: list, admitted: list, limit: int, totals: dict) -> None:
+def _add_top(fam, labels: tuple, admitted: list, limit: int, totals: dict) -> None:
     """The `limit` biggest keys of a label set get their own series, admitted
     for good (sticky, so that a series never turns into part of the other
     one and back); later keys are summed as OTHER_SITE."""
@@ -478,22 +493,26 @@ def _add_top(fam, labels: list, admitted: list, limit: int, totals: dict) -> Non
             admitted.extend(new[:limit - len(admitted)])
             have.update(admitted)
     other = 0
+    rows = fam.rows
     for key, v in totals.items():
         if key in have:
-            fam.add_metric(labels + [key], v)
+            rows.append((labels + (key,), v))
         else:
             other += v
     if other:
-        fam.add_metric(labels + [OTHER_SITE], other)
+        rows.append((labels + (OTHER_SITE,), other))
 
 
 def _buckets(slots: dict) -> tuple:
     """log2 ns slots {k: n} (k counts [2^k, 2^(k+1)) ns) -> cumulative buckets, estimated sum (s)."""
+    ordered = sorted(slots.items())
     buckets = []
-    acc = 0
+    acc = i = 0
     for k, le in LAT_BOUNDS:
-        acc = sum(n for slot, n in slots.items() if slot + 1 <= k)
-        buckets.append((repr(le), acc))
+        while i < len(ordered) and ordered[i][0] + 1 <= k:  # slot k-1 ends at 2^k ns
+            acc += ordered[i][1]
+            i += 1
+        buckets.append((le, acc))
     total = sum(slots.values())
     buckets.append(("+Inf", total))
     est = sum(n * 1.5 * (2 ** slot) for slot, n in slots.items()) / 1e9

@@ -26,7 +26,7 @@ from prometheus_client.exposition import choose_encoder
 
 from rseqtop import __version__
 from rseqtop.errors import UserError
-from rseqtop.exporter import exposition
+from rseqtop.exporter import exposition, gcpause
 from rseqtop.exporter.webconfig import Authenticator, WebConfig
 
 log = logging.getLogger("rseqtop.export")
@@ -45,10 +45,11 @@ def negotiate(accept: Optional[str]) -> str:
 def render(registry, accept: Optional[str]) -> tuple:
     """(body, content type) of the registry for an Accept header or a negotiate() key."""
     encoder, ctype = choose_encoder(accept)
-    if "openmetrics" in ctype:
-        return encoder(registry), ctype
-    # the classic text format, written without per-sample re-validation
-    return exposition.encode(registry), exposition.CONTENT_TYPE
+    with gcpause.paused():
+        if "openmetrics" in ctype:
+            return encoder(registry), ctype
+        # the classic text format, written without per-sample re-validation
+        return exposition.encode(registry), exposition.CONTENT_TYPE
 
 
 def parse_listen_address(text: str) -> tuple:

@@ -36,7 +36,7 @@ class SyntheticSource:
         self.unavailable_causes = unavailable_causes
         self.probes = PROBES
         self.closed = False
-        self._rates: dict = {}  # (i, j) -> (scalar rates, cause rates)
+        self._shapes: dict = {}  # i -> _shape(i)
 
     # The per-second rates of thread j of process i (pid 1000+i).
     @staticmethod
@@ -64,17 +64,23 @@ class SyntheticSource:
         return tuple(e for e in entries if e.count)
 
 
-    def _thread_counts(self, i: int, j: int, k: float) -> Counts:
-        """thread_rate(i, j) scaled by k, with the rates kept between polls:
-        this source stands in for a collector whose poll of 2,000 threads
-        costs a few ms, so its own cost should not dwarf the front end's."""
-        rates = self._rates.get((i, j))
-        if rates is None:
-            c = self.thread_rate(i, j)
-            rates = self._rates[(i, j)] = (tuple(getattr(c, f) for f in COUNT_FIELDS), c.causes)
-        scalars, causes = rates
-        return Counts(*(int(v * k) for v in scalars),
-                      causes=tuple(kv for kv in ((name, int(n * k)) for name, n in causes) if kv[1]))
+    def _shape(self, i: int) -> tuple:
+        """What never changes between polls of process i: its pid and comm,
+        its threads' ids and per-second rates, its sections' addresses and
+        names (the real collector keeps the like: comms, symbols, records
+        whose bytes did not change). Polls only scale the rates."""
+        shape = self._shapes.get(i)
+        if shape is None:
+            pid, comm = 1000 + i, self.comm_of(i)
+            threads = []
+            for j in range(self.nthreads):
+                c = self.thread_rate(i, j)
+                threads.append((pid + 100000 * (j + 1) if j else pid, (i + j) % self.cpus, j,
+                                tuple(getattr(c, f) for f in COUNT_FIELDS), c.causes))
+            sites = tuple((k, 0x401000 + 0x100 * k, f"{comm}!{op}+0x0")
+                          for k, op in enumerate(OPS[: 1 + i % len(OPS)]))
+            shape = self._shapes[i] = (pid, comm, tuple(threads), sites)
+        return shape
 
     def comm_of(self, i: int) -> str:
         if self.comms:
@@ -91,22 +97,22 @@ class SyntheticSource:
         elapsed = self.polls * self.step
         procs, threads, sites = [], [], []
         for i in range(self.nproc):
-            pid = 1000 + i
-            comm = self.comm_of(i)
+            pid, comm, thread_shapes, site_shapes = self._shape(i)
             if (self.pids and pid not in self.pids) or (self.comm and not self.comm.search(comm)):
                 continue
-            own = [self._thread_counts(i, j, elapsed) for j in range(self.nthreads)]
+            own = [Counts(*[int(v * elapsed) for v in scalars],
+                          causes=tuple([(name, n) for name, rate in causes if (n := int(rate * elapsed))]))
+                   for _, _, _, scalars, causes in thread_shapes]
             pc = sum_counts(own)
-            for j, c in enumerate(own):
-                threads.append(ThreadStats(pid, pid + 100000 * (j + 1) if j else pid, comm, c,
-                                           cpu=(i + j) % self.cpus, node=0, mm_cid=j))
+            threads += [ThreadStats(pid, tid, comm, c, cpu, 0, mm_cid)
+                        for (tid, cpu, mm_cid, _, _), c in zip(thread_shapes, own)]
             own_sites = []
-            for k, op in enumerate(OPS[: 1 + i % len(OPS)]):
+            for k, start, symbol in site_shapes:
                 share = pc.aborts // (k + 2)
-                start = 0x401000 + 0x100 * k
-                own_sites.append(SiteStats(pid, start, f"{comm}!{op}+0x0", share,
-                                           pairs({"preempt": share}), start + 0x40, 0x20,
-                                           pairs({0x10: share // 2, 0x18: share - share // 2}),
+                half = share // 2
+                own_sites.append(SiteStats(pid, start, symbol, share, (("preempt", share),) if share else (),
+                                           start + 0x40, 0x20,
+                                           tuple([kv for kv in ((0x10, half), (0x18, share - half)) if kv[1]]),
                                            storms=self.storms(i, k, elapsed), preempters=self.preempters(i, share)))
             sites += own_sites
             mb = (MembarrierStats("PRIVATE_EXPEDITED_RSEQ", int(10 * elapsed), pairs({"EPERM": int(10 * elapsed)}),

@@ -8,6 +8,7 @@ TUI and the batch/JSON writers format.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import deque
 from dataclasses import dataclass, field
@@ -26,7 +27,12 @@ SPARK = "▁▂▃▄▅▆▇█"
 
 
 def sparkline(values, width: int = 10) -> str:
-    vals = list(values)[-width:]
+    return _sparkline(tuple(values)[-width:])
+
+
+@functools.lru_cache(maxsize=4096)
+def _sparkline(vals: tuple) -> str:
+    # cached: the live view draws one per process per refresh, mostly the same as the last one
     if not vals:
         return ""
     top = max(vals)

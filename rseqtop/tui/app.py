@@ -49,7 +49,8 @@ def show_text(widget: Static, text: Text) -> None:
 
 
 def frozen_copy(model: LiveModel) -> LiveModel:
-    return LiveModel(model.prev, model.cur, {pid: tuple(h) for pid, h in model.history.items()}, model.polls)
+    return LiveModel(model.prev, model.cur, {pid: tuple(h) for pid, h in model.history.items()}, model.polls,
+                     model.rates_kept)
 
 
 class RseqtopApp(App):

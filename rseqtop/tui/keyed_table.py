@@ -20,7 +20,7 @@ from textual._segment_tools import line_crop
 from textual.strip import Strip
 from textual.widgets import DataTable
 
-STYLES_MAX = 8192  # cell styles by position and state: a few screens' worth
+STYLES_MAX = 1024  # row styles by position and state: a few screens' worth
 
 
 class Cell:
@@ -64,10 +64,6 @@ def cell(text: str, right: bool, style: str = "") -> Cell:
     return Cell(text, right, style)
 
 
-def text_width(text: str) -> int:
-    return len(text) if text.isascii() else cell_len(text)  # ASCII: one cell per character
-
-
 class KeyedTable(DataTable):
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault("cursor_type", "row")
@@ -80,44 +76,59 @@ class KeyedTable(DataTable):
         self._order: list = []
         self._styles: dict = {}
         self._lines: dict = {}  # row key -> (what the line was rendered from, Strip)
+        self._foreign: set = set()  # row keys with cells written by update_cell
+        self._render_columns: list = []
         self._render_widths: tuple = ()
+        self._render_style: Optional[Style] = None
 
     # -- rendering ------------------------------------------------------
-    def _cell_styles(self, row_index: int, column_index: int, row_style: Style, cursor: bool, hover: bool,
-                     own: str) -> tuple:
-        """(padding style, text style) of a cell: what DataTable's own cell
-        rendering gives it (meta for mouse clicks, the cursor's and hover's
-        component styles), computed once per position and state."""
-        key = (row_index, column_index, row_style, cursor, hover, own, self._show_hover_cursor,
-               self._pseudo_class_state)
+    def _row_styles(self, row_index: int, row_style: Style, cursor: bool, hover: bool, own: str) -> tuple:
+        """((padding style, text style) per column, style of the blank right
+        of the last column) for a row: what DataTable's own rendering gives
+        them (meta for mouse clicks, the cursor's and hover's component
+        styles), computed once per row position and state."""
+        key = (row_index, row_style, cursor, hover, own, self.show_cursor, self._show_hover_cursor,
+               self._pseudo_class_state, len(self._render_columns))
         styles = self._styles.get(key)
-        if styles is None:
-            component_style, post_style = self._get_styles_to_render_cell(
-                False, False, False, hover, cursor, self.show_cursor, self._show_hover_cursor,
-                self.cursor_foreground_priority == "css", self.cursor_background_priority == "css")
+        if styles is not None:
+            return styles
+        component_style, post_style = self._get_styles_to_render_cell(
+            False, False, False, hover, cursor, self.show_cursor, self._show_hover_cursor,
+            self.cursor_foreground_priority == "css", self.cursor_background_priority == "css")
+        own_style = self.app.console.get_style(own) if own else None
+        cells = []
+        for column_index in range(len(self._render_columns)):
             pre = row_style + Style.from_meta({"row": row_index, "column": column_index}) + component_style
-            own_style = self.app.console.get_style(own) if own else None
-            styles = (pre + post_style, pre + own_style + post_style if own_style else pre + post_style)
-            if len(self._styles) >= STYLES_MAX:
-                self._styles.clear()  # cheaper than LRU bookkeeping
-            self._styles[key] = styles
+            pad = pre + post_style
+            cells.append((pad, pre + own_style + post_style if own_style else pad))
+        # DataTable's style for the rest of a row-cursor table's line
+        extend, _ = self._get_styles_to_render_cell(False, False, False, hover, cursor, self.show_cursor,
+                                                    self._show_hover_cursor, False, False)
+        extend = row_style + extend + Style.from_meta({"row": row_index, "column": 0, "out_of_bounds": True})
+        styles = (cells, extend)
+        if len(self._styles) >= STYLES_MAX:
+            self._styles.clear()  # cheaper than LRU bookkeeping
+        self._styles[key] = styles
         return styles
 
-    def _extend_style(self, row_index: int, row_style: Style, cursor: bool, hover: bool) -> Style:
-        """The style of the blank right of the last column (DataTable's, for
-        a row cursor)."""
-        key = ("extend", row_index, row_style, cursor, hover, self._show_hover_cursor, self._pseudo_class_state)
-        style = self._styles.get(key)
-        if style is None:
-            extend, _ = self._get_styles_to_render_cell(False, False, False, hover, cursor, self.show_cursor,
-                                                        self._show_hover_cursor, False, False)
-            style = row_style + extend + Style.from_meta({"row": row_index, "column": 0, "out_of_bounds": True})
-            self._styles[key] = style
-        return style
-
     def render_lines(self, crop):
-        self._render_widths = tuple(c.get_render_width(self) for c in self.ordered_columns)
-        return super().render_lines(crop)
+        # what every line of this render needs: once, not once per line
+        # (DataTable.render_line computes rich_style, a walk up the DOM, per line)
+        self._render_columns = self.ordered_columns
+        self._render_widths = tuple(c.get_render_width(self) for c in self._render_columns)
+        self._render_style = self.rich_style
+        try:
+            return super().render_lines(crop)
+        finally:
+            self._render_style = None
+
+    def render_line(self, y: int) -> Strip:
+        if self._render_style is None or self.fixed_rows:
+            return super().render_line(y)
+        scroll_x, scroll_y = self.scroll_offset
+        if y >= (self.get_row_height(self._header_row_key) if self.show_header else 0):
+            y += scroll_y
+        return self._render_line(y, scroll_x, scroll_x + self.size.width, self._render_style)
 
     def _render_line(self, y: int, x1: int, x2: int, base_style: Style) -> Strip:
         """A data row's line built directly from its Cells, one segment per
@@ -125,7 +136,8 @@ class KeyedTable(DataTable):
         place, widths or cursor change. (DataTable renders every visible cell
         through Rich, then crops, joins and simplifies the line, again after
         any change to any cell: its caches hold a global update count. That
-        was most of the live view's cost at 2,000 threads.) Headers, row
+        was most of the live view's cost at 2,000 threads.) The header line
+        is DataTable's, kept until its titles, widths or cursor change. Row
         labels, fixed rows or columns and other cursor types go DataTable's
         way."""
         if (self.cursor_type != "row" or self.fixed_rows or self.fixed_columns or self.cell_padding < 0
@@ -135,38 +147,44 @@ class KeyedTable(DataTable):
             row_key, _ = self._get_offsets(y)
         except LookupError:
             return super()._render_line(y, x1, x2, base_style)
-        shown = self._shown.get(row_key.value)
+        widths = self._render_widths
+        width = self.size.width
+        state = (x1, x2, width, widths, self.show_cursor, self.zebra_stripes, base_style, self._show_hover_cursor,
+                 self._pseudo_class_state)
+        if row_key is self._header_row_key:
+            source = (tuple((c.label.plain, c.label.justify) for c in self._render_columns), y,
+                      self.cursor_coordinate, self.hover_coordinate, self.show_header, state)
+            kept = self._lines.get(None)
+            if kept is None or kept[0] != source:
+                kept = self._lines[None] = (source, super()._render_line(y, x1, x2, base_style))
+            return kept[1]
+        shown = None if row_key.value in self._foreign else self._shown.get(row_key.value)
         row = self.rows.get(row_key)
-        if row_key is self._header_row_key or shown is None or row is None or row.height != 1:
+        cells = self._data.get(row_key)
+        columns = self._render_columns
+        if shown is None or row is None or row.height != 1 or cells is None or len(cells) != len(columns):
             return super()._render_line(y, x1, x2, base_style)
         row_index = self._row_locations.get(row_key)
         cursor = row_index == self.cursor_coordinate.row
         hover = row_index == self.hover_coordinate.row
-        widths = self._render_widths
-        width = self.size.width
-        source = (shown, row_index, x1, x2, width, widths, cursor, hover, self.show_cursor, base_style,
-                  self._show_hover_cursor, self._pseudo_class_state)
+        source = (shown, row_index, cursor, hover, state)
         kept = self._lines.get(row_key.value)
         if kept is not None and kept[0] == source:
             return kept[1]
-        cells = self._data[row_key]
-        columns = self.ordered_columns
-        if len(columns) != len(widths) or not all(isinstance(cells.get(c.key), Cell) for c in columns):
-            return super()._render_line(y, x1, x2, base_style)
-        row_style = self._get_row_style(row_index, base_style)
+        cell_styles, extend_style = self._row_styles(row_index, self._get_row_style(row_index, base_style),
+                                                     cursor, hover, shown[1])
         pad = " " * self.cell_padding
+        inner = 2 * len(pad)
         segments = []
-        for column_index, (column, render_width) in enumerate(zip(columns, widths)):
-            value = cells[column.key]
-            pad_style, text_style = self._cell_styles(row_index, column_index, row_style, cursor, hover, value.style)
-            text = value.fit(max(0, render_width - 2 * len(pad)))
+        for column, render_width, (pad_style, text_style) in zip(columns, widths, cell_styles):
+            text = cells[column.key].fit(max(0, render_width - inner))
             if text_style is pad_style:
                 segments.append(Segment(pad + text + pad, pad_style))
             else:
                 segments += [Segment(pad, pad_style), Segment(text, text_style), Segment(pad, pad_style)]
         total = sum(widths) + self._row_label_column_width
         # the blank right of the last column, empty when there is none (as DataTable has it)
-        segments.append(Segment(" " * max(0, width - total), self._extend_style(row_index, row_style, cursor, hover)))
+        segments.append(Segment(" " * max(0, width - total), extend_style))
         total = max(total, width)
         if x1 == 0 and x2 >= width == total:
             strip = Strip(segments, width)
@@ -180,13 +198,21 @@ class KeyedTable(DataTable):
         if key is None:
             self._shown.clear()
             self._lines.clear()
+            self._foreign.clear()
         else:
             self._shown.pop(key, None)
             self._lines.pop(key, None)
+            self._foreign.discard(key)
 
     def update_cell(self, row_key, column_key, value, *, update_width: bool = False) -> None:
-        self._forget(getattr(row_key, "value", row_key))  # not from sync: render it DataTable's way
+        """A cell written by others: its row is drawn DataTable's way until
+        sync next writes all of it."""
         super().update_cell(row_key, column_key, value, update_width=update_width)
+        key = getattr(row_key, "value", row_key)
+        shown = self._shown.get(key)
+        if shown is not None:
+            self._shown[key] = ((None,) * len(shown[0]), shown[1], shown[2])
+            self._foreign.add(key)
 
     def set_columns(self, columns, titles: Optional[dict] = None) -> None:
         """Install these columns (a no-op when unchanged, but titles follow)."""
@@ -258,7 +284,7 @@ class KeyedTable(DataTable):
             self.remove_row(key)
             self._forget(key)
         order = [k for k in self._order if k in wanted] if gone else list(self._order)
-        longest = [0] * len(columns)
+        all_widths = []
         formats = [c.fmt for c in columns]
         data = self._data
         changed = False
@@ -267,9 +293,10 @@ class KeyedTable(DataTable):
             texts = tuple(fmt(r) for fmt in formats)
             old = self._shown.get(key)
             if old is not None and old[0] == texts and old[1] == style:
-                widths = old[2]
+                all_widths.append(old[2])
             else:
-                widths = tuple(map(text_width, texts))
+                widths = tuple(len(t) if t.isascii() else cell_len(t) for t in texts)  # ASCII: a cell per character
+                all_widths.append(widths)
                 if old is None:
                     self.add_row(*(cell(t, c.right, style) for c, t in zip(columns, texts)), key=key)
                     order.append(key)
@@ -278,11 +305,9 @@ class KeyedTable(DataTable):
                     for c, t, was in zip(columns, texts, old[0]):
                         if t != was or style != old[1]:
                             cells[c.key] = cell(t, c.right, style)
+                    self._foreign.discard(key)
                     changed = True
                 self._shown[key] = (texts, style, widths)
-            for i, n in enumerate(widths):
-                if n > longest[i]:
-                    longest[i] = n
         if changed:
             self._update_count += 1  # what update_cell does per cell, once
             self.refresh()
@@ -293,6 +318,6 @@ class KeyedTable(DataTable):
             by_first = {self._shown[k][0][0]: position[k] for k in wanted_order}
             self.sort(first.key, key=lambda c: by_first.get(c.plain, len(wanted_order)))
         self._order = wanted_order
-        self._fit_widths(columns, longest)
+        self._fit_widths(columns, [max(w) for w in zip(*all_widths)] if all_widths else [0] * len(columns))
         if selected is not None and selected in wanted:
             self.select_key(selected)

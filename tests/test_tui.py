@@ -513,6 +513,9 @@ async def test_keyed_table_lines_are_datatables_own():
         assert sum(c.get_render_width(table) for c in table.ordered_columns) < table.size.width - 10
         compare_lines()
         assert compared > 120
+        table.clear()  # sync starts over, not from what it showed before
+        table.sync(app.visible_rows(), app.columns, lambda r: r.pid)
+        assert len(row_keys(table)) == 60 and cell_text(table, dim, "pid") == dim
 
 
 # -- section drill-down (annotate) ----------------------------------------------

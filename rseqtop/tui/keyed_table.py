@@ -68,7 +68,6 @@ class KeyedTable(DataTable):
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault("cursor_type", "row")
         kwargs.setdefault("zebra_stripes", False)
-        super().__init__(**kwargs)
         self._layout: tuple = ()
         # row key -> (texts, style, widths): what the row's Cells show; a new
         # tuple whenever any of it changes, so rendered lines can be kept by it
@@ -80,6 +79,7 @@ class KeyedTable(DataTable):
         self._render_columns: list = []
         self._render_widths: tuple = ()
         self._render_style: Optional[Style] = None
+        super().__init__(**kwargs)  # last: DataTable's setup may clear the caches above
 
     # -- rendering ------------------------------------------------------
     def _row_styles(self, row_index: int, row_style: Style, cursor: bool, hover: bool, own: str) -> tuple:
@@ -193,7 +193,24 @@ class KeyedTable(DataTable):
         self._lines[row_key.value] = (source, strip)
         return strip
 
+    def _clear_caches(self) -> None:
+        # whatever makes DataTable drop its rendered lines (cursor shown,
+        # padding, zebra stripes, clear) drops these too
+        super()._clear_caches()
+        self._lines.clear()
+        self._styles.clear()
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()  # CSS or theme changed
+        self._lines.clear()
+        self._styles.clear()
+
     # -- contents -------------------------------------------------------
+    def clear(self, columns: bool = False):
+        self._forget()
+        self._order = []
+        return super().clear(columns)
+
     def _forget(self, key: Optional[str] = None) -> None:
         if key is None:
             self._shown.clear()
@@ -219,8 +236,6 @@ class KeyedTable(DataTable):
         layout = tuple(c.key for c in columns)
         if layout != self._layout:
             self.clear(columns=True)
-            self._forget()
-            self._order = []
             for c in columns:
                 self.add_column(label_text(c.title, c.right), key=c.key)
             self._layout = layout

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -46,8 +47,10 @@ async def headless(args) -> tuple:
     return c1 - c0, t1 - t0, p1 - p0
 
 
-def proc_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def proc_cpu(pid: int, tid: Optional[int] = None) -> float:
+    """CPU seconds of process `pid`, or of its thread `tid`."""
+    stat = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    fields = Path(stat).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -65,12 +68,17 @@ def tmux(args) -> tuple:
             time.sleep(0.1)
         pid = int(pidfile.read_text())
         time.sleep(max(3.0, 2 * args.delay))
-        c0, t0 = proc_cpu(pid), time.monotonic()
+        c0, m0, t0 = proc_cpu(pid), proc_cpu(pid, pid), time.monotonic()
         time.sleep(args.seconds)
-        c1, t1 = proc_cpu(pid), time.monotonic()
+        c1, m1, t1 = proc_cpu(pid), proc_cpu(pid, pid), time.monotonic()
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
         pidfile.unlink(missing_ok=True)
+    # The main thread runs Textual and rseqtop's front end; the others are
+    # the poll worker (here the SyntheticSource building its snapshots) and
+    # Textual's terminal input and output threads.
+    print(f"main thread {100.0 * (m1 - m0) / (t1 - t0):.2f}%  other threads (poll worker, terminal I/O) "
+          f"{100.0 * ((c1 - c0) - (m1 - m0)) / (t1 - t0):.2f}%")
     return c1 - c0, t1 - t0, None
 
 

@@ -456,6 +456,68 @@ def test_the_private_datatable_api_keyed_table_relies_on_is_there():
     assert hasattr(DataTable, "_pseudo_class_state") or hasattr(table, "_pseudo_class_state")
 
 
+def cells_of(strip) -> list:
+    """A rendered line as (character, style) per cell: the same on screen
+    however it is cut into segments."""
+    return [(ch, seg.style) for seg in strip for ch in seg.text]
+
+
+@sync
+async def test_keyed_table_lines_are_datatables_own():
+    """KeyedTable builds its lines itself (and keeps them until their row
+    changes); every line, scrolled down and sideways, with the cursor and a
+    dimmed (exited) row, must be what DataTable's own rendering gives."""
+    from textual.widgets import DataTable
+
+    from rseqtop.tui.keyed_table import KeyedTable
+
+    app = new_app(processes=60, threads=2)
+    async with app.run_test(size=(90, 24)) as pilot:
+        await wait_polls(pilot, app, 2)
+        table = app.table
+        dim = row_keys(table)[3]  # as if its process had exited
+        table.sync(app.visible_rows(), app.columns, lambda r: r.pid, lambda r: "dim" if str(r.pid) == dim else "")
+        assert table.get_cell(dim, "pid").style == "dim"
+        compared = 0
+
+        def compare_lines():
+            nonlocal compared
+            table._render_columns = table.ordered_columns
+            table._render_widths = tuple(c.get_render_width(table) for c in table._render_columns)
+            width, height = table.size
+            style = table.rich_style
+            for y in range(height + table.scroll_offset.y):
+                x1 = table.scroll_offset.x
+                mine = KeyedTable._render_line(table, y, x1, x1 + width, style)
+                again = KeyedTable._render_line(table, y, x1, x1 + width, style)  # kept
+                table._line_cache.clear()
+                table._row_render_cache.clear()
+                theirs = DataTable._render_line(table, y, x1, x1 + width, style)
+                assert cells_of(mine) == cells_of(theirs), (table.scroll_offset, y)
+                assert cells_of(again) == cells_of(theirs), (table.scroll_offset, y)
+                compared += 1
+
+        # each step after lines were kept: new cursor row, new texts, scrolled down, sideways
+        for scroll, cursor, refresh in (((0, 0), 1, False), ((0, 0), 2, False), ((0, 0), 2, True),
+                                        ((0, 30), 33, False), ((25, 30), 33, False)):
+            table.move_cursor(row=cursor, scroll=False)
+            if refresh:
+                await poll(pilot, app)
+            table.scroll_to(*scroll, animate=False, immediate=True)
+            await pilot.pause()
+            compare_lines()
+        assert table.scroll_offset.x == 25 and table.scroll_offset.y == 30
+        await pilot.resize_terminal(250, 24)  # wider than the table: lines end in a blank
+        table.scroll_to(0, 0, animate=False, immediate=True)
+        await pilot.pause()
+        assert sum(c.get_render_width(table) for c in table.ordered_columns) < table.size.width - 10
+        compare_lines()
+        assert compared > 120
+        table.clear()  # sync starts over, not from what it showed before
+        table.sync(app.visible_rows(), app.columns, lambda r: r.pid)
+        assert len(row_keys(table)) == 60 and cell_text(table, dim, "pid") == dim
+
+
 # -- section drill-down (annotate) ----------------------------------------------
 class DelaySites(SyntheticSource):
     """The synthetic delay section (pid 1004's fifth) interrupted at two

@@ -8,6 +8,7 @@ TUI and the batch/JSON writers format.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import deque
 from dataclasses import dataclass, field
@@ -26,7 +27,12 @@ SPARK = "▁▂▃▄▅▆▇█"
 
 
 def sparkline(values, width: int = 10) -> str:
-    vals = list(values)[-width:]
+    return _sparkline(tuple(values)[-width:])
+
+
+@functools.lru_cache(maxsize=4096)
+def _sparkline(vals: tuple) -> str:
+    # cached: the live view draws one per process per refresh, mostly the same as the last one
     if not vals:
         return ""
     top = max(vals)
@@ -128,11 +134,13 @@ class LiveModel:
     cur: Optional[Snapshot] = None
     history: dict = field(default_factory=dict)
     polls: int = 0
+    # (prev, cur, their process rates): update and process_rows both need them
+    rates_kept: Optional[tuple] = field(default=None, repr=False, compare=False)
 
     def update(self, snap: Snapshot) -> None:
         self.prev, self.cur = self.cur, snap
         self.polls += 1
-        prates = rates.process_rates(self.prev, snap) if self.prev else {}
+        prates = self.process_rates()
         seen = set()
         for p in snap.processes:
             seen.add(p.pid)
@@ -142,6 +150,15 @@ class LiveModel:
         for pid in list(self.history):
             if pid not in seen:
                 del self.history[pid]
+
+    def process_rates(self) -> dict:
+        """pid -> Rates between the two latest snapshots ({} before there are two)."""
+        if self.prev is None or self.cur is None:
+            return {}
+        kept = self.rates_kept
+        if kept is None or kept[0] is not self.prev or kept[1] is not self.cur:
+            kept = self.rates_kept = (self.prev, self.cur, rates.process_rates(self.prev, self.cur))
+        return kept[2]
 
     @property
     def interval(self) -> float:
@@ -166,7 +183,7 @@ class LiveModel:
         snap = self.cur
         if snap is None:
             return []
-        prates = rates.process_rates(self.prev, snap) if self.prev else {}
+        prates = self.process_rates()
         best_site: dict = {}
         for s in snap.sites:
             if s.aborts and (s.pid not in best_site or s.aborts > best_site[s.pid].aborts):

@@ -7,14 +7,16 @@ show `printable(comm)`; the TUI additionally never parses it as markup.
 
 from __future__ import annotations
 
+import re
+
+# C0, DEL and C1 control characters
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _escape(match: re.Match) -> str:
+    return f"\\x{ord(match.group()):02x}"
+
 
 def printable(text: str) -> str:
     """Control characters (C0, DEL, C1) become \\xNN escapes; the rest stays."""
-    out = []
-    for ch in text:
-        code = ord(ch)
-        if code < 0x20 or code == 0x7F or 0x80 <= code < 0xA0:
-            out.append(f"\\x{code:02x}")
-        else:
-            out.append(ch)
-    return "".join(out)
+    return _CONTROL.sub(_escape, text)

@@ -204,3 +204,31 @@ def test_workload_call_paths_summary_counts_its_own_aborts():
     assert s["config"]["call_paths"] == 2
     assert workload.run(["--threads", "1", "--ops", "10"], timeout=60)["call_paths"] is None
     json.dumps(s)
+
+
+def test_reaping_frees_a_stack_id_once_no_process_in_the_maps_uses_it():
+    """A stack id a process reaped earlier used is free for a later owner:
+    when that one is reaped, the id goes too (else the stack map fills)."""
+    from rseqtop.collect.stacks import AbortStacks
+
+    class Table(dict):
+        def __init__(self, key):
+            super().__init__()
+            self.Key = key
+
+    counts = Table(lambda **k: tuple(sorted(k.items())))
+    traces = Table(lambda stack_id: stack_id)
+    bpf = {"stack_counts": counts, "abort_stacks": traces}
+    stacks = AbortStacks(lambda pid, ip: "x")
+    stacks._counts = {(1, 0, 0x10, 7): 3, (2, 0, 0x10, 8): 1}
+    counts.update({counts.Key(tgid=1, gen=0, start_ip=0x10, stack_id=7): 3,
+                   counts.Key(tgid=2, gen=0, start_ip=0x10, stack_id=8): 1})
+    traces.update({7: "a", 8: "b"})
+    stacks.delete_from(bpf, {(1, 0)})
+    assert set(traces) == {8} and len(counts) == 1
+    # process 3 gets stack id 7 again; process 1's count stays for the report
+    stacks._counts[(3, 0, 0x10, 7)] = 2
+    counts[counts.Key(tgid=3, gen=0, start_ip=0x10, stack_id=7)] = 2
+    traces[7] = "c"
+    stacks.delete_from(bpf, {(3, 0)})
+    assert set(traces) == {8} and (1, 0, 0x10, 7) in stacks._counts

@@ -57,6 +57,7 @@ class AbortStacks:
         self._counts: dict = {}  # (pid, gen, start_ip, stack_id) -> latest count
         self._comms: dict = {}  # (pid, gen) -> comm
         self._sections: dict = {}  # (pid, gen, start_ip) -> symbol
+        self._reaped: set = set()  # (pid, gen) whose kernel entries are deleted (their counts stay here)
         self.dropped = 0  # aborts whose count the full stack_counts map could not take
 
     def read(self, bpf, comms: dict) -> None:
@@ -113,7 +114,10 @@ class AbortStacks:
         uses are freed too, or the stack map fills (then every new stack
         collides: -EEXIST)."""
         counts, traces = bpf["stack_counts"], bpf["abort_stacks"]
-        keep = {k[3] for k in self._counts if (k[0], k[1]) not in gone}
+        self._reaped |= gone
+        # ids still in use by a process in the maps (the kept counts of
+        # processes reaped earlier must not pin a later owner's id)
+        keep = {k[3] for k in self._counts if (k[0], k[1]) not in self._reaped}
         freed = set()
         for pid, gen, start_ip, stack_id in [k for k in self._counts if (k[0], k[1]) in gone]:
             try:

@@ -105,21 +105,13 @@ static __always_inline void count_stack(void *ctx, u32 tgid, u32 gen, u64 start_
 {
     struct rseqtop_stack_key k = {.tgid = tgid, .gen = gen, .start_ip = start_ip};
     k.stack_id = abort_stacks.get_stackid(ctx, BPF_F_USER_STACK);
-    u64 *n = stack_counts.lookup(&k);
+    u64 zero = 0, *n = stack_counts.lookup_or_try_init(&k, &zero);
     if (n) {
         __sync_fetch_and_add(n, 1);
         return;
     }
-    u64 one = 1;
-    if (stack_counts.insert(&k, &one) == 0)
-        return;
-    n = stack_counts.lookup(&k); /* another CPU inserted it first */
-    if (n) {
-        __sync_fetch_and_add(n, 1);
-        return;
-    }
-    int zero = 0;
-    u64 *d = stack_drops.lookup(&zero);
+    int first = 0;
+    u64 *d = stack_drops.lookup(&first);
     if (d)
         __sync_fetch_and_add(d, 1);
 }

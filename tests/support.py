@@ -30,6 +30,7 @@ from rseqtop.exporter import privsep, webconfig
 from rseqtop.exporter.metrics import RseqCollector
 from rseqtop.exporter.server import ExporterServer, render
 from rseqtop.model.synthetic import SyntheticSource
+from rseqtop.present.rows import LiveModel
 from rseqtop.symbols import elf as elfsym
 from rseqtop.symbols.annotate import annotate_fd
 
@@ -561,3 +562,11 @@ class Trace:
         for t in self.pumps:  # every line read (slow under emulation)
             t.join(timeout=30)
         return rc
+
+
+def model_of(source) -> LiveModel:
+    """A LiveModel after two polls of source (so that it has rates)."""
+    m = LiveModel()
+    m.update(source.poll())
+    m.update(source.poll())
+    return m

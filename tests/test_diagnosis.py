@@ -20,7 +20,8 @@ from rseqtop.kernel.kthread import KthreadCache, is_kernel_thread, parse_stat_fl
 from rseqtop.model.snapshot import Counts, Preempter, ThreadStats, merge_preempters, pairs, top_preempters
 from rseqtop.model.synthetic import SyntheticSource
 from rseqtop.present import textout
-from rseqtop.present.rows import LiveModel, preempter_split
+from rseqtop.present.rows import preempter_split
+from support import model_of
 
 
 def test_stat_flags_survive_hostile_names():
@@ -84,16 +85,9 @@ def test_assembly_sums_sections_into_the_process():
     assert dict((m.name, m.used) for m in snap.self_stats.maps)["preempters"] == 3
 
 
-def model(source) -> LiveModel:
-    m = LiveModel()
-    m.update(source.poll())
-    m.update(source.poll())
-    return m
-
-
 def test_json_has_storms_and_preempters():
     src = SyntheticSource(processes=3, threads_per_process=2)
-    snap_model = model(src)
+    snap_model = model_of(src)
     rec = textout.json_record(snap_model)
     want = {p.pid: p for p in snap_model.cur.processes}
     for p in rec["processes"]:
@@ -107,7 +101,7 @@ def test_json_has_storms_and_preempters():
         assert sum(e["count"] for e in p["preempters"]) + p["preempters_unknown"] == \
             sum(e.count for e in s.preempters)
     assert any(p["storms"] for p in rec["processes"])
-    blind = textout.json_record(model(SyntheticSource(processes=1, unavailable_causes=("preempt",))))
+    blind = textout.json_record(model_of(SyntheticSource(processes=1, unavailable_causes=("preempt",))))
     p = blind["processes"][0]
     assert p["preempters"] is None and p["preempters_unknown"] is None and p["sections"][0]["preempters"] is None
 

@@ -12,16 +12,9 @@ from rseqtop.collect import Collector
 from rseqtop.errors import UserError
 from rseqtop.model.synthetic import SyntheticSource
 from rseqtop.present import textout
-from rseqtop.present.rows import LiveModel
+from support import model_of
 
 DATA = Path(__file__).parent / "data"
-
-
-def model_of(source) -> LiveModel:
-    m = LiveModel()
-    m.update(source.poll())
-    m.update(source.poll())
-    return m
 
 
 def test_unavailable_cause_is_shown_as_unavailable_not_zero():

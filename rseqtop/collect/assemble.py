@@ -227,6 +227,8 @@ def _with_user_aborts(handlers: tuple, processes: list, threads: list, sites: li
                 known.add((pid, start))
                 sites.append(SiteStats(pid, start, symbol(pid, start), 0, abort_ip=abort_ip, user_aborts=n))
     return processes, threads, sites
+
+
 def _with_site_sums(processes: list, sites: list) -> list:
     """Each process's storms and preempters: the sums over its sections."""
     by_pid: dict[int, list] = {}

@@ -19,6 +19,7 @@ from rseqtop.collect.records import (
     CallRecord, HandlerRecord, LiveRecord, MapRecords, OffsetRecord, PreempterRecord, ProcRecord, SiteRecord,
 )
 from rseqtop.kernel import facts as kernel
+from rseqtop.kernel import linux
 from rseqtop.kernel import taskstorage
 from rseqtop.kernel.kthread import KthreadCache
 from rseqtop.model.snapshot import COUNT_FIELDS, Counts, ThreadStats, cause_name, pairs
@@ -185,7 +186,7 @@ class MapReader:
         ru = resource.getrusage(resource.RUSAGE_SELF)
         return MapRecords(self.probes.setup, time.monotonic(), time.time(), read_seconds, pairs(named), procs,
                           threads, calls, sites, offsets, cpu_aborts,
-                          tuple((pid, _live_comm(pid)) for pid in sorted(live_pids)),
+                          tuple((pid, linux.proc_comm(pid) or "") for pid in sorted(live_pids)),
                           run_ns, run_cnt, misses, ru.ru_utime + ru.ru_stime, live, handlers,
                           self.probes.handlers_probed, preempters)
 
@@ -338,10 +339,4 @@ def unseen(skipped: dict) -> int:
     return total
 
 
-def _live_comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm", "rb") as f:
-            return f.read().rstrip(b"\n").decode("utf-8", errors="backslashreplace")
-    except OSError:
-        return ""
 

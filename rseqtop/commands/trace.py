@@ -15,6 +15,7 @@ import time
 
 from rseqtop.commands.options import add_filter_args, add_storm_args, add_uprobes_arg, check_filters, flat_pids, storm_rule
 from rseqtop.errors import UserError
+from rseqtop.kernel import linux
 from rseqtop.kernel.bpfgen import header_constants
 from rseqtop.model.snapshot import cause_name
 from rseqtop.present.textsafe import printable
@@ -66,14 +67,8 @@ def pids_by_comm(pattern: str, proc: str = "/proc") -> list:
     regex = re.compile(pattern)
     found = []
     for entry in os.listdir(proc):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"{proc}/{entry}/comm", "rb") as f:
-                comm = f.read().rstrip(b"\n").decode("utf-8", errors="backslashreplace")
-        except OSError:
-            continue  # gone meanwhile
-        if regex.search(comm):
+        comm = linux.proc_comm(int(entry), proc) if entry.isdigit() else None
+        if comm is not None and regex.search(comm):  # (None: gone meanwhile)
             found.append(int(entry))
     return sorted(found)
 

@@ -562,24 +562,24 @@ static uint64_t kernel_aborts(void)
  * bookkeeping after the call keeps it from being a tail call, so each
  * stays a frame of its own. The kernel aborts counted during the call are
  * the path's: abort handlers count them as they run. */
-static __attribute__((noinline, noclone)) int caller_a(int op)
+static inline __attribute__((always_inline)) int on_path(int path, int op)
 {
 	uint64_t before = kernel_aborts();
 	int r = run_op(op);
 
-	t_stats.path_ops[0]++;
-	t_stats.path_aborts[0] += kernel_aborts() - before;
+	t_stats.path_ops[path]++;
+	t_stats.path_aborts[path] += kernel_aborts() - before;
 	return r;
+}
+
+static __attribute__((noinline, noclone)) int caller_a(int op)
+{
+	return on_path(0, op);
 }
 
 static __attribute__((noinline, noclone)) int caller_b(int op)
 {
-	uint64_t before = kernel_aborts();
-	int r = run_op(op);
-
-	t_stats.path_ops[1]++;
-	t_stats.path_aborts[1] += kernel_aborts() - before;
-	return r;
+	return on_path(1, op);
 }
 
 /* One operation of the worker's round robin: i counts its operations. */

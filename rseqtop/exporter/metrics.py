@@ -337,7 +337,6 @@ class RseqCollector:
 
     def _families(self) -> list:
         pl = list(self.proc_labels)
-        counter_set = self.threads if self.threads is not None else self.procs
         counter_labels = list(self.thread_labels) if self.threads is not None else pl
         fams = {}
         for sid, (name, help_, extra) in COUNTERS.items():

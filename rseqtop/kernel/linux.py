@@ -1,5 +1,5 @@
 """Linux glue in one place: the libc handle, system call numbers by
-architecture, capability numbers, and /proc/*/status. Every module that
+architecture, capability numbers, and /proc/*/status and comm. Every module that
 calls into libc or reads credentials goes through here."""
 
 from __future__ import annotations
@@ -59,6 +59,15 @@ def proc_status(path: str = "/proc/thread-self/status", text: Optional[str] = No
 # memory freed in one stays there; a long-running exporter whose threads
 # build large bodies then holds several heaps' worth. Absent (musl): no-ops.
 M_ARENA_MAX = -8
+
+
+def proc_comm(pid: int, proc: str = "/proc") -> Optional[str]:
+    """A process's name now (undecodable bytes escaped); None when it is gone."""
+    try:
+        with open(f"{proc}/{pid}/comm", "rb") as f:
+            return f.read().rstrip(b"\n").decode("utf-8", errors="backslashreplace")
+    except OSError:
+        return None
 
 
 def one_malloc_arena() -> None:

@@ -5,8 +5,8 @@ Line 1 is a header object {"format": "rseqtop-recording", "version": 1,
 interval of `rseqtop --json` (rseqtop.present.textout.json_record) plus the
 kind. Kind "stacks" (`record --stacks`) is every (process, section, call
 stack) with its aborts since the start, written after a sample whenever it
-changed: the last one is the recording's. Readers skip kinds they do not know, so optional data (stack samples,
-per-section preempters) can be added within a version; a change an older
+changed: the last one is the recording's. Readers skip kinds they do not
+know, so optional data can be added within a version; a change an older
 reader would misread increments VERSION.
 """
 

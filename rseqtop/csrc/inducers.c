@@ -68,6 +68,10 @@ static void pin_inducer(void)
 
 /* Inducer results. */
 atomic_long signals_sent, migrations_requested;
+/* CLOCK_MONOTONIC ns before the migration thread's first request and after
+ * every worker pinned itself: a migration of a worker from then on is a
+ * requested one (what moved it before is its start and its own pin). */
+atomic_llong migrations_from_ns;
 atomic_long signals_handled;   /* SIGUSR1 handled, all threads (paces --signal-burst) */
 long mb_calls, mb_ok;
 int mb_registered;
@@ -200,6 +204,7 @@ void *migrate_main(void *arg)
 		pos[k] = cfg.ncpus > 0 ? k % n : k % (n ? n : 1);
 	pthread_barrier_wait(&start_barrier);
 	clock_gettime(CLOCK_MONOTONIC, &next);
+	atomic_store(&migrations_from_ns, (long long)next.tv_sec * 1000000000LL + next.tv_nsec);
 	while (n > 0 && tick_wait(&next, period)) {
 		int k = i++ % cfg.threads;
 		struct worker *w = &workers[k];

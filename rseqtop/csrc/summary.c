@@ -517,8 +517,8 @@ void write_json(FILE *f, const char *comm, const struct tstats *t, double durati
 	write_churn_json(f, duration);
 	write_idle_json(f);
 	write_rusage_json(f);
-	fprintf(f, " \"signals_sent\": %ld, \"migrations_requested\": %ld,\n",
-		atomic_load(&signals_sent), atomic_load(&migrations_requested));
+	fprintf(f, " \"signals_sent\": %ld, \"migrations_requested\": %ld, \"migrations_from_ns\": %lld,\n",
+		atomic_load(&signals_sent), atomic_load(&migrations_requested), atomic_load(&migrations_from_ns));
 	fputs(" \"duration_s\": ", f);
 	json_double(f, duration);
 	fputs(", \"ops_per_second\": ", f);

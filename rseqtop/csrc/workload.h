@@ -337,6 +337,7 @@ extern long run_rss_kib;   /* resident set at the stop, -1 if unknown */
 
 /* Inducer results (inducers.c). */
 extern atomic_long signals_sent, migrations_requested;
+extern atomic_llong migrations_from_ns;
 extern atomic_long signals_handled;
 extern long mb_calls, mb_ok;
 extern int mb_registered;

@@ -153,7 +153,7 @@ class CollectorSyscallsMode(Tracer):
 
 class Json(Tracer):
     """`rseqtop --json`: shows threads, so it asks for mm_cid (sampled for
-    0.2 s after each refresh)."""
+    50 ms after each refresh)."""
 
     name = "rseqtop --json"
     args: list = []

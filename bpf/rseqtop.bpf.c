@@ -28,6 +28,7 @@ BPF_HASH(offsets, struct rseqtop_offset_key, u64, RSEQTOP_MAX_OFFSETS);
 BPF_HASH(pcounts, struct rseqtop_pcount_key, u64, RSEQTOP_MAX_PCOUNTS);
 BPF_HASH(preempters, struct rseqtop_preempter_key, struct rseqtop_preempter, RSEQTOP_MAX_PREEMPTERS);
 BPF_PERCPU_ARRAY(last_victim, struct rseqtop_victim, 1);
+BPF_ARRAY(successors, struct rseqtop_successor, RSEQTOP_NCPUS * RSEQTOP_MAX_SUCCESSORS);
 BPF_PERCPU_ARRAY(counters, u64, RSEQTOP_NCOUNTERS);
 BPF_PERCPU_ARRAY(cpu_aborts, u64, 1);
 BPF_ARRAY(config, struct rseqtop_config, 1);
@@ -400,14 +401,32 @@ static __always_inline int storm_step(struct rseqtop_thread *t, struct rseqtop_c
     return k && t->abort_run == k;
 }
 
+/* The slot of CPU cpu's preemption number seq in successors. */
+static __always_inline struct rseqtop_successor *successor_slot(u32 cpu, u32 seq)
+{
+    u32 i = cpu * RSEQTOP_MAX_SUCCESSORS + (seq & (RSEQTOP_MAX_SUCCESSORS - 1));
+    return cpu < RSEQTOP_NCPUS ? successors.lookup(&i) : 0;
+}
+
 /* An abort caused by preemption: count it for the task that ran next on
  * the CPU after the thread's latest switch-out, when that was a preemption
  * and its successor has been seen (else for RSEQTOP_PREEMPTER_UNKNOWN). */
 static __always_inline void preempter_add(struct rseqtop_thread *t, struct rseqtop_hot *h, u64 start_ip)
 {
-    int known = h->outs && t->pre_seq == h->outs;
+    struct rseqtop_successor s = {};
+    struct rseqtop_successor *slot = h->pre_seq ? successor_slot(h->pre_cpu, h->pre_seq) : 0;
+    if (slot && slot->seq == h->pre_seq) {
+        __builtin_memcpy(&s, slot, sizeof(s));
+        /* its successor may be filling the slot again for a later
+         * preemption (on another CPU than this abort's): then it names
+         * that one's successor, not ours */
+        asm volatile("" ::: "memory");
+        if (slot->seq != h->pre_seq)
+            s.seq = 0;
+    }
+    int known = s.seq == h->pre_seq && h->pre_seq;
     struct rseqtop_preempter_key k = {.tgid = t->tgid, .gen = t->gen, .start_ip = start_ip,
-                                      .ptid = known ? t->pre_tid : RSEQTOP_PREEMPTER_UNKNOWN};
+                                      .ptid = known ? s.tid : RSEQTOP_PREEMPTER_UNKNOWN};
     struct rseqtop_preempter zero = {};
     struct rseqtop_preempter *p = preempters.lookup_or_try_init(&k, &zero);
     if (!p) {
@@ -417,8 +436,8 @@ static __always_inline void preempter_add(struct rseqtop_thread *t, struct rseqt
     __sync_fetch_and_add(&p->count, 1);
     if (known) {
         /* its latest name (racing aborts write the same task's) */
-        p->ptgid = t->pre_tgid;
-        __builtin_memcpy(p->comm, t->pre_comm, sizeof(p->comm));
+        p->ptgid = s.tgid;
+        __builtin_memcpy(p->comm, s.comm, sizeof(p->comm));
     }
 }
 
@@ -639,10 +658,13 @@ int on_rseq_update(struct tp_rseq_update *args)
 
 #ifdef HAVE_SCHED_SWITCH
 /* Who preempted: the task switched out now is the one that ran on this CPU
- * after the thread preempted here last (its slot in last_victim), so its
- * own tid and comm, no struct read, name that thread's preempter. Costs
- * every switch a per-CPU array lookup; the record write comes only after
- * a tracked thread's preemption. */
+ * after the thread preempted here last (last_victim), so its own tid and
+ * comm, no struct read, name that thread's preempter. It writes them into
+ * this CPU's successor ring, where the victim's abort finds them by the
+ * (CPU, number) its switch-out kept in its hot state: every switch costs a
+ * per-CPU array lookup, a preemption's successor an array slot write, and
+ * neither a hash lookup (the victim's record is looked up only to send a
+ * preemption event). */
 static __always_inline struct rseqtop_victim *note_successor(void)
 {
     int zero = 0;
@@ -651,33 +673,41 @@ static __always_inline struct rseqtop_victim *note_successor(void)
         return v;
     u32 victim = v->tid;
     v->tid = 0;
-    struct rseqtop_thread *t = threads.lookup(&victim);
     u64 id = bpf_get_current_pid_tgid();
     /* The victim itself switching out again here: the switch to its
      * successor was not seen (a program run missed), so no preempter. */
     int seen = victim != (u32)id;
-    if (t && seen) {
-        /* The name costs more than the rest together (measured: ~65 ns
-         * of ~120): fetched when the preempter differs from the thread's
-         * previous one, so a steady antagonist costs a lookup, and a task
-         * that renames itself while it keeps preempting the same thread
-         * keeps its earlier name until another task preempts in between. */
-        if (t->pre_tid != (u32)id || !t->pre_comm[0]) {
-            t->pre_tid = (u32)id;
-            t->pre_tgid = id >> 32;
-            bpf_get_current_comm(&t->pre_comm, sizeof(t->pre_comm));
+    char *name = 0;
+    if (seen) {
+        /* The name is most of the cost (measured: ~45 ns of ~90): fetched
+         * when the task's slot in this CPU's name cache holds another task,
+         * so a task that renames itself keeps its earlier name here until
+         * another task with the same slot preempts on this CPU. */
+        u32 n = (u32)id & (RSEQTOP_NAME_CACHE - 1);
+        if (v->names[n].tid != (u32)id || !v->names[n].comm[0]) {
+            v->names[n].tid = (u32)id;
+            bpf_get_current_comm(&v->names[n].comm, sizeof(v->names[n].comm));
         }
-        t->pre_seq = v->seq;
+        name = v->names[n].comm;
+        struct rseqtop_successor *s = successor_slot(bpf_get_smp_processor_id(), v->seq);
+        if (s) {
+            s->tid = (u32)id;
+            s->tgid = id >> 32;
+            __builtin_memcpy(s->comm, name, sizeof(s->comm));
+            asm volatile("" ::: "memory");
+            s->seq = v->seq;
+        }
     }
-    if (t && v->ts) {
+    struct rseqtop_thread *t = v->ts ? threads.lookup(&victim) : 0;
+    if (t) {
         /* the preemption's event, now that its preempter is known */
         struct rseqtop_event *e = event_start(RSEQTOP_EV_PREEMPT, t, victim, v->ts);
         if (e) {
             e->next_tid = seen ? (u32)id : RSEQTOP_PREEMPTER_UNKNOWN;
             e->next_tgid = seen ? id >> 32 : RSEQTOP_PREEMPTER_UNKNOWN;
             __builtin_memcpy(e->comm, t->comm, sizeof(e->comm));
-            if (seen)
-                __builtin_memcpy(e->next_comm, t->pre_comm, sizeof(e->next_comm));
+            if (name)
+                __builtin_memcpy(e->next_comm, name, sizeof(e->next_comm));
             event_submit(e);
         }
     }
@@ -701,13 +731,18 @@ static __always_inline void switched_out(int runnable)
     if (!h)
         return;
     note_cause(h, 0);
-    h->outs++;
+    h->pre_seq = 0;
     if (runnable) {
         h->preempts++;
         if (v) {
             u64 id = bpf_get_current_pid_tgid();
+            /* numbers start at 1 (0: none) and skip 0 when they wrap */
+            u32 seq = v->seq + 1;
+            seq += !seq;
+            v->seq = seq;
             v->tid = (u32)id;
-            v->seq = h->outs;
+            h->pre_cpu = bpf_get_smp_processor_id();
+            h->pre_seq = seq;
             /* a config read per preemption of a tracked thread only */
             int zero = 0;
             struct rseqtop_config *cfg = config.lookup(&zero);

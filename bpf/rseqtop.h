@@ -103,6 +103,18 @@
 #ifndef RSEQTOP_MAX_PREEMPTERS
 #define RSEQTOP_MAX_PREEMPTERS 16384
 #endif
+/* Successor ring slots per CPU (a power of two): how many preemptions of
+ * tracked threads a CPU may see between a victim's preemption and its
+ * abort before the victim's preempter is forgotten (shown as unknown). */
+#ifndef RSEQTOP_MAX_SUCCESSORS
+#define RSEQTOP_MAX_SUCCESSORS 256
+#endif
+/* Successors' names cached per CPU (a power of two). */
+#define RSEQTOP_NAME_CACHE 32
+/* Possible CPUs (bpfgen passes the machine's). */
+#ifndef RSEQTOP_NCPUS
+#define RSEQTOP_NCPUS 1024
+#endif
 #ifndef RSEQTOP_RINGBUF_PAGES
 #define RSEQTOP_RINGBUF_PAGES 64
 #endif
@@ -149,9 +161,11 @@ struct rseqtop_hot {
      * the (low half of the) iterator pass that last summed the thread. */
     u32 tid;
     u32 summed_pass;
-    /* switch-outs of the thread (any): the sequence number that tells
-     * whether its recorded preempter belongs to the latest one */
-    u32 outs;
+    /* Where the thread's latest switch-out left its successor: CPU
+     * pre_cpu's preemption number pre_seq (see struct rseqtop_successor);
+     * pre_seq 0: that switch-out was not a preemption. */
+    u32 pre_cpu;
+    u32 pre_seq;
     /* 6.19+: TWIN_* bits, events the regular program handled, so that its
      * raw twin (run next on the same event) does not handle them again */
     u32 claims;
@@ -174,14 +188,8 @@ struct rseqtop_thread {
     s32 mm_cid;
     u32 last_signal;
     char comm[RSEQTOP_COMM_LEN];
-    /* Who ran next on the CPU after the thread's latest preemption: written
-     * by that task's own next sched_switch (another thread's context), for
-     * switch-out number pre_seq (see rseqtop_hot.outs). */
-    u32 pre_seq;
-    u32 pre_tid;
-    u32 pre_tgid;
     u32 abort_run; /* consecutive aborts in last_abort_ip, storm rule */
-    char pre_comm[RSEQTOP_COMM_LEN];
+    u32 pad;
     u64 last_abort_ns;
     u64 last_abort_ip;
 };
@@ -189,9 +197,27 @@ struct rseqtop_thread {
 /* The thread preempted last on this CPU (per-CPU slot, sched_switch only):
  * the next sched_switch here runs in its successor's context. */
 struct rseqtop_victim {
+    u32 tid;  /* 0: its successor is noted already */
+    u32 seq;  /* this CPU's preemptions of tracked threads so far: the latest one's number */
+    u64 ts;   /* when it was preempted, if preemption events are wanted (else 0) */
+    /* successors' names by tid (direct-mapped): fetching the name is most
+     * of a successor's cost, and the same tasks take a CPU again and again */
+    struct {
+        u32 tid;
+        char comm[RSEQTOP_COMM_LEN];
+    } names[RSEQTOP_NAME_CACHE];
+};
+
+/* Who ran next on a CPU after its preemption number seq (a ring per CPU in
+ * the array successors, slot seq % RSEQTOP_SUCCESSORS): written by the
+ * successor's own next switch-out, read by the victim's next abort. A slot
+ * taken over by a later preemption before the victim's abort names no one. */
+struct rseqtop_successor {
+    u32 seq; /* written last: a reader that sees its own seq sees the rest */
     u32 tid;
-    u32 seq;
-    u64 ts; /* when it was preempted, if preemption events are wanted (else 0) */
+    u32 tgid;
+    u32 pad;
+    char comm[RSEQTOP_COMM_LEN];
 };
 
 /* Aborts caused by preemption, by process, section and preempter. */

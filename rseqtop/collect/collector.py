@@ -29,8 +29,11 @@ from rseqtop.symbols.symbolizer import Symbolizer
 
 # Seconds after each read during which threads' mm_cid is recorded (0: all
 # the time while asked for). Shown mm_cid values are then each thread's
-# latest from such a window: exact for threads that ran in it.
-MM_CID_WINDOW = 0.2
+# latest from such a window: exact for threads that ran in it. The record
+# costs ~15% of a switch-bound workload's throughput while attached
+# (benchmarks/bench.py, "rseqtop --json (mm_cid always)"): 50 ms in a 1 s
+# refresh is under 1%, and a thread that runs at all runs in 50 ms.
+MM_CID_WINDOW = 0.05
 
 
 def _no_section(pid: int, gen: int, abort_ip: int) -> None:

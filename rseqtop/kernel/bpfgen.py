@@ -15,6 +15,7 @@ from typing import Callable, Optional
 
 from rseqtop import paths
 from rseqtop.errors import UserError
+from rseqtop.kernel import bpfsys
 from rseqtop.kernel import facts as kernel
 from rseqtop.kernel.tracefs import Format
 
@@ -181,6 +182,8 @@ def plan(formats: Callable[[str, str], Optional[Format]], ipi_rseq_addr: Optiona
     to read it with (see Collector)."""
     attach, missing, structs = [], [], []
     defines = default_sizes()
+    # the successor ring has a slot range per CPU (see bpf/rseqtop.h)
+    defines["RSEQTOP_NCPUS"] = bpfsys.cpu_id_bound()
     defines.update(sizes or {})
     found = {}
     for system, event, required, fields, optional in PROBES:

@@ -147,5 +147,10 @@ def possible_cpus() -> int:
     return len(cpu_list("/sys/devices/system/cpu/possible"))
 
 
+def cpu_id_bound() -> int:
+    """One more than the highest CPU number the kernel may run on."""
+    return max(cpu_list("/sys/devices/system/cpu/possible")) + 1
+
+
 def online_cpus() -> list:
     return cpu_list("/sys/devices/system/cpu/online")

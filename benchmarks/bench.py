@@ -121,10 +121,11 @@ class Bpftrace(Tracer):
 
 class CollectorMode(Tracer):
     name = "rseqtop collector"
+    tree = REPO  # the checkout whose rseqtop runs (--compare adds another's)
 
     def start(self):
-        self.proc = subprocess.Popen([PY, str(REPO / "benchmarks/collector_probe.py")], stdout=subprocess.PIPE,
-                                     text=True, cwd=REPO)
+        self.proc = subprocess.Popen([PY, str(self.tree / "benchmarks/collector_probe.py")], stdout=subprocess.PIPE,
+                                     text=True, cwd=self.tree)
         wait_line(self.proc, "FIRST")
 
 
@@ -157,10 +158,11 @@ class Json(Tracer):
 
     name = "rseqtop --json"
     args: list = []
+    tree = REPO
 
     def start(self):
         self.proc = subprocess.Popen([PY, "-m", "rseqtop", "--json", "-d", "1", *self.args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO)
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=self.tree)
         wait_line(self.proc, "schema_version")
         # keep reading: a full pipe would stop it
         threading.Thread(target=lambda: self.proc.stdout.read(), daemon=True).start()
@@ -230,6 +232,17 @@ class Tui(Tracer):
 
 MODES = [Tracer, Perf, Bpftrace, CollectorMode, CollectorNoPreemptersMode, CollectorSyscallsMode, Json,
          JsonMmCidAlways, Export, Tui]
+
+
+def compared(modes: list, tree: Path) -> list:
+    """modes, each mode that runs a checkout's rseqtop followed by the same
+    mode running tree's (named "... [tree]"), interleaved in every round."""
+    out = []
+    for m in modes:
+        out.append(m)
+        if "tree" in vars(m) or any("tree" in vars(b) for b in m.__mro__[1:-1]):
+            out.append(type(m.__name__ + "Compared", (m,), {"name": f"{m.name} [{tree}]", "tree": tree}))
+    return out
 
 
 def run_workload(args: list[str], seconds: float) -> dict:
@@ -418,6 +431,9 @@ def main() -> int:
                     help="only what the who-preempted bookkeeping adds per context switch (sched_switch program "
                          "run time with and without it; --configs from benchmarks/probe_cost.py, default: "
                          + ", ".join(SWITCH_COST_CONFIGS) + ")")
+    ap.add_argument("--compare", metavar="DIR",
+                    help="also run the rseqtop of checkout DIR (e.g. an older commit's git archive) in each "
+                         "collector and --json mode, interleaved with this one's")
     a = ap.parse_args()
     if os.geteuid() != 0:
         print("benchmarks/run: run as root (sudo benchmarks/run): it loads BPF programs", file=sys.stderr)
@@ -430,6 +446,8 @@ def main() -> int:
             return 1
     workload.build()
     modes = MODES if not a.modes else [m for m in MODES if m is Tracer or m.name in a.modes.split(",")]
+    if a.compare:
+        modes = compared(modes, Path(a.compare).resolve())
     configs = CONFIGS if not a.configs else {k: v for k, v in CONFIGS.items() if k in a.configs.split(",")}
     doc = {"machine": f"{platform.node()} {platform.release()} {NCPU} CPUs", "date": time.strftime("%Y-%m-%d %H:%M"),
            "reps": reps, "seconds": seconds, "quick": a.quick}

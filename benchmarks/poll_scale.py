@@ -9,6 +9,7 @@ stage, and checks that every thread is counted exactly.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import sys
@@ -25,6 +26,50 @@ from rseqtop.present.rows import LiveModel  # noqa: E402
 
 TARGET_MS = 10.0
 
+# The kernel's walk alone: a task iterator whose program only counts the
+# tasks it is called for. No per-poll pass over every task costs less.
+EMPTY_ITERATOR = r"""
+struct bpf_iter_meta { struct seq_file *seq; u64 session_id; u64 seq_num; };
+struct bpf_iter__task { struct bpf_iter_meta *meta; struct task_struct *task; };
+BPF_ARRAY(tasks, u64, 1);
+BPF_ITER(task)
+{
+    int zero = 0;
+    u64 *n = tasks.lookup(&zero);
+    if (n && ctx->task)
+        __sync_fetch_and_add(n, 1);
+    return 0;
+}
+"""
+
+
+def walk_floor(passes: int = 8) -> tuple[float, float]:
+    """(median CPU ms of one pass of an empty task iterator, tasks per pass)."""
+    import bcc
+
+    from rseqtop.kernel import bpfsys, kheaders
+
+    kheaders.export_for_bcc(kheaders.locate())
+    b = bcc.BPF(text=EMPTY_ITERATOR)
+    try:
+        link = bcc.lib.bcc_iter_attach(b.load_func("bpf_iter__task", bcc.BPF.TRACING).fd, None, 0)
+        if link < 0:
+            raise OSError(-link, "task iterator refused")
+        times = []
+        for _ in range(passes):
+            t = time.thread_time()
+            fd = bpfsys.iter_create(link)
+            try:
+                while os.read(fd, 1 << 16):
+                    pass
+            finally:
+                os.close(fd)
+            times.append((time.thread_time() - t) * 1e3)
+        os.close(link)
+        return statistics.median(times), b["tasks"][0].value / passes
+    finally:
+        b.cleanup()
+
 
 def cpu() -> float:
     ru = resource.getrusage(resource.RUSAGE_SELF)
@@ -40,7 +85,7 @@ def main() -> int:
     opts = ap.parse_args()
     workload.build()
     # room for starting 10,000 threads on a busy machine: every poll measured must see them all live
-    duration = opts.polls * opts.interval + 15
+    duration = opts.polls * opts.interval + 30
     # dead_threads keeps the last 2,048 exited threads by default (process
     # totals are exact regardless): room for all of them, for the per-thread check
     with Collector(sizes={"RSEQTOP_MAX_DEAD_THREADS": 2 * opts.threads}) as c:
@@ -70,6 +115,7 @@ def main() -> int:
             if p is not None and p.threads_live >= opts.threads:
                 break
             time.sleep(0.5)
+        floor = walk_floor()
         rows = []
         started = time.monotonic()
         for _ in range(opts.polls):
@@ -102,6 +148,7 @@ def main() -> int:
     print(f"  by stage (this thread): task iterator pass {med[4]:.1f} ms (none without it), other map reads "
           f"{med[1]:.1f} ms, assemble {med[2]:.1f} ms, JSON front end {med[3]:.1f} ms")
     print(f"  = {med[0] / (opts.interval * 10):.1f}% of a core at a {opts.interval:g} s refresh")
+    print(f"  floor: the kernel's walk alone (an empty task iterator over {floor[1]:.0f} tasks) {floor[0]:.1f} ms")
     if min(r[4] for r in rows) < opts.threads:
         print(f"warning: the workload ended while polled ({polled_for:.0f} s of polls); its threads were not all live")
     print(f"exact: {len(summary['threads']) - len(wrong)} of {len(summary['threads'])} threads' aborts equal "

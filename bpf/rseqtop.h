@@ -180,9 +180,13 @@ struct rseqtop_hot_out {
 };
 
 /* The task iterator reads tgid and gen and the first six counts of every
- * live thread at each poll, one thread at a time: they lead, so that they
- * share a cache line or two (the pass is bound by cache misses). */
+ * live thread at each poll, one thread at a time: they come next to each
+ * other, so that they share a cache line or two (the pass is bound by cache
+ * misses). h stays at offset 0: `t ? &t->h : 0` is then no pointer
+ * arithmetic, which clang may do before the null check (the verifier
+ * refuses that). */
 struct rseqtop_thread {
+    struct rseqtop_hot h;
     u32 tgid;
     u32 gen; /* its process's generation (see proc_gen) */
     s32 mm_cid;
@@ -190,7 +194,6 @@ struct rseqtop_thread {
     char comm[RSEQTOP_COMM_LEN];
     /* updates and preempts here are filled from h when the thread exits */
     struct rseqtop_counts c;
-    struct rseqtop_hot h;
     u32 abort_run; /* consecutive aborts in last_abort_ip, storm rule */
     u32 pad;
     u64 last_abort_ns;

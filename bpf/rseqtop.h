@@ -179,21 +179,15 @@ struct rseqtop_hot_out {
     u64 preempts;
 };
 
-/* The task iterator reads tgid and gen and the first six counts of every
- * live thread at each poll, one thread at a time: they come next to each
- * other, so that they share a cache line or two (the pass is bound by cache
- * misses). h stays at offset 0: `t ? &t->h : 0` is then no pointer
- * arithmetic, which clang may do before the null check (the verifier
- * refuses that). */
 struct rseqtop_thread {
     struct rseqtop_hot h;
+    /* updates and preempts here are filled from h when the thread exits */
+    struct rseqtop_counts c;
     u32 tgid;
     u32 gen; /* its process's generation (see proc_gen) */
     s32 mm_cid;
     u32 last_signal;
     char comm[RSEQTOP_COMM_LEN];
-    /* updates and preempts here are filled from h when the thread exits */
-    struct rseqtop_counts c;
     u32 abort_run; /* consecutive aborts in last_abort_ip, storm rule */
     u32 pad;
     u64 last_abort_ns;
@@ -215,11 +209,11 @@ struct rseqtop_victim {
 };
 
 /* Who ran next on a CPU after its preemption number seq (a ring per CPU in
- * the array successors, slot seq % RSEQTOP_SUCCESSORS): written by the
+ * the array successors, slot seq % RSEQTOP_MAX_SUCCESSORS): written by the
  * successor's own next switch-out, read by the victim's next abort. A slot
  * taken over by a later preemption before the victim's abort names no one. */
 struct rseqtop_successor {
-    u32 seq; /* written last: a reader that sees its own seq sees the rest */
+    u32 seq; /* written last, and read before and after the rest (see preempter_add) */
     u32 tid;
     u32 tgid;
     u32 pad;

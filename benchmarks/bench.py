@@ -240,7 +240,7 @@ def compared(modes: list, tree: Path) -> list:
     out = []
     for m in modes:
         out.append(m)
-        if "tree" in vars(m) or any("tree" in vars(b) for b in m.__mro__[1:-1]):
+        if hasattr(m, "tree"):
             out.append(type(m.__name__ + "Compared", (m,), {"name": f"{m.name} [{tree}]", "tree": tree}))
     return out
 

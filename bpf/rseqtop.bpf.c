@@ -415,16 +415,15 @@ static __always_inline void preempter_add(struct rseqtop_thread *t, struct rseqt
 {
     struct rseqtop_successor s = {};
     struct rseqtop_successor *slot = h->pre_seq ? successor_slot(h->pre_cpu, h->pre_seq) : 0;
+    int known = 0;
     if (slot && slot->seq == h->pre_seq) {
         __builtin_memcpy(&s, slot, sizeof(s));
         /* its successor may be filling the slot again for a later
          * preemption (on another CPU than this abort's): then it names
          * that one's successor, not ours */
         asm volatile("" ::: "memory");
-        if (slot->seq != h->pre_seq)
-            s.seq = 0;
+        known = slot->seq == h->pre_seq;
     }
-    int known = s.seq == h->pre_seq && h->pre_seq;
     struct rseqtop_preempter_key k = {.tgid = t->tgid, .gen = t->gen, .start_ip = start_ip,
                                       .ptid = known ? s.tid : RSEQTOP_PREEMPTER_UNKNOWN};
     struct rseqtop_preempter zero = {};
@@ -665,7 +664,7 @@ int on_rseq_update(struct tp_rseq_update *args)
  * per-CPU array lookup, a preemption's successor an array slot write, and
  * neither a hash lookup (the victim's record is looked up only to send a
  * preemption event). */
-static __always_inline struct rseqtop_victim *note_successor(void)
+static __always_inline struct rseqtop_victim *note_successor(u32 cpu)
 {
     int zero = 0;
     struct rseqtop_victim *v = last_victim.lookup(&zero);
@@ -689,7 +688,7 @@ static __always_inline struct rseqtop_victim *note_successor(void)
             bpf_get_current_comm(&v->names[n].comm, sizeof(v->names[n].comm));
         }
         name = v->names[n].comm;
-        struct rseqtop_successor *s = successor_slot(bpf_get_smp_processor_id(), v->seq);
+        struct rseqtop_successor *s = successor_slot(cpu, v->seq);
         if (s) {
             s->tid = (u32)id;
             s->tgid = id >> 32;
@@ -721,11 +720,12 @@ static __always_inline struct rseqtop_victim *note_successor(void)
  * (still runnable) are counted as preemptions, their successor noted. */
 static __always_inline void switched_out(int runnable)
 {
+    u32 cpu = bpf_get_smp_processor_id();
 #ifdef RSEQTOP_NO_PREEMPTERS
     /* the benchmark's baseline (benchmarks/bench.py --switch-cost) */
     struct rseqtop_victim *v = 0;
 #else
-    struct rseqtop_victim *v = note_successor();
+    struct rseqtop_victim *v = note_successor(cpu);
 #endif
     struct rseqtop_hot *h = current_hot();
     if (!h)
@@ -741,7 +741,7 @@ static __always_inline void switched_out(int runnable)
             seq += !seq;
             v->seq = seq;
             v->tid = (u32)id;
-            h->pre_cpu = bpf_get_smp_processor_id();
+            h->pre_cpu = cpu;
             h->pre_seq = seq;
             /* a config read per preemption of a tracked thread only */
             int zero = 0;

@@ -337,6 +337,3 @@ def unseen(skipped: dict) -> int:
         twin = skipped.get(f"{name}_twin")
         total += n if twin is None else min(n, twin)
     return total
-
-
-

@@ -633,7 +633,10 @@ def test_canary_classifies_every_abort(mode, cause):
 
 
 def test_canary_all_operations_stay_exact():
-    s = workload.run(["--threads", "3", "--cpus", "0", "--ops", "3000", "--in-cs-delay", "20000",
+    # --in-cs-delay 200000 makes the run ~0.5 s: at 20000 (~50 ms) a busy
+    # second CPU could hold off the signal thread until the workers were
+    # done, and 1 run in 60 ended without a single abort
+    s = workload.run(["--threads", "3", "--cpus", "0", "--ops", "3000", "--in-cs-delay", "200000",
                       "--signal-rate", "1000", "--check-cpu-id-start"], env=env_with())
     check_canary(s)
     for op in ("counter", "spinlock", "delay"):

@@ -8,7 +8,6 @@ thousand mostly idle threads converts only the few that ran."""
 from __future__ import annotations
 
 import ctypes
-import re
 import resource
 import struct
 import time
@@ -19,7 +18,7 @@ from rseqtop.collect.records import (
     CallRecord, HandlerRecord, LiveRecord, MapRecords, OffsetRecord, PreempterRecord, ProcRecord, SiteRecord,
 )
 from rseqtop.kernel import facts as kernel
-from rseqtop.kernel import linux
+from rseqtop.kernel import bpfsys, linux
 from rseqtop.kernel import taskstorage
 from rseqtop.kernel.kthread import KthreadCache
 from rseqtop.model.snapshot import COUNT_FIELDS, Counts, ThreadStats, cause_name, pairs
@@ -134,7 +133,7 @@ class MapReader:
         self._iter_threads = {mode: k[f"RSEQTOP_ITER_THREADS_{mode.upper()}"] for mode in THREAD_MODES}
         if probes.hot_iter_link is not None:
             self._tables["proc_live"] = BatchTable(b["proc_live"])
-            self._live_values = struct.Struct(f"=2Q{len(COUNT_FIELDS) + self._ncodes}Q")
+            self._live_values = struct.Struct("=4Q")  # struct rseqtop_live: pass, threads, updates, preempts
             if self._live_values.size != ctypes.sizeof(b["proc_live"].Leaf):
                 raise RuntimeError("struct rseqtop_live changed: update rseqtop.collect.reader")
 
@@ -221,7 +220,7 @@ class MapReader:
             rec = self._proc_cache.get(kb + vb)
             if rec is None:
                 k, v = key_type.from_buffer_copy(kb), leaf_type.from_buffer_copy(vb)
-                rec = ProcRecord(k.tgid, k.gen, comm_text(v.comm), self._counts(v.retired), int(v.exited_threads))
+                rec = ProcRecord(k.tgid, k.gen, comm_text(v.comm), self._counts(v.c), int(v.exited_threads))
             cache[kb + vb] = rec
             out.append(rec)
         self._proc_cache = cache
@@ -231,14 +230,12 @@ class MapReader:
         """Processes' live threads as the task iterator summed them in this
         pass (entries of other passes are processes with none now)."""
         out = []
-        n = len(COUNT_FIELDS)
         for kb, vb in self._tables["proc_live"].raw():
-            v = self._live_values.unpack(vb)
-            if v[0] != current:
+            passed, threads, updates, preempts = self._live_values.unpack(vb)
+            if passed != current:
                 continue
             pid, gen = PROC_KEY.unpack_from(kb)
-            counts = Counts(*v[2:2 + n], causes=cause_pairs(v[2 + n:], self._cause_names))
-            out.append(LiveRecord(pid, gen, v[1], counts))
+            out.append(LiveRecord(pid, gen, threads, Counts(updates=updates, preempts=preempts)))
         return tuple(out)
 
     def _threads(self, live_raw: list, dead_raw: list, hot) -> tuple:
@@ -316,13 +313,11 @@ class MapReader:
         skipped = {}
         for name, fd in self.probes.programs():
             try:
-                info = Path(f"/proc/self/fdinfo/{fd}").read_text()
+                ns, cnt, skipped[name] = bpfsys.prog_stats(fd)
             except OSError:
                 continue
-            fields = dict(re.findall(r"^(run_time_ns|run_cnt|recursion_misses):\s*(\d+)", info, re.M))
-            run_ns += int(fields.get("run_time_ns", 0))
-            run_cnt += int(fields.get("run_cnt", 0))
-            skipped[name] = int(fields.get("recursion_misses", 0))
+            run_ns += ns
+            run_cnt += cnt
         misses = unseen(skipped)
         return (run_ns, run_cnt, misses) if stats else (None, None, misses)
 

@@ -17,6 +17,7 @@ SYS_BPF = linux.syscall_number("bpf")
 SYS_PERF_EVENT_OPEN = linux.syscall_number("perf_event_open")
 
 MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, MAP_DELETE_ELEM, MAP_GET_NEXT_KEY = 1, 2, 3, 4
+OBJ_GET_INFO_BY_FD = 15
 MAP_LOOKUP_BATCH = 24
 ITER_CREATE = 33
 
@@ -34,6 +35,31 @@ class _BatchAttr(ctypes.Structure):
 
 class _IterAttr(ctypes.Structure):
     _fields_ = [("link_fd", ctypes.c_uint32), ("flags", ctypes.c_uint32)]
+
+
+class _InfoAttr(ctypes.Structure):
+    _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32), ("info", ctypes.c_uint64)]
+
+
+class _ProgInfo(ctypes.Structure):
+    """struct bpf_prog_info of include/uapi/linux/bpf.h up to
+    recursion_misses (5.12+); the kernel fills what it has of it."""
+
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("tag", ctypes.c_uint8 * 8),
+                ("jited_prog_len", ctypes.c_uint32), ("xlated_prog_len", ctypes.c_uint32),
+                ("jited_prog_insns", ctypes.c_uint64), ("xlated_prog_insns", ctypes.c_uint64),
+                ("load_time", ctypes.c_uint64), ("created_by_uid", ctypes.c_uint32),
+                ("nr_map_ids", ctypes.c_uint32), ("map_ids", ctypes.c_uint64), ("name", ctypes.c_char * 16),
+                ("ifindex", ctypes.c_uint32), ("gpl_compatible", ctypes.c_uint32), ("netns_dev", ctypes.c_uint64),
+                ("netns_ino", ctypes.c_uint64), ("nr_jited_ksyms", ctypes.c_uint32),
+                ("nr_jited_func_lens", ctypes.c_uint32), ("jited_ksyms", ctypes.c_uint64),
+                ("jited_func_lens", ctypes.c_uint64), ("btf_id", ctypes.c_uint32),
+                ("func_info_rec_size", ctypes.c_uint32), ("func_info", ctypes.c_uint64),
+                ("nr_func_info", ctypes.c_uint32), ("nr_line_info", ctypes.c_uint32), ("line_info", ctypes.c_uint64),
+                ("jited_line_info", ctypes.c_uint64), ("nr_jited_line_info", ctypes.c_uint32),
+                ("line_info_rec_size", ctypes.c_uint32), ("jited_line_info_rec_size", ctypes.c_uint32),
+                ("nr_prog_tags", ctypes.c_uint32), ("prog_tags", ctypes.c_uint64), ("run_time_ns", ctypes.c_uint64),
+                ("run_cnt", ctypes.c_uint64), ("recursion_misses", ctypes.c_uint64)]
 
 
 def _addr(obj) -> int:
@@ -93,6 +119,15 @@ def lookup_batch(map_fd: int, in_token, out_token, keys, values, count: int) -> 
     except OSError as err:
         return attr.count, err.errno
     return attr.count, 0
+
+
+def prog_stats(prog_fd: int) -> tuple:
+    """(run_time_ns, run_cnt, recursion_misses) of a loaded program: one
+    system call, where /proc/self/fdinfo costs a file open and read and a
+    parse per program (a poll reads every program's)."""
+    info = _ProgInfo()
+    bpf(OBJ_GET_INFO_BY_FD, _InfoAttr(prog_fd, ctypes.sizeof(info), ctypes.addressof(info)))
+    return info.run_time_ns, info.run_cnt, info.recursion_misses
 
 
 def iter_create(link_fd: int) -> int:

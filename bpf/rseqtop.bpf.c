@@ -18,9 +18,8 @@ BPF_HASH(threads, u32, struct rseqtop_thread, RSEQTOP_MAX_THREADS);
 /* Final records of exited threads, for display only: exact totals live in
  * procs, so LRU eviction here loses no count. */
 BPF_TABLE("lru_hash", u32, struct rseqtop_thread, dead_threads, RSEQTOP_MAX_DEAD_THREADS);
-/* Processes' totals (struct rseqtop_proc). Not preallocated: sized for
- * process churn, paid for as used; user space deletes dead processes after
- * a while. */
+/* Processes' retired totals. Not preallocated: sized for process churn,
+ * paid for as used; user space deletes dead processes after a while. */
 BPF_F_TABLE("hash", struct rseqtop_proc_key, struct rseqtop_proc, procs, RSEQTOP_MAX_PROCS, BPF_F_NO_PREALLOC);
 /* tgid -> generation, bumped when a watched process dies (absent: 0). */
 BPF_F_TABLE("hash", u32, u32, proc_gen, RSEQTOP_MAX_PROC_GENS, BPF_F_NO_PREALLOC);
@@ -186,22 +185,6 @@ static __always_inline struct rseqtop_thread *current_thread(u32 tid, u32 tgid)
     return t;
 }
 
-/* The totals of thread t's process, created on first use; 0 when procs
- * is full (counted). */
-static __always_inline struct rseqtop_proc *proc_of(struct rseqtop_thread *t)
-{
-    struct rseqtop_proc_key pk = {.tgid = t->tgid, .gen = t->gen};
-    struct rseqtop_proc *p = procs.lookup(&pk);
-    if (p)
-        return p;
-    int zero = 0;
-    struct rseqtop_proc *zp = zero_proc.lookup(&zero);
-    p = zp ? procs.lookup_or_try_init(&pk, zp) : 0;
-    if (!p)
-        count(RSEQTOP_CNT_PROCS_DROPPED);
-    return p;
-}
-
 /* Twins (6.19+). The kernel skips a program's run on a CPU where that
  * program is still running (a raw tracepoint's program, preemptible from
  * 6.19) or where any regular tracepoint or kprobe program, or a bpf(2)
@@ -312,12 +295,9 @@ static __always_inline struct rseqtop_hot *track_current(s32 cpu, struct rseqtop
         __builtin_memset(h, 0, sizeof(*h));
         h->cpu_id = cpu;
         h->tid = (u32)id;
-        h->tgid = t->tgid;
-        h->gen = t->gen;
-        h->aborted = t->c.aborts != 0;
         return h;
     }
-    struct rseqtop_hot init = {.cpu_id = cpu, .tid = (u32)id, .tgid = t->tgid, .gen = t->gen};
+    struct rseqtop_hot init = {.cpu_id = cpu, .tid = (u32)id};
     return hot.task_storage_get(bpf_get_current_task_btf(), &init, BPF_LOCAL_STORAGE_GET_F_CREATE);
 #else
     struct rseqtop_thread *t = current_thread((u32)id, id >> 32);
@@ -534,12 +514,6 @@ static __always_inline void aborted(void *ctx, u64 regs_ip, u64 start_ip, u64 po
     u32 code = take_causes(h, this_cpu) & (RSEQTOP_NCODES - 1);
     t->c.aborts++;
     t->c.causes[code]++;
-    h->aborted = 1;
-    struct rseqtop_proc *p = proc_of(t);
-    if (p) {
-        __sync_fetch_and_add(&p->c.aborts, 1);
-        __sync_fetch_and_add(&p->c.causes[code], 1);
-    }
     bpf_get_current_comm(&t->comm, sizeof(t->comm));
     int zero = 0;
     u64 *cpu = cpu_aborts.lookup(&zero);
@@ -809,9 +783,6 @@ int on_sched_migrate_task(struct tp_sched_migrate_task *args)
     if (!t)
         return 1;
     __sync_fetch_and_add(&t->c.migrations, 1);
-    struct rseqtop_proc *p = proc_of(t);
-    if (p)
-        __sync_fetch_and_add(&p->c.migrations, 1);
     int zero = 0;
     struct rseqtop_config *cfg = config.lookup(&zero);
     if (!timeline_wanted(cfg, t->tgid, RSEQTOP_EV_MIGRATE))
@@ -843,9 +814,6 @@ static __always_inline void signalled(u32 sig, int twin)
     note_cause(h, 2);
     t->c.signals++;
     t->last_signal = sig;
-    struct rseqtop_proc *p = proc_of(t);
-    if (p)
-        __sync_fetch_and_add(&p->c.signals, 1);
     own_event(t, RSEQTOP_EV_SIGNAL, sig);
 }
 
@@ -891,9 +859,6 @@ static __always_inline void csd_called(u64 func)
         return;
     note_cause(h, 3);
     t->c.membarrier_ipis++;
-    struct rseqtop_proc *p = proc_of(t);
-    if (p)
-        __sync_fetch_and_add(&p->c.membarrier_ipis, 1);
     own_event(t, RSEQTOP_EV_MEMBARRIER, 0);
 }
 
@@ -913,11 +878,24 @@ int on_csd_function_entry(struct tp_csd_function_entry *args)
 #endif
 
 #ifdef HAVE_SCHED_PROCESS_EXIT
+static __always_inline void add_counts(struct rseqtop_counts *dst, struct rseqtop_counts *src)
+{
+    __sync_fetch_and_add(&dst->aborts, src->aborts);
+    __sync_fetch_and_add(&dst->updates, src->updates);
+    __sync_fetch_and_add(&dst->preempts, src->preempts);
+    __sync_fetch_and_add(&dst->migrations, src->migrations);
+    __sync_fetch_and_add(&dst->signals, src->signals);
+    __sync_fetch_and_add(&dst->membarrier_ipis, src->membarrier_ipis);
+#pragma unroll
+    for (int i = 0; i < RSEQTOP_NCODES; i++)
+        if (src->causes[i])
+            __sync_fetch_and_add(&dst->causes[i], src->causes[i]);
+}
+
 int on_sched_process_exit(struct tp_sched_process_exit *args)
 {
-    /* Runs once per exiting thread, in its own context: add its update
-     * and preemption counts, the ones not added at event time, to its
-     * process's totals so that nothing is lost. */
+    /* Runs once per exiting thread, in its own context: move its counts
+     * into its process's totals so that nothing is lost. */
     u64 id = bpf_get_current_pid_tgid();
     u32 tid = (u32)id, tgid = id >> 32;
 #ifdef HAVE_SCHED_PROCESS_EXIT_GROUP_DEAD
@@ -936,12 +914,19 @@ int on_sched_process_exit(struct tp_sched_process_exit *args)
             t->c.updates = h->updates;
             t->c.preempts = h->preempts;
         }
-        struct rseqtop_proc *p = proc_of(t);
+        struct rseqtop_proc_key pk = {.tgid = tgid, .gen = t->gen};
+        struct rseqtop_proc *p = procs.lookup(&pk);
+        if (!p) {
+            int zero = 0;
+            struct rseqtop_proc *zp = zero_proc.lookup(&zero);
+            p = zp ? procs.lookup_or_try_init(&pk, zp) : 0;
+            if (!p)
+                count(RSEQTOP_CNT_PROCS_DROPPED);
+        }
         /* The name it dies with: threads rename themselves after creation. */
         bpf_get_current_comm(&t->comm, sizeof(t->comm));
         if (p) {
-            __sync_fetch_and_add(&p->c.updates, t->c.updates);
-            __sync_fetch_and_add(&p->c.preempts, t->c.preempts);
+            add_counts(&p->retired, &t->c);
             __sync_fetch_and_add(&p->exited_threads, 1);
             if (tid == tgid)
                 __builtin_memcpy(p->comm, t->comm, sizeof(p->comm));
@@ -1028,17 +1013,15 @@ int on_sys_exit_membarrier(struct tp_sys_exit_membarrier *args)
 #endif
 
 #ifdef HOT_TASK_STORAGE
+BPF_PERCPU_ARRAY(zero_live, struct rseqtop_live, 1);
 BPF_HASH(proc_live, struct rseqtop_proc_key, struct rseqtop_live, RSEQTOP_MAX_PROCS);
 
 /* One pass over every task at each poll, in place of a pidfd and a lookup
- * per thread in user space: sums each live tracked thread's hot state
- * (updates, preemptions) into its process's proc_live entry, stamped with
- * this pass, and writes out the threads user space asked for (config
+ * per thread in user space: sums each live tracked thread (its record and
+ * its hot state) into its process's proc_live entry, stamped with this
+ * pass, and writes out the threads user space asked for (config
  * iter_threads) as a struct rseqtop_hot_out followed by the thread's
- * record. Every other count is in procs already, so a thread costs its hot
- * state and one lookup of its process's entry (the same one, again and
- * again), not its record: the record is looked up only for a thread that
- * is written out. Only pointers of the task are used, never a field. */
+ * record. Only pointers of the task are used, never a field. */
 BPF_ITER(task)
 {
     struct task_struct *task = ctx->task;
@@ -1047,45 +1030,48 @@ BPF_ITER(task)
     struct rseqtop_hot *h = hot.task_storage_get(task, 0, 0);
     if (!h || h->ignored || !h->tid)
         return 0;
+    u32 tid = h->tid;
+    struct rseqtop_thread *t = threads.lookup(&tid);
     int zero = 0;
     struct rseqtop_config *cfg = config.lookup(&zero);
-    if (!cfg)
+    if (!t || !t->tgid || !cfg)
         return 0;
     /* When a thread's output overflows the iterator's buffer, the kernel
      * runs the program again for it at the next read(2): sum it once. */
     u32 pass = (u32)cfg->iter_pass;
-    if (h->summed_pass != pass) {
-        struct rseqtop_proc_key pk = {.tgid = h->tgid, .gen = h->gen};
-        struct rseqtop_live *l = proc_live.lookup(&pk);
-        if (!l) {
-            struct rseqtop_live z = {};
-            l = proc_live.lookup_or_try_init(&pk, &z);
-            if (!l)
-                count(RSEQTOP_CNT_LIVE_DROPPED);
+    struct rseqtop_live *z = h->summed_pass != pass ? zero_live.lookup(&zero) : 0;
+    struct rseqtop_proc_key pk = {.tgid = t->tgid, .gen = t->gen};
+    struct rseqtop_live *l = z ? proc_live.lookup_or_try_init(&pk, z) : 0;
+    if (z && !l)
+        count(RSEQTOP_CNT_LIVE_DROPPED);
+    if (l) {
+        h->summed_pass = pass;
+        if (l->pass != cfg->iter_pass) {
+            __builtin_memset(l, 0, sizeof(*l));
+            l->pass = cfg->iter_pass;
         }
-        if (l) {
-            h->summed_pass = pass;
-            if (l->pass != cfg->iter_pass) {
-                l->pass = cfg->iter_pass;
-                l->threads = 0;
-                l->updates = 0;
-                l->preempts = 0;
-            }
-            l->threads++;
-            l->updates += h->updates;
-            l->preempts += h->preempts;
+        l->threads++;
+        l->c.aborts += t->c.aborts;
+        l->c.updates += h->updates;
+        l->c.preempts += h->preempts;
+        l->c.migrations += t->c.migrations;
+        l->c.signals += t->c.signals;
+        l->c.membarrier_ipis += t->c.membarrier_ipis;
+        /* causes only with aborts: most threads have none, and their
+         * cause slots are four cache lines of a pass that is memory bound */
+        if (t->c.aborts) {
+#pragma unroll
+            for (int i = 0; i < RSEQTOP_NCODES; i++)
+                l->c.causes[i] += t->c.causes[i];
         }
     }
     u32 want = cfg->iter_threads;
-    if (want == RSEQTOP_ITER_THREADS_NONE || (want == RSEQTOP_ITER_THREADS_ABORTING && !h->aborted))
-        return 0;
-    u32 tid = h->tid;
-    struct rseqtop_thread *t = threads.lookup(&tid);
-    if (!t || !t->tgid)
-        return 0;
-    struct rseqtop_hot_out out = {.tid = tid, .cpu_id = h->cpu_id, .updates = h->updates, .preempts = h->preempts};
-    bpf_seq_write(ctx->meta->seq, &out, sizeof(out));
-    bpf_seq_write(ctx->meta->seq, t, sizeof(*t));
+    if (want == RSEQTOP_ITER_THREADS_ALL || (want == RSEQTOP_ITER_THREADS_ABORTING && t->c.aborts)) {
+        struct rseqtop_hot_out out = {.tid = tid, .cpu_id = h->cpu_id, .updates = h->updates,
+                                      .preempts = h->preempts};
+        bpf_seq_write(ctx->meta->seq, &out, sizeof(out));
+        bpf_seq_write(ctx->meta->seq, t, sizeof(*t));
+    }
     return 0;
 }
 #endif

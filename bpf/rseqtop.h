@@ -157,16 +157,10 @@ struct rseqtop_hot {
     u32 ignored;
     u64 updates;
     u64 preempts;
-    /* With HOT_TASK_STORAGE: the thread's ids, for the task iterator (its
-     * process's key is tgid, gen), and the (low half of the) iterator pass
-     * that last summed the thread. */
+    /* With HOT_TASK_STORAGE: the thread's id, for the task iterator, and
+     * the (low half of the) iterator pass that last summed the thread. */
     u32 tid;
     u32 summed_pass;
-    u32 tgid;
-    u32 gen;
-    /* nonzero once the thread aborted: the iterator writes out aborting
-     * threads without looking up every thread's record */
-    u32 aborted;
     /* Where the thread's latest switch-out left its successor: CPU
      * pre_cpu's preemption number pre_seq (see struct rseqtop_successor);
      * pre_seq 0: that switch-out was not a preemption. */
@@ -242,14 +236,8 @@ struct rseqtop_preempter {
     char comm[RSEQTOP_COMM_LEN];
 };
 
-/* A process's totals. The counts of events (aborts, causes, migrations,
- * signals, membarrier IPIs) are added here when they happen, for every
- * thread; updates and preemptions, once per context switch, stay in each
- * thread's hot state and are added here when the thread exits. So live
- * processes' totals need no pass over their threads' records, only over
- * their hot states (the task iterator, proc_live). */
 struct rseqtop_proc {
-    struct rseqtop_counts c;
+    struct rseqtop_counts retired; /* threads that exited */
     u64 exited_threads;
     char comm[RSEQTOP_COMM_LEN];
 };
@@ -303,15 +291,13 @@ struct rseqtop_config {
 };
 
 /* A process's live threads summed by the task iterator (HOT_TASK_STORAGE,
- * map proc_live): the pass that wrote it, how many threads, and their
- * updates and preemptions from their hot state (the other counts are in
- * procs already). User space then needs no per-thread work for process
- * totals. */
+ * map proc_live): the pass that wrote it, how many threads, their counts
+ * (updates and preemptions from their hot state). User space then needs no
+ * per-thread work for process totals. */
 struct rseqtop_live {
     u64 pass;
     u64 threads;
-    u64 updates;
-    u64 preempts;
+    struct rseqtop_counts c;
 };
 
 struct rseqtop_event {

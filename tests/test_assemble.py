@@ -15,7 +15,7 @@ from rseqtop.collect.reaper import Reaper
 from rseqtop.collect.records import (
     CallRecord, LiveRecord, MapRecords, OffsetRecord, ProcRecord, Setup, SiteRecord, dumps, loads,
 )
-from rseqtop.model.snapshot import Counts, ThreadStats, pairs, sum_counts
+from rseqtop.model.snapshot import Counts, ThreadStats, pairs
 
 DATA = Path(__file__).parent / "data"
 RECORDINGS = sorted(DATA.glob("records-*.json"))
@@ -70,27 +70,8 @@ SETUP = Setup("classic", "up to 6.18", ("rseq:rseq_ip_fixup",), (), (),
               pairs({"threads": 100, "dead_threads": 50, "procs": 10}))
 
 
-def kernel_procs(threads, procs=()) -> tuple:
-    """What the kernel's procs map holds for these thread records: every
-    thread's event counts (added as they happen) and exited threads'
-    updates and preemptions, on top of procs (what exited threads no
-    longer listed left)."""
-    merged = {(p.pid, p.gen): p for p in procs}
-    for th in threads:
-        c = th.counts
-        events = Counts(aborts=c.aborts, migrations=c.migrations, signals=c.signals,
-                        membarrier_ipis=c.membarrier_ipis, causes=c.causes)
-        if not th.alive:
-            events = replace(events, updates=c.updates, preempts=c.preempts)
-        old = merged.get((th.pid, th.gen), ProcRecord(th.pid, th.gen, "", Counts()))
-        merged[(th.pid, th.gen)] = replace(old, counts=sum_counts([old.counts, events]))
-    return tuple(merged.values())
-
-
 def records(threads=(), procs=(), sites=(), offsets=(), calls=(), live_comms=(), counters=(), t=1.0, live=None):
-    """procs: what exited threads no longer listed left (kernel_procs adds
-    the listed threads' part)."""
-    return MapRecords(SETUP, t, 1000.0 + t, 0.001, pairs(dict(counters)), kernel_procs(threads, procs), tuple(threads),
+    return MapRecords(SETUP, t, 1000.0 + t, 0.001, pairs(dict(counters)), tuple(procs), tuple(threads),
                       tuple(calls), tuple(sites), tuple(offsets), (3, 4), tuple(live_comms),
                       live=None if live is None else tuple(live))
 
@@ -99,7 +80,7 @@ def thread(pid, tid, aborts, alive=True, gen=0, comm="worker"):
     return ThreadStats(pid, tid, comm, counts(aborts, aborts), cpu=1, node=0, alive=alive, gen=gen)
 
 
-def test_process_totals_are_the_kernels_plus_live_threads_updates():
+def test_process_totals_are_retired_plus_live_threads():
     rec = records([thread(10, 10, 5), thread(10, 11, 7)], [ProcRecord(10, 0, "main", counts(100), 3)],
                   live_comms=[(10, "renamed")])
     p = assemble(rec).snapshot.process(10)
@@ -186,17 +167,13 @@ def test_map_fill_and_self_stats():
 
 def test_process_totals_from_the_kernels_sums_need_no_thread_records():
     """Where the task iterator sums live threads in the kernel (rec.live),
-    process totals are procs' + the live threads' updates and preemptions
-    of that sum, whatever threads are listed."""
-    live = [LiveRecord(10, 0, 10000, Counts(updates=700, preempts=70)), LiveRecord(20, 0, 0, Counts())]
-    procs = [ProcRecord(10, 0, "w", counts(100, 30), 4), ProcRecord(20, 0, "gone", counts(9), 2)]
-    rec = MapRecords(SETUP, 1.0, 1001.0, 0.001, (), tuple(procs), (thread(10, 10, 5),), live_comms=((10, "svc"),),
-                     live=tuple(live))
+    process totals are retired + that sum, whatever threads are listed."""
+    live = [LiveRecord(10, 0, 10000, counts(70, 70)), LiveRecord(20, 0, 0, Counts())]
+    procs = [ProcRecord(10, 0, "w", counts(30, 30), 4), ProcRecord(20, 0, "gone", counts(9), 2)]
+    rec = records([thread(10, 10, 5)], procs, live_comms=[(10, "svc")], live=live)
     a = assemble(rec)
     p = a.snapshot.process(10)
     assert (p.counts.aborts, p.threads_live, p.alive, p.comm) == (100, 10000, True, "svc")
-    # the listed thread's own counts are in procs' already: not added again
-    assert (p.counts.updates, p.counts.preempts) == (1000 + 700, 30 + 70)
     q = a.snapshot.process(20)
     assert (q.counts.aborts, q.threads_live, q.alive) == (9, 0, False)
     assert [t.tid for t in a.snapshot.threads] == [10]  # only the one listed

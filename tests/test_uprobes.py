@@ -19,7 +19,7 @@ import pytest
 
 from rseqtop import workload
 from rseqtop.collect.assemble import assemble
-from rseqtop.collect.records import HandlerRecord, MapRecords, ProcRecord, Setup, SiteRecord
+from rseqtop.collect.records import HandlerRecord, MapRecords, Setup, SiteRecord
 from rseqtop.collect.uprobes import HandlerProbes
 from rseqtop.model.snapshot import Counts, ThreadStats
 from rseqtop.symbols import elf as elfsym
@@ -207,8 +207,7 @@ def test_scan_survives_refusals_and_caps_the_probes(rseq_lib):
 def _records(handlers):
     t = (ThreadStats(100, 100, "w", Counts(aborts=5)), ThreadStats(100, 101, "w", Counts(aborts=2)))
     sites = (SiteRecord(100, 0, 0x1000, 7, abort_ip=0x1040),)
-    procs = (ProcRecord(100, 0, "w", Counts(aborts=7)),)  # the kernel adds each abort to its process too
-    return MapRecords(Setup(capacities=(("sites", 10),)), 1.0, 1.0, 0.0, procs=procs, threads=t, sites=sites,
+    return MapRecords(Setup(capacities=(("sites", 10),)), 1.0, 1.0, 0.0, threads=t, sites=sites,
                       handlers=handlers)
 
 

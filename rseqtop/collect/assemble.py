@@ -92,9 +92,8 @@ def assemble(rec: MapRecords, view: View = View(), last_totals: Mapping[Ident, C
 
 
 def _processes(rec: MapRecords, shown_before: dict) -> list:
-    """Every process with rseq activity, by (pid, gen): totals are the
-    kernel's (procs: every event, exited threads' updates and preemptions)
-    plus live threads' updates and preemptions, summed in the kernel
+    """Every process with rseq activity, by (pid, gen): totals are exited
+    threads' (procs) plus live threads' counts, summed in the kernel
     (rec.live) or here from the threads. Updates shown_before."""
     by_proc: dict[Ident, list] = {}
     for t in rec.threads:
@@ -111,13 +110,13 @@ def _processes(rec: MapRecords, shown_before: dict) -> list:
         ts = by_proc.get(ident, [])
         p = procs.get(ident)
         if summed is None:
-            live = [Counts(updates=t.counts.updates, preempts=t.counts.preempts) for t in ts if t.alive]
+            live = [t.counts for t in ts if t.alive]
             nlive = len(live)
         else:
             s = summed.get(ident)
             nlive = s.threads if s else 0
             live = [s.counts] if nlive else []
-        counts = sum_counts(([p.counts] if p else []) + live)
+        counts = sum_counts(([p.retired] if p else []) + live)
         counts = _monotonic(shown_before, ident, counts)
         reg, unreg, reg_err, membarrier, by_abi = _process_calls(calls.get(ident, []))
         out.append(ProcessStats(pid, _process_comm(pid, ts, p, live_comms if live else {}), counts, nlive,

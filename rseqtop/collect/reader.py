@@ -133,7 +133,7 @@ class MapReader:
         self._iter_threads = {mode: k[f"RSEQTOP_ITER_THREADS_{mode.upper()}"] for mode in THREAD_MODES}
         if probes.hot_iter_link is not None:
             self._tables["proc_live"] = BatchTable(b["proc_live"])
-            self._live_values = struct.Struct("=4Q")  # struct rseqtop_live: pass, threads, updates, preempts
+            self._live_values = struct.Struct(f"=2Q{len(COUNT_FIELDS) + self._ncodes}Q")
             if self._live_values.size != ctypes.sizeof(b["proc_live"].Leaf):
                 raise RuntimeError("struct rseqtop_live changed: update rseqtop.collect.reader")
 
@@ -220,7 +220,7 @@ class MapReader:
             rec = self._proc_cache.get(kb + vb)
             if rec is None:
                 k, v = key_type.from_buffer_copy(kb), leaf_type.from_buffer_copy(vb)
-                rec = ProcRecord(k.tgid, k.gen, comm_text(v.comm), self._counts(v.c), int(v.exited_threads))
+                rec = ProcRecord(k.tgid, k.gen, comm_text(v.comm), self._counts(v.retired), int(v.exited_threads))
             cache[kb + vb] = rec
             out.append(rec)
         self._proc_cache = cache
@@ -230,12 +230,14 @@ class MapReader:
         """Processes' live threads as the task iterator summed them in this
         pass (entries of other passes are processes with none now)."""
         out = []
+        n = len(COUNT_FIELDS)
         for kb, vb in self._tables["proc_live"].raw():
-            passed, threads, updates, preempts = self._live_values.unpack(vb)
-            if passed != current:
+            v = self._live_values.unpack(vb)
+            if v[0] != current:
                 continue
             pid, gen = PROC_KEY.unpack_from(kb)
-            out.append(LiveRecord(pid, gen, threads, Counts(updates=updates, preempts=preempts)))
+            counts = Counts(*v[2:2 + n], causes=cause_pairs(v[2 + n:], self._cause_names))
+            out.append(LiveRecord(pid, gen, v[1], counts))
         return tuple(out)
 
     def _threads(self, live_raw: list, dead_raw: list, hot) -> tuple:

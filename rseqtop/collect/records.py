@@ -13,16 +13,12 @@ from rseqtop.model.snapshot import Counts, Pairs, ThreadStats
 
 @dataclass(frozen=True)
 class ProcRecord:
-    """A process's totals kept in the kernel (map procs): its threads' event
-    counts (aborts, causes, migrations, signals, membarrier IPIs) as they
-    happen, live threads' or not, and the update and preemption counts of
-    its exited threads. A live thread's updates and preemptions are in
-    its hot state (LiveRecord, or the thread's own counts)."""
+    """What a process's exited threads left (map procs)."""
 
     pid: int
     gen: int
     comm: str
-    counts: Counts
+    retired: Counts
     exited_threads: int = 0
 
 
@@ -79,8 +75,7 @@ class OffsetRecord:
 @dataclass(frozen=True)
 class LiveRecord:
     """A process's live threads summed in the kernel (map proc_live, written
-    by the task iterator at this read): how many, and in counts their
-    updates and preemptions only (ProcRecord has the rest)."""
+    by the task iterator at this read)."""
 
     pid: int
     gen: int
@@ -180,15 +175,11 @@ def _counts(d: dict) -> Counts:
 
 def _record(cls, d: dict):
     kw = {}
-    if cls is ProcRecord and "retired" in d:
-        # recorded before procs held every thread's events; recordings are
-        # taken after the workload exited, so the two mean the same counts
-        d = {**d, "counts": d["retired"]}
     for f in fields(cls):
         if f.name not in d:
             continue
         v = d[f.name]
-        kw[f.name] = _counts(v) if f.name == "counts" else _tuples(v)
+        kw[f.name] = _counts(v) if f.name in ("counts", "retired") else _tuples(v)
     return cls(**kw)
 
 

@@ -687,6 +687,8 @@ def test_program_run_statistics_match_what_fdinfo_shows(collector):
         if name == "bpf_iter__task":
             assert got == want and got[1] > 0, (got, want)
             checked += 1
+        elif before == "1":  # running meanwhile, and stats stay on: read second, never behind
+            assert all(g >= w for g, w in zip(got, want)), (name, got, want)
         else:  # running meanwhile (stats off now: only skipped runs still move)
             assert got[:2] == want[:2] and got[2] >= want[2], (name, got, want)
     assert checked == int(collector.loader.hot_iter_link is not None)

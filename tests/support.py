@@ -570,3 +570,12 @@ def model_of(source) -> LiveModel:
     m.update(source.poll())
     m.update(source.poll())
     return m
+
+
+def fdinfo_stats(fd: int) -> tuple:
+    """(run_time_ns, run_cnt, recursion_misses) of a BPF program as
+    /proc/self/fdinfo shows them (0 where a field is absent): the reference
+    the reader's bpf_prog_info figures are checked against."""
+    text = Path(f"/proc/self/fdinfo/{fd}").read_text()
+    found = dict(re.findall(r"^(run_time_ns|run_cnt|recursion_misses):\s*(\d+)", text, re.M))
+    return tuple(int(found.get(k, 0)) for k in ("run_time_ns", "run_cnt", "recursion_misses"))

@@ -15,10 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
-from support import ISOLATED_PRIORITY, STORM_RULE, STORM_RUN, assert_exact, run_realtime, storm_problem
+from support import (
+    ISOLATED_PRIORITY, STORM_RULE, STORM_RUN, assert_exact, fdinfo_stats, run_realtime, storm_problem,
+)
 
 from rseqtop import workload
 from rseqtop.collect import Collector
+from rseqtop.kernel import bpfsys
 from rseqtop.kernel import facts as kernel
 
 # Every test here faces the kernel: scripts/kernels runs them in a VM of
@@ -666,10 +669,6 @@ def test_no_storm_below_the_rule(collector, record_property):
 def test_program_run_statistics_match_what_fdinfo_shows(collector):
     """The reader takes each program's run time, runs and skipped runs
     from bpf_prog_info (one system call): the same figures as fdinfo's."""
-    import re
-
-    from rseqtop.kernel import bpfsys
-
     stats = Path("/proc/sys/kernel/bpf_stats_enabled")
     before = stats.read_text().strip()
     stats.write_text("1")
@@ -680,10 +679,8 @@ def test_program_run_statistics_match_what_fdinfo_shows(collector):
         stats.write_text(before)
     checked = 0
     for name, fd in collector.loader.programs():
-        info = dict(re.findall(r"^(run_time_ns|run_cnt|recursion_misses):\s*(\d+)",
-                               Path(f"/proc/self/fdinfo/{fd}").read_text(), re.M))
+        want = fdinfo_stats(fd)
         got = bpfsys.prog_stats(fd)
-        want = tuple(int(info.get(k, 0)) for k in ("run_time_ns", "run_cnt", "recursion_misses"))
         if name == "bpf_iter__task":
             assert got == want and got[1] > 0, (got, want)
             checked += 1

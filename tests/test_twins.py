@@ -10,11 +10,10 @@ CPUs. Ground truth: the workload's own abort and signal counts."""
 
 from __future__ import annotations
 
-import re
 import subprocess
-from pathlib import Path
 
 import pytest
+from support import fdinfo_stats
 
 from rseqtop import workload
 from rseqtop.collect.collector import Collector
@@ -24,8 +23,7 @@ def skipped_runs(collector) -> dict:
     """Each program's runs the kernel skipped (its recursion misses)."""
     out = {}
     for name, fd in collector.loader.programs():
-        m = re.search(r"^recursion_misses:\s*(\d+)", Path(f"/proc/self/fdinfo/{fd}").read_text(), re.M)
-        out[name] = int(m.group(1)) if m else 0
+        out[name] = fdinfo_stats(fd)[2]
     return out
 
 

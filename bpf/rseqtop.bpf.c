@@ -45,6 +45,18 @@ BPF_PERCPU_ARRAY(zero_proc, struct rseqtop_proc, 1);
  * this file (or through pidfds, PIDFD_THREAD, where that is refused). */
 BPF_TASK_STORAGE(hot, struct rseqtop_hot);
 
+/* Process slots (see struct rseqtop_slot_hot): (tgid, gen) -> slot + 1;
+ * slots given back by user space, and the next never used one. */
+BPF_HASH(proc_slot, struct rseqtop_proc_key, u32, RSEQTOP_MAX_SLOTS);
+BPF_STACK(free_slots, u32, RSEQTOP_MAX_SLOTS);
+BPF_ARRAY(slot_next, u32, 1);
+BPF_PERCPU_ARRAY(slot_hot, struct rseqtop_slot_hot, RSEQTOP_MAX_SLOTS);
+BPF_ARRAY(slot_rare, struct rseqtop_live, RSEQTOP_MAX_SLOTS);
+/* Live threads that have aborted (tid -> 1): what --json and the TUI's
+ * process view show of threads, read one by one, with no pass over every
+ * task. */
+BPF_F_TABLE("hash", u32, u8, aborters, RSEQTOP_MAX_THREADS, BPF_F_NO_PREALLOC);
+
 /* The task iterator's context (kernel/bpf/task_iter.c; stable since 5.8):
  * declared here because the generic headers do not have it, and only its
  * pointers are used, never a field of the task. */
@@ -185,6 +197,91 @@ static __always_inline struct rseqtop_thread *current_thread(u32 tid, u32 tgid)
     return t;
 }
 
+#ifdef HOT_TASK_STORAGE
+/* Process (tgid, gen)'s slot + 1, taken from free_slots (user space fills
+ * it) if the process has none yet; 0 when none is left (counted: user space
+ * then sums slotless threads with the task iterator). */
+static __always_inline u32 take_slot(u32 tgid, u32 gen)
+{
+    struct rseqtop_proc_key pk = {.tgid = tgid, .gen = gen};
+    u32 *s = proc_slot.lookup(&pk);
+    if (s)
+        return *s;
+    u32 n;
+    if (free_slots.pop(&n)) {
+        count(RSEQTOP_CNT_SLOTS_DROPPED);
+        return 0;
+    }
+    u32 v = n + 1;
+    if (!proc_slot.insert(&pk, &v))
+        return v;
+    /* another thread of the process took one first */
+    free_slots.push(&n, 0);
+    s = proc_slot.lookup(&pk);
+    if (!s)
+        count(RSEQTOP_CNT_SLOTS_DROPPED);
+    return s ? *s : 0;
+}
+
+/* The rare counts of slot (+ 1; 0: none). */
+static __always_inline struct rseqtop_live *slot_rare_of(u32 slot)
+{
+    u32 i = slot - 1;
+    return slot ? slot_rare.lookup(&i) : 0;
+}
+
+/* This CPU's per-CPU counts of slot (+ 1; 0: none). */
+static __always_inline struct rseqtop_slot_hot *slot_hot_of(u32 slot)
+{
+    u32 i = slot - 1;
+    return slot ? slot_hot.lookup(&i) : 0;
+}
+
+/* Thread t's slot (+ 1), taken when its tracking starts; set only by the
+ * thread itself. 0: none. */
+static __always_inline u32 own_slot(struct rseqtop_thread *t)
+{
+    if (t->slot)
+        return t->slot;
+    u32 slot = take_slot(t->tgid, t->gen);
+    struct rseqtop_live *r = slot_rare_of(slot);
+    if (!r)
+        return 0;
+    __sync_fetch_and_add(&r->threads, 1);
+    t->slot = slot;
+    return slot;
+}
+
+/* Live threads with aborts, for user space to read one by one. */
+static __always_inline void note_aborter(u32 tid)
+{
+    u8 one = 1;
+    if (aborters.insert(&tid, &one) && !aborters.lookup(&tid))
+        count(RSEQTOP_CNT_ABORTERS_DROPPED);
+}
+#else
+static __always_inline struct rseqtop_live *slot_rare_of(u32 slot) { return 0; }
+static __always_inline struct rseqtop_slot_hot *slot_hot_of(u32 slot) { return 0; }
+static __always_inline void note_aborter(u32 tid) {}
+#endif
+
+/* Count one in a thread's slot, before the thread's own count: an exit
+ * then moves from the slot at most what the thread's counts hold (see
+ * on_sched_process_exit), so a racing event is counted in one or the
+ * other, never both. */
+#define SLOT_HOT_ADD(slot, field)                        \
+    do {                                                 \
+        struct rseqtop_slot_hot *_v = slot_hot_of(slot); \
+        if (_v)                                          \
+            __sync_fetch_and_add(&_v->field, 1);         \
+    } while (0)
+#define SLOT_RARE_ADD(slot, field)                       \
+    do {                                                 \
+        struct rseqtop_live *_r = slot_rare_of(slot);    \
+        if (_r)                                          \
+            __sync_fetch_and_add(&_r->field, 1);         \
+    } while (0)
+
 /* Twins (6.19+). The kernel skips a program's run on a CPU where that
  * program is still running (a raw tracepoint's program, preemptible from
  * 6.19) or where any regular tracepoint or kprobe program, or a bpf(2)
@@ -290,14 +387,17 @@ static __always_inline struct rseqtop_hot *track_current(s32 cpu, struct rseqtop
     struct rseqtop_thread *t = current_thread((u32)id, id >> 32);
     if (!t)
         return 0; /* threads map full (counted): tried again next time */
+    u32 slot = own_slot(t);
     if (h) {
-        /* excluded before, watched now: start afresh */
+        /* excluded before, watched now: start afresh (what it counted
+         * before stays in its slot, and an exit moves only what h holds) */
         __builtin_memset(h, 0, sizeof(*h));
         h->cpu_id = cpu;
         h->tid = (u32)id;
+        h->slot = slot;
         return h;
     }
-    struct rseqtop_hot init = {.cpu_id = cpu, .tid = (u32)id};
+    struct rseqtop_hot init = {.cpu_id = cpu, .tid = (u32)id, .slot = slot};
     return hot.task_storage_get(bpf_get_current_task_btf(), &init, BPF_LOCAL_STORAGE_GET_F_CREATE);
 #else
     struct rseqtop_thread *t = current_thread((u32)id, id >> 32);
@@ -512,6 +612,13 @@ static __always_inline void aborted(void *ctx, u64 regs_ip, u64 start_ip, u64 po
     twin_claim(h, TWIN_FIXUP, twin);
     note_kernel_abort(tid, abort_ip);
     u32 code = take_causes(h, this_cpu) & (RSEQTOP_NCODES - 1);
+    struct rseqtop_live *r = slot_rare_of(t->slot);
+    if (r) {
+        __sync_fetch_and_add(&r->c.aborts, 1);
+        __sync_fetch_and_add(&r->c.causes[code], 1);
+    }
+    if (!t->c.aborts)
+        note_aborter(tid);
     t->c.aborts++;
     t->c.causes[code]++;
     bpf_get_current_comm(&t->comm, sizeof(t->comm));
@@ -575,6 +682,7 @@ static __always_inline void updated(s32 cpu)
         if (!h)
             return;
     }
+    SLOT_HOT_ADD(h->slot, updates);
     h->updates++;
     if (h->cpu_id != cpu) {
         h->fresh.b[1] = 1;
@@ -733,6 +841,7 @@ static __always_inline void switched_out(int runnable)
     note_cause(h, 0);
     h->pre_seq = 0;
     if (runnable) {
+        SLOT_HOT_ADD(h->slot, preempts);
         h->preempts++;
         if (v) {
             u64 id = bpf_get_current_pid_tgid();
@@ -782,6 +891,7 @@ int on_sched_migrate_task(struct tp_sched_migrate_task *args)
     struct rseqtop_thread *t = threads.lookup(&tid);
     if (!t)
         return 1;
+    SLOT_RARE_ADD(t->slot, c.migrations);
     __sync_fetch_and_add(&t->c.migrations, 1);
     int zero = 0;
     struct rseqtop_config *cfg = config.lookup(&zero);
@@ -812,6 +922,7 @@ static __always_inline void signalled(u32 sig, int twin)
         return;
     twin_claim(h, TWIN_SIGNAL, twin);
     note_cause(h, 2);
+    SLOT_RARE_ADD(t->slot, c.signals);
     t->c.signals++;
     t->last_signal = sig;
     own_event(t, RSEQTOP_EV_SIGNAL, sig);
@@ -858,6 +969,7 @@ static __always_inline void csd_called(u64 func)
     if (!h)
         return;
     note_cause(h, 3);
+    SLOT_RARE_ADD(t->slot, c.membarrier_ipis);
     t->c.membarrier_ipis++;
     own_event(t, RSEQTOP_EV_MEMBARRIER, 0);
 }
@@ -878,18 +990,43 @@ int on_csd_function_entry(struct tp_csd_function_entry *args)
 #endif
 
 #ifdef HAVE_SCHED_PROCESS_EXIT
-static __always_inline void add_counts(struct rseqtop_counts *dst, struct rseqtop_counts *src)
+/* dst += sign * src, but for migrations (other tasks' programs add to
+ * those at any time: the caller reads them once) */
+static __always_inline void add_counts(struct rseqtop_counts *dst, struct rseqtop_counts *src, u64 migrations,
+                                       s64 sign)
 {
-    __sync_fetch_and_add(&dst->aborts, src->aborts);
-    __sync_fetch_and_add(&dst->updates, src->updates);
-    __sync_fetch_and_add(&dst->preempts, src->preempts);
-    __sync_fetch_and_add(&dst->migrations, src->migrations);
-    __sync_fetch_and_add(&dst->signals, src->signals);
-    __sync_fetch_and_add(&dst->membarrier_ipis, src->membarrier_ipis);
+    __sync_fetch_and_add(&dst->aborts, sign * src->aborts);
+    __sync_fetch_and_add(&dst->updates, sign * src->updates);
+    __sync_fetch_and_add(&dst->preempts, sign * src->preempts);
+    __sync_fetch_and_add(&dst->migrations, sign * migrations);
+    __sync_fetch_and_add(&dst->signals, sign * src->signals);
+    __sync_fetch_and_add(&dst->membarrier_ipis, sign * src->membarrier_ipis);
 #pragma unroll
     for (int i = 0; i < RSEQTOP_NCODES; i++)
         if (src->causes[i])
-            __sync_fetch_and_add(&dst->causes[i], src->causes[i]);
+            __sync_fetch_and_add(&dst->causes[i], sign * src->causes[i]);
+}
+
+/* An exiting thread's counts leave its slot (they go to retired), and it
+ * counts into the slot no more: its last switch-outs come after this. */
+static __always_inline void leave_slot(struct rseqtop_thread *t, struct rseqtop_hot *h, u64 migrations)
+{
+#ifdef HOT_TASK_STORAGE
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    aborters.delete(&tid);
+    if (h)
+        h->slot = 0;
+    struct rseqtop_live *r = slot_rare_of(t->slot);
+    if (r) {
+        add_counts(&r->c, &t->c, migrations, -1);
+        __sync_fetch_and_add(&r->threads, -1);
+    }
+    struct rseqtop_slot_hot *v = slot_hot_of(t->slot);
+    if (v) {
+        __sync_fetch_and_add(&v->updates, -t->c.updates);
+        __sync_fetch_and_add(&v->preempts, -t->c.preempts);
+    }
+#endif
 }
 
 int on_sched_process_exit(struct tp_sched_process_exit *args)
@@ -914,6 +1051,8 @@ int on_sched_process_exit(struct tp_sched_process_exit *args)
             t->c.updates = h->updates;
             t->c.preempts = h->preempts;
         }
+        u64 migrations = t->c.migrations;
+        leave_slot(t, h, migrations);
         struct rseqtop_proc_key pk = {.tgid = tgid, .gen = t->gen};
         struct rseqtop_proc *p = procs.lookup(&pk);
         if (!p) {
@@ -926,7 +1065,7 @@ int on_sched_process_exit(struct tp_sched_process_exit *args)
         /* The name it dies with: threads rename themselves after creation. */
         bpf_get_current_comm(&t->comm, sizeof(t->comm));
         if (p) {
-            add_counts(&p->retired, &t->c);
+            add_counts(&p->retired, &t->c, migrations, 1);
             __sync_fetch_and_add(&p->exited_threads, 1);
             if (tid == tgid)
                 __builtin_memcpy(p->comm, t->comm, sizeof(p->comm));
@@ -1016,12 +1155,13 @@ int on_sys_exit_membarrier(struct tp_sys_exit_membarrier *args)
 BPF_PERCPU_ARRAY(zero_live, struct rseqtop_live, 1);
 BPF_HASH(proc_live, struct rseqtop_proc_key, struct rseqtop_live, RSEQTOP_MAX_PROCS);
 
-/* One pass over every task at each poll, in place of a pidfd and a lookup
- * per thread in user space: sums each live tracked thread (its record and
- * its hot state) into its process's proc_live entry, stamped with this
- * pass, and writes out the threads user space asked for (config
- * iter_threads) as a struct rseqtop_hot_out followed by the thread's
- * record. Only pointers of the task are used, never a field. */
+/* One pass over every task, in place of a pidfd and a lookup per thread in
+ * user space, run when a poll needs it: sums each live tracked thread
+ * without a process slot (its record and its hot state) into its
+ * process's proc_live entry, stamped with this pass, and writes out the
+ * threads user space asked for (config iter_threads) as a struct
+ * rseqtop_hot_out followed by the thread's record. Only pointers of the
+ * task are used, never a field. */
 BPF_ITER(task)
 {
     struct task_struct *task = ctx->task;
@@ -1039,7 +1179,7 @@ BPF_ITER(task)
     /* When a thread's output overflows the iterator's buffer, the kernel
      * runs the program again for it at the next read(2): sum it once. */
     u32 pass = (u32)cfg->iter_pass;
-    struct rseqtop_live *z = h->summed_pass != pass ? zero_live.lookup(&zero) : 0;
+    struct rseqtop_live *z = !h->slot && h->summed_pass != pass ? zero_live.lookup(&zero) : 0;
     struct rseqtop_proc_key pk = {.tgid = t->tgid, .gen = t->gen};
     struct rseqtop_live *l = z ? proc_live.lookup_or_try_init(&pk, z) : 0;
     if (z && !l)

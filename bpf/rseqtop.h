@@ -28,7 +28,9 @@
 #define RSEQTOP_CNT_LIVE_DROPPED 8
 #define RSEQTOP_CNT_HANDLERS_DROPPED 9
 #define RSEQTOP_CNT_PREEMPTERS_DROPPED 10
-#define RSEQTOP_NCOUNTERS 11
+#define RSEQTOP_CNT_SLOTS_DROPPED 11
+#define RSEQTOP_CNT_ABORTERS_DROPPED 12
+#define RSEQTOP_NCOUNTERS 13
 
 /* Kinds of per-process keyed counters (map "pcounts"). */
 #define RSEQTOP_PC_RSEQ_REG 1        /* cmd = RSEQTOP_ABI_*, code = errno (0: success) */
@@ -87,6 +89,12 @@
 #endif
 #ifndef RSEQTOP_MAX_PROC_GENS
 #define RSEQTOP_MAX_PROC_GENS 131072
+#endif
+/* Process slots (HOT_TASK_STORAGE): live processes whose threads' counts
+ * are summed as they happen (see struct rseqtop_slot_hot). bpfgen lowers
+ * it on machines with many CPUs (a per-CPU array). */
+#ifndef RSEQTOP_MAX_SLOTS
+#define RSEQTOP_MAX_SLOTS 8192
 #endif
 #ifndef RSEQTOP_MAX_SITES
 #define RSEQTOP_MAX_SITES 4096
@@ -169,6 +177,9 @@ struct rseqtop_hot {
     /* 6.19+: TWIN_* bits, events the regular program handled, so that its
      * raw twin (run next on the same event) does not handle them again */
     u32 claims;
+    /* With HOT_TASK_STORAGE: the thread's process slot + 1 (0: none), into
+     * which its updates and preemptions are summed as they happen */
+    u32 slot;
 };
 
 /* What the task iterator writes per tracked thread (HOT_TASK_STORAGE). */
@@ -189,7 +200,7 @@ struct rseqtop_thread {
     u32 last_signal;
     char comm[RSEQTOP_COMM_LEN];
     u32 abort_run; /* consecutive aborts in last_abort_ip, storm rule */
-    u32 pad;
+    u32 slot; /* HOT_TASK_STORAGE: its process slot + 1 (0: none), set by its own thread */
     u64 last_abort_ns;
     u64 last_abort_ip;
 };
@@ -298,6 +309,24 @@ struct rseqtop_live {
     u64 pass;
     u64 threads;
     struct rseqtop_counts c;
+};
+
+/* Process slots (HOT_TASK_STORAGE). A live process gets a slot number when
+ * its first thread is tracked (map proc_slot); every event of its threads
+ * is added to the slot as it happens, and a thread's exit moves its counts
+ * from the slot into procs (retired). So retired + slot = the process's
+ * totals, exactly, without reading any thread: a poll reads one entry per
+ * process, not one per thread. User space gives a dead process's slot back
+ * (free_slots) a poll after it saw the process gone.
+ *
+ * Updates and preemptions come on every context switch: per CPU, so the
+ * line stays in this CPU's cache (the sum over CPUs is the count; a CPU's
+ * own part may wrap below zero when an exit on it moves counts made
+ * elsewhere). The rest are rare: one shared entry, struct rseqtop_live
+ * with pass unused and threads the live tracked threads. */
+struct rseqtop_slot_hot {
+    u64 updates;
+    u64 preempts;
 };
 
 struct rseqtop_event {

@@ -548,8 +548,53 @@ def test_hot_state_iterator_agrees_with_per_thread_reads(collector):
 
 def test_process_totals_exact_whatever_threads_are_asked_for(collector, record_property):
     """Front ends ask only for the threads they show; process totals stay
-    exact (summed in the kernel by the task iterator where there is one),
-    and the threads listed are the ones asked for, exact too."""
+    exact (summed in the kernel, in process slots, where there is task
+    storage), and the threads listed are the ones asked for, exact too."""
+    record_property("figure", totals_whatever_threads_are_asked_for(collector))
+
+
+def test_processes_without_a_slot_are_summed_by_the_task_iterator(bpf_ok, record_property):
+    """More live processes than process slots: the ones without a slot are
+    summed by the task iterator at every poll, exactly."""
+    with Collector(sizes={"RSEQTOP_MAX_SLOTS": 1}) as c:
+        if not c.plan.hot_storage:
+            assert kernel.kernel_version() < (6, 9) or not Path("/sys/kernel/btf/vmlinux").exists()
+            return
+        figure = totals_whatever_threads_are_asked_for(c)
+        dropped = c.read().counter("slots_dropped")
+    # this test's own process, at least, was tracked before the workload started
+    assert dropped > 0, "every process had a slot: the iterator's share was not tested"
+    record_property("figure", f"{figure}; {dropped} tracked without a slot")
+
+
+def test_dead_processes_give_their_slot_back(collector, record_property):
+    """A dead process's slot goes back to the kernel a poll after it is seen
+    dead, zeroed: the next process that takes it counts from zero."""
+    if not collector.plan.hot_storage:
+        assert kernel.kernel_version() < (6, 9) or not Path("/sys/kernel/btf/vmlinux").exists()
+        return
+    proc_slot = collector.bpf["proc_slot"]
+    taken, reused = {}, 0
+    for _ in range(6):
+        summary, snap = observe(collector, INDUCERS["signals"])
+        assert_exact(summary, snap)
+        p = snap.process(summary["pid"])
+        slot = proc_slot.get(proc_slot.Key(tgid=p.pid, gen=p.gen))
+        assert slot is not None, "the process had no slot"
+        reused += slot.value in taken.values()
+        taken[(p.pid, p.gen)] = slot.value
+        for _ in range(2):
+            collector.poll()
+        assert proc_slot.get(proc_slot.Key(tgid=p.pid, gen=p.gen)) is None, "a dead process kept its slot"
+        if reused >= 2:
+            break
+    # the stack gives the slot freed last first: only another process
+    # starting in between takes it instead
+    assert reused >= 2, f"slots taken {taken}: none given back was taken again"
+    record_property("figure", f"{len(taken)} runs, {reused} in a slot used before")
+
+
+def totals_whatever_threads_are_asked_for(collector) -> str:
     # 150 threads: "all" writes ~60 KB, more than the iterator's 32 KiB
     # buffer, so the kernel runs the program again for a thread at a buffer
     # boundary (it must be summed once)
@@ -584,11 +629,11 @@ def test_process_totals_exact_whatever_threads_are_asked_for(collector, record_p
     else:  # no task iterator (before 6.9): every thread is read, and listed
         assert kernel.kernel_version() < (6, 9) or not collector.plan.hot_storage
         assert {t.tid for t in listed["aborting"]} >= aborting
-    record_property("figure", f"{totals['all'].aborts} aborts; threads listed none/aborting/all: "
-                              f"{len(listed['none'])}/{len(listed['aborting'])}/{len(listed['all'])}")
     # and the run's own count once it is over
     final = collector.poll().process(proc.pid)
     assert final.counts.aborts == summary["totals"]["aborts"]
+    return (f"{totals['all'].aborts} aborts; threads listed none/aborting/all: "
+            f"{len(listed['none'])}/{len(listed['aborting'])}/{len(listed['all'])}")
 
 
 # -- who preempted (issue 15, item 1) ------------------------------------

@@ -45,7 +45,10 @@ def test_kernel_threads_are_told_apart():
     probe.start()
     probe.join()
     assert tids[1] is False
-    assert is_kernel_thread(tids[0], os.getpid()) is None  # exited: gone
+    # a thread of a process is never a kernel thread (one leads its own
+    # group): told without /proc, even once it has exited
+    assert is_kernel_thread(tids[0], os.getpid()) is False
+    assert is_kernel_thread(2**22 + 12345, 2**22 + 12345) is None  # a group leader that is gone
     if os.path.exists("/proc/2/stat") and open("/proc/2/comm").read().strip() == "kthreadd":
         assert is_kernel_thread(2, 2) is True
     asked = []

@@ -94,6 +94,8 @@ def test_lean_and_bcc_decode_the_maps_alike(lean):
         for name, table in lean.bpf.items():
             if name == "hot":  # task storage, a table type bcc's Python has no class for: the record's copy
                 theirs = (ctypes.c_int, dict(full.bpf["threads"].Leaf._fields_)["h"])
+            elif name == "free_slots":  # a stack: values only
+                theirs = (table.Key, full.bpf[name].Leaf)
             else:
                 theirs = (full.bpf[name].Key, full.bpf[name].Leaf)
             for ours, bccs in zip((table.Key, table.Leaf), theirs):

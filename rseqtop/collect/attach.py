@@ -45,11 +45,12 @@ def describe_maps(bpf, lib, names) -> tuple:
 
 def load(request: dict) -> tuple:
     """(reply, fds). Raises UserError with the reason it failed."""
-    from rseqtop.collect.loader import attach_events, attach_task_iterator, compile_program
+    from rseqtop.collect.loader import attach_events, attach_task_iterator, compile_program, fill_slots
     from rseqtop.kernel.bccimport import import_bcc
 
     bcc = import_bcc()
     bpf = compile_program(bcc, request["source"])
+    fill_slots(bcc, bpf)
     attach_events(bpf, request["attach"])
     link = attach_task_iterator(bcc, bpf) if request["iterator"] else None
     specs, fds = describe_maps(bpf, bcc.lib, request["maps"])

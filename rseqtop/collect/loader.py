@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
+from rseqtop.collect import slots
 from rseqtop.collect.records import Setup
 from rseqtop.errors import UserError
 from rseqtop.kernel import bpfgen, bpfsys, tracefs
@@ -51,6 +52,16 @@ def attach_events(bpf, events: Iterable[tuple]) -> None:
                 bpf.attach_tracepoint(tp=f"{system}:{event}", fn_name=fn)
     except Exception as err:
         raise UserError(f"attaching to tracepoints failed ({first_line(err)}); see 'rseqtop doctor'") from None
+
+
+def fill_slots(bcc, bpf) -> None:
+    """Give the kernel its process slots (rseqtop.collect.slots), before
+    anything is attached: a thread tracked without one would make every
+    poll pass over all tasks."""
+    fd = bcc.lib.bpf_table_fd(bpf.module, b"free_slots")
+    if fd >= 0:
+        slots.fill(fd, int(bcc.lib.bpf_table_max_entries_id(bpf.module, bcc.lib.bpf_table_id(bpf.module,
+                                                                                          b"free_slots"))))
 
 
 def attach_task_iterator(bcc, bpf) -> Optional[int]:
@@ -134,6 +145,7 @@ class Probes:
         self.bcc_lib = bcc.lib  # --uprobes attaches by file offset through it
         self.bpf = compile_program(bcc, text)
         try:
+            fill_slots(bcc, self.bpf)
             attach_events(self.bpf, self.plan.attachments())
         except UserError:
             self.close()

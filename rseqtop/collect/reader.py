@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from rseqtop.collect.batch import BatchTable
+from rseqtop.collect.slots import SlotTable
 from rseqtop.collect.records import (
     CallRecord, HandlerRecord, LiveRecord, MapRecords, OffsetRecord, PreempterRecord, ProcRecord, SiteRecord,
 )
@@ -21,13 +22,17 @@ from rseqtop.kernel import facts as kernel
 from rseqtop.kernel import bpfsys, linux
 from rseqtop.kernel import taskstorage
 from rseqtop.kernel.kthread import KthreadCache
-from rseqtop.model.snapshot import COUNT_FIELDS, Counts, ThreadStats, cause_name, pairs
+from rseqtop.model.snapshot import COUNT_FIELDS, Counts, ThreadStats, cause_name, pairs, sum_counts
 
 COUNTER_PREFIX = "RSEQTOP_CNT_"
 HOT_OUT = struct.Struct("=IiQQ")  # struct rseqtop_hot_out: tid, cpu_id, updates, preempts
 PROC_KEY = struct.Struct("=II")  # struct rseqtop_proc_key: tgid, gen
 # Collector.want_threads: RSEQTOP_ITER_THREADS_<MODE> of bpf/rseqtop.h
 THREAD_MODES = ("none", "aborting", "all")
+# More live threads with aborts than this: one pass of the task iterator
+# reads them, not a pidfd and two lookups each (~5 us a thread against a
+# pass of ~1.5 us a task on the machine).
+MAX_ABORTERS_ONE_BY_ONE = 2000
 
 
 def comm_text(raw) -> str:
@@ -131,6 +136,11 @@ class MapReader:
         # iterator, only these are read one by one
         self.threads = "all"
         self._iter_threads = {mode: k[f"RSEQTOP_ITER_THREADS_{mode.upper()}"] for mode in THREAD_MODES}
+        # process slots: processes' live threads without reading them
+        self._slots = None
+        if probes.hot_fd is not None:
+            self._slots = SlotTable(b, self._ncodes, lambda values: cause_pairs(values, self._cause_names))
+            self._tables["aborters"] = BatchTable(b["aborters"])
         if probes.hot_iter_link is not None:
             self._tables["proc_live"] = BatchTable(b["proc_live"])
             self._live_values = struct.Struct(f"=2Q{len(COUNT_FIELDS) + self._ncodes}Q")
@@ -151,16 +161,7 @@ class MapReader:
         # missing from both for one poll (a dip that the assembly's monotonic
         # guard hides) instead of being counted twice.
         procs = self._procs(t["procs"].raw())
-        live = None
-        data = self.probes.iterate(self._iter_threads[self.threads])
-        if data is not None:
-            # the kernel summed every process's live threads; only the
-            # threads asked for come out, each with its hot state
-            live = self._live(self.probes.iter_pass)
-            live_raw, hot = iterator_threads(data, self._thread_size)
-        else:
-            live_raw = t["threads"].raw()
-            hot = None  # each thread's own: through a pidfd, or in its record
+        live, live_raw, hot = self._live_threads(named)
         dead_raw = t["dead_threads"].raw()
         calls = self._records("pcounts", lambda k, v: CallRecord(k.tgid, k.gen, k.kind, k.cmd, k.code, v.value))
         names = self._cause_names
@@ -188,6 +189,46 @@ class MapReader:
                           tuple((pid, linux.proc_comm(pid) or "") for pid in sorted(live_pids)),
                           run_ns, run_cnt, misses, ru.ru_utime + ru.ru_stime, live, handlers,
                           self.probes.handlers_probed, preempters)
+
+    def _live_threads(self, named: dict) -> tuple:
+        """(LiveRecords or None, [(tid bytes, record bytes)] of the live
+        threads asked for, {tid: (updates, preempts, cpu)} or None: each
+        thread's own hot state, through a pidfd or in its record)."""
+        slotless = named.get("slots_dropped", 0) > 0  # some processes' threads are summed by the iterator
+        live = list(self._slots.read()) if self._slots is not None else None
+        if live is not None and self.threads != "all" and not slotless:
+            if self.threads == "none":
+                return tuple(live), [], None
+            tids = None if named.get("aborters_dropped") else self._aborters()
+            if tids is not None:
+                return tuple(live), self._records_of(tids), None
+        data = self.probes.iterate(self._iter_threads[self.threads])
+        if data is None:
+            # no iterator: every thread, and its hot state through a pidfd
+            return (None if slotless else live), self._tables["threads"].raw(), None
+        # the kernel summed the live threads of processes without a slot;
+        # only the threads asked for come out, each with its hot state
+        summed = self._live(self.probes.iter_pass)
+        return merge_live((live or []) + list(summed)), *iterator_threads(data, self._thread_size)
+
+    def _aborters(self):
+        """The live threads with aborts (tids); None when there are too
+        many to read one by one."""
+        raw = self._tables["aborters"].raw()
+        if len(raw) > MAX_ABORTERS_ONE_BY_ONE:
+            return None
+        return [int.from_bytes(kb, "little") for kb, _ in raw]
+
+    def _records_of(self, tids: list) -> list:
+        """[(tid bytes, record bytes)] of these threads (gone ones left out)."""
+        fd = self._tables["threads"].table.map_fd
+        value = ctypes.create_string_buffer(self._thread_size)
+        out = []
+        for tid in tids:
+            key = ctypes.c_uint32(tid)
+            if bpfsys.lookup(fd, key, value):
+                out.append((bytes(key), value.raw))
+        return out
 
     def _preempter(self, k, v) -> PreempterRecord:
         if k.ptid == self._unknown_preempter:
@@ -322,6 +363,17 @@ class MapReader:
             run_cnt += cnt
         misses = unseen(skipped)
         return (run_ns, run_cnt, misses) if stats else (None, None, misses)
+
+
+def merge_live(records: list) -> tuple:
+    """One LiveRecord per process: a process may have threads in its slot
+    and others (tracked when no slot was left) summed by the iterator."""
+    by: dict = {}
+    for r in records:
+        by.setdefault((r.pid, r.gen), []).append(r)
+    return tuple(rs[0] if len(rs) == 1 else
+                 LiveRecord(rs[0].pid, rs[0].gen, sum(r.threads for r in rs), sum_counts(r.counts for r in rs))
+                 for rs in by.values())
 
 
 def unseen(skipped: dict) -> int:

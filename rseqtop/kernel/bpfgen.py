@@ -171,6 +171,12 @@ def raw_ok(fmt: Format, event: str, kernel_version: tuple) -> bool:
     return raw_args_ok(fmt, event, kernel_version) and not preemptible(event, kernel_version)
 
 
+# Process slots (bpf/rseqtop.h): at most this much per-CPU memory, and no
+# fewer slots than this (processes beyond them are summed by the task iterator).
+SLOT_MEMORY = 16 << 20
+MIN_SLOTS = 1024
+
+
 def plan(formats: Callable[[str, str], Optional[Format]], ipi_rseq_addr: Optional[int],
          sizes: Optional[dict] = None, kernel_version: tuple = (0, 0), syscalls: bool = False,
          hot_storage: bool = False, uprobes: bool = False, stacks: bool = False) -> Plan:
@@ -184,6 +190,9 @@ def plan(formats: Callable[[str, str], Optional[Format]], ipi_rseq_addr: Optiona
     defines = default_sizes()
     # the successor ring has a slot range per CPU (see bpf/rseqtop.h)
     defines["RSEQTOP_NCPUS"] = bpfsys.cpu_id_bound()
+    # the per-CPU slot counts (16 bytes a slot and CPU) kept within SLOT_MEMORY
+    defines["RSEQTOP_MAX_SLOTS"] = min(defines["RSEQTOP_MAX_SLOTS"],
+                                       max(MIN_SLOTS, SLOT_MEMORY // (16 * bpfsys.possible_cpus())))
     defines.update(sizes or {})
     found = {}
     for system, event, required, fields, optional in PROBES:

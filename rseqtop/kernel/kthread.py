@@ -25,6 +25,8 @@ def is_kernel_thread(tid: int, tgid: Optional[int] = None) -> Optional[bool]:
     over every thread of the process (ms with thousands of threads)."""
     if tid == 0:
         return True
+    if tgid and tgid != tid:
+        return False  # a kernel thread leads its own thread group: no /proc read for a process's threads
     path = f"/proc/{tgid}/task/{tid}/stat" if tgid else f"/proc/{tid}/stat"
     try:
         with open(path) as f:

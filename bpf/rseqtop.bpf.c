@@ -45,11 +45,11 @@ BPF_PERCPU_ARRAY(zero_proc, struct rseqtop_proc, 1);
  * this file (or through pidfds, PIDFD_THREAD, where that is refused). */
 BPF_TASK_STORAGE(hot, struct rseqtop_hot);
 
-/* Process slots (see struct rseqtop_slot_hot): (tgid, gen) -> slot + 1;
- * slots given back by user space, and the next never used one. */
+/* Process slots (see struct rseqtop_slot_hot): (tgid, gen) -> slot + 1,
+ * and the free slots (user space fills the stack before attaching, and
+ * gives dead processes' slots back). */
 BPF_HASH(proc_slot, struct rseqtop_proc_key, u32, RSEQTOP_MAX_SLOTS);
 BPF_STACK(free_slots, u32, RSEQTOP_MAX_SLOTS);
-BPF_ARRAY(slot_next, u32, 1);
 BPF_PERCPU_ARRAY(slot_hot, struct rseqtop_slot_hot, RSEQTOP_MAX_SLOTS);
 BPF_ARRAY(slot_rare, struct rseqtop_live, RSEQTOP_MAX_SLOTS);
 /* Live threads that have aborted (tid -> 1): what --json and the TUI's
@@ -990,6 +990,19 @@ int on_csd_function_entry(struct tp_csd_function_entry *args)
 #endif
 
 #ifdef HAVE_SCHED_PROCESS_EXIT
+/* Whether generation 0 of process tgid has a slot: its death must then
+ * bump the generation even if its last thread was never tracked, so that
+ * user space sees it dead and gives the slot back. */
+static __always_inline int has_slot(u32 tgid)
+{
+#ifdef HOT_TASK_STORAGE
+    struct rseqtop_proc_key pk = {.tgid = tgid, .gen = 0};
+    return proc_slot.lookup(&pk) != 0;
+#else
+    return 0;
+#endif
+}
+
 /* dst += sign * src, but for migrations (other tasks' programs add to
  * those at any time: the caller reads them once) */
 static __always_inline void add_counts(struct rseqtop_counts *dst, struct rseqtop_counts *src, u64 migrations,
@@ -1080,7 +1093,7 @@ int on_sched_process_exit(struct tp_sched_process_exit *args)
         u32 *g = proc_gen.lookup(&tgid);
         if (g) {
             __sync_fetch_and_add(g, 1);
-        } else if (tracked) {
+        } else if (tracked || has_slot(tgid)) {
             u32 one = 1;
             if (proc_gen.insert(&tgid, &one) && !proc_gen.lookup(&tgid))
                 count(RSEQTOP_CNT_PROCS_DROPPED);

@@ -131,6 +131,28 @@ def test_a_twinned_programs_skips_count_only_as_far_as_its_twin_missed_too():
     assert unseen({"on_rseq_ip_fixup": 4}) == 4
 
 
+def test_process_slots_stay_within_their_memory_on_many_cpus(monkeypatch):
+    """The per-CPU slot counts (16 bytes a slot and CPU) stay within
+    SLOT_MEMORY, down to MIN_SLOTS; a size given wins."""
+    for ncpus, want in ((2, 8192), (128, 8192), (256, 4096), (4096, bpfgen.MIN_SLOTS)):
+        monkeypatch.setattr(bpfgen.bpfsys, "possible_cpus", lambda n=ncpus: n)
+        assert plan_for("tracefs-6.18").defines["RSEQTOP_MAX_SLOTS"] == want, ncpus
+    assert plan_for("tracefs-6.18", sizes={"RSEQTOP_MAX_SLOTS": 3}).defines["RSEQTOP_MAX_SLOTS"] == 3
+
+
+def test_a_process_with_threads_in_a_slot_and_others_summed_by_the_iterator_is_one_record():
+    from rseqtop.collect.reader import merge_live
+    from rseqtop.collect.records import LiveRecord
+    from rseqtop.model.snapshot import Counts
+
+    merged = merge_live([LiveRecord(10, 0, 3, Counts(aborts=2, updates=5, causes=(("preempt", 2),))),
+                         LiveRecord(11, 0, 1, Counts(updates=1)),
+                         LiveRecord(10, 0, 2, Counts(aborts=1, updates=4, causes=(("signal", 1),)))])
+    assert sorted(merged, key=lambda r: r.pid) == [
+        LiveRecord(10, 0, 5, Counts(aborts=3, updates=9, causes=(("preempt", 2), ("signal", 1)))),
+        LiveRecord(11, 0, 1, Counts(updates=1))]
+
+
 def test_raw_needs_the_arguments_in_prototype_order(tmp_path):
     """If a kernel reordered rseq_ip_fixup's fields (and so, presumably, its
     prototype), reading raw arguments would misread them: use the record."""

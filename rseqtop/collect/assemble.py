@@ -24,7 +24,7 @@ K = bpfgen.header_constants()
 # map -> the counter of inserts it refused when full
 DROP_COUNTERS = {"threads": "threads_dropped", "dead_threads": None, "procs": "procs_dropped",
                  "sites": "sites_dropped", "offsets": "offsets_dropped", "pcounts": "pcounts_dropped",
-                 "proc_live": "live_dropped", "handlers": "handlers_dropped",
+                 "proc_live": "live_dropped", "proc_slot": "slots_dropped", "handlers": "handlers_dropped",
                  "preempters": "preempters_dropped"}
 
 Ident = tuple  # (pid, gen): a process; a recycled pid is another process
@@ -245,6 +245,7 @@ def _self_stats(rec: MapRecords) -> SelfStats:
             "dead_threads": len(rec.threads) - alive, "procs": len(rec.procs), "sites": len(rec.sites),
             "offsets": len(rec.offsets), "pcounts": len(rec.calls), "proc_live": len(rec.live or ()),
             "handlers": len(rec.handlers or ()), "preempters": len(rec.preempters)}
+    used.update(dict(rec.map_used))
     capacity = dict(rec.setup.capacities)
     maps = tuple(MapFill(name, used[name], capacity[name], rec.counter(drop) if drop else 0)
                  for name, drop in DROP_COUNTERS.items() if name in capacity)

@@ -161,7 +161,7 @@ class MapReader:
         # missing from both for one poll (a dip that the assembly's monotonic
         # guard hides) instead of being counted twice.
         procs = self._procs(t["procs"].raw())
-        live, live_raw, hot = self._live_threads(named)
+        live, live_raw, hot, map_used = self._live_threads(named)
         dead_raw = t["dead_threads"].raw()
         calls = self._records("pcounts", lambda k, v: CallRecord(k.tgid, k.gen, k.kind, k.cmd, k.code, v.value))
         names = self._cause_names
@@ -188,28 +188,31 @@ class MapReader:
                           threads, calls, sites, offsets, cpu_aborts,
                           tuple((pid, linux.proc_comm(pid) or "") for pid in sorted(live_pids)),
                           run_ns, run_cnt, misses, ru.ru_utime + ru.ru_stime, live, handlers,
-                          self.probes.handlers_probed, preempters)
+                          self.probes.handlers_probed, preempters, map_used)
 
     def _live_threads(self, named: dict) -> tuple:
         """(LiveRecords or None, [(tid bytes, record bytes)] of the live
         threads asked for, {tid: (updates, preempts, cpu)} or None: each
-        thread's own hot state, through a pidfd or in its record)."""
+        thread's own hot state, through a pidfd or in its record, and the
+        map use for MapRecords.map_used)."""
         slotless = named.get("slots_dropped", 0) > 0  # some processes' threads are summed by the iterator
         live = list(self._slots.read()) if self._slots is not None else None
+        used = (("proc_slot", len(live)), ("proc_live", 0)) if live is not None else ()
         if live is not None and self.threads != "all" and not slotless:
             if self.threads == "none":
-                return tuple(live), [], None
+                return tuple(live), [], None, used
             tids = None if named.get("aborters_dropped") else self._aborters()
             if tids is not None:
-                return tuple(live), self._records_of(tids), None
+                return tuple(live), self._records_of(tids), None, used
         data = self.probes.iterate(self._iter_threads[self.threads])
         if data is None:
             # no iterator: every thread, and its hot state through a pidfd
-            return (None if slotless else live), self._tables["threads"].raw(), None
+            return (None if slotless else live), self._tables["threads"].raw(), None, used
         # the kernel summed the live threads of processes without a slot;
         # only the threads asked for come out, each with its hot state
         summed = self._live(self.probes.iter_pass)
-        return merge_live((live or []) + list(summed)), *iterator_threads(data, self._thread_size)
+        raw, hot = iterator_threads(data, self._thread_size)
+        return merge_live((live or []) + list(summed)), raw, hot, used + (("proc_live", len(summed)),)
 
     def _aborters(self):
         """The live threads with aborts (tids); None when there are too

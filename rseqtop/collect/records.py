@@ -145,6 +145,9 @@ class MapRecords:
     handlers: Optional[tuple] = None
     handlers_probed: int = 0  # uprobes attached at abort handlers
     preempters: tuple = ()  # PreempterRecord
+    # (map name, entries in use) for maps whose use only the reader knows
+    # (process slots, and proc_live of this read's iterator pass)
+    map_used: Pairs = ()
 
     def counter(self, name: str) -> int:
         return dict(self.counters).get(name, 0)

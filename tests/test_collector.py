@@ -463,6 +463,28 @@ def test_hot_state_fallback_without_task_storage(bpf_ok, monkeypatch):
             assert t.counts.updates > 0
 
 
+def test_slots_and_pidfds_where_the_task_iterator_is_refused(bpf_ok, monkeypatch):
+    """Task storage without the task iterator: process totals from the
+    slots, threads through a pidfd each; same counts whatever threads are
+    asked for."""
+    from rseqtop.collect import loader
+
+    monkeypatch.setattr(loader, "attach_task_iterator", lambda bcc, bpf: None)
+    with Collector() as c:
+        if not c.plan.hot_storage:
+            assert kernel.kernel_version() < (6, 9) or not Path("/sys/kernel/btf/vmlinux").exists()
+            return
+        assert c.loader.hot_iter_link is None
+        summary = workload.run([str(a) for a in INDUCERS["oversubscribed"] + ["--duration", 0.5]], timeout=120)
+        for mode in ("all", "aborting", "none"):
+            c.want_threads(mode)
+            snap = c.poll()
+            if mode == "none":
+                assert snap.process(summary["pid"]).counts.aborts == summary["totals"]["aborts"]
+            else:
+                assert_exact(summary, snap)
+
+
 def test_hot_state_in_task_storage_is_read_while_threads_live(collector):
     """Live threads' updates and preemptions come from task storage (through
     pidfds) on kernels that have it: they grow while the workload runs."""

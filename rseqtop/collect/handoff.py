@@ -29,7 +29,8 @@ from rseqtop.errors import UserError
 MAX_MESSAGE = 1 << 20  # the loader's reply, and its request
 # The maps this process uses (the loader hands over those the program has).
 MAPS = ("counters", "cpu_aborts", "config", "watch_pids", "watch_cgroups", "threads", "dead_threads", "procs",
-        "proc_gen", "sites", "offsets", "pcounts", "new_sites", "hot", "proc_live", "preempters", "proc_slot", "free_slots", "slot_hot", "slot_rare", "aborters")
+        "proc_gen", "sites", "offsets", "pcounts", "new_sites", "hot", "proc_live", "preempters", "proc_slot",
+        "free_slots", "slot_hot", "slot_rare", "aborters")
 
 
 def run_loader(request: dict) -> tuple:

@@ -82,8 +82,9 @@ class Probes:
     # map -> the define of bpf/rseqtop.h that sizes it
     MAP_SIZES = {"threads": "RSEQTOP_MAX_THREADS", "dead_threads": "RSEQTOP_MAX_DEAD_THREADS",
                  "procs": "RSEQTOP_MAX_PROCS", "sites": "RSEQTOP_MAX_SITES", "offsets": "RSEQTOP_MAX_OFFSETS",
-                 "pcounts": "RSEQTOP_MAX_PCOUNTS", "proc_live": "RSEQTOP_MAX_PROCS", "proc_slot": "RSEQTOP_MAX_SLOTS",
-                 "handlers": "RSEQTOP_MAX_HANDLERS", "preempters": "RSEQTOP_MAX_PREEMPTERS"}
+                 "pcounts": "RSEQTOP_MAX_PCOUNTS", "proc_live": "RSEQTOP_MAX_PROCS",
+                 "proc_slot": "RSEQTOP_MAX_SLOTS", "handlers": "RSEQTOP_MAX_HANDLERS",
+                 "preempters": "RSEQTOP_MAX_PREEMPTERS"}
 
     def __init__(self, sizes: Optional[dict] = None, syscalls: bool = False, tracefs_root: Optional[Path] = None,
                  uprobes: bool = False, stacks: bool = False):
@@ -134,7 +135,8 @@ class Probes:
         if self.plan.hot_storage:
             self.hot_value = dict(self.bpf["threads"].Leaf._fields_)["h"]()
         capacities = {name: int(self.plan.defines[size]) for name, size in self.MAP_SIZES.items()
-                      if (name not in ("proc_live", "proc_slot") or self.plan.hot_storage) and (name != "handlers" or self.uprobes)}
+                      if (name not in ("proc_live", "proc_slot") or self.plan.hot_storage)
+                      and (name != "handlers" or self.uprobes)}
         self.setup = Setup(self.era.name, self.era.description, self.names, self.plan.missing,
                            self.plan.unavailable_causes, pairs(capacities), self.syscalls, self.uprobes)
 

@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 from rseqtop.collect.batch import BatchTable
-from rseqtop.collect.slots import SlotTable
 from rseqtop.collect.records import (
     CallRecord, HandlerRecord, LiveRecord, MapRecords, OffsetRecord, PreempterRecord, ProcRecord, SiteRecord,
 )
+from rseqtop.collect.slots import PROC_KEY, SlotTable
 from rseqtop.kernel import facts as kernel
 from rseqtop.kernel import bpfsys, linux
 from rseqtop.kernel import taskstorage
@@ -26,7 +26,6 @@ from rseqtop.model.snapshot import COUNT_FIELDS, Counts, ThreadStats, cause_name
 
 COUNTER_PREFIX = "RSEQTOP_CNT_"
 HOT_OUT = struct.Struct("=IiQQ")  # struct rseqtop_hot_out: tid, cpu_id, updates, preempts
-PROC_KEY = struct.Struct("=II")  # struct rseqtop_proc_key: tgid, gen
 # Collector.want_threads: RSEQTOP_ITER_THREADS_<MODE> of bpf/rseqtop.h
 THREAD_MODES = ("none", "aborting", "all")
 # More live threads with aborts than this: one pass of the task iterator
@@ -207,7 +206,7 @@ class MapReader:
         data = self.probes.iterate(self._iter_threads[self.threads])
         if data is None:
             # no iterator: every thread, and its hot state through a pidfd
-            return (None if slotless else live), self._tables["threads"].raw(), None, used
+            return (None if slotless or live is None else tuple(live)), self._tables["threads"].raw(), None, used
         # the kernel summed the live threads of processes without a slot;
         # only the threads asked for come out, each with its hot state
         summed = self._live(self.probes.iter_pass)

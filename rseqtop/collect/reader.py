@@ -31,8 +31,8 @@ THREAD_MODES = ("none", "aborting", "all")
 # More live threads with aborts than this: one pass of the task iterator
 # reads them, not a lookup and a pidfd each. Measured in poll_scale.py: ~7 us
 # a thread read one by one, a pass ~2 us a task on the machine (10,000
-# idle threads), so one by one wins below ~2,800 threads in a 10,000-task
-# machine, and the pass on a big one.
+# idle threads): one by one costs less up to ~2,800 such threads among
+# 10,000 tasks, and the limit stays below that.
 MAX_ABORTERS_ONE_BY_ONE = 2000
 
 

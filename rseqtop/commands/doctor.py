@@ -153,8 +153,9 @@ def evaluate(f: Facts) -> list[Check]:
                                 "needs CONFIG_RSEQ and CONFIG_MEMBARRIER (5.10+)"))
 
     if f.hot_storage:
-        checks.append(Check("per-thread state", PASS, "task-local storage, read by a task iterator or thread pidfds "
-                                                      "(no hash lookup per context switch)"))
+        checks.append(Check("per-thread state", PASS, "task-local storage, process totals kept per process slot "
+                                                      "(no hash lookup per context switch, no per-thread "
+                                                      "read per poll)"))
     elif f.hot_storage is not None:
         checks.append(Check("per-thread state", WARN, "in a hash map (kernel before 6.9 or without BTF): "
                                                       "two hash lookups per context switch of a thread with rseq",

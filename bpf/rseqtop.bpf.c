@@ -265,21 +265,15 @@ static __always_inline struct rseqtop_slot_hot *slot_hot_of(u32 slot) { return 0
 static __always_inline void note_aborter(u32 tid) {}
 #endif
 
-/* Count one in a thread's slot, before the thread's own count: an exit
- * then moves from the slot at most what the thread's counts hold (see
- * on_sched_process_exit), so a racing event is counted in one or the
- * other, never both. */
-#define SLOT_HOT_ADD(slot, field)                        \
-    do {                                                 \
-        struct rseqtop_slot_hot *_v = slot_hot_of(slot); \
-        if (_v)                                          \
-            __sync_fetch_and_add(&_v->field, 1);         \
-    } while (0)
-#define SLOT_RARE_ADD(slot, field)                       \
-    do {                                                 \
-        struct rseqtop_live *_r = slot_rare_of(slot);    \
-        if (_r)                                          \
-            __sync_fetch_and_add(&_r->field, 1);         \
+/* Count one in a thread's slot entry (slot_hot_of or slot_rare_of, 0:
+ * none), before the thread's own count: an exit then moves from the slot
+ * at most what the thread's counts hold (see on_sched_process_exit), so a
+ * racing event is counted in one or the other, never both. */
+#define SLOT_ADD(entry, field)                    \
+    do {                                          \
+        typeof(entry) _e = (entry);               \
+        if (_e)                                   \
+            __sync_fetch_and_add(&_e->field, 1);  \
     } while (0)
 
 /* Twins (6.19+). The kernel skips a program's run on a CPU where that
@@ -682,7 +676,7 @@ static __always_inline void updated(s32 cpu)
         if (!h)
             return;
     }
-    SLOT_HOT_ADD(h->slot, updates);
+    SLOT_ADD(slot_hot_of(h->slot), updates);
     h->updates++;
     if (h->cpu_id != cpu) {
         h->fresh.b[1] = 1;
@@ -841,7 +835,7 @@ static __always_inline void switched_out(int runnable)
     note_cause(h, 0);
     h->pre_seq = 0;
     if (runnable) {
-        SLOT_HOT_ADD(h->slot, preempts);
+        SLOT_ADD(slot_hot_of(h->slot), preempts);
         h->preempts++;
         if (v) {
             u64 id = bpf_get_current_pid_tgid();
@@ -891,7 +885,7 @@ int on_sched_migrate_task(struct tp_sched_migrate_task *args)
     struct rseqtop_thread *t = threads.lookup(&tid);
     if (!t)
         return 1;
-    SLOT_RARE_ADD(t->slot, c.migrations);
+    SLOT_ADD(slot_rare_of(t->slot), c.migrations);
     __sync_fetch_and_add(&t->c.migrations, 1);
     int zero = 0;
     struct rseqtop_config *cfg = config.lookup(&zero);
@@ -922,7 +916,7 @@ static __always_inline void signalled(u32 sig, int twin)
         return;
     twin_claim(h, TWIN_SIGNAL, twin);
     note_cause(h, 2);
-    SLOT_RARE_ADD(t->slot, c.signals);
+    SLOT_ADD(slot_rare_of(t->slot), c.signals);
     t->c.signals++;
     t->last_signal = sig;
     own_event(t, RSEQTOP_EV_SIGNAL, sig);
@@ -969,7 +963,7 @@ static __always_inline void csd_called(u64 func)
     if (!h)
         return;
     note_cause(h, 3);
-    SLOT_RARE_ADD(t->slot, c.membarrier_ipis);
+    SLOT_ADD(slot_rare_of(t->slot), c.membarrier_ipis);
     t->c.membarrier_ipis++;
     own_event(t, RSEQTOP_EV_MEMBARRIER, 0);
 }
@@ -1022,10 +1016,9 @@ static __always_inline void add_counts(struct rseqtop_counts *dst, struct rseqto
 
 /* An exiting thread's counts leave its slot (they go to retired), and it
  * counts into the slot no more: its last switch-outs come after this. */
-static __always_inline void leave_slot(struct rseqtop_thread *t, struct rseqtop_hot *h, u64 migrations)
+static __always_inline void leave_slot(u32 tid, struct rseqtop_thread *t, struct rseqtop_hot *h, u64 migrations)
 {
 #ifdef HOT_TASK_STORAGE
-    u32 tid = (u32)bpf_get_current_pid_tgid();
     aborters.delete(&tid);
     if (h)
         h->slot = 0;
@@ -1065,7 +1058,7 @@ int on_sched_process_exit(struct tp_sched_process_exit *args)
             t->c.preempts = h->preempts;
         }
         u64 migrations = t->c.migrations;
-        leave_slot(t, h, migrations);
+        leave_slot(tid, t, h, migrations);
         struct rseqtop_proc_key pk = {.tgid = tgid, .gen = t->gen};
         struct rseqtop_proc *p = procs.lookup(&pk);
         if (!p) {

@@ -196,7 +196,9 @@ class MapReader:
         threads asked for, {tid: (updates, preempts, cpu)} or None: each
         thread's own hot state, through a pidfd or in its record, and the
         map use for MapRecords.map_used)."""
-        slotless = named.get("slots_dropped", 0) > 0  # some processes' threads are summed by the iterator
+        # some processes went without a slot: their threads are summed by the
+        # iterator (from then on at every poll: the counter only grows)
+        slotless = named.get("slots_dropped", 0) > 0
         live = list(self._slots.read()) if self._slots is not None else None
         used = (("proc_slot", len(live)), ("proc_live", 0)) if live is not None else ()
         if live is not None and self.threads != "all" and not slotless:

@@ -519,7 +519,11 @@ static __always_inline void preempter_add(struct rseqtop_thread *t, struct rseqt
         known = slot->seq == h->pre_seq;
     }
     struct rseqtop_preempter_key k = {.tgid = t->tgid, .gen = t->gen, .start_ip = start_ip,
-                                      .ptid = known ? s.tid : RSEQTOP_PREEMPTER_UNKNOWN};
+                                      .ptgid = RSEQTOP_PREEMPTER_UNKNOWN};
+    if (known) {
+        k.ptgid = s.tgid;
+        __builtin_memcpy(k.comm, s.comm, sizeof(k.comm));
+    }
     struct rseqtop_preempter zero = {};
     struct rseqtop_preempter *p = preempters.lookup_or_try_init(&k, &zero);
     if (!p) {
@@ -527,11 +531,8 @@ static __always_inline void preempter_add(struct rseqtop_thread *t, struct rseqt
         return;
     }
     __sync_fetch_and_add(&p->count, 1);
-    if (known) {
-        /* its latest name (racing aborts write the same task's) */
-        p->ptgid = s.tgid;
-        __builtin_memcpy(p->comm, s.comm, sizeof(p->comm));
-    }
+    if (known)
+        p->ptid = s.tid; /* racing aborts each write a thread of this entry */
 }
 
 /* Whether events of a non-abort kind are wanted for process tgid: only for

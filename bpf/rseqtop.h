@@ -231,20 +231,23 @@ struct rseqtop_successor {
     char comm[RSEQTOP_COMM_LEN];
 };
 
-/* Aborts caused by preemption, by process, section and preempter. */
+/* Aborts caused by preemption, by process, section and preempter. A
+ * preempter is a process and a thread name, not a thread: a process whose
+ * thousands of threads (one name) take turns preempting a worker is one
+ * entry, not thousands, so the map stays small and nothing is dropped. */
 struct rseqtop_preempter_key {
     u32 tgid;
     u32 gen;
     u64 start_ip;
-    u32 ptid; /* RSEQTOP_PREEMPTER_UNKNOWN: not seen */
+    u32 ptgid; /* RSEQTOP_PREEMPTER_UNKNOWN: not seen (comm all zero) */
     u32 pad;
+    char comm[RSEQTOP_COMM_LEN];
 };
 
 struct rseqtop_preempter {
     u64 count;
-    u32 ptgid;
+    u32 ptid; /* the latest of its threads to cause an abort */
     u32 pad;
-    char comm[RSEQTOP_COMM_LEN];
 };
 
 struct rseqtop_proc {

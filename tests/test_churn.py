@@ -1,9 +1,12 @@
 """Thread and process churn with rseqtop attached: exited threads' and
 processes' counts are kept exactly, and maps never fill silently."""
 
+import os
 import time
 
 import pytest
+
+from support import ISOLATED_PRIORITY, run_realtime
 
 from rseqtop import workload
 from rseqtop.collect import Collector
@@ -76,3 +79,22 @@ def test_reap_ages_dead_processes_out_of_the_maps_and_keeps_their_counts(bpf_ok)
         tracked = {k.value for k in c.bpf["dead_threads"].keys()}
         assert not tracked & {int(tid) for tid in summary["threads"]}
         assert all(k.tgid != pid for k in c.bpf["procs"].keys())
+
+
+def test_reap_deletes_a_dead_processs_preempters(bpf_ok):
+    """Preempter entries are keyed by the preempting process and name: the
+    reaper rebuilds that key from what the reader kept, and must delete
+    every entry of a dead process."""
+    with Collector(keep_dead_seconds=0) as c:
+        summary = run_realtime(["--threads", 1, "--cpus", (os.cpu_count() or 1) - 1, "--op", "delay",
+                                "--in-cs-delay", 5000, "--antagonist", "reap-hog", "--antagonist-threads", 2,
+                                "--antagonist-rate", 2000, "--duration", 0.5], priority=ISOLATED_PRIORITY)
+        pid = summary["pid"]
+        mine = lambda: [k for k in c.bpf["preempters"].keys() if k.tgid == pid]  # noqa: E731
+        c.poll()
+        assert any(k.comm == b"reap-hog" for k in mine()), "the antagonists preempted nothing: nothing to reap"
+        c.reap()
+        time.sleep(0.01)
+        c.poll()
+        assert c.reap() >= 1
+        assert mine() == []

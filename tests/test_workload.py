@@ -36,7 +36,7 @@ OPTIONS = [
     "--name", "--json-out", "--help", "--churn-threads", "--churn-processes", "--churn-ops",
     "--churn-rate", "--rseq-abi", "--check-cpu-id-start", "--idle-threads", "--idle-period",
     "--signal-burst", "--signal-burst-gap", "--signal-bursts", "--storm-k", "--storm-t-us", "--antagonist",
-    "--antagonist-rate", "--antagonist-spin",
+    "--antagonist-rate", "--antagonist-spin", "--antagonist-threads",
 ]
 NO_GLIBC_RSEQ = {"GLIBC_TUNABLES": "glibc.pthread.rseq=0"}
 CANARY = ("cpu_id_start_rewritten", "cpu_id_start_stale", "cpu_id_start_wrong")
@@ -971,6 +971,8 @@ BAD = [
     ["--antagonist", "", "--cpus", "0"],
     ["--antagonist", "hog", "--cpus", "0", "--antagonist-rate", "0"],
     ["--antagonist", "hog", "--cpus", "0", "--antagonist-spin", "-1"],
+    ["--antagonist", "hog", "--cpus", "0", "--antagonist-threads", "0"],
+    ["--antagonist", "hog", "--cpus", "0", "--antagonist-threads", "65"],
     ["--antagonist", "hog", "--cpus", "0", "--churn-processes"],
 ]
 
@@ -1047,3 +1049,13 @@ def test_antagonist_reports_itself():
     assert a["comm"] == "a-very-long-ant"  # the kernel keeps 15 bytes
     assert a["pid"] == s["pid"] and a["tid"] > 0 and a["tid"] not in {int(t) for t in s["threads"]}
     assert a["cpu"] == 0 and a["runs"] > 0 and a["spin_us"] == 50
+    assert a["tids"] == [a["tid"]]
+
+
+def test_antagonist_threads_wake_in_turn_at_the_rate_between_them():
+    s = workload.run(["--threads", "1", "--cpus", "0", "--op", "counter", "--antagonist", "hogs",
+                      "--antagonist-threads", "3", "--antagonist-rate", "600", "--duration", "0.5"], timeout=60)
+    a = s["antagonist"]
+    assert len(set(a["tids"])) == 3 and a["tid"] == a["tids"][0]
+    assert not set(a["tids"]) & {int(t) for t in s["threads"]}
+    assert 0 < a["runs"] <= 600 * 0.5 + 3  # 600 wake-ups a second between the three, not each

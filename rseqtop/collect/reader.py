@@ -237,10 +237,11 @@ class MapReader:
         return out
 
     def _preempter(self, k, v) -> PreempterRecord:
-        if k.ptid == self._unknown_preempter:
+        if k.ptgid == self._unknown_preempter:
             return PreempterRecord(k.tgid, k.gen, k.start_ip, None, 0, "", v.count, None)
-        comm = comm_text(v.comm)
-        return PreempterRecord(k.tgid, k.gen, k.start_ip, k.ptid, v.ptgid, comm, v.count, self._kthread(k.ptid, comm, v.ptgid))
+        comm = comm_text(k.comm)
+        return PreempterRecord(k.tgid, k.gen, k.start_ip, v.ptid, k.ptgid, comm, v.count,
+                               self._kthread(v.ptid, comm, k.ptgid), bytes(k.comm).hex())
 
     def _records(self, name: str, make) -> tuple:
         """make(key, value) of every entry of map `name` (ctypes), made

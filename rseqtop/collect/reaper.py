@@ -62,7 +62,8 @@ def delete(bpf, gone: set, rec: MapRecords) -> None:
         (bpf["pcounts"], [bpf["pcounts"].Key(tgid=c.pid, kind=c.kind, cmd=c.cmd, code=c.code, gen=c.gen)
                           for c in rec.calls if ident(c)]),
         (bpf["preempters"], [bpf["preempters"].Key(tgid=r.pid, gen=r.gen, start_ip=r.start_ip,
-                                                    ptid=K_UNKNOWN if r.ptid is None else r.ptid)
+                                                    ptgid=K_UNKNOWN if r.ptid is None else r.ptgid,
+                                                    comm=bytes.fromhex(r.comm_key))
                              for r in rec.preempters if ident(r)]),
         (bpf["dead_threads"], [ctypes.c_uint32(t.tid) for t in rec.threads if not t.alive and ident(t)]),
     )

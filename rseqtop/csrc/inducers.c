@@ -268,24 +268,25 @@ void *membarrier_main(void *arg)
 /* ------------------------------------------------------------------ */
 /* The antagonist (--antagonist NAME)                                  */
 
-atomic_int antagonist_tid;
+atomic_int antagonist_tids[MAX_ANTAGONISTS];
 atomic_long antagonist_runs;
 int antagonist_realtime;
 
-/* A thread with a known name on the first worker CPU that wakes
- * --antagonist-rate times a second and spins --antagonist-spin us: each
- * wake-up preempts the worker running there. When the process runs
- * SCHED_FIFO / SCHED_RR (chrt), it takes one realtime priority more than
- * the workers, so that it preempts them at once and nothing else does. */
+/* Threads with a known name on the first worker CPU (arg: which of the
+ * --antagonist-threads) that wake --antagonist-rate times a second between
+ * them, in turn, and spin --antagonist-spin us: each wake-up preempts the
+ * worker running there. When the process runs SCHED_FIFO / SCHED_RR
+ * (chrt), they take one realtime priority more than the workers, so that
+ * they preempt them at once and nothing else does. */
 void *antagonist_main(void *arg)
 {
+	int i = (int)(intptr_t)arg;
 	struct timespec next;
-	double period = 1.0 / cfg.antagonist_rate;
+	double period = cfg.antagonist_threads / cfg.antagonist_rate;
 	struct sched_param sp;
 	int policy;
 	cpu_set_t set;
 
-	(void)arg;
 	prctl(PR_SET_NAME, cfg.antagonist, 0, 0, 0);
 	CPU_ZERO(&set);
 	CPU_SET(cfg.cpus[0], &set);
@@ -298,9 +299,10 @@ void *antagonist_main(void *arg)
 			fatal("--antagonist: cannot raise its realtime priority: %s", strerror(errno));
 		antagonist_realtime = 1;
 	}
-	atomic_store(&antagonist_tid, (int)syscall(SYS_gettid));
+	atomic_store(&antagonist_tids[i], (int)syscall(SYS_gettid));
 	pthread_barrier_wait(&start_barrier);
 	clock_gettime(CLOCK_MONOTONIC, &next);
+	ts_add(&next, period * i / cfg.antagonist_threads);  /* in turn */
 	while (tick_wait(&next, period)) {
 		double until = now_mono() + cfg.antagonist_spin_us / 1e6;
 

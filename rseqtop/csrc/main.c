@@ -70,7 +70,7 @@ int main(int argc, char **argv)
 {
 	sigset_t stopset;
 	struct sigaction sa;
-	pthread_t sig_thr, mig_thr, mb_thr, ant_thr;
+	pthread_t sig_thr, mig_thr, mb_thr, ant_thr[MAX_ANTAGONISTS];
 	int n_inducers = 0;
 	double t0, t1, t_create, t_stop, deadline;
 	struct tstats tot;
@@ -133,7 +133,7 @@ int main(int argc, char **argv)
 	if (cfg.membarrier_rate > 0)
 		n_inducers++;
 	if (cfg.antagonist)
-		n_inducers++;
+		n_inducers += cfg.antagonist_threads;
 	pthread_barrier_init(&start_barrier, NULL, cfg.threads + n_inducers + 1);
 
 	t_create = now_mono();
@@ -149,8 +149,9 @@ int main(int argc, char **argv)
 		fatal("cannot create the migration thread");
 	if (cfg.membarrier_rate > 0 && pthread_create(&mb_thr, NULL, membarrier_main, NULL))
 		fatal("cannot create the membarrier thread");
-	if (cfg.antagonist && pthread_create(&ant_thr, NULL, antagonist_main, NULL))
-		fatal("cannot create the antagonist thread");
+	for (int i = 0; cfg.antagonist && i < cfg.antagonist_threads; i++)
+		if (pthread_create(&ant_thr[i], NULL, antagonist_main, (void *)(intptr_t)i))
+			fatal("cannot create antagonist thread %d", i);
 	/* The timed run starts once every thread is up: the idle threads
 	 * registered and waiting, the workers and inducers at the barrier. */
 	start_idle_threads();
@@ -196,8 +197,8 @@ int main(int argc, char **argv)
 		pthread_join(mig_thr, NULL);
 	if (cfg.membarrier_rate > 0)
 		pthread_join(mb_thr, NULL);
-	if (cfg.antagonist)
-		pthread_join(ant_thr, NULL);
+	for (int i = 0; cfg.antagonist && i < cfg.antagonist_threads; i++)
+		pthread_join(ant_thr[i], NULL);
 
 	for (int i = 0; i < cfg.threads; i++) {
 		const struct worker *w = &workers[i];

@@ -208,6 +208,8 @@ static void print_help(void)
 "                           process runs realtime, e.g. under chrt -f 1)\n"
 "  --antagonist-rate HZ     its wake-ups per second (default 1000)\n"
 "  --antagonist-spin US     its busy time per wake-up (default 50)\n"
+"  --antagonist-threads N   N such threads, all named NAME, waking in turn\n"
+"                           (--antagonist-rate between them; default 1, max 64)\n"
 "  --migrate-rate HZ        move one worker per tick to its next allowed CPU\n"
 "                           (sched_setaffinity), HZ ticks per second\n"
 "  --membarrier-rate HZ     call membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ)\n"
@@ -270,6 +272,7 @@ enum {
 	O_MISMATCH_TO_ABORT, O_MISMATCH_EVERY, O_CALL_PATHS,
 	O_SIGNAL_BURST, O_SIGNAL_BURST_GAP, O_SIGNAL_BURSTS, O_STORM_K, O_STORM_T, O_ANTAGONIST, O_ANTAGONIST_RATE,
 	O_ANTAGONIST_SPIN,
+	O_ANTAGONIST_THREADS,
 };
 
 void parse_args(int argc, char **argv)
@@ -308,6 +311,7 @@ void parse_args(int argc, char **argv)
 		{"antagonist", required_argument, 0, O_ANTAGONIST},
 		{"antagonist-rate", required_argument, 0, O_ANTAGONIST_RATE},
 		{"antagonist-spin", required_argument, 0, O_ANTAGONIST_SPIN},
+		{"antagonist-threads", required_argument, 0, O_ANTAGONIST_THREADS},
 		{"help", no_argument, 0, 'h'},
 		{0, 0, 0, 0},
 	};
@@ -322,6 +326,7 @@ void parse_args(int argc, char **argv)
 	cfg.storm_t_us = 1000;
 	cfg.antagonist_rate = 1000;
 	cfg.antagonist_spin_us = 50;
+	cfg.antagonist_threads = 1;
 	parse_ops("all");
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
@@ -424,6 +429,9 @@ void parse_args(int argc, char **argv)
 			break;
 		case O_ANTAGONIST_SPIN:
 			cfg.antagonist_spin_us = (long)parse_int("--antagonist-spin", optarg, 0, 1000000L);
+			break;
+		case O_ANTAGONIST_THREADS:
+			cfg.antagonist_threads = (int)parse_int("--antagonist-threads", optarg, 1, MAX_ANTAGONISTS);
 			break;
 		case 'h':
 			print_help();

@@ -122,7 +122,7 @@ static void write_storms(FILE *f, const struct tstats *s)
 		(unsigned long long)s->max_abort_run);
 }
 
-/* "antagonist": the thread of --antagonist, or null. */
+/* "antagonist": the threads of --antagonist, or null ("tid": the first). */
 static void write_antagonist_json(FILE *f)
 {
 	fputs(" \"antagonist\": ", f);
@@ -130,7 +130,10 @@ static void write_antagonist_json(FILE *f)
 		fputs("null,\n", f);
 		return;
 	}
-	fprintf(f, "{\"pid\": %d, \"tid\": %d, \"comm\": ", (int)getpid(), atomic_load(&antagonist_tid));
+	fprintf(f, "{\"pid\": %d, \"tid\": %d, \"tids\": [", (int)getpid(), atomic_load(&antagonist_tids[0]));
+	for (int i = 0; i < cfg.antagonist_threads; i++)
+		fprintf(f, "%s%d", i ? ", " : "", atomic_load(&antagonist_tids[i]));
+	fputs("], \"comm\": ", f);
 	{
 		char comm[16];
 

@@ -240,6 +240,7 @@ struct config {
 	const char *antagonist;  /* --antagonist NAME, NULL: none */
 	double antagonist_rate;  /* --antagonist-rate HZ */
 	long antagonist_spin_us; /* --antagonist-spin US */
+	int antagonist_threads;  /* --antagonist-threads N, all named NAME */
 };
 
 /* main.c */
@@ -375,7 +376,8 @@ void *membarrier_main(void *arg);
 void *antagonist_main(void *arg);
 
 /* The antagonist (--antagonist), as the summary reports it. */
-extern atomic_int antagonist_tid;
+#define MAX_ANTAGONISTS 64
+extern atomic_int antagonist_tids[MAX_ANTAGONISTS];
 extern atomic_long antagonist_runs;
 extern int antagonist_realtime;   /* it runs SCHED_FIFO above the workers */
 

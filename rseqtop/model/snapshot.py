@@ -89,12 +89,14 @@ CAUSE_OF_FIELD = {"preempts": "preempt", "migrations": "migrate", "signals": "si
 
 @dataclass(frozen=True)
 class Preempter:
-    """A task that ran next on the CPU after preempting a thread, and how
-    many aborts its preemptions caused. pid is the task's id (a thread id,
-    as sched_switch's next_pid), tgid its process; kthread: a kernel thread
-    (None: it exited before rseqtop could tell). pid None: not seen (the
-    thread's latest switch-out was voluntary, or it ran on another CPU
-    before its preempter switched out)."""
+    """The tasks of one process with one name that ran next on the CPU
+    after preempting a thread, and how many aborts their preemptions
+    caused. tgid is the process; pid the latest of its threads with that
+    name to cause one (a thread id, as sched_switch's next_pid), the only
+    one when the name is a single thread's; kthread: a kernel thread (None:
+    it exited before rseqtop could tell). pid None: not seen (the thread's
+    latest switch-out was voluntary, or it ran on another CPU before its
+    preempter switched out)."""
 
     pid: Optional[int]
     tgid: Optional[int]
@@ -112,12 +114,15 @@ def top_preempters(entries, n: int) -> tuple:
 
 
 def merge_preempters(groups) -> tuple:
-    """Preempters of several sections summed by task, most frequent first."""
+    """Preempters of several sections summed by process and name (the
+    pid of the entry that comes first stands for them), most frequent
+    first."""
     by_task: dict = {}
     for entries in groups:
         for e in entries:
-            have = by_task.get(e.pid)
-            by_task[e.pid] = e if have is None else Preempter(e.pid, e.tgid, e.comm, have.count + e.count, e.kthread)
+            key = None if e.pid is None else (e.tgid, e.comm)
+            have = by_task.get(key)
+            by_task[key] = e if have is None else Preempter(have.pid, e.tgid, e.comm, have.count + e.count, e.kthread)
     return tuple(sorted(by_task.values(), key=lambda e: (-e.count, -1 if e.pid is None else e.pid)))
 
 

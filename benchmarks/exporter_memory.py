@@ -5,9 +5,12 @@ and flat over 10 minutes of scraping).
     python benchmarks/exporter_memory.py                        # 2 minutes, scraped every second
     python benchmarks/exporter_memory.py --idle-threads 10000   # 10,000 idle threads on the machine
     python benchmarks/exporter_memory.py --duration 600 --compare /work/main   # side by side with another checkout
+    python benchmarks/exporter_memory.py --churn-processes 200  # 200 short-lived processes a second instead
 
 Runs as root: the real exporter on loopback while the bundled workload runs
-(2 workers with signal-induced aborts, plus --idle-threads sleepers). With
+(2 workers with signal-induced aborts, plus --idle-threads sleepers; or,
+with --churn-processes, 2 slots forking short-lived children that abort
+by preemption, which the exporter keeps and then reaps). With
 --compare DIR, the exporter of the rseqtop checkout DIR runs at the same
 time on another port (its files are only read: no byte-code is written
 there). RSS is the kernel's (shared pages count in both processes, as RSS
@@ -109,6 +112,8 @@ def main(argv=None) -> int:
     ap.add_argument("--interval", type=float, default=1.0, help="seconds between scrapes (default 1)")
     ap.add_argument("--idle-threads", type=int, default=0, help="idle threads the workload adds (e.g. 10000)")
     ap.add_argument("--idle-period", type=int, default=200, help="their wake-up period in ms (default 200)")
+    ap.add_argument("--churn-processes", type=float, default=0, metavar="HZ",
+                    help="short-lived child processes a second instead of the signal workload (e.g. 200)")
     ap.add_argument("--labels", default="comm", choices=("comm", "pid", "tid"))
     ap.add_argument("--compare", type=Path, default=None, metavar="DIR",
                     help="also run the exporter of this rseqtop checkout, side by side (e.g. /work/main)")
@@ -118,7 +123,11 @@ def main(argv=None) -> int:
         print("exporter_memory: run as root (the exporter attaches BPF probes)", file=sys.stderr)
         return 2
 
-    load = ["--threads", "2", "--signal-rate", "200", "--duration", str(args.duration + 300)]
+    load = ["--threads", "2", "--duration", str(args.duration + 300)]
+    if args.churn_processes:
+        load += ["--churn-processes", "--churn-rate", str(args.churn_processes), "--in-cs-delay", "5000"]
+    else:
+        load += ["--signal-rate", "200"]
     if args.idle_threads:
         load += ["--idle-threads", str(args.idle_threads), "--idle-period", str(args.idle_period)]
     wl = workload.start(load, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

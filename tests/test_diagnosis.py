@@ -55,6 +55,9 @@ def test_kernel_threads_are_told_apart():
     cache = KthreadCache(lambda tid, tgid=None: asked.append(tid) or (None if tid == 7 else True))
     assert [cache(5, "a"), cache(5, "a"), cache(7, "b"), cache(7, "b")] == [True, True, None, None]
     assert asked == [5, 7, 7]  # an unknown answer is asked again
+    asked.clear()
+    assert [cache(20, "pool", 3), cache(21, "pool", 3), cache(22, "other", 3)] == [True, True, True]
+    assert asked == [20, 22]  # one question per process and name, whichever of its threads comes
 
 
 ENTRIES = (Preempter(10, 10, "hog", 60), Preempter(11, 11, "kworker/1:2", 25, True), Preempter(12, 1, "b", 5),

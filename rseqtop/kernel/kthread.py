@@ -37,9 +37,11 @@ def is_kernel_thread(tid: int, tgid: Optional[int] = None) -> Optional[bool]:
 
 
 class KthreadCache:
-    """is_kernel_thread per (tid, comm), asked once: a poll sees the same
-    few preempters again and again (a recycled tid has, as a rule, another
-    name; an unknown answer is asked again)."""
+    """is_kernel_thread per (process, comm), asked once: a poll sees the
+    same few preempters again and again, each a process and a thread name
+    whose latest thread changes (a kernel thread is its own process; a
+    recycled pid has, as a rule, another name; an unknown answer is asked
+    again)."""
 
     def __init__(self, probe=is_kernel_thread, limit: int = 65536):
         self.probe = probe
@@ -47,7 +49,7 @@ class KthreadCache:
         self.known: dict = {}
 
     def __call__(self, tid: int, comm: str, tgid: Optional[int] = None) -> Optional[bool]:
-        key = (tid, comm)
+        key = (tgid or tid, comm)
         if key in self.known:
             return self.known[key]
         got = self.probe(tid, tgid)

@@ -180,3 +180,53 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+def test_exporter_counts_stay_exact_while_dead_processes_are_reaped(bpf_ok, rseqtop_cmd, tmp_path, record_property):
+    """`rseqtop export` reaps a dead process from the maps at the scrape
+    after the one that saw it dead (keep_dead_seconds=0), its final counts
+    kept in its label set: scraped during a run of short-lived child
+    processes and after it, the comm's aborts equal the workload's own sum
+    over every child, and no scrape ever shows fewer than the one before."""
+    port = free_port()
+    name = "xchurn-exp"
+    exporter = subprocess.Popen(rseqtop_cmd + ["export", f"--web.listen-address=127.0.0.1:{port}"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: support.get(f"http://127.0.0.1:{port}/-/ready", timeout=5, down_ok=True)[0] == 200, 300,
+                 "exporter ready", exporter, interval=0.3)
+
+        def aborts() -> float:
+            return sum(s.value for s in scrape(port) if s.name == "rseqtop_aborts_total" and s.labels["comm"] == name)
+
+        out = tmp_path / "summary.json"
+        wl = workload.start(["--churn-processes", "--threads", "4", "--in-cs-delay", "5000", "--duration", "2",
+                             "--name", name, "--json-out", str(out)], stdout=subprocess.DEVNULL)
+        seen = [aborts()]
+        while wl.poll() is None:
+            time.sleep(0.3)
+            seen.append(aborts())
+        assert wl.wait() == 0
+        for _ in range(3):  # the last children: seen dead, then reaped
+            seen.append(aborts())
+        procs = [s.value for s in scrape(port) if s.name == "rseqtop_map_entries" and s.labels["map"] == "procs"]
+        summary = workload.parse_summary(out.read_text())
+        want = summary["children_totals"]["aborts"]
+        children = summary["children_totals"]["processes"]
+        assert children > 10 and want > 0, summary["children_totals"]
+        assert seen == sorted(seen), seen
+        assert seen[-1] == want, (seen[-4:], want)
+        # the children left the maps (the machine's other processes stay)
+        # the children left the maps: kept, each would hold a procs entry
+        # (its exited thread's totals; the collector keeps at most 4,096
+        # dead processes); live processes need none where they have slots
+        assert procs and procs[0] < min(children, 4096) / 2, (procs, children)
+        record_property("figure", f"{children} children, {want} aborts, {len(seen)} scrapes, "
+                                  f"{procs[0]:.0f} procs entries left")
+    finally:
+        exporter.terminate()
+        try:
+            exporter.wait(30)
+        except subprocess.TimeoutExpired:
+            exporter.kill()
+            exporter.wait()

@@ -129,6 +129,12 @@ def run(args) -> int:
     source = Collector(pids=flat_pids(args) or None, comm=args.comm, cgroups=args.cgroups, syscalls=args.syscalls,
                        threads="all" if args.labels == "tid" else "none", uprobes=args.uprobes,
                        storm=storm_rule(args),
+                       # a dead process's final counts live on in its label
+                       # set (retired, RseqCollector): the maps need not keep
+                       # it past the scrape after the one that saw it dead,
+                       # and churn then costs memory for one scrape's dead
+                       # processes, not for up to 4,096 of them
+                       keep_dead_seconds=0,
                        lean=not args.uprobes)  # without bcc (memory) unless probes come and go
     if args.ebpf:
         print(source.generate())

@@ -212,6 +212,20 @@ def test_reaper_drops_the_oldest_first_beyond_keep_max():
     assert sorted(r.dead_since) == [(3, 0), (4, 0)]
 
 
+def test_reaper_never_drops_a_process_first_seen_dead_now_even_beyond_keep_max():
+    """Its final counts may show only at the next poll (a thread that exits
+    between the reads of procs and threads is in neither): more dead
+    processes than keep_max at one poll are dropped at the next."""
+    r = Reaper(keep_seconds=1000, keep_max=2)
+    present = [(pid, 0) for pid in range(1, 6)]
+    assert r.due(present, set(), {}, 0.0, lambda pid, gen: True) == set()
+    assert len(r.dead_since) == 5
+    more = present + [(6, 0)]
+    gone = r.due(more, set(), {}, 1.0, lambda pid, gen: True)
+    assert len(gone) == 4 and gone < set(present)  # 4 of those seen at 0 s (which: the same age)
+    assert len(r.dead_since) == 2 and (6, 0) in r.dead_since
+
+
 def test_reaper_forgets_a_process_that_came_back_to_life_or_left():
     r = Reaper(keep_seconds=10, keep_max=100)
     r.due([(10, 0)], set(), {}, 0.0, lambda pid, gen: True)

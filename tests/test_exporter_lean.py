@@ -182,15 +182,22 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def test_exporter_counts_stay_exact_while_dead_processes_are_reaped(bpf_ok, rseqtop_cmd, tmp_path, record_property):
-    """`rseqtop export` reaps a dead process from the maps at the scrape
+@pytest.mark.parametrize("reads", ["scrapes", "ticks"])
+def test_exporter_counts_stay_exact_while_dead_processes_are_reaped(bpf_ok, rseqtop_cmd, tmp_path, record_property,
+                                                                    reads):
+    """`rseqtop export` reaps a dead process from the maps at the read
     after the one that saw it dead (keep_dead_seconds=0), its final counts
-    kept in its label set: scraped during a run of short-lived child
-    processes and after it, the comm's aborts equal the workload's own sum
-    over every child, and no scrape ever shows fewer than the one before."""
+    kept in its label set. Reads are scrapes every 0.3 s (scrapes, with
+    --poll-interval 0) or only the exporter's own between scrapes (ticks,
+    --poll-interval 0.3s, no scrape during the run). Over a run of
+    short-lived child processes, the comm's aborts equal the workload's own
+    sum over every child, no scrape shows fewer than the one before, and
+    the children have left the maps."""
     port = free_port()
     name = "xchurn-exp"
-    exporter = subprocess.Popen(rseqtop_cmd + ["export", f"--web.listen-address=127.0.0.1:{port}"],
+    interval = "0" if reads == "scrapes" else "0.3s"
+    exporter = subprocess.Popen(rseqtop_cmd + ["export", f"--web.listen-address=127.0.0.1:{port}",
+                                               "--poll-interval", interval],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: support.get(f"http://127.0.0.1:{port}/-/ready", timeout=5, down_ok=True)[0] == 200, 300,
@@ -205,9 +212,12 @@ def test_exporter_counts_stay_exact_while_dead_processes_are_reaped(bpf_ok, rseq
         seen = [aborts()]
         while wl.poll() is None:
             time.sleep(0.3)
-            seen.append(aborts())
+            if reads == "scrapes":
+                seen.append(aborts())
         assert wl.wait() == 0
         for _ in range(3):  # the last children: seen dead, then reaped
+            if reads == "ticks":
+                time.sleep(0.5)
             seen.append(aborts())
         procs = [s.value for s in scrape(port) if s.name == "rseqtop_map_entries" and s.labels["map"] == "procs"]
         summary = workload.parse_summary(out.read_text())

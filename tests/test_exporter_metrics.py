@@ -4,6 +4,7 @@ and the cgroup parser on saved /proc/PID/cgroup contents."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 from pathlib import Path
@@ -224,6 +225,42 @@ def test_dead_process_keeps_its_counts_then_ages_out():
     assert Text(t[4]).get_sample_value("rseqtop_series_expired_total") == 1
     assert aborts(t[5], "svc") is None
     assert aborts(t[6], "svc") == 4
+
+
+def test_ticks_between_scrapes_take_what_a_reaped_process_counted():
+    """tick() polls only when the latest poll (scrape or tick) is at least
+    its interval old, never with 0, and its polls feed the series: a
+    process seen (dead) only by a tick, then reaped, still counts."""
+    snaps = [snap(0, [proc(1, "svc", 10)]),
+             snap(1, [proc(1, "svc", 10), proc(2, "svc", 7, alive=False)]),  # seen by a tick only
+             snap(2, [proc(1, "svc", 11)])]                                    # pid 2 reaped
+    source = ScriptedSource(snaps)
+    reg, col = make(source)
+    assert aborts(scrape(reg), "svc") == 10 and source.i == 1
+    assert not col.tick(0) and not col.tick(3600) and source.i == 1  # never / polled just now
+    col.polled -= 2
+    assert not col.tick(5) and col.tick(1) and source.i == 2
+    assert not col.tick(1)  # that tick was a poll
+    assert aborts(scrape(reg), "svc") == 18 and source.i == 3
+
+
+def test_a_recycled_pid_adds_to_the_process_before_it():
+    """A pid's new process (a later generation) starts from zero: its
+    counts add to those of the process that had the pid, whether the
+    exporter saw that one alive, or only dead in the snapshot's earlier
+    generations, or never before it was reaped."""
+    def gen(p, g):
+        return dataclasses.replace(p, gen=g)
+
+    snaps = [snap(0, [proc(1, "svc", 10)]),
+             dataclasses.replace(snap(1, [gen(proc(1, "svc", 3), 1)]),
+                                 earlier=(proc(1, "svc", 12, alive=False),)),  # gen 0 died, pid 1 reused
+             snap(2, [gen(proc(1, "svc", 4), 1)]),                            # gen 0 reaped
+             dataclasses.replace(snap(3, [gen(proc(1, "svc", 1), 3)]),
+                                 earlier=(gen(proc(1, "svc", 4, alive=False), 1),
+                                          gen(proc(1, "svc", 6, alive=False), 2)))]  # gen 2: seen dead only
+    reg, _ = make(ScriptedSource(snaps))
+    assert [aborts(scrape(reg), "svc") for _ in snaps] == [10, 15, 16, 23]
 
 
 def test_counters_never_decrease_and_errors_are_counted():

@@ -77,6 +77,7 @@ def assemble(rec: MapRecords, view: View = View(), last_totals: Mapping[Ident, C
         if p.pid not in newest or p.gen > newest[p.pid].gen:
             newest[p.pid] = p
     processes = [p for p in newest.values() if view.shows(p)]
+    earlier = tuple(p for p in everyone if p is not newest[p.pid] and view.shows(p))
     keep = {(p.pid, p.gen) for p in processes}
     threads = [t for t in rec.threads if (t.pid, t.gen) in keep]
     sites = _sites(rec, keep, symbol)
@@ -87,7 +88,7 @@ def assemble(rec: MapRecords, view: View = View(), last_totals: Mapping[Ident, C
                     tuple(sorted(processes, key=lambda p: p.pid)),
                     tuple(sorted(threads, key=lambda t: (t.pid, t.tid))),
                     tuple(sorted(sites, key=lambda s: (s.pid, s.start_ip))),
-                    rec.cpu_aborts, _self_stats(rec))
+                    rec.cpu_aborts, _self_stats(rec), earlier)
     return Assembly(snap, tuple(everyone), {pid: p.gen for pid, p in newest.items()}, shown_before)
 
 

@@ -40,9 +40,12 @@ class Reaper:
                 self.dead_since[ident] = now
         for ident in [i for i in self.dead_since if i not in present]:
             del self.dead_since[ident]
-        by_age = sorted(self.dead_since.items(), key=lambda kv: kv[1])
-        excess = max(0, len(by_age) - self.keep_max)
-        gone = {i for n, (i, t) in enumerate(by_age) if n < excess or now - t > self.keep_seconds}
+        # Never one first seen dead now, even beyond keep_max: a thread that
+        # exited between the reads of procs and threads is in neither for
+        # this poll, and only the next one shows the process's final counts.
+        aged = sorted(((i, t) for i, t in self.dead_since.items() if t < now), key=lambda kv: kv[1])
+        excess = max(0, len(self.dead_since) - self.keep_max)
+        gone = {i for n, (i, t) in enumerate(aged) if n < excess or now - t > self.keep_seconds}
         for ident in gone:
             del self.dead_since[ident]
         return gone

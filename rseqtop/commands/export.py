@@ -60,9 +60,16 @@ def parse_duration(text: str) -> float:
             pos = m.end()
         if pos != len(text) or not text:
             raise argparse.ArgumentTypeError(f"bad duration {text!r} (examples: 90s, 10m, 1h)") from None
-    if value <= 0:
+    if not value > 0 or value == float("inf"):  # also nan
         raise argparse.ArgumentTypeError(f"duration must be positive: {text!r}")
     return value
+
+
+def parse_interval(text: str) -> float:
+    """A duration, or 0 for never."""
+    if text.strip() in ("0", "0s"):
+        return 0.0
+    return parse_duration(text)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -87,6 +94,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                      help="forget a label set when its processes are gone this long (default 10m)")
     lab.add_argument("--top-sites", type=positive_int, default=10, metavar="N",
                      help="critical sections with their own series per label set (default 10)")
+    lab.add_argument("--poll-interval", type=parse_interval, default=1.0, metavar="DURATION",
+                     help="between scrapes, read the maps when the last read is this old, so that dead "
+                          "processes leave them (their counts kept) however rarely Prometheus scrapes; "
+                          "0: only at scrapes (default 1s)")
     flt = parser.add_argument_group("filters")
     flt.add_argument("-p", "--pid", dest="pids", type=pid_list, action="append", default=None,
                      metavar="PID[,PID...]", help="only these processes (repeatable)")
@@ -199,6 +210,7 @@ def run(args) -> int:
                  len(source.probes), args.labels, args.max_series, args.series_ttl)
         while not stop.is_set() and not child_gone.is_set():
             _answer(requests, link, registry, render, log)
+            rc.tick(args.poll_interval)
         if child_gone.is_set() and not stop.is_set():
             raise UserError(f"the HTTP process {child} exited unexpectedly ({_reap(child, 1.0)}); stopping")
         log.info("stopping")

@@ -240,6 +240,11 @@ class Snapshot:
     sites: tuple = ()  # SiteStats
     cpu_aborts: tuple = ()  # aborts per CPU, indexed by CPU number
     self_stats: SelfStats = field(default_factory=SelfStats)
+    # ProcessStats of earlier generations of recycled pids, dead and still in
+    # the maps: not shown (a pid is one row), but counted by the exporter's
+    # series, which must not lose a process that died and gave its pid away
+    # between two polls
+    earlier: tuple = ()
 
     def process(self, pid: int) -> Optional[ProcessStats]:
         for p in self.processes:

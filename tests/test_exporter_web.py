@@ -290,7 +290,8 @@ def test_bad_web_config_exits_2_with_one_line(name, tmp_path, pki, rseqtop_cmd):
 
 def test_bad_flags_exit_2(rseqtop_cmd):
     for args in (["--web.listen-address=nonsense"], ["--series-ttl=soon"], ["--max-series=0"],
-                 ["--web.telemetry-path=metrics"]):
+                 ["--web.telemetry-path=metrics"], ["--series-ttl=nan"], ["--poll-interval=-1s"],
+                 ["--poll-interval=inf"]):
         res = subprocess.run(rseqtop_cmd + ["export", *args], capture_output=True, text=True, timeout=60)
         assert res.returncode == 2, (args, res.stderr)
         assert len(res.stderr.strip().splitlines()) == 1, res.stderr

@@ -973,6 +973,7 @@ BAD = [
     ["--antagonist", "hog", "--cpus", "0", "--antagonist-spin", "-1"],
     ["--antagonist", "hog", "--cpus", "0", "--antagonist-threads", "0"],
     ["--antagonist", "hog", "--cpus", "0", "--antagonist-threads", "65"],
+    ["--cpus", "0", "--antagonist-threads", "2"],
     ["--antagonist", "hog", "--cpus", "0", "--churn-processes"],
 ]
 

@@ -61,7 +61,7 @@ def parse_duration(text: str) -> float:
         if pos != len(text) or not text:
             raise argparse.ArgumentTypeError(f"bad duration {text!r} (examples: 90s, 10m, 1h)") from None
     if not value > 0 or value == float("inf"):  # also nan
-        raise argparse.ArgumentTypeError(f"duration must be positive: {text!r}")
+        raise argparse.ArgumentTypeError(f"duration must be positive and finite: {text!r}")
     return value
 
 
@@ -142,8 +142,8 @@ def run(args) -> int:
                        storm=storm_rule(args),
                        # a dead process's final counts live on in its label
                        # set (retired, RseqCollector): the maps need not keep
-                       # it past the scrape after the one that saw it dead,
-                       # and churn then costs memory for one scrape's dead
+                       # it past the read after the one that saw it dead,
+                       # and churn then costs memory for one read's dead
                        # processes, not for up to 4,096 of them
                        keep_dead_seconds=0,
                        lean=not args.uprobes)  # without bcc (memory) unless probes come and go
@@ -209,7 +209,7 @@ def run(args) -> int:
         log.info("ready: %d probes attached (%s labels, max %d label sets, series ttl %gs)",
                  len(source.probes), args.labels, args.max_series, args.series_ttl)
         while not stop.is_set() and not child_gone.is_set():
-            _answer(requests, link, registry, render, log)
+            _answer(requests, link, registry, render, log, min(1.0, args.poll_interval or 1.0))
             rc.tick(args.poll_interval)
         if child_gone.is_set() and not stop.is_set():
             raise UserError(f"the HTTP process {child} exited unexpectedly ({_reap(child, 1.0)}); stopping")
@@ -250,11 +250,12 @@ def _drop_parent(source, target, log, keep) -> None:
              ", CAP_PERFMON (--uprobes)" if len(keep) > len(privsep.PARENT_KEEP) else "")
 
 
-def _answer(requests: queue.Queue, link, registry, render, log) -> None:
+def _answer(requests: queue.Queue, link, registry, render, log, wait: float = 1.0) -> None:
     """Build the metrics for waiting requests, in this thread (it holds the
-    capabilities symbolization needs); one build per format for a batch."""
+    capabilities symbolization needs); one build per format for a batch.
+    Returns after at most `wait` seconds without a request."""
     try:
-        item = requests.get(timeout=1.0)
+        item = requests.get(timeout=wait)
     except queue.Empty:
         return
     batch = [item]

@@ -450,6 +450,8 @@ void parse_args(int argc, char **argv)
 		usage_error("--signal-bursts needs --signal-burst");
 	if (cfg.antagonist && !cfg.ncpus)
 		usage_error("--antagonist runs on the workers' CPU: give it with --cpus");
+	if (cfg.antagonist_threads > 1 && !cfg.antagonist)
+		usage_error("--antagonist-threads needs --antagonist");
 	if (cfg.antagonist && cfg.churn == CHURN_PROCESSES)
 		usage_error("--antagonist cannot be combined with --churn-processes");
 	if (!threads_given)

@@ -6,6 +6,7 @@ the Collector and through a real `rseqtop export` scraped over HTTP."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import subprocess
@@ -135,17 +136,31 @@ def scrape(port: int) -> list:
     return [s for fam in text_string_to_metric_families(body.decode()) for s in fam.samples]
 
 
+@contextlib.contextmanager
+def exporter_running(rseqtop_cmd, *args):
+    """A real `rseqtop export` on a free loopback port, ready: (process, port)."""
+    port = free_port()
+    exporter = subprocess.Popen(rseqtop_cmd + ["export", f"--web.listen-address=127.0.0.1:{port}", *args],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: support.get(f"http://127.0.0.1:{port}/-/ready", timeout=5, down_ok=True)[0] == 200, 300,
+                 "exporter ready", exporter, interval=0.3)
+        yield exporter, port
+    finally:
+        exporter.terminate()
+        try:
+            exporter.wait(30)
+        except subprocess.TimeoutExpired:
+            exporter.kill()
+            exporter.wait()
+
+
 def test_exporter_collector_never_maps_llvm_and_scrapes_exact_counts(bpf_ok, rseqtop_cmd, record_property):
     """`rseqtop export`: after attach the collector process has no libbcc or
     LLVM mapping and no loader child left, holds the programs through its
     fds, and a scrape after the workload's run shows its own counts: aborts
     by cause and by critical section (symbol)."""
-    port = free_port()
-    exporter = subprocess.Popen(rseqtop_cmd + ["export", "--labels", "pid", f"--web.listen-address=127.0.0.1:{port}"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(lambda: support.get(f"http://127.0.0.1:{port}/-/ready", timeout=5, down_ok=True)[0] == 200, 300,
-                 "exporter ready", exporter, interval=0.3)
+    with exporter_running(rseqtop_cmd, "--labels", "pid") as (exporter, port):
         pid = exporter.pid
         assert llvm_mappings(pid) == []
         assert len(children(pid)) == 1, "a process besides the HTTP process is left (the loader?)"
@@ -166,13 +181,6 @@ def test_exporter_collector_never_maps_llvm_and_scrapes_exact_counts(bpf_ok, rse
         assert llvm_mappings(pid) == []
         record_property("figure", f"{summary['totals']['aborts']} aborts scraped exactly; "
                                   f"collector RSS {rss_kib(pid) // 1024} MiB")
-    finally:
-        exporter.terminate()
-        try:
-            exporter.wait(30)
-        except subprocess.TimeoutExpired:
-            exporter.kill()
-            exporter.wait()
 
 
 def rss_kib(pid: int) -> int:
@@ -193,16 +201,9 @@ def test_exporter_counts_stay_exact_while_dead_processes_are_reaped(bpf_ok, rseq
     short-lived child processes, the comm's aborts equal the workload's own
     sum over every child, no scrape shows fewer than the one before, and
     the children have left the maps."""
-    port = free_port()
     name = "xchurn-exp"
     interval = "0" if reads == "scrapes" else "0.3s"
-    exporter = subprocess.Popen(rseqtop_cmd + ["export", f"--web.listen-address=127.0.0.1:{port}",
-                                               "--poll-interval", interval],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(lambda: support.get(f"http://127.0.0.1:{port}/-/ready", timeout=5, down_ok=True)[0] == 200, 300,
-                 "exporter ready", exporter, interval=0.3)
-
+    with exporter_running(rseqtop_cmd, "--poll-interval", interval) as (_, port):
         def aborts() -> float:
             return sum(s.value for s in scrape(port) if s.name == "rseqtop_aborts_total" and s.labels["comm"] == name)
 
@@ -226,17 +227,9 @@ def test_exporter_counts_stay_exact_while_dead_processes_are_reaped(bpf_ok, rseq
         assert children > 10 and want > 0, summary["children_totals"]
         assert seen == sorted(seen), seen
         assert seen[-1] == want, (seen[-4:], want)
-        # the children left the maps (the machine's other processes stay)
         # the children left the maps: kept, each would hold a procs entry
         # (its exited thread's totals; the collector keeps at most 4,096
         # dead processes); live processes need none where they have slots
         assert procs and procs[0] < min(children, 4096) / 2, (procs, children)
         record_property("figure", f"{children} children, {want} aborts, {len(seen)} scrapes, "
                                   f"{procs[0]:.0f} procs entries left")
-    finally:
-        exporter.terminate()
-        try:
-            exporter.wait(30)
-        except subprocess.TimeoutExpired:
-            exporter.kill()
-            exporter.wait()

@@ -238,10 +238,10 @@ class MapReader:
 
     def _preempter(self, k, v) -> PreempterRecord:
         if k.ptgid == self._unknown_preempter:
-            return PreempterRecord(k.tgid, k.gen, k.start_ip, None, 0, "", v.count, None)
+            return PreempterRecord(k.tgid, k.gen, k.start_ip, None, 0, "", v.count, None, bytes(k).hex())
         comm = comm_text(k.comm)
         return PreempterRecord(k.tgid, k.gen, k.start_ip, v.ptid, k.ptgid, comm, v.count,
-                               self._kthread(v.ptid, comm, k.ptgid), bytes(k.comm).hex())
+                               self._kthread(v.ptid, comm, k.ptgid), bytes(k).hex())
 
     def _records(self, name: str, make) -> tuple:
         """make(key, value) of every entry of map `name` (ctypes), made

@@ -13,9 +13,7 @@ import ctypes
 from typing import Callable, Iterable
 
 from rseqtop.collect.records import MapRecords
-from rseqtop.kernel.bpfgen import header_constants
 
-K_UNKNOWN = header_constants()["RSEQTOP_PREEMPTER_UNKNOWN"]
 
 Ident = tuple  # (pid, gen)
 
@@ -64,9 +62,7 @@ def delete(bpf, gone: set, rec: MapRecords) -> None:
                           for o in rec.offsets if ident(o)]),
         (bpf["pcounts"], [bpf["pcounts"].Key(tgid=c.pid, kind=c.kind, cmd=c.cmd, code=c.code, gen=c.gen)
                           for c in rec.calls if ident(c)]),
-        (bpf["preempters"], [bpf["preempters"].Key(tgid=r.pid, gen=r.gen, start_ip=r.start_ip,
-                                                    ptgid=K_UNKNOWN if r.ptid is None else r.ptgid,
-                                                    comm=bytes.fromhex(r.comm_key))
+        (bpf["preempters"], [bpf["preempters"].Key.from_buffer_copy(bytes.fromhex(r.key))
                              for r in rec.preempters if ident(r)]),
         (bpf["dead_threads"], [ctypes.c_uint32(t.tid) for t in rec.threads if not t.alive and ident(t)]),
     )

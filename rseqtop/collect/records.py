@@ -52,8 +52,8 @@ class PreempterRecord:
     """Aborts of a section caused by preemption, for one preempter (map
     preempters): a process ptgid and a thread name, ptid the latest of its
     threads to cause one. ptid None: not seen; kthread None: unknown (read
-    from /proc by the reader); comm_key: the name's bytes in the map key, in hex
-    (to delete the entry; records are JSON)."""
+    from /proc by the reader); key: the map key's bytes in hex, to delete
+    the entry (records are JSON)."""
 
     pid: int
     gen: int
@@ -63,7 +63,7 @@ class PreempterRecord:
     comm: str
     n: int
     kthread: Optional[bool] = None
-    comm_key: str = ""
+    key: str = ""
 
 
 @dataclass(frozen=True)

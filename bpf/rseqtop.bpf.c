@@ -788,8 +788,8 @@ static __always_inline struct rseqtop_victim *note_successor(u32 cpu)
         u32 n = (u32)id & (RSEQTOP_NAME_CACHE - 1);
         if (v->names[n].tid != (u32)id || !v->names[n].comm[0]) {
             v->names[n].tid = (u32)id;
-            /* zero first: before 6.2 the helper does not pad (strscpy),
-             * and the name is part of the preempters key */
+            /* zero first: on older kernels (6.1) the helper does not pad
+             * (strscpy), and the name is part of the preempters key */
             __builtin_memset(v->names[n].comm, 0, sizeof(v->names[n].comm));
             bpf_get_current_comm(&v->names[n].comm, sizeof(v->names[n].comm));
         }

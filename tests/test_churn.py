@@ -83,8 +83,8 @@ def test_reap_ages_dead_processes_out_of_the_maps_and_keeps_their_counts(bpf_ok)
 
 def test_reap_deletes_a_dead_processs_preempters(bpf_ok):
     """Preempter entries are keyed by the preempting process and name: the
-    reaper rebuilds that key from what the reader kept, and must delete
-    every entry of a dead process."""
+    reaper deletes each by the key the reader read, and must leave no entry
+    of a dead process."""
     with Collector(keep_dead_seconds=0) as c:
         summary = run_realtime(["--threads", 1, "--cpus", (os.cpu_count() or 1) - 1, "--op", "delay",
                                 "--in-cs-delay", 5000, "--antagonist", "reap-hog", "--antagonist-threads", 2,

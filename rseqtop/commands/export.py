@@ -46,8 +46,9 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def parse_duration(text: str) -> float:
-    """Go/Prometheus-style duration ("10m", "1h30m", "45s") or plain seconds -> seconds."""
+def parse_duration(text: str, zero_ok: bool = False) -> float:
+    """Go/Prometheus-style duration ("10m", "1h30m", "45s") or plain seconds -> seconds
+    (0 only when zero_ok)."""
     text = text.strip()
     try:
         value = float(text)
@@ -60,16 +61,15 @@ def parse_duration(text: str) -> float:
             pos = m.end()
         if pos != len(text) or not text:
             raise argparse.ArgumentTypeError(f"bad duration {text!r} (examples: 90s, 10m, 1h)") from None
-    if not value > 0 or value == float("inf"):  # also nan
-        raise argparse.ArgumentTypeError(f"duration must be positive and finite: {text!r}")
+    if not (value > 0 or (zero_ok and value == 0)) or value == float("inf"):  # also nan
+        raise argparse.ArgumentTypeError(f"duration must be {'0 or ' if zero_ok else ''}positive and finite: "
+                                         f"{text!r}")
     return value
 
 
 def parse_interval(text: str) -> float:
     """A duration, or 0 for never."""
-    if text.strip() in ("0", "0s"):
-        return 0.0
-    return parse_duration(text)
+    return parse_duration(text, zero_ok=True)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -6,9 +6,9 @@ lock, and nothing here clears a BPF map: every counter is a total since
 attach (the cloudflare/ebpf_exporter model). Between scrapes, tick() polls
 too when the last poll is older than its argument (`rseqtop export
 --poll-interval`): dead processes then leave the maps within that time,
-their counts kept in their label sets, however long the scrape interval. A failed poll
-is logged and counted in rseqtop_scrape_errors_total; the scrape still
-answers, with the last good values.
+their counts kept in their label sets, however long the scrape interval.
+A failed poll is logged and counted in rseqtop_scrape_errors_total; the
+scrape still answers, with the last good values.
 
 Cardinality. Series are labelled by comm and container identity (pod UID,
 container ID) by default; processes sharing those labels are summed.

@@ -67,6 +67,22 @@ UDEV_BLACKLIST = (
 )
 
 
+# Each first probe on a tracepoint (and each last one gone) live-patches its
+# call sites, with int3, while the other vCPU may be running them; QEMU TCG
+# sometimes lets that vCPU hit the int3 afterwards, an Oops (seen in
+# __schedule on 7.2, about one run in three, each costing a whole second
+# boot). So the events rseqtop attaches to keep an ftrace probe for the
+# whole VM, with tracing off (nothing recorded): tests attaching and
+# detaching never patch those sites again. rseqtop's programs see the same
+# events either way.
+PINNED_EVENTS = ("rseq/rseq_ip_fixup", "rseq/rseq_update", "sched/sched_switch", "sched/sched_migrate_task",
+                 "signal/signal_deliver", "csd/csd_function_entry", "sched/sched_process_exit")
+PIN_TRACEPOINTS = (
+    "t=/sys/kernel/tracing; [ -e $t/tracing_on ] || mount -t tracefs nodev $t; echo 0 > $t/tracing_on\n"
+    f"for e in {' '.join(PINNED_EVENTS)}; do [ -e $t/events/$e/enable ] && echo 1 > $t/events/$e/enable; done"
+)
+
+
 @dataclasses.dataclass
 class VMResult:
     suite: str
@@ -127,7 +143,8 @@ if ! (: > "$HOME/.kernels-w") 2>/dev/null; then export HOME=/tmp/home; mkdir -p 
 export RSEQTOP_CACHE_DIR={q(str(cache_dir))}
 export RSEQTOP_KERNELS_OUT={q(str(outdir))}
 export RSEQTOP_KERNELS_SUITE={q(suite)}
-{ci}(
+{ci}{PIN_TRACEPOINTS}
+(
 {command}
 )
 rc=$?

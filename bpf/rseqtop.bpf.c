@@ -71,11 +71,6 @@ struct bpf_iter__task {
 };
 #endif
 
-/* In-flight syscalls: enter -> exit. */
-struct rseq_call { u32 flags; u32 len; };
-BPF_HASH(rseq_calls, u32, struct rseq_call, 4096);
-struct mb_call { u64 ts; u32 cmd; u32 pad; };
-BPF_HASH(mb_calls, u32, struct mb_call, 4096);
 BPF_RINGBUF_OUTPUT(events, RSEQTOP_RINGBUF_PAGES);
 /* New critical sections, so that user space symbolizes them while their
  * process is still alive (a perf buffer: polled apart from the ring buffer). */
@@ -1039,16 +1034,31 @@ static __always_inline void leave_slot(u32 tid, struct rseqtop_thread *t, struct
 #endif
 }
 
-int on_sched_process_exit(struct tp_sched_process_exit *args)
+#ifdef TWIN_SCHED_PROCESS_EXIT
+/* The regular program's claims on exits, for its twin to give back: tid ->
+ * the exiting task (so that a claim left by a skipped twin is not taken
+ * for a later thread's with the same tid). */
+BPF_TABLE("lru_hash", u32, u64, exit_claims, 4096);
+#endif
+
+/* Runs once per exiting thread, in its own context: move its counts into
+ * its process's totals so that nothing is lost. last: its process is gone
+ * with it. twin: run by the raw twin, after the regular program. */
+static __always_inline void thread_exited(int last, int twin)
 {
-    /* Runs once per exiting thread, in its own context: move its counts
-     * into its process's totals so that nothing is lost. */
     u64 id = bpf_get_current_pid_tgid();
     u32 tid = (u32)id, tgid = id >> 32;
-#ifdef HAVE_SCHED_PROCESS_EXIT_GROUP_DEAD
-    int last = args->group_dead;
-#else
-    int last = tid == tgid; /* older kernels: the main thread's exit */
+#ifdef TWIN_SCHED_PROCESS_EXIT
+    u64 task = bpf_get_current_task();
+    if (twin) {
+        u64 *claim = exit_claims.lookup(&tid);
+        if (claim && *claim == task) {
+            exit_claims.delete(&tid);
+            return;
+        }
+    } else {
+        exit_claims.update(&tid, &task);
+    }
 #endif
     struct rseqtop_thread *t = threads.lookup(&tid);
     int tracked = t != 0;
@@ -1096,36 +1106,88 @@ int on_sched_process_exit(struct tp_sched_process_exit *args)
                 count(RSEQTOP_CNT_PROCS_DROPPED);
         }
     }
+}
+
+int on_sched_process_exit(struct tp_sched_process_exit *args)
+{
+#ifdef HAVE_SCHED_PROCESS_EXIT_GROUP_DEAD
+    thread_exited(args->group_dead, 0);
+#else
+    u64 id = bpf_get_current_pid_tgid();
+    thread_exited((u32)id == id >> 32, 0); /* older kernels: the main thread's exit */
+#endif
     return 1;
+}
+
+#ifdef TWIN_SCHED_PROCESS_EXIT
+int on_sched_process_exit_twin(struct bpf_raw_tracepoint_args *ctx)
+{
+    thread_exited((u8)ctx->args[1], 1); /* (struct task_struct *p, bool group_dead), p current */
+    return 0;
+}
+#endif
+#endif
+
+#if defined(HAVE_SYS_RSEQ) || defined(HAVE_SYS_MEMBARRIER)
+/* A counted system call in flight, enter -> exit: one map for both kinds,
+ * so that the exit twin (below) looks up one entry per system call. */
+#define CALL_RSEQ 1     /* arg = flags, len = rseq_len */
+#define CALL_MEMBARRIER 2 /* arg = cmd */
+struct call { u64 ts; u32 kind; u32 arg; u32 len; u32 pad; };
+BPF_HASH(calls, u32, struct call, 4096);
+
+/* Recorded by the regular program; its twin only adds a missing entry
+ * (insert), so that it never moves a call's start. */
+static __always_inline void call_entered(u32 kind, u32 arg, u32 len, int twin)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    if (!watched(id >> 32))
+        return;
+    u32 tid = (u32)id;
+    struct call c = {.ts = bpf_ktime_get_ns(), .kind = kind, .arg = arg, .len = len};
+    if (twin)
+        calls.insert(&tid, &c);
+    else
+        calls.update(&tid, &c);
+}
+
+/* Handled once: whichever exit program deletes the entry counts it. */
+static __always_inline void call_returned(long ret)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id, tgid = id >> 32;
+    struct call *found = calls.lookup(&tid);
+    if (!found)
+        return;
+    struct call c = *found;
+    if (calls.delete(&tid))
+        return;
+    if (c.kind == CALL_RSEQ) {
+        u16 kind = (c.arg & 1) ? RSEQTOP_PC_RSEQ_UNREG : RSEQTOP_PC_RSEQ_REG;
+        u16 abi = c.len > RSEQTOP_RSEQ_LEGACY_LEN ? RSEQTOP_ABI_V2 : RSEQTOP_ABI_LEGACY;
+        pcount(tgid, kind, abi, ret < 0 ? (u32)-ret : 0);
+        if (ret == 0 && kind == RSEQTOP_PC_RSEQ_REG)
+            current_thread(tid, tgid);
+    } else {
+        u16 cmd = (u16)c.arg;
+        pcount(tgid, RSEQTOP_PC_MB_CALL, cmd, 0);
+        if (ret < 0)
+            pcount(tgid, RSEQTOP_PC_MB_ERROR, cmd, (u32)-ret);
+        pcount(tgid, RSEQTOP_PC_MB_LATENCY, cmd, bpf_log2l(bpf_ktime_get_ns() - c.ts));
+    }
 }
 #endif
 
 #ifdef HAVE_SYS_RSEQ
 int on_sys_enter_rseq(struct tp_sys_enter_rseq *args)
 {
-    u64 id = bpf_get_current_pid_tgid();
-    if (!watched(id >> 32))
-        return 1;
-    u32 tid = (u32)id;
-    struct rseq_call c = {.flags = (u32)args->flags, .len = (u32)args->rseq_len};
-    rseq_calls.update(&tid, &c);
+    call_entered(CALL_RSEQ, (u32)args->flags, (u32)args->rseq_len, 0);
     return 1;
 }
 
 int on_sys_exit_rseq(struct tp_sys_exit_rseq *args)
 {
-    u64 id = bpf_get_current_pid_tgid();
-    u32 tid = (u32)id, tgid = id >> 32;
-    struct rseq_call *c = rseq_calls.lookup(&tid);
-    if (!c)
-        return 1;
-    u16 kind = (c->flags & 1) ? RSEQTOP_PC_RSEQ_UNREG : RSEQTOP_PC_RSEQ_REG;
-    u16 abi = c->len > RSEQTOP_RSEQ_LEGACY_LEN ? RSEQTOP_ABI_V2 : RSEQTOP_ABI_LEGACY;
-    rseq_calls.delete(&tid);
-    long ret = args->ret;
-    pcount(tgid, kind, abi, ret < 0 ? (u32)-ret : 0);
-    if (ret == 0 && kind == RSEQTOP_PC_RSEQ_REG)
-        current_thread(tid, tgid);
+    call_returned(args->ret);
     return 1;
 }
 #endif
@@ -1133,31 +1195,47 @@ int on_sys_exit_rseq(struct tp_sys_exit_rseq *args)
 #ifdef HAVE_SYS_MEMBARRIER
 int on_sys_enter_membarrier(struct tp_sys_enter_membarrier *args)
 {
-    u64 id = bpf_get_current_pid_tgid();
-    if (!watched(id >> 32))
-        return 1;
-    u32 tid = (u32)id;
-    struct mb_call c = {.ts = bpf_ktime_get_ns(), .cmd = (u32)args->cmd};
-    mb_calls.update(&tid, &c);
+    call_entered(CALL_MEMBARRIER, (u32)args->cmd, 0, 0);
     return 1;
 }
 
 int on_sys_exit_membarrier(struct tp_sys_exit_membarrier *args)
 {
-    u64 id = bpf_get_current_pid_tgid();
-    u32 tid = (u32)id, tgid = id >> 32;
-    struct mb_call *c = mb_calls.lookup(&tid);
-    if (!c)
-        return 1;
-    u64 delta = bpf_ktime_get_ns() - c->ts;
-    u16 cmd = (u16)c->cmd;
-    mb_calls.delete(&tid);
-    long ret = args->ret;
-    pcount(tgid, RSEQTOP_PC_MB_CALL, cmd, 0);
-    if (ret < 0)
-        pcount(tgid, RSEQTOP_PC_MB_ERROR, cmd, (u32)-ret);
-    pcount(tgid, RSEQTOP_PC_MB_LATENCY, cmd, bpf_log2l(delta));
+    call_returned(args->ret);
     return 1;
+}
+#endif
+
+/* Syscall twins (6.19+, x86_64): raw programs on raw_syscalls:sys_enter
+ * (struct pt_regs *regs, long id) and sys_exit (regs, long ret), run after
+ * the regular syscall events' programs on every system call; the enter
+ * twin reads the arguments from the saved user registers. */
+#if defined(TWIN_SYS_ENTER_RSEQ) || defined(TWIN_SYS_ENTER_MEMBARRIER)
+static __always_inline u32 syscall_arg(struct bpf_raw_tracepoint_args *ctx, int offset)
+{
+    u64 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (void *)ctx->args[0] + offset);
+    return (u32)v;
+}
+
+int on_sys_enter_twin(struct bpf_raw_tracepoint_args *ctx)
+{
+    long nr = ctx->args[1];
+#ifdef TWIN_SYS_ENTER_RSEQ
+    if (nr == NR_RSEQ) /* rseq(rseq, rseq_len, flags, sig) */
+        call_entered(CALL_RSEQ, syscall_arg(ctx, SYSCALL_ARG2_OFFSET), syscall_arg(ctx, SYSCALL_ARG1_OFFSET), 1);
+#endif
+#ifdef TWIN_SYS_ENTER_MEMBARRIER
+    if (nr == NR_MEMBARRIER) /* membarrier(cmd, flags, cpu_id) */
+        call_entered(CALL_MEMBARRIER, syscall_arg(ctx, SYSCALL_ARG0_OFFSET), 0, 1);
+#endif
+    return 0;
+}
+
+int on_sys_exit_twin(struct bpf_raw_tracepoint_args *ctx)
+{
+    call_returned((long)ctx->args[1]);
+    return 0;
 }
 #endif
 

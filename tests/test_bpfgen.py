@@ -109,18 +109,35 @@ def test_from_6_19_preemptible_events_get_a_raw_twin_attached_after_the_regular_
     """The regular program is skipped while a bpf(2) map operation on its
     CPU is preempted, the raw one while its own earlier run there is: each
     event gets both, the regular one attached (and so run) first, so that
-    the twin can give back its claim (see "Twins" in the BPF program)."""
+    the twin can give back its claim (see "Twins" in the BPF program). A
+    thread's exit is one such event: losing it loses the thread."""
     new = plan_for("tracefs-6.18", kernel_version=(7, 2))
-    assert new.twins == ("rseq_ip_fixup", "signal_deliver")
-    assert new.defines["TWIN_RSEQ_IP_FIXUP"] == 1 and new.defines["TWIN_SIGNAL_DELIVER"] == 1
+    assert new.twins == ("rseq_ip_fixup", "signal_deliver", "sched_process_exit")
+    assert all(new.defines[f"TWIN_{e.upper()}"] == 1 for e in new.twins)
     order = [(e, raw, fn) for _, e, raw, fn in new.attachments()]
     for event in new.twins:
         regular = order.index((event, False, f"on_{event}"))
         assert order.index((event, True, f"on_{event}_twin")) > regular
-    assert len(order) == len(new.attach) + 2
+    assert len(order) == len(new.attach) + 3
+    assert not any(k.startswith("SYSCALL_ARG") for k in new.defines)  # no syscall events without --syscalls
     old = plan_for("tracefs-6.18", kernel_version=(6, 18))
     assert old.twins == () and not any(k.startswith("TWIN_") for k in old.defines)
     assert [fn for *_, fn in old.attachments()] == [f"on_{e}" for _, e in old.attach]
+
+
+def test_syscall_events_share_one_raw_twin_per_raw_syscalls_tracepoint_where_the_registers_are_known():
+    """bcc attaches one program to a raw tracepoint: rseq and membarrier
+    share raw_syscalls:sys_enter's twin (and sys_exit's), which reads the
+    arguments from the saved user registers, known on x86_64 only."""
+    new = plan_for("tracefs-6.18", kernel_version=(7, 2), syscalls=True, machine="x86_64")
+    syscall_twins = [(e, fn) for _, e, raw, fn in new.attachments() if raw and e.startswith("sys_")]
+    assert syscall_twins == [("sys_enter", "on_sys_enter_twin"), ("sys_exit", "on_sys_exit_twin")]
+    assert {"sys_enter_rseq", "sys_exit_rseq", "sys_enter_membarrier", "sys_exit_membarrier"} <= set(new.twins)
+    assert (new.defines["NR_RSEQ"], new.defines["NR_MEMBARRIER"]) == (334, 324)
+    assert new.defines["SYSCALL_ARG1_OFFSET"] == 104  # struct pt_regs .si: rseq's rseq_len
+    other = plan_for("tracefs-6.18", kernel_version=(7, 2), syscalls=True, machine="riscv64")
+    assert not any(e.startswith("sys_") for e in other.twins) and "NR_RSEQ" not in other.defines
+    assert "sched_process_exit" in other.twins
 
 
 def test_a_twinned_programs_skips_count_only_as_far_as_its_twin_missed_too():
@@ -128,6 +145,8 @@ def test_a_twinned_programs_skips_count_only_as_far_as_its_twin_missed_too():
 
     assert unseen({"on_rseq_ip_fixup": 9, "on_rseq_ip_fixup_twin": 2, "on_rseq_update": 3}) == 5
     assert unseen({"on_rseq_ip_fixup": 0, "on_rseq_ip_fixup_twin": 7}) == 0
+    # a shared syscall twin bounds each of its regular programs' losses
+    assert unseen({"on_sys_enter_rseq": 4, "on_sys_enter_membarrier": 1, "on_sys_enter_twin": 2}) == 3
     assert unseen({"on_rseq_ip_fixup": 4}) == 4
 
 

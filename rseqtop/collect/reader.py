@@ -19,7 +19,7 @@ from rseqtop.collect.records import (
 )
 from rseqtop.collect.slots import PROC_KEY, SlotTable
 from rseqtop.kernel import facts as kernel
-from rseqtop.kernel import bpfsys, linux
+from rseqtop.kernel import bpfgen, bpfsys, linux
 from rseqtop.kernel import taskstorage
 from rseqtop.kernel.kthread import KthreadCache
 from rseqtop.model.snapshot import COUNT_FIELDS, Counts, ThreadStats, cause_name, pairs, sum_counts
@@ -385,11 +385,12 @@ def merge_live(records: list) -> tuple:
 
 def unseen(skipped: dict) -> int:
     """Events possibly lost, from each program's skipped runs: a program
-    and its twin (on_X, on_X_twin) lose at most min() of theirs."""
+    and its twin (on_X and bpfgen.twin_program(X)) lose at most min() of
+    theirs."""
     total = 0
     for name, n in skipped.items():
         if name.endswith("_twin"):
             continue
-        twin = skipped.get(f"{name}_twin")
+        twin = skipped.get(bpfgen.twin_program(name[len("on_"):]))
         total += n if twin is None else min(n, twin)
     return total

@@ -8,6 +8,7 @@ becomes a HAVE_* define, so one source serves kernels with the older
 
 from __future__ import annotations
 
+import platform
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +57,8 @@ class Plan:
     # hot per-thread state in task-local storage (read back through pidfds)
     hot_storage: bool = False
     # events that also get a raw twin program, on_EVENT_twin, attached after
-    # the regular one (6.19+, see "Twins" in bpf/rseqtop.bpf.c)
+    # the regular one to TWIN_TRACEPOINTS[event] (6.19+, see "Twins" in
+    # bpf/rseqtop.bpf.c)
     twins: tuple[str, ...] = ()
 
     def attachments(self) -> tuple[tuple[str, str, bool, str], ...]:
@@ -64,7 +66,9 @@ class Plan:
         so that on each event their regular program runs first."""
         raw = set(self.raw)
         first = tuple((s, e, e in raw, f"on_{e}") for s, e in self.attach)
-        return first + tuple((s, e, True, f"on_{e}_twin") for s, e in self.attach if e in self.twins)
+        twins = {twin_program(e): (s, TWIN_TRACEPOINTS.get(e, e), True, twin_program(e))
+                 for s, e in self.attach if e in self.twins}  # one per raw tracepoint
+        return first + tuple(twins.values())
 
     def has(self, event: str) -> bool:
         return any(e == event for _, e in self.attach)
@@ -171,6 +175,36 @@ def raw_ok(fmt: Format, event: str, kernel_version: tuple) -> bool:
     return raw_args_ok(fmt, event, kernel_version) and not preemptible(event, kernel_version)
 
 
+# From 6.19 every regular program is skipped while a bpf(2) map operation
+# on its CPU is preempted, which loses a thread's exit (its record and its
+# process's totals) or a counted rseq or membarrier call as surely as an
+# abort. These events get a raw twin too; a syscall event's is on the
+# raw_syscalls tracepoint (every system call: only with --syscalls).
+TWIN_TRACEPOINTS = {"sched_process_exit": "sched_process_exit",
+                    "sys_enter_rseq": "sys_enter", "sys_exit_rseq": "sys_exit",
+                    "sys_enter_membarrier": "sys_enter", "sys_exit_membarrier": "sys_exit"}
+def twin_program(event: str) -> str:
+    """The raw twin's program: the syscall events' share one per raw
+    tracepoint (bcc attaches one program to each)."""
+    raw = TWIN_TRACEPOINTS.get(event, event)
+    return f"on_{raw}_twin"
+
+
+# The raw sys_enter has the saved user registers (struct pt_regs, the
+# ptrace ABI): byte offsets of the first three syscall arguments there,
+# and the syscall numbers. Architectures missing here go without syscall twins.
+SYSCALL_ABI = {"x86_64": {"offsets": (112, 104, 96), "rseq": 334, "membarrier": 324}}
+
+
+def twinned(event: str, kernel_version: tuple, machine: str) -> bool:
+    """Whether a regular program of this (found) event gets a raw twin."""
+    if kernel_version < kernel.PREEMPTIBLE_TRACEPOINTS_SINCE:
+        return False
+    if event in PREEMPTIBLE_EVENTS or event == "sched_process_exit":
+        return True
+    return event in SYSCALL_EVENTS and machine in SYSCALL_ABI
+
+
 # Process slots (bpf/rseqtop.h): at most this much per-CPU memory, and no
 # fewer slots than this (processes beyond them are summed by the task iterator).
 SLOT_MEMORY = 16 << 20
@@ -179,7 +213,8 @@ MIN_SLOTS = 1024
 
 def plan(formats: Callable[[str, str], Optional[Format]], ipi_rseq_addr: Optional[int],
          sizes: Optional[dict] = None, kernel_version: tuple = (0, 0), syscalls: bool = False,
-         hot_storage: bool = False, uprobes: bool = False, stacks: bool = False) -> Plan:
+         hot_storage: bool = False, uprobes: bool = False, stacks: bool = False,
+         machine: Optional[str] = None) -> Plan:
     """What to attach on this kernel. The syscall tracepoints are attached
     only with `syscalls`: enabling any of them sends every system call on
     the machine through the kernel's slow path (docs/production.md has the
@@ -236,10 +271,16 @@ def plan(formats: Callable[[str, str], Optional[Format]], ipi_rseq_addr: Optiona
     raw = tuple(e for e in RAW if e in found and raw_ok(found[e][1], e, kernel_version))
     for e in raw:
         defines[f"RAW_{e.upper()}"] = 1
-    twins = tuple(e for e in RAW if e in found and preemptible(e, kernel_version)
-                  and raw_args_ok(found[e][1], e, kernel_version))
+    machine = machine or platform.machine()
+    twins = tuple(e for e in found if twinned(e, kernel_version, machine)
+                  and (e not in RAW or raw_args_ok(found[e][1], e, kernel_version)))
     for e in twins:
         defines[f"TWIN_{e.upper()}"] = 1
+    if any(e in SYSCALL_EVENTS for e in twins):
+        abi = SYSCALL_ABI[machine]
+        for n, off in enumerate(abi["offsets"]):
+            defines[f"SYSCALL_ARG{n}_OFFSET"] = off
+        defines["NR_RSEQ"], defines["NR_MEMBARRIER"] = abi["rseq"], abi["membarrier"]
     on_demand = "rseq_update" in raw and "HAVE_RSEQ_UPDATE_MM_CID" in defines
     if hot_storage:
         defines["HOT_TASK_STORAGE"] = 1

@@ -98,3 +98,24 @@ def test_reap_deletes_a_dead_processs_preempters(bpf_ok):
         c.poll()
         assert c.reap() >= 1
         assert mine() == []
+
+
+def test_exited_threads_are_counted_not_kept_when_no_thread_is_shown(bpf_ok):
+    """With threads "none" (the exporter without --labels tid) exited
+    threads' records are not parsed or kept, only the dead_threads map's
+    fill is reported; their counts stay in their process's totals, and
+    asking for threads again shows them, each exact."""
+    with Collector(threads="none") as c:
+        summary = workload.run(["--threads", "3", "--signal-rate", "2000", "--in-cs-delay", "3000",
+                                "--duration", "0.5"], timeout=60)
+        pid, want = summary["pid"], {int(tid): w for tid, w in summary["threads"].items()}
+        snap = c.poll()
+        assert snap.process(pid).counts.aborts == summary["totals"]["aborts"] > 0
+        assert snap.threads_of(pid) == ()
+        fill = {m.name: m.used for m in snap.self_stats.maps}["dead_threads"]
+        in_map = {k.value for k in c.bpf["dead_threads"].keys()}
+        assert set(want) <= in_map and fill >= len(want)
+        c.want_threads("all")
+        shown = {t.tid: t for t in c.poll().threads_of(pid)}
+        assert {tid: (shown[tid].alive, shown[tid].counts.aborts) for tid in want} == {
+            tid: (False, w["aborts"]) for tid, w in want.items()}

@@ -164,6 +164,14 @@ class MapReader:
         procs = self._procs(t["procs"].raw())
         live, live_raw, hot, map_used = self._live_threads(named)
         dead_raw = t["dead_threads"].raw()
+        if self.threads == "none":
+            # Nothing shows threads (their counts are in their processes'
+            # retired totals): of the exited ones only the map's fill is
+            # reported. Parsing and caching them kept up to a map's worth
+            # of records alive, which the exporter's RSS crept up by as
+            # threads exited (its own HTTP threads among them).
+            map_used = map_used + (("dead_threads", len(dead_raw)),)
+            dead_raw = []
         calls = self._records("pcounts", lambda k, v: CallRecord(k.tgid, k.gen, k.kind, k.cmd, k.code, v.value))
         names = self._cause_names
         # The abort program counts a section's abort before its offset and

@@ -53,6 +53,7 @@ class Exporter:
                                      cwd=str(tree), env=env, stdout=subprocess.DEVNULL)
         self.base = f"http://127.0.0.1:{self.port}"
         self.samples: list = []  # (seconds, collector rss, http rss, collector pss, http pss)
+        self.scraped: list = []  # (series, {map: entries}) of the first and the latest scrape
 
     def processes(self) -> tuple:
         collector = psutil.Process(self.proc.pid)
@@ -74,7 +75,19 @@ class Exporter:
 
     def scrape(self) -> int:
         with urllib.request.urlopen(self.base + "/metrics", timeout=30) as r:
-            return len(r.read())
+            body = r.read()
+        # what grows, if anything does: series and the BPF maps' entries
+        lines = body.decode().splitlines()
+        maps = {}
+        for line in lines:
+            if line.startswith('rseqtop_map_entries{map="'):
+                name, value = line[len('rseqtop_map_entries{map="'):].split('"} ')
+                maps[name] = float(value)
+        series = sum(1 for line in lines if line and not line.startswith("#"))
+        if not self.scraped:
+            self.scraped.append((series, maps))
+        self.scraped[1:] = [(series, maps)]
+        return len(body)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -98,6 +111,10 @@ def report(e: Exporter, warm: int) -> bool:
         print(f"  {label:24} {r[1] / MB:10.1f} {r[2] / MB:8.1f} {total(r):8.1f}   ({(r[3] + r[4]) / MB:.1f})")
     marks = [r for i, r in enumerate(s) if i == 0 or int(r[0] // 60) > int(s[i - 1][0] // 60)] + [last]
     print("  both, by minute:        " + " ".join(f"{total(r):.1f}" for r in marks))
+    if e.scraped:
+        (series0, maps0), (series1, maps1) = e.scraped[0], e.scraped[-1]
+        grew = [f"{m} {maps0.get(m, 0):.0f} -> {n:.0f}" for m, n in sorted(maps1.items()) if n != maps0.get(m, 0)]
+        print(f"  first -> last scrape:   {series0} -> {series1} series; map entries: {', '.join(grew) or 'unchanged'}")
     met_size = total(peak) <= TARGET_MB
     met_flat = growth <= FLAT_PCT
     print(f"  target both <= {TARGET_MB:.0f} MiB RSS: {'met' if met_size else 'MISSED'} (peak {total(peak):.1f}); "

@@ -57,7 +57,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--host-junit", metavar="FILE",
                    help="the host suite's JUnit XML: its results for the same checks become the host's column, "
                         "and its tests count in the closing total")
-    p.add_argument("--timeout", type=float, default=900, metavar="S", help="seconds per VM, boot included (default: %(default)s)")
+    p.add_argument("--timeout", type=float, default=1500, metavar="S", help="seconds per VM, boot included (default: %(default)s)")
     p.add_argument("--cache-dir", metavar="DIR", help="writable directory shared with every VM as RSEQTOP_CACHE_DIR (default: OUT/cache)")
     p.add_argument("--memory", default=vmmod.DEFAULT_MEMORY, help="guest memory (default: %(default)s)")
     p.add_argument("--cpus", type=int, default=vmmod.DEFAULT_CPUS, help="guest vCPUs (default: %(default)s)")

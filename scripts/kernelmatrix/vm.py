@@ -238,7 +238,7 @@ def run(
     outdir: Path,
     cache_dir: Path,
     repo: Path,
-    timeout: float = 900,
+    timeout: float = 1500,
     memory: str = DEFAULT_MEMORY,
     cpus: int = DEFAULT_CPUS,
     echo: bool = False,

@@ -183,6 +183,8 @@ def raw_ok(fmt: Format, event: str, kernel_version: tuple) -> bool:
 TWIN_TRACEPOINTS = {"sched_process_exit": "sched_process_exit",
                     "sys_enter_rseq": "sys_enter", "sys_exit_rseq": "sys_exit",
                     "sys_enter_membarrier": "sys_enter", "sys_exit_membarrier": "sys_exit"}
+
+
 def twin_program(event: str) -> str:
     """The raw twin's program: the syscall events' share one per raw
     tracepoint (bcc attaches one program to each)."""

@@ -98,9 +98,16 @@ def soak(seconds: float, warmup_fraction: float = 0.25) -> dict:
         end = usage(tree(exporter.pid) + tree(tui_pid))
         time.sleep(2.5)  # a TUI refresh and a scrape after the end
         exported = metric_sum(scrape(base + "/metrics"), "rseqtop_aborts_total", name)
-        screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True,
-                                text=True).stdout
-        row = next((line for line in screen.splitlines() if re.search(rf"\b{summary['pid']}\b", line)), "")
+        # the TUI's 1 s refresh can lag on a loaded machine: read its screen
+        # until the final count shows, for at most 15 s
+        deadline = time.monotonic() + 15
+        while True:
+            screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True,
+                                    text=True).stdout
+            row = next((line for line in screen.splitlines() if re.search(rf"\b{summary['pid']}\b", line)), "")
+            if str(summary["totals"]["aborts"]) in row.split() or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         return {"seconds": seconds, "name": name, "truth": summary["totals"]["aborts"],
                 "exported": exported, "tui_row": row.strip(), "warm": warm or {}, "end": end,
                 "samples": samples}

@@ -278,8 +278,9 @@ static __always_inline void note_aborter(u32 tid) {}
  * syscall holds it preemptibly). Either way the event is not seen: about
  * 1% of aborts in a signal-heavy run on 7.2 with a regular program alone.
  * So rseq_ip_fixup and signal_deliver get both kinds of program, whose
- * skips have unrelated causes. The regular one is attached first, so it
- * runs first on each event (same priority: tracepoint probes run in the
+ * skips have unrelated causes (and so do sched_process_exit and the
+ * syscall events: see thread_exited and "Syscall twins" below). The
+ * regular one is attached first, so it runs first on each event (same priority: tracepoint probes run in the
  * order they were registered, and ours stays registered), claims the
  * event in the thread's hot state, and the raw twin, run next on the same
  * event in the same thread, gives the claim back instead of handling it

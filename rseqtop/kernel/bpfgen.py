@@ -202,9 +202,9 @@ def twinned(event: str, kernel_version: tuple, machine: str) -> bool:
     """Whether a regular program of this (found) event gets a raw twin."""
     if kernel_version < kernel.PREEMPTIBLE_TRACEPOINTS_SINCE:
         return False
-    if event in PREEMPTIBLE_EVENTS or event == "sched_process_exit":
-        return True
-    return event in SYSCALL_EVENTS and machine in SYSCALL_ABI
+    if event in SYSCALL_EVENTS:
+        return machine in SYSCALL_ABI
+    return event in PREEMPTIBLE_EVENTS or event in TWIN_TRACEPOINTS
 
 
 # Process slots (bpf/rseqtop.h): at most this much per-CPU memory, and no

@@ -5,7 +5,7 @@ themselves run in CI: scripts/test ends with scripts/kernels --tests.)"""
 from __future__ import annotations
 
 import pytest
-from kernelmatrix import UserError, cli, fetch, results
+from kernelmatrix import UserError, cli, fetch, results, vm
 
 
 class FakeApt:
@@ -115,3 +115,22 @@ def test_a_guest_kernel_panic_is_recognised(tmp_path):
     assert cli._guest_panic(at_boot) == "Oops: int3: 0000 [#1] SMP NOPTI"
     (tmp_path / "console.log").write_text("[ 1.0] reboot: Power down\n")
     assert cli._guest_panic(crashed) == ""
+
+
+def test_the_guest_copies_up_only_what_a_compile_touches_enough_of(monkeypatch, tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    probe = ("4194304 /usr/bin/env\n"  # big enough, under the overlay: copied
+             "8192 /usr/bin/true\n"  # a few pages: read on demand instead
+             "4194304 /etc/passwd\n"  # not on the guest's /usr overlay
+             "4194304 /usr/lib/no-such-library.so\n")
+    monkeypatch.setattr(vm.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, probe, ""))
+    files = vm.bcc_libraries(Path("/nonexistent-repo"))
+    assert files == ["/usr/bin/env"]
+    script = vm.guest_script("run-the-tests", Path("/r"), tmp_path, tmp_path, "sid", copy_up=files)
+    copy, run = script.index(': >> "$f"'), script.index("run-the-tests")
+    assert "for f in /usr/bin/env;" in script and copy < run
+    assert ": >>" not in vm.guest_script("run-the-tests", Path("/r"), tmp_path, tmp_path, "sid")
+    monkeypatch.setattr(vm.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 1, "", "no bcc"))
+    assert vm.bcc_libraries(Path("/nonexistent-repo")) == []

@@ -136,6 +136,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"{s:13} {k.release:24} {k.version:18} {k.root}" if k else f"{s:13} FAILED: {fetch_errors[s]}")
         return 0 if not fetch_errors else 1
 
+    copy_up = vmmod.bcc_libraries(REPO)
     runs: List[vmmod.VMResult] = []
     checks: Dict[str, List[resmod.Check]] = {}
     problems: List[str] = []
@@ -151,7 +152,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             continue
         for boot in (1, 2):
             r = vmmod.run(kernels[s], command, kout, cache_dir, REPO, timeout=args.timeout,
-                          memory=args.memory, cpus=args.cpus, echo=args.verbose)
+                          memory=args.memory, cpus=args.cpus, echo=args.verbose, copy_up=copy_up)
             # a VM that died while booting without a word (seen once on 6.1
             # under TCG, console cut at 1.6 s) gets the same second boot
             panic = _guest_panic(r) or ("" if r.booted or r.exit_status is not None else "did not boot")

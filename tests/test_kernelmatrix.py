@@ -134,3 +134,18 @@ def test_the_guest_copies_up_only_what_a_compile_touches_enough_of(monkeypatch, 
     assert ": >>" not in vm.guest_script("run-the-tests", Path("/r"), tmp_path, tmp_path, "sid")
     monkeypatch.setattr(vm.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 1, "", "no bcc"))
     assert vm.bcc_libraries(Path("/nonexistent-repo")) == []
+
+
+@pytest.mark.parametrize("release, copies", [("6.1.0-50-amd64", False), ("6.7.12", False), ("6.12.117+deb13-amd64", True),
+                                             ("7.2.13+deb14-amd64", True), ("10.0.1", True)])
+def test_copy_up_only_where_9p_keeps_no_reads(tmp_path, release, copies):
+    import subprocess
+
+    (tmp_path / "uname").write_text(f"#!/bin/sh\necho {release}\n")
+    (tmp_path / "uname").chmod(0o755)
+    target = tmp_path / "lib.so"
+    target.write_bytes(b"x")
+    out = subprocess.run(["sh", "-c", vm.copy_up_script([str(target)])], capture_output=True, text=True,
+                         env={"PATH": f"{tmp_path}:/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert ("copied bcc's libraries" in out.stdout) == copies

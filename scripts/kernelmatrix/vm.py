@@ -82,7 +82,7 @@ PINNED_EVENTS = ("rseq/rseq_ip_fixup", "rseq/rseq_update", "sched/sched_switch",
 # twice in one 7.2 run with "Comm: perf" at __schedule+0x38a, when the test
 # that runs `perf stat -- workload` started. One idle task-bound perf event
 # (a dummy event on pid 1) keeps that key on for the whole VM.
-PIN_TRACEPOINTS = (
+PIN_PATCH_SITES = (
     "t=/sys/kernel/tracing; [ -e $t/tracing_on ] || mount -t tracefs nodev $t; echo 0 > $t/tracing_on\n"
     f"for e in {' '.join(PINNED_EVENTS)}; do [ -e $t/events/$e/enable ] && echo 1 > $t/events/$e/enable; done\n"
     "command -v perf > /dev/null && (perf stat -e dummy -p 1 > /dev/null 2>&1 &)"
@@ -94,8 +94,7 @@ PIN_TRACEPOINTS = (
 # with bcc read libLLVM and libclang-cpp again over 9p (measured on 7.2: 10 s
 # per 110 MB read under TCG; 0.3 s on 6.1). /usr is a tmpfs overlay in the
 # guest: opening a file for writing once copies it up into guest memory,
-# where every later process maps it from (from 6.8, where 9p moved onto
-# netfs; 6.1 keeps 9p reads cached). Only files a compile touches at
+# where every later process maps it from. Only files a compile touches at
 # least COPY_UP_MIN_RSS of are copied (the others cost more to copy than
 # their few pages cost to read): measured on the 7.2 suite, 863 -> 770 s.
 COPY_UP_UNDER = "/usr/"
@@ -137,7 +136,7 @@ def bcc_libraries(repo: Path) -> List[str]:
     files = []
     for line in out.stdout.splitlines() if out.returncode == 0 else []:
         n, _, path = line.partition(" ")
-        if int(n) >= COPY_UP_MIN_RSS and path.startswith(COPY_UP_UNDER) and os.path.isfile(path):
+        if n.isdigit() and int(n) >= COPY_UP_MIN_RSS and path.startswith(COPY_UP_UNDER) and os.path.isfile(path):
             files.append(path)
     return sorted(files)
 
@@ -213,7 +212,7 @@ if ! (: > "$HOME/.kernels-w") 2>/dev/null; then export HOME=/tmp/home; mkdir -p 
 export RSEQTOP_CACHE_DIR={q(str(cache_dir))}
 export RSEQTOP_KERNELS_OUT={q(str(outdir))}
 export RSEQTOP_KERNELS_SUITE={q(suite)}
-{ci}{PIN_TRACEPOINTS}
+{ci}{PIN_PATCH_SITES}
 {copy_up_script(copy_up or [])}(
 {command}
 )

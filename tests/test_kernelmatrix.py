@@ -138,14 +138,5 @@ def test_the_guest_copies_up_only_what_a_compile_touches_enough_of(monkeypatch, 
 
 @pytest.mark.parametrize("release, copies", [("6.1.0-50-amd64", False), ("6.7.12", False), ("6.12.117+deb13-amd64", True),
                                              ("7.2.13+deb14-amd64", True), ("10.0.1", True)])
-def test_copy_up_only_where_9p_keeps_no_reads(tmp_path, release, copies):
-    import subprocess
-
-    (tmp_path / "uname").write_text(f"#!/bin/sh\necho {release}\n")
-    (tmp_path / "uname").chmod(0o755)
-    target = tmp_path / "lib.so"
-    target.write_bytes(b"x")
-    out = subprocess.run(["sh", "-c", vm.copy_up_script([str(target)])], capture_output=True, text=True,
-                         env={"PATH": f"{tmp_path}:/usr/bin:/bin"})
-    assert out.returncode == 0, out.stderr
-    assert ("copied bcc's libraries" in out.stdout) == copies
+def test_copy_up_only_where_9p_keeps_no_reads(release, copies):
+    assert vm.copies_up(release) == copies

@@ -81,11 +81,16 @@ PINNED_EVENTS = ("rseq/rseq_ip_fixup", "rseq/rseq_update", "sched/sched_switch",
 # (perf_sched_events, perf_event_task_sched_in/out): the same Oops, seen
 # twice in one 7.2 run with "Comm: perf" at __schedule+0x38a, when the test
 # that runs `perf stat -- workload` started. One idle task-bound perf event
-# (a dummy event on pid 1) keeps that key on for the whole VM.
+# (a dummy event on pid 1) keeps that key on for the whole VM. All of this
+# patching is done with the other vCPUs offline: pinning while they ran
+# __schedule panicked both boots of one 7.2 run ("Comm: perf" again).
 PIN_PATCH_SITES = (
+    "c=/sys/devices/system/cpu; for o in $c/cpu[1-9]*/online; do [ -e $o ] && echo 0 > $o; done\n"
     "t=/sys/kernel/tracing; [ -e $t/tracing_on ] || mount -t tracefs nodev $t; echo 0 > $t/tracing_on\n"
     f"for e in {' '.join(PINNED_EVENTS)}; do [ -e $t/events/$e/enable ] && echo 1 > $t/events/$e/enable; done\n"
-    "command -v perf > /dev/null && (perf stat -e dummy -p 1 > /dev/null 2>&1 &)"
+    "if command -v perf > /dev/null; then (perf stat -e dummy -p 1 > /dev/null 2>&1 &)\n"
+    "  for i in 1 2 3 4 5 6 7 8 9 10; do pgrep -x perf > /dev/null && break; sleep 0.2; done; sleep 1; fi\n"
+    "for o in $c/cpu[1-9]*/online; do [ -e $o ] && echo 1 > $o; done"
 )
 
 
@@ -105,11 +110,10 @@ COPY_UP_MIN_RSS = 1 << 20
 # compiling fails)
 _RSS_PROBE = """
 import collections
-from rseqtop.kernel.bccimport import import_bcc, prepare_headers
-bcc = import_bcc()
+from rseqtop.collect.loader import compile_program
+from rseqtop.kernel.bccimport import import_bcc
 try:
-    prepare_headers()
-    bcc.BPF(text=b"int f(void *ctx) { return 0; }")
+    compile_program(import_bcc(), "int f(void *ctx) { return 0; }")
 except Exception:
     pass
 rss, path = collections.Counter(), None
@@ -141,14 +145,18 @@ def bcc_libraries(repo: Path) -> List[str]:
     return sorted(files)
 
 
+def copies_up(release: str) -> bool:
+    """Before 6.8 (9p not yet on netfs) the guest's page cache keeps what 9p
+    read, and copying cost 20-25 s of a 6.1 boot for nothing."""
+    m = re.match(r"(\d+)\.(\d+)", release)
+    return not m or (int(m.group(1)), int(m.group(2))) >= (6, 8)
+
+
 def copy_up_script(files: List[str]) -> str:
     if not files:
         return ""
-    # before 6.8 (9p not yet on netfs) the guest's page cache keeps what 9p
-    # read, and copying cost 20-25 s of a 6.1 boot for nothing
-    return ("case \"$(uname -r)\" in [1-5].*|6.[0-7].*) ;; *)\n"
-            "for f in " + " ".join(shlex.quote(f) for f in files) + "; do : >> \"$f\" 2>/dev/null; done\n"
-            "echo \"copied bcc's libraries into guest memory by $(cut -d' ' -f1 /proc/uptime)\";;\nesac\n")
+    return ("for f in " + " ".join(shlex.quote(f) for f in files) + "; do : >> \"$f\" 2>/dev/null; done\n"
+            "echo \"copied bcc's libraries into guest memory by $(cut -d' ' -f1 /proc/uptime)\"\n")
 
 
 @dataclasses.dataclass
@@ -324,7 +332,8 @@ def run(
     outdir.mkdir(parents=True, exist_ok=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
     script = outdir / "run.sh"
-    script.write_text(guest_script(command, repo, outdir, cache_dir, kernel.suite, copy_up))
+    script.write_text(guest_script(command, repo, outdir, cache_dir, kernel.suite,
+                                   copy_up if copies_up(kernel.release) else None))
     cmd = vng_command(vng, kernel, script, repo, [outdir, cache_dir], memory, cpus)
     (outdir / "vng-command.txt").write_text(shlex.join(cmd) + "\n")
 

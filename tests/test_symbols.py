@@ -309,6 +309,30 @@ def test_same_file_is_parsed_once(running_workload, workload_bin):
         other.wait()
 
 
+@needs_binutils
+def test_a_section_first_seen_after_exit_is_named_from_its_files_mapping(workload_bin):
+    """A section that first aborts just before its process exits reaches the
+    symbolizer after the exit: it is named from the mapping that named an
+    earlier section of the same process, until the process is forgotten."""
+    funcs = nm_functions(workload_bin)
+    proc = subprocess.Popen([str(workload_bin), "--duration", "30", "--threads", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.2)
+        base = load_base(proc.pid, workload_bin)
+        sym = Symbolizer()
+        assert sym(proc.pid, base + funcs["rseq_op_counter"][0] + 2).endswith("!rseq_op_counter+0x2")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not os.path.exists(f"/proc/{proc.pid}")
+    pop = base + funcs["rseq_op_pop"][0] + 5
+    assert sym(proc.pid, pop) == f"{workload_bin.name}!rseq_op_pop+0x5"
+    assert sym(proc.pid, 0x10) == "0x10"  # in no remembered mapping
+    sym.forget(proc.pid)
+    assert sym(proc.pid, pop + 1) == f"0x{pop + 1:x}"
+
+
 def test_lru_is_bounded(running_workload):
     pid = running_workload.pid
     res = ElfResolver(cache_files=2)

@@ -137,26 +137,61 @@ class ElfResolver:
         self._lock = threading.Lock()
         self._cache: "collections.OrderedDict[tuple, object]" = collections.OrderedDict()
         self._cached_bytes = 0
+        self.mappings_per_pid = 8
+        self._mappings: dict[int, list] = {}  # pid -> [(Mapping, file key)] that named its sections
         self.parses = 0            # files parsed (for tests and diagnostics)
         self.failures = 0          # files that failed to parse (malformed, timeout)
 
     def __call__(self, pid: int, addr: int) -> Optional[tuple]:
         deadline = time.monotonic() + self.budget
         m = find_mapping(pid, addr, self.proc, deadline)
-        if m is None or not m.path or m.path.startswith("["):
+        if m is None:
+            return self._from_remembered(pid, addr)
+        if not m.path or m.path.startswith("["):
             return None  # anonymous, [vdso], [heap]...: nothing to name it by
-        module = m.path[:-len(_DELETED)] if m.path.endswith(_DELETED) else m.path
-        file_offset = addr - m.start + m.offset
         try:
             fd = open_mapped_file(pid, m, self.proc)
         except elfsym.ElfError:
             return None
         try:
-            syms = self._symbols(fd, deadline)
+            key, syms = self._symbols(fd, deadline)
         finally:
             os.close(fd)
         if syms is _TIMED_OUT:
             return None  # not cached by the Symbolizer: tried again later
+        if key is not None and syms is not None:
+            self._remember(pid, m, key)
+        return self._resolve(m, addr, syms)
+
+    def _remember(self, pid: int, m: Mapping, key: tuple) -> None:
+        """Keep the mapping that named an address of PID: a section that
+        first aborts just before its process exits is named after the exit
+        from the mapping an earlier section of the same file was named by."""
+        with self._lock:
+            seen = self._mappings.setdefault(pid, [])
+            if (m, key) not in seen:
+                seen.append((m, key))
+                del seen[:-self.mappings_per_pid]
+
+    def _from_remembered(self, pid: int, addr: int) -> Optional[tuple]:
+        if os.path.exists(f"{self.proc}/{int(pid)}"):
+            return None  # alive: the address is in no mapping (yet)
+        with self._lock:
+            for m, key in self._mappings.get(pid, ()):
+                if m.start <= addr < m.end:
+                    syms = self._cache.get(key)
+                    if isinstance(syms, elfsym.ElfSymbols):
+                        return self._resolve(m, addr, syms)
+        return None
+
+    def forget(self, pid: int) -> None:
+        with self._lock:
+            self._mappings.pop(pid, None)
+
+    @staticmethod
+    def _resolve(m: Mapping, addr: int, syms) -> tuple:
+        module = m.path[:-len(_DELETED)] if m.path.endswith(_DELETED) else m.path
+        file_offset = addr - m.start + m.offset
         if syms is None:
             return (None, file_offset, module)  # malformed or not ELF: no names in it
         vaddr = syms.file_offset_to_vaddr(file_offset)
@@ -167,13 +202,14 @@ class ElfResolver:
             return (None, vaddr, module)
         return (hit[0], hit[1], module)
 
-    def _symbols(self, fd: int, deadline: float):
-        """The file's symbols, None when it cannot be parsed, _TIMED_OUT when
-        parsing ran past the budget (cached for timeout_retry seconds)."""
+    def _symbols(self, fd: int, deadline: float) -> tuple:
+        """(the file's identity, its symbols): None when it cannot be parsed,
+        _TIMED_OUT when parsing ran past the budget (cached for
+        timeout_retry seconds)."""
         try:
             st = os.fstat(fd)
         except OSError:
-            return None
+            return None, None
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         with self._lock:
             hit = self._cache.get(key)
@@ -183,8 +219,8 @@ class ElfResolver:
                 else:
                     self._cache.move_to_end(key)
                     if isinstance(hit, _Failed):
-                        return _TIMED_OUT if hit.retry_at != float("inf") else None
-                    return hit
+                        return key, (_TIMED_OUT if hit.retry_at != float("inf") else None)
+                    return key, hit
         with self._lock:
             self.parses += 1
         try:
@@ -194,9 +230,9 @@ class ElfResolver:
                 self.failures += 1
             retry = self.timeout_retry if isinstance(err, elfsym.ElfTimeout) else float("inf")
             self._store(key, _Failed(time.monotonic() + retry))
-            return _TIMED_OUT if isinstance(err, elfsym.ElfTimeout) else None
+            return key, (_TIMED_OUT if isinstance(err, elfsym.ElfTimeout) else None)
         self._store(key, syms)
-        return syms
+        return key, syms
 
     def _size(self, value: object) -> int:
         return value.nbytes if isinstance(value, elfsym.ElfSymbols) else 64
@@ -259,3 +295,6 @@ class Symbolizer:
         with self._lock:
             for key in [k for k in self._cache if k[0] == pid]:
                 del self._cache[key]
+            resolver = self._resolver
+        if hasattr(resolver, "forget"):
+            resolver.forget(pid)

@@ -51,6 +51,19 @@ def bpf_ok():
 
 
 @pytest.fixture(scope="session")
+def collector(bpf_ok):
+    """One attached collector with the default program, for every test that
+    needs no other: a compile takes 16 s in a kernel VM. Tests that change
+    its filter, threads asked for or reaper put them back."""
+    from rseqtop import workload
+    from rseqtop.collect import Collector
+
+    workload.build()
+    with Collector() as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
 def rseqtop_cmd():
     """How to run the CLI of this checkout as a subprocess."""
     return [sys.executable, "-m", "rseqtop"]

@@ -35,13 +35,6 @@ OWN = dict(os.environ, GLIBC_TUNABLES="glibc.pthread.rseq=0")  # the workload re
 extended_rseq = kernel.extended_rseq
 
 
-@pytest.fixture(scope="module")
-def collector(bpf_ok):
-    workload.build()
-    with Collector() as c:
-        yield c
-
-
 def observe(collector, args, env=None, realtime=False, priority=1):
     """Run the workload to its end, then read the collector. realtime: run it
     SCHED_FIFO, so that other tasks on a busy machine cannot preempt its
@@ -506,11 +499,12 @@ def test_hot_state_in_task_storage_is_read_while_threads_live(collector):
     assert b.counts.preempts > a.counts.preempts > 0
 
 
-def test_pid_filter_in_the_kernel_and_changed_at_run_time(bpf_ok):
+def test_pid_filter_in_the_kernel_and_changed_at_run_time(collector):
     """Threads of processes the filter excludes are not tracked (and are
     remembered as excluded); changing the filter starts tracking them."""
-    workload.build()
-    with Collector(pids=[os.getpid()]) as c:
+    c = collector
+    c.set_filter(pids=[os.getpid()])
+    try:
         proc = workload.start(["--threads", "2", "--yield", "--op", "counter", "--duration", "30"])
         try:
             time.sleep(0.4)
@@ -532,6 +526,8 @@ def test_pid_filter_in_the_kernel_and_changed_at_run_time(bpf_ok):
         finally:
             proc.terminate()
             out, _ = proc.communicate()
+    finally:
+        c.set_filter()
     assert workload.parse_summary(out)["self_check"]["ok"]
 
 

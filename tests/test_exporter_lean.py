@@ -88,21 +88,23 @@ def test_lean_process_totals_do_not_depend_on_the_threads_asked_for(lean):
         assert lean.loader.hot_iter_link is None
 
 
-def test_lean_and_bcc_decode_the_maps_alike(lean):
+def test_lean_and_bcc_decode_the_maps_alike(lean, collector):
     """The key and value types the lean collector decodes from the loader's
-    descriptions have bcc's sizes and field offsets."""
-    with Collector() as full:
-        for name, table in lean.bpf.items():
-            if name == "hot":  # task storage, a table type bcc's Python has no class for: the record's copy
-                theirs = (ctypes.c_int, dict(full.bpf["threads"].Leaf._fields_)["h"])
-            elif name == "free_slots":  # a stack: values only
-                theirs = (table.Key, full.bpf[name].Leaf)
-            else:
-                theirs = (full.bpf[name].Key, full.bpf[name].Leaf)
-            for ours, bccs in zip((table.Key, table.Leaf), theirs):
-                assert ctypes.sizeof(ours) == ctypes.sizeof(bccs), name
-                for field, *_ in getattr(bccs, "_fields_", ()):
-                    assert getattr(ours, field).offset == getattr(bccs, field).offset, (name, field)
+    descriptions have bcc's sizes and field offsets (those of a collector
+    that compiled the same program with bcc in this process)."""
+    assert collector.generate() == lean.generate()
+    full = collector
+    for name, table in lean.bpf.items():
+        if name == "hot":  # task storage, a table type bcc's Python has no class for: the record's copy
+            theirs = (ctypes.c_int, dict(full.bpf["threads"].Leaf._fields_)["h"])
+        elif name == "free_slots":  # a stack: values only
+            theirs = (table.Key, full.bpf[name].Leaf)
+        else:
+            theirs = (full.bpf[name].Key, full.bpf[name].Leaf)
+        for ours, bccs in zip((table.Key, table.Leaf), theirs):
+            assert ctypes.sizeof(ours) == ctypes.sizeof(bccs), name
+            for field, *_ in getattr(bccs, "_fields_", ()):
+                assert getattr(ours, field).offset == getattr(bccs, field).offset, (name, field)
 
 
 def test_lean_filter_and_reaping_write_through_the_handed_fds(lean):
@@ -155,32 +157,41 @@ def exporter_running(rseqtop_cmd, *args):
             exporter.wait()
 
 
-def test_exporter_collector_never_maps_llvm_and_scrapes_exact_counts(bpf_ok, rseqtop_cmd, record_property):
+@pytest.fixture(scope="module")
+def scraped_exporter(bpf_ok, rseqtop_cmd):
+    """`rseqtop export` that reads the maps only when scraped
+    (--poll-interval 0), shared: each start compiles (16 s in a kernel VM).
+    Its series are per comm: each test names its workload."""
+    with exporter_running(rseqtop_cmd, "--poll-interval", "0") as running:
+        yield running
+
+
+def test_exporter_collector_never_maps_llvm_and_scrapes_exact_counts(scraped_exporter, record_property):
     """`rseqtop export`: after attach the collector process has no libbcc or
     LLVM mapping and no loader child left, holds the programs through its
     fds, and a scrape after the workload's run shows its own counts: aborts
     by cause and by critical section (symbol)."""
-    with exporter_running(rseqtop_cmd, "--labels", "pid") as (exporter, port):
-        pid = exporter.pid
-        assert llvm_mappings(pid) == []
-        assert len(children(pid)) == 1, "a process besides the HTTP process is left (the loader?)"
-        assert prog_ids(pid), "the collector holds no BPF program"
-        summary = workload.run(SIGNALS, timeout=120)
-        samples = scrape(port)
-        wpid = str(summary["pid"])
-        aborts = {s.labels["cause"]: s.value for s in samples
-                  if s.name == "rseqtop_aborts_total" and s.labels.get("pid") == wpid}
-        assert sum(aborts.values()) == summary["totals"]["aborts"] > 0, aborts
-        assert aborts.get("signal", 0) > 0, aborts
-        sites = {s.labels["symbol"]: s.value for s in samples
-                 if s.name == "rseqtop_site_aborts_total" and s.labels.get("pid") == wpid}
-        for name, op in summary["ops"].items():
-            if op["aborts"]:
-                got = [v for sym, v in sites.items() if op["symbol"] in sym]
-                assert got == [op["aborts"]], (name, op["symbol"], sites)
-        assert llvm_mappings(pid) == []
-        record_property("figure", f"{summary['totals']['aborts']} aborts scraped exactly; "
-                                  f"collector RSS {rss_kib(pid) // 1024} MiB")
+    exporter, port = scraped_exporter
+    pid = exporter.pid
+    assert llvm_mappings(pid) == []
+    assert len(children(pid)) == 1, "a process besides the HTTP process is left (the loader?)"
+    assert prog_ids(pid), "the collector holds no BPF program"
+    name = "xexp-scraped"
+    summary = workload.run(SIGNALS + ["--name", name], timeout=120)
+    samples = scrape(port)
+    aborts = {s.labels["cause"]: s.value for s in samples
+              if s.name == "rseqtop_aborts_total" and s.labels["comm"] == name}
+    assert sum(aborts.values()) == summary["totals"]["aborts"] > 0, aborts
+    assert aborts.get("signal", 0) > 0, aborts
+    sites = {s.labels["symbol"]: s.value for s in samples
+             if s.name == "rseqtop_site_aborts_total" and s.labels["comm"] == name}
+    for name, op in summary["ops"].items():
+        if op["aborts"]:
+            got = [v for sym, v in sites.items() if op["symbol"] in sym]
+            assert got == [op["aborts"]], (name, op["symbol"], sites)
+    assert llvm_mappings(pid) == []
+    record_property("figure", f"{summary['totals']['aborts']} aborts scraped exactly; "
+                              f"collector RSS {rss_kib(pid) // 1024} MiB")
 
 
 def rss_kib(pid: int) -> int:
@@ -190,20 +201,28 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def exporter_for(reads, request, rseqtop_cmd):
+    if reads == "scrapes":
+        yield request.getfixturevalue("scraped_exporter")
+    else:
+        with exporter_running(rseqtop_cmd, "--poll-interval", "0.3s") as running:
+            yield running
+
+
 @pytest.mark.parametrize("reads", ["scrapes", "ticks"])
 def test_exporter_counts_stay_exact_while_dead_processes_are_reaped(bpf_ok, rseqtop_cmd, tmp_path, record_property,
-                                                                    reads):
+                                                                    request, reads):
     """`rseqtop export` reaps a dead process from the maps at the read
     after the one that saw it dead (keep_dead_seconds=0), its final counts
-    kept in its label set. Reads are scrapes every 0.3 s (scrapes, with
-    --poll-interval 0) or only the exporter's own between scrapes (ticks,
-    --poll-interval 0.3s, no scrape during the run). Over a run of
-    short-lived child processes, the comm's aborts equal the workload's own
-    sum over every child, no scrape shows fewer than the one before, and
-    the children have left the maps."""
-    name = "xchurn-exp"
-    interval = "0" if reads == "scrapes" else "0.3s"
-    with exporter_running(rseqtop_cmd, "--poll-interval", interval) as (_, port):
+    kept in its label set. Reads are scrapes every
+    0.3 s (scrapes, with --poll-interval 0) or only the exporter's own
+    between scrapes (ticks, --poll-interval 0.3s, no scrape during the
+    run). Over a run of short-lived child processes, the comm's aborts
+    equal the workload's own sum over every child, no scrape shows fewer
+    than the one before, and the children have left the maps."""
+    name = f"xchurn-{reads}"
+    with exporter_for(reads, request, rseqtop_cmd) as (_, port):
         def aborts() -> float:
             return sum(s.value for s in scrape(port) if s.name == "rseqtop_aborts_total" and s.labels["comm"] == name)
 

@@ -109,15 +109,26 @@ def mm_cid_reported() -> bool:
     return fmt is not None and fmt.has("mm_cid")
 
 
-@pytest.mark.kernel
-def test_json_totals_and_hostile_names(bpf_ok, rseqtop_cmd, record_property):
-    top = Lines(rseqtop_cmd + ["--json", "-d", "0.3"])
+@pytest.fixture(scope="module")
+def json_top(bpf_ok, rseqtop_cmd):
+    """One `rseqtop --json` (with a storm rule, support.STORM_CLI), attached,
+    for the tests that read its lines: each start compiles (16 s in a
+    kernel VM). Each test waits for lines that follow its own workload."""
+    from support import STORM_CLI
+
+    top = Lines(rseqtop_cmd + ["--json", "-d", "0.3", *STORM_CLI])
     try:
         top.next()
-        summary = run_workload(PINNED + ["--name", HOSTILE])
-        top.more(lambda line: True)
+        yield top
     finally:
         assert top.stop() == 0
+
+
+@pytest.mark.kernel
+def test_json_totals_and_hostile_names(json_top, record_property):
+    top = json_top
+    summary = run_workload(PINNED + ["--name", HOSTILE])
+    top.more(lambda line: True)
     assert all(line.isascii() and "\x1b" not in line and "\x07" not in line for line in top.raw)
     rec = json.loads(top.raw[-1])
     assert rec["schema_version"] == 1
@@ -271,29 +282,25 @@ ANTAGONIST_RUN = ["--threads", 1, "--cpus", (os.cpu_count() or 1) - 1, "--op", "
 
 
 @pytest.mark.kernel
-def test_json_and_exporter_show_preempters_and_storms(bpf_ok, rseqtop_cmd, record_property):
+def test_json_and_exporter_show_preempters_and_storms(json_top, record_property):
     """`rseqtop --json` and the exporter's metrics against two workload
     runs: a signal storm (storm counts equal the workload's own, same rule,
     support.STORM_RUN) and a named antagonist (named as the top preempter of
     at least 95% of the workload's aborts)."""
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.parser import text_string_to_metric_families
-    from support import ISOLATED_PRIORITY, STORM_CLI, STORM_RULE, STORM_RUN, run_realtime, storm_problem
+    from support import ISOLATED_PRIORITY, STORM_RULE, STORM_RUN, run_realtime, storm_problem
 
     from rseqtop.collect import Collector
     from rseqtop.exporter.metrics import RseqCollector
 
-    top = Lines(rseqtop_cmd + ["--json", "-d", "0.3", *STORM_CLI])
+    top = json_top
     registry = CollectorRegistry()
     with Collector(storm=STORM_RULE, threads="none") as source:
         registry.register(RseqCollector(source, identity=None))
-        try:
-            top.next()
-            storm = run_realtime(STORM_RUN + ["--name", "storm-live"])
-            ant = run_realtime(ANTAGONIST_RUN + ["--name", "victim-live"], priority=ISOLATED_PRIORITY)
-            top.more(lambda line: True)
-        finally:
-            assert top.stop() == 0
+        storm = run_realtime(STORM_RUN + ["--name", "storm-live"])
+        ant = run_realtime(ANTAGONIST_RUN + ["--name", "victim-live"], priority=ISOLATED_PRIORITY)
+        top.more(lambda line: True)
         text = generate_latest(registry).decode()
     rec = json.loads(top.raw[-1])
     procs = {p["pid"]: p for p in rec["processes"]}

@@ -18,13 +18,28 @@ pytestmark = [pytest.mark.bpf, pytest.mark.slow]
 PINNED = ["--threads", "2", "--cpus", "0", "--in-cs-delay", "200", "--signal-rate", "50", "--duration", "1"]
 
 
+@pytest.fixture(scope="module")
+def traced(bpf_ok, rseqtop_cmd):
+    """One `rseqtop trace --json` (with a storm rule, support.STORM_CLI)
+    over two workload runs, pinned and storm (each start compiles: 16 s in
+    a kernel VM), stopped after both: (exit code, records, stderr lines,
+    pinned summary, storm summary)."""
+    from support import STORM_CLI, STORM_RUN, run_realtime
+
+    tr = Trace(rseqtop_cmd + ["trace", "--json", *STORM_CLI])
+    try:
+        pinned = workload.run(PINNED, timeout=60)
+        storm = run_realtime(STORM_RUN)
+        time.sleep(0.3)  # the trace loop polls the ring buffer every 100 ms; it drains it again on exit
+    finally:
+        rc = tr.stop(signal.SIGINT)
+    return rc, [json.loads(line) for line in tr.out], tr.err, pinned, storm
+
+
 @pytest.mark.kernel
-def test_json_lines_for_the_workload_equal_its_aborts(bpf_ok, rseqtop_cmd, record_property):
-    tr = Trace(rseqtop_cmd + ["trace", "--json"])
-    summary = workload.run(PINNED, timeout=60)
-    time.sleep(0.3)  # the trace loop polls the ring buffer every 100 ms; it drains it again on exit
-    assert tr.stop(signal.SIGINT) == 0
-    records = [json.loads(line) for line in tr.out]
+def test_json_lines_for_the_workload_equal_its_aborts(traced, record_property):
+    rc, records, err, summary, _ = traced
+    assert rc == 0
     assert all(r["schema_version"] == 1 for r in records)
     mine = [r for r in records if r["pid"] == summary["pid"]]
     assert mine, "no abort lines for the workload"
@@ -32,7 +47,7 @@ def test_json_lines_for_the_workload_equal_its_aborts(bpf_ok, rseqtop_cmd, recor
     assert {"time", "comm", "pid", "tid", "cpu", "cause", "site", "offset"} <= set(r)
     assert r["cpu"] == 0 and "rseq_op_" in r["site"]
     record_property("figure", f"{len(mine)}={summary['totals']['aborts']} abort lines")
-    if not any("lost" in line for line in tr.err):
+    if not any("lost" in line for line in err):
         assert len(mine) == summary["totals"]["aborts"]
         per_tid: dict = {}
         for rec in mine:
@@ -66,18 +81,16 @@ def test_pid_filter_text_output_and_sigterm(bpf_ok, rseqtop_cmd):
 
 
 @pytest.mark.kernel
-def test_storm_marks_equal_the_workloads_storms(bpf_ok, rseqtop_cmd, record_property):
+def test_storm_marks_equal_the_workloads_storms(traced, record_property):
     """Each abort event carries the thread's run of consecutive aborts in
     its section: the events whose run reaches K exactly are the storms, as
     many as the workload counted by the same rule (support.STORM_RUN)."""
-    from support import STORM_CLI, STORM_RULE, STORM_RUN, run_realtime, storm_problem
+    from support import STORM_RULE, storm_problem
 
-    tr = Trace(rseqtop_cmd + ["trace", "--json", *STORM_CLI])
-    summary = run_realtime(STORM_RUN)
-    time.sleep(0.3)
-    assert tr.stop(signal.SIGINT) == 0
-    mine = [r for r in map(json.loads, tr.out) if r["pid"] == summary["pid"]]
-    assert not any("lost" in line for line in tr.err)
+    rc, records, err, _, summary = traced
+    assert rc == 0
+    mine = [r for r in records if r["pid"] == summary["pid"]]
+    assert not any("lost" in line for line in err)
     assert len(mine) == summary["totals"]["aborts"]
     k = STORM_RULE[0]
     starts = sum(1 for r in mine if r["run"] == k)

@@ -111,12 +111,13 @@ def mm_cid_reported() -> bool:
 
 @pytest.fixture(scope="module")
 def json_top(bpf_ok, rseqtop_cmd):
-    """One `rseqtop --json` (with a storm rule, support.STORM_CLI), attached,
-    for the tests that read its lines: each start compiles (16 s in a
-    kernel VM). Each test waits for lines that follow its own workload."""
+    """One `rseqtop --json --syscalls` (with a storm rule,
+    support.STORM_CLI), attached, for the tests that read its lines: each
+    start compiles (16 s in a kernel VM). Each test waits for lines that
+    follow its own workload."""
     from support import STORM_CLI
 
-    top = Lines(rseqtop_cmd + ["--json", "-d", "0.3", *STORM_CLI])
+    top = Lines(rseqtop_cmd + ["--json", "--syscalls", "-d", "0.3", *STORM_CLI])
     try:
         top.next()
         yield top
@@ -142,8 +143,6 @@ def test_json_totals_and_hostile_names(json_top, record_property):
         assert all(0 <= t["mm_cid"] < (os.cpu_count() or 1) for t in workers), workers
     else:
         assert all(t["mm_cid"] == -1 for t in workers), workers
-    assert rec["self"]["syscall_accounting"] is False
-    assert not any(p.startswith("syscalls:") for p in rec["self"]["probes_attached"])
     by_tid = {int(tid): t["aborts"] for tid, t in summary["threads"].items()} \
         if isinstance(summary.get("threads"), dict) else {}
     for t in proc["threads"]:
@@ -227,31 +226,30 @@ def test_tui_in_tmux_shows_the_workload_and_quits_cleanly(bpf_ok, rseqtop_cmd, t
         wl.wait(timeout=10)
 
 
-def test_syscalls_flag_turns_on_syscall_accounting(bpf_ok, rseqtop_cmd):
-    out = subprocess.run(rseqtop_cmd + ["--json", "--syscalls", "-d", "0.2", "-n", "1"], capture_output=True,
-                         text=True, timeout=120)
+@pytest.mark.parametrize("flag", [True, False], ids=["syscalls", "default"])
+def test_syscalls_flag_turns_on_syscall_accounting(bpf_ok, rseqtop_cmd, flag):
+    """Syscall tracepoints are opt-in (--syscalls), and --json says which."""
+    out = subprocess.run(rseqtop_cmd + ["--json", "-d", "0.2", "-n", "1"] + ["--syscalls"] * flag,
+                         capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     rec = json.loads(out.stdout.splitlines()[-1])
-    assert rec["self"]["syscall_accounting"] is True
-    assert "syscalls:sys_enter_membarrier" in rec["self"]["probes_attached"]
+    assert rec["self"]["syscall_accounting"] is flag
+    assert ("syscalls:sys_enter_membarrier" in rec["self"]["probes_attached"]) is flag
+    assert flag or not any(p.startswith("syscalls:") for p in rec["self"]["probes_attached"])
 
 
 @pytest.mark.kernel
-def test_json_registrations_by_abi(bpf_ok, rseqtop_cmd, record_property):
+def test_json_registrations_by_abi(json_top, record_property):
     """With --syscalls, each process's rseq registrations by ABI: the
     workload's own areas, V2 (64 bytes) where the kernel takes longer areas
     (6.3+), else legacy (32 bytes)."""
     from rseqtop.kernel import facts as kernel
 
     abi = "v2" if kernel.extended_rseq() else "legacy"
-    top = Lines(rseqtop_cmd + ["--json", "--syscalls", "-d", "0.3"])
-    try:
-        top.next()
-        summary = workload.run(PINNED + ["--rseq-abi", abi], timeout=60,
-                               env=dict(os.environ, GLIBC_TUNABLES="glibc.pthread.rseq=0"))
-        top.more(lambda line: True)
-    finally:
-        assert top.stop() == 0
+    top = json_top
+    summary = workload.run(PINNED + ["--rseq-abi", abi], timeout=60,
+                           env=dict(os.environ, GLIBC_TUNABLES="glibc.pthread.rseq=0"))
+    top.more(lambda line: True)
     proc = next(p for p in json.loads(top.raw[-1])["processes"] if p["pid"] == summary["pid"])
     reg = summary["registration"]
     want = reg["own_registrations"] + reg["probe_registrations"]

@@ -1,7 +1,8 @@
 """Critical-section addresses to `binary!symbol+offset`, cached per process.
 
 Resolved as soon as a site appears, so that a process that exits keeps its
-names. The watched processes choose the files they map, so no C parser runs
+names; a site first reported just after its process exited is named from
+the mappings that named the process's earlier sites. The watched processes choose the files they map, so no C parser runs
 in rseqtop's process: /proc/PID/maps gives the mapping that holds the
 address, the file is opened through /proc/PID/map_files (or, failing that,
 /proc/PID/root/PATH) and read by `rseqtop.symbols.elf`, a bounded pure-Python ELF

@@ -185,10 +185,10 @@ def test_exporter_collector_never_maps_llvm_and_scrapes_exact_counts(scraped_exp
     assert aborts.get("signal", 0) > 0, aborts
     sites = {s.labels["symbol"]: s.value for s in samples
              if s.name == "rseqtop_site_aborts_total" and s.labels["comm"] == name}
-    for name, op in summary["ops"].items():
+    for op_name, op in summary["ops"].items():
         if op["aborts"]:
             got = [v for sym, v in sites.items() if op["symbol"] in sym]
-            assert got == [op["aborts"]], (name, op["symbol"], sites)
+            assert got == [op["aborts"]], (op_name, op["symbol"], sites)
     assert llvm_mappings(pid) == []
     record_property("figure", f"{summary['totals']['aborts']} aborts scraped exactly; "
                               f"collector RSS {rss_kib(pid) // 1024} MiB")
@@ -215,12 +215,12 @@ def test_exporter_counts_stay_exact_while_dead_processes_are_reaped(bpf_ok, rseq
                                                                     request, reads):
     """`rseqtop export` reaps a dead process from the maps at the read
     after the one that saw it dead (keep_dead_seconds=0), its final counts
-    kept in its label set. Reads are scrapes every
-    0.3 s (scrapes, with --poll-interval 0) or only the exporter's own
-    between scrapes (ticks, --poll-interval 0.3s, no scrape during the
-    run). Over a run of short-lived child processes, the comm's aborts
-    equal the workload's own sum over every child, no scrape shows fewer
-    than the one before, and the children have left the maps."""
+    kept in its label set. Reads are scrapes every 0.3 s (scrapes, with
+    --poll-interval 0) or only the exporter's own between scrapes (ticks,
+    --poll-interval 0.3s, no scrape during the run). Over a run of
+    short-lived child processes, the comm's aborts equal the workload's own
+    sum over every child, no scrape shows fewer than the one before, and
+    the children have left the maps."""
     name = f"xchurn-{reads}"
     with exporter_for(reads, request, rseqtop_cmd) as (_, port):
         def aborts() -> float:

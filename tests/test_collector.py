@@ -6,6 +6,7 @@ aborts counted in its abort handlers, which only abort_ip reaches.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -440,13 +441,36 @@ def test_preemptions_match_the_kernels_own_count(collector):
     assert total > 50, "the oversubscribed run should have preempted its workers"
 
 
-def test_hot_state_fallback_without_task_storage(bpf_ok, monkeypatch):
-    """Kernels without thread pidfds keep the hot state in the threads
-    hash; same counts."""
+def no_task_storage_here(collector) -> bool:
+    """Whether this kernel keeps the hot state in the threads hash anyway
+    (before 6.9, or without BTF): known from the shared collector's plan,
+    so that the tests below compile no program of their own for nothing
+    (a compile takes 16 s in a kernel VM)."""
+    if collector.plan.hot_storage:
+        return False
+    assert kernel.kernel_version() < (6, 9) or not Path("/sys/kernel/btf/vmlinux").exists()
+    return True
+
+
+@contextlib.contextmanager
+def fallback_collector(collector, monkeypatch):
+    """A collector that keeps the hot state in the threads hash: the shared
+    one where the kernel gives no choice, else one with task storage
+    refused."""
     from rseqtop.collect import loader
 
+    if no_task_storage_here(collector):
+        yield collector
+        return
     monkeypatch.setattr(loader, "hot_storage_usable", lambda: False)
     with Collector() as c:
+        yield c
+
+
+def test_hot_state_fallback_without_task_storage(collector, monkeypatch):
+    """Kernels without thread pidfds keep the hot state in the threads
+    hash; same counts."""
+    with fallback_collector(collector, monkeypatch) as c:
         assert not c.plan.hot_storage and "HOT_TASK_STORAGE" not in c.plan.defines
         summary, snap = observe(c, INDUCERS["oversubscribed"] + ["--duration", 0.5])
         assert_exact(summary, snap)
@@ -456,17 +480,17 @@ def test_hot_state_fallback_without_task_storage(bpf_ok, monkeypatch):
             assert t.counts.updates > 0
 
 
-def test_slots_and_pidfds_where_the_task_iterator_is_refused(bpf_ok, monkeypatch):
+def test_slots_and_pidfds_where_the_task_iterator_is_refused(collector, monkeypatch):
     """Task storage without the task iterator: process totals from the
     slots, threads through a pidfd each; same counts whatever threads are
     asked for."""
     from rseqtop.collect import loader
 
+    if no_task_storage_here(collector):
+        return
     monkeypatch.setattr(loader, "attach_task_iterator", lambda bcc, bpf: None)
     with Collector() as c:
-        if not c.plan.hot_storage:
-            assert kernel.kernel_version() < (6, 9) or not Path("/sys/kernel/btf/vmlinux").exists()
-            return
+        assert c.plan.hot_storage
         assert c.loader.hot_iter_link is None
         summary = workload.run([str(a) for a in INDUCERS["oversubscribed"] + ["--duration", 0.5]], timeout=120)
         for mode in ("all", "aborting", "none"):
@@ -537,8 +561,7 @@ def test_hot_state_iterator_agrees_with_per_thread_reads(collector):
     from rseqtop.collect.reader import iterator_threads
     from rseqtop.kernel import taskstorage
 
-    if not collector.plan.hot_storage:  # no thread pidfds before 6.9: the state is in the hash
-        assert kernel.kernel_version() < (6, 9) or not Path("/sys/kernel/btf/vmlinux").exists()
+    if no_task_storage_here(collector):  # no thread pidfds before 6.9: the state is in the hash
         return
     assert collector.loader.hot_iter_link is not None, "the task iterator did not attach"
     proc = workload.start(["--threads", "2", "--idle-threads", "50", "--idle-period", "20", "--duration", "30"])
@@ -571,13 +594,13 @@ def test_process_totals_exact_whatever_threads_are_asked_for(collector, record_p
     record_property("figure", totals_whatever_threads_are_asked_for(collector))
 
 
-def test_processes_without_a_slot_are_summed_by_the_task_iterator(bpf_ok, record_property):
+def test_processes_without_a_slot_are_summed_by_the_task_iterator(collector, record_property):
     """More live processes than process slots: the ones without a slot are
     summed by the task iterator at every poll, exactly."""
+    if no_task_storage_here(collector):
+        return
     with Collector(sizes={"RSEQTOP_MAX_SLOTS": 1}) as c:
-        if not c.plan.hot_storage:
-            assert kernel.kernel_version() < (6, 9) or not Path("/sys/kernel/btf/vmlinux").exists()
-            return
+        assert c.plan.hot_storage
         figure = totals_whatever_threads_are_asked_for(c)
         fill = {m.name: m for m in c.poll().self_stats.maps}["proc_slot"]
     # this test's own process, at least, was tracked before the workload started
@@ -590,8 +613,7 @@ def test_processes_without_a_slot_are_summed_by_the_task_iterator(bpf_ok, record
 def test_dead_processes_give_their_slot_back(collector, record_property):
     """A dead process's slot goes back to the kernel a poll after it is seen
     dead, zeroed: the next process that takes it counts from zero."""
-    if not collector.plan.hot_storage:
-        assert kernel.kernel_version() < (6, 9) or not Path("/sys/kernel/btf/vmlinux").exists()
+    if no_task_storage_here(collector):
         return
     proc_slot = collector.bpf["proc_slot"]
     taken, reused = {}, 0

@@ -280,26 +280,32 @@ ANTAGONIST_RUN = ["--threads", 1, "--cpus", (os.cpu_count() or 1) - 1, "--op", "
 
 
 @pytest.mark.kernel
-def test_json_and_exporter_show_preempters_and_storms(json_top, record_property):
+def test_json_and_exporter_show_preempters_and_storms(json_top, collector, record_property):
     """`rseqtop --json` and the exporter's metrics against two workload
     runs: a signal storm (storm counts equal the workload's own, same rule,
     support.STORM_RUN) and a named antagonist (named as the top preempter of
-    at least 95% of the workload's aborts)."""
+    at least 95% of the workload's aborts). The metrics are the shared
+    collector's, given the storm rule and asking for no thread, as the
+    exporter does."""
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.parser import text_string_to_metric_families
     from support import ISOLATED_PRIORITY, STORM_RULE, STORM_RUN, run_realtime, storm_problem
 
-    from rseqtop.collect import Collector
     from rseqtop.exporter.metrics import RseqCollector
 
     top = json_top
     registry = CollectorRegistry()
-    with Collector(storm=STORM_RULE, threads="none") as source:
-        registry.register(RseqCollector(source, identity=None))
+    collector.set_storm(STORM_RULE)
+    collector.want_threads("none")
+    try:
+        registry.register(RseqCollector(collector, identity=None))
         storm = run_realtime(STORM_RUN + ["--name", "storm-live"])
         ant = run_realtime(ANTAGONIST_RUN + ["--name", "victim-live"], priority=ISOLATED_PRIORITY)
         top.more(lambda line: True)
         text = generate_latest(registry).decode()
+    finally:
+        collector.set_storm(None)
+        collector.want_threads("all")
     rec = json.loads(top.raw[-1])
     procs = {p["pid"]: p for p in rec["processes"]}
     sp, ap = procs[storm["pid"]], procs[ant["pid"]]

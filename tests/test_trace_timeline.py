@@ -192,30 +192,49 @@ def release_held(wl, wait=True) -> None:
         assert wl.wait(timeout=120) == 0, wl.stderr.read()
 
 
-def traced_run(tmp_path, args) -> tuple:
-    """The workload with args, traced by pid with every kind of event from
-    its start, by trace's own Tracer in this process (compiling once; the
-    command line's loop is trace.run, tested on the host below): (its
-    summary, the JSON records, the events lost)."""
+# the collector's filter between runs: above the largest pid_max (2**22), so
+# no process is tracked and the ring holds no other process's events
+NO_PID = 2 ** 22 + 1
+
+
+@pytest.fixture(scope="module")
+def timeline_collector(bpf_ok):
+    """One collector sending every kind of event, for both traced runs
+    (each compile takes 16 s in a kernel VM): (the collector, a list whose
+    one item is the Tracer the events go to)."""
     from rseqtop.collect import Collector
 
     kinds = trace.event_list(ALL)
+    collector = Collector(pids=[NO_PID], emit_events=True, threads="none", event_kinds=trace.kind_bits(kinds))
+    current = [None]
+    with collector:
+        collector.open_events(lambda ev: current[0] and current[0].on_event(ev))
+        yield collector, current
+
+
+def traced_run(timeline_collector, tmp_path, args) -> tuple:
+    """The workload with args, traced by pid with every kind of event from
+    its start, by trace's own Tracer in this process (the command line's
+    loop is trace.run, tested on the host below): (its summary, the JSON
+    records, the events lost during the run)."""
+    collector, current = timeline_collector
+    kinds = trace.event_list(ALL)
     wl, summary_path = start_held(tmp_path, args)
     out = io.StringIO()
+    current[0] = tracer = trace.Tracer(collector, out, True, {wl.pid}, None, 16, kinds)
     try:
-        collector = Collector(pids=[wl.pid], emit_events=True, threads="none", event_kinds=trace.kind_bits(kinds))
-        tracer = trace.Tracer(collector, out, True, {wl.pid}, None, 16, kinds)
-        with collector:
-            collector.open_events(tracer.on_event)
-            release_held(wl, wait=False)
-            deadline = time.monotonic() + 120
-            while wl.poll() is None and time.monotonic() < deadline:
-                collector.poll_events(100)  # as trace.run does
-            assert wl.wait(timeout=1) == 0, wl.stderr.read()
-            collector.poll_events(0)
-            tracer.release()
-            lost = collector.poll().self_stats.events_lost
+        collector.set_filter(pids=[wl.pid])
+        lost_before = collector.poll().self_stats.events_lost
+        release_held(wl, wait=False)
+        deadline = time.monotonic() + 120
+        while wl.poll() is None and time.monotonic() < deadline:
+            collector.poll_events(100)  # as trace.run does
+        assert wl.wait(timeout=1) == 0, wl.stderr.read()
+        collector.poll_events(0)
+        tracer.release()
+        lost = collector.poll().self_stats.events_lost - lost_before
     finally:
+        collector.set_filter(pids=[NO_PID])
         if wl.poll() is None:
             wl.kill()
             wl.wait()
@@ -232,14 +251,14 @@ def two_cpus() -> tuple:
 
 @pytest.mark.bpf
 @pytest.mark.kernel
-def test_timeline_shows_the_workloads_signals_and_migrations_in_order(bpf_ok, tmp_path, record_property):
+def test_timeline_shows_the_workloads_signals_and_migrations_in_order(timeline_collector, tmp_path, record_property):
     """One worker pinned to c0, moved c0 -> c1 -> c0 ... by the workload's
     migration thread, signalled with SIGUSR1: the trace of its pid shows
     exactly the migrations it requested, in that round robin, the signals
     its handler received, and its aborts; and between two migrations every
     event of the worker's own comes from the CPU it was moved to."""
     c0, c1 = two_cpus()
-    summary, recs, lost = traced_run(tmp_path, [
+    summary, recs, lost = traced_run(timeline_collector, tmp_path, [
         "--threads", "1", "--cpus", f"{c0},{c1}", "--inducer-cpus", str(c1), "--in-cs-delay", "200",
         "--migrate-rate", "20", "--signal-rate", "30", "--duration", "1"])
     assert lost == 0
@@ -286,13 +305,13 @@ def test_timeline_shows_the_workloads_signals_and_migrations_in_order(bpf_ok, tm
 
 @pytest.mark.bpf
 @pytest.mark.kernel
-def test_timeline_shows_membarrier_ipis_of_the_worker(bpf_ok, tmp_path, record_property):
+def test_timeline_shows_membarrier_ipis_of_the_worker(timeline_collector, tmp_path, record_property):
     """The worker spins on c0 while the workload's membarrier thread on c1
     calls MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ: each successful call IPIs
     the worker's CPU at most once (none when it is not running there), so
     the worker sees at most one IPI per call, each on c0."""
     c0, c1 = two_cpus()
-    summary, recs, lost = traced_run(tmp_path, [
+    summary, recs, lost = traced_run(timeline_collector, tmp_path, [
         "--threads", "1", "--cpus", str(c0), "--inducer-cpus", str(c1), "--in-cs-delay", "200",
         "--membarrier-rate", "200", "--duration", "1"])
     assert lost == 0

@@ -108,6 +108,7 @@ def test_seeds_annotate():
     assert isinstance(run(synthetic_elf()), Listing)  # no line table: lines unknown, still a listing
 
 
+@pytest.mark.slow  # 6-15 s each: run by the whole suite, not by scripts/test --unit
 @FUZZ
 @given(dwarf_mutated())
 def test_fuzz_damaged_dwarf(case):
@@ -115,6 +116,7 @@ def test_fuzz_damaged_dwarf(case):
     run(data, where)
 
 
+@pytest.mark.slow  # 6-15 s each: run by the whole suite, not by scripts/test --unit
 @FUZZ
 @given(mutated(), st.booleans())
 def test_fuzz_mutated_elf(data, at_delay):
@@ -160,6 +162,7 @@ def test_a_child_past_its_timeout_is_one_line_error():
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow  # 6-15 s each: run by the whole suite, not by scripts/test --unit
 def test_a_memory_bomb_is_stopped_by_the_address_space_limit():
     """A compressed .debug_line that inflates past RLIMIT_AS ends in a one-line error."""
     import zlib

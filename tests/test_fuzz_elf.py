@@ -131,6 +131,7 @@ def test_truncation_at_every_boundary():
     print(f"{n} truncated inputs")
 
 
+@pytest.mark.slow  # 6-15 s each: run by the whole suite, not by scripts/test --unit
 def test_every_field_with_every_extreme_value():
     n = 0
     for seed in seeds():
@@ -145,6 +146,7 @@ def test_every_field_with_every_extreme_value():
     print(f"{n} single-field inputs")
 
 
+@pytest.mark.slow  # 6-15 s each: run by the whole suite, not by scripts/test --unit
 @FUZZ_SETTINGS
 @given(mutated())
 def test_fuzz_mutated_elf(data):

@@ -117,8 +117,11 @@
 #ifndef RSEQTOP_MAX_SUCCESSORS
 #define RSEQTOP_MAX_SUCCESSORS 256
 #endif
-/* Successors' names cached per CPU (a power of two). */
+/* Successors' names cached per CPU (a power of two), each fetched again
+ * at its RSEQTOP_NAME_REFRESH-th use: a thread that renames itself shows
+ * its old name for at most that many preemptions per CPU. */
 #define RSEQTOP_NAME_CACHE 32
+#define RSEQTOP_NAME_REFRESH 16
 /* Possible CPUs (bpfgen passes the machine's). */
 #ifndef RSEQTOP_NCPUS
 #define RSEQTOP_NCPUS 1024
@@ -215,6 +218,7 @@ struct rseqtop_victim {
      * of a successor's cost, and the same tasks take a CPU again and again */
     struct {
         u32 tid;
+        u32 uses; /* since the name was fetched: refetched at RSEQTOP_NAME_REFRESH */
         char comm[RSEQTOP_COMM_LEN];
     } names[RSEQTOP_NAME_CACHE];
 };

@@ -716,6 +716,35 @@ def test_antagonist_is_named_as_the_top_preempter(collector, record_property, th
     assert len(entries) == 1, entries
 
 
+def test_a_preempter_that_names_itself_late_is_named_rightly(collector, record_property):
+    """Antagonists that take their name only after their first 20 wake-ups
+    (as threads that call pthread_setname_np once running): what preempted
+    under any other name of theirs is at most those wake-ups plus the
+    name cache's refresh (RSEQTOP_NAME_REFRESH uses per thread and CPU),
+    not the whole run, as when a cached name stayed until another task
+    took its slot; the 5% are the main test's margin above."""
+    from rseqtop.kernel.bpfgen import header_constants
+
+    threads, early = 2, 20
+    summary, snap = observe(collector, ["--threads", 1, "--cpus", NCPU - 1, "--op", "delay", "--in-cs-delay", 5000,
+                                        "--antagonist", ANTAGONIST, "--antagonist-threads", threads,
+                                        "--antagonist-named-after", early, "--antagonist-rate", 2000,
+                                        "--duration", 1.5],
+                            realtime=True, priority=ISOLATED_PRIORITY)
+    ant = summary["antagonist"]
+    assert ant["realtime"] and ant["unnamed_runs"] == threads * early
+    proc = assert_exact(summary, snap)
+    total = summary["totals"]["aborts"]
+    assert total > 200, "the antagonist preempted too few sections; the test proves nothing"
+    named = sum(e.count for e in proc.preempters if e.tgid == summary["pid"] and e.comm == ANTAGONIST)
+    other = sum(e.count for e in proc.preempters if e.tgid == summary["pid"] and e.comm != ANTAGONIST)
+    refresh = header_constants()["RSEQTOP_NAME_REFRESH"]
+    record_property("figure", f"{named} of {total} aborts under {ANTAGONIST}, {other} under the earlier name "
+                              f"({ant['unnamed_runs']} wake-ups before it)")
+    assert other <= ant["unnamed_runs"] + refresh * threads + 0.05 * total, proc.preempters[:4]
+    assert named >= 0.95 * total - ant["unnamed_runs"] - refresh * threads, proc.preempters[:4]
+
+
 # -- abort storms (issue 15, item 4) -------------------------------------
 def test_signal_storms_match_the_workloads_own_count(collector, record_property):
     """Bursts of signals at one thread in a long section: every burst is a

@@ -1053,6 +1053,30 @@ def test_antagonist_reports_itself():
     assert a["tids"] == [a["tid"]]
 
 
+def test_antagonist_named_after_runs_its_first_wake_ups_unnamed(tmp_path):
+    """--antagonist-named-after N: each antagonist has the process's name
+    for its first N wake-ups (counted as unnamed_runs), NAME after them."""
+    proc = workload.start(["--threads", "1", "--cpus", "0", "--op", "counter", "--antagonist", "late-name",
+                           "--antagonist-threads", "2", "--antagonist-named-after", "40", "--antagonist-rate", "200",
+                           "--duration", "1.5"])
+    seen = set()
+    deadline = time.monotonic() + 1.2
+    while time.monotonic() < deadline:
+        for task in Path(f"/proc/{proc.pid}/task").glob("*"):
+            try:
+                seen.add(task.joinpath("comm").read_text().strip())
+            except OSError:
+                pass
+        time.sleep(0.02)
+    out, _ = proc.communicate(timeout=60)
+    a = workload.parse_summary(out)["antagonist"]
+    assert a["unnamed_runs"] == 2 * 40 < a["runs"]
+    assert a["comm"] == "late-name" and "late-name" in seen
+    bad = subprocess.run([str(workload.build()), "--antagonist-named-after", "3", "--duration", "0.1"],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "needs --antagonist" in bad.stderr
+
+
 def test_antagonist_threads_wake_in_turn_at_the_rate_between_them():
     s = workload.run(["--threads", "1", "--cpus", "0", "--op", "counter", "--antagonist", "hogs",
                       "--antagonist-threads", "3", "--antagonist-rate", "600", "--duration", "0.5"], timeout=60)

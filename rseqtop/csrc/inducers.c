@@ -270,6 +270,7 @@ void *membarrier_main(void *arg)
 
 atomic_int antagonist_tids[MAX_ANTAGONISTS];
 atomic_long antagonist_runs;
+atomic_long antagonist_unnamed_runs;
 int antagonist_realtime;
 
 /* Threads with a known name on the first worker CPU (arg: which of the
@@ -286,8 +287,10 @@ void *antagonist_main(void *arg)
 	struct sched_param sp;
 	int policy;
 	cpu_set_t set;
+	long runs = 0;
 
-	prctl(PR_SET_NAME, cfg.antagonist, 0, 0, 0);
+	if (!cfg.antagonist_named_after)
+		prctl(PR_SET_NAME, cfg.antagonist, 0, 0, 0);
 	CPU_ZERO(&set);
 	CPU_SET(cfg.cpus[0], &set);
 	if (sched_setaffinity(0, sizeof(set), &set))
@@ -306,6 +309,13 @@ void *antagonist_main(void *arg)
 	while (tick_wait(&next, period)) {
 		double until = now_mono() + cfg.antagonist_spin_us / 1e6;
 
+		/* named at the start of its N+1st wake-up: the first N ran and
+		 * preempted under the process's name */
+		if (runs < cfg.antagonist_named_after)
+			atomic_fetch_add(&antagonist_unnamed_runs, 1);
+		else if (runs && runs == cfg.antagonist_named_after)
+			prctl(PR_SET_NAME, cfg.antagonist, 0, 0, 0);
+		runs++;
 		atomic_fetch_add(&antagonist_runs, 1);
 		while (now_mono() < until)
 			;

@@ -210,6 +210,9 @@ static void print_help(void)
 "  --antagonist-spin US     its busy time per wake-up (default 50)\n"
 "  --antagonist-threads N   N such threads, all named NAME, waking in turn\n"
 "                           (--antagonist-rate between them; default 1, max 64)\n"
+"  --antagonist-named-after N  each takes NAME only after its first N wake-ups\n"
+"                           (until then it has the process's name, as a thread\n"
+"                           that names itself once it has run)\n"
 "  --migrate-rate HZ        move one worker per tick to its next allowed CPU\n"
 "                           (sched_setaffinity), HZ ticks per second\n"
 "  --membarrier-rate HZ     call membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ)\n"
@@ -273,6 +276,7 @@ enum {
 	O_SIGNAL_BURST, O_SIGNAL_BURST_GAP, O_SIGNAL_BURSTS, O_STORM_K, O_STORM_T, O_ANTAGONIST, O_ANTAGONIST_RATE,
 	O_ANTAGONIST_SPIN,
 	O_ANTAGONIST_THREADS,
+	O_ANTAGONIST_NAMED_AFTER,
 };
 
 void parse_args(int argc, char **argv)
@@ -312,6 +316,7 @@ void parse_args(int argc, char **argv)
 		{"antagonist-rate", required_argument, 0, O_ANTAGONIST_RATE},
 		{"antagonist-spin", required_argument, 0, O_ANTAGONIST_SPIN},
 		{"antagonist-threads", required_argument, 0, O_ANTAGONIST_THREADS},
+		{"antagonist-named-after", required_argument, 0, O_ANTAGONIST_NAMED_AFTER},
 		{"help", no_argument, 0, 'h'},
 		{0, 0, 0, 0},
 	};
@@ -433,6 +438,9 @@ void parse_args(int argc, char **argv)
 		case O_ANTAGONIST_THREADS:
 			cfg.antagonist_threads = (int)parse_int("--antagonist-threads", optarg, 1, MAX_ANTAGONISTS);
 			break;
+		case O_ANTAGONIST_NAMED_AFTER:
+			cfg.antagonist_named_after = parse_int("--antagonist-named-after", optarg, 0, 1000000000L);
+			break;
 		case 'h':
 			print_help();
 			exit(0);
@@ -452,6 +460,8 @@ void parse_args(int argc, char **argv)
 		usage_error("--antagonist runs on the workers' CPU: give it with --cpus");
 	if (cfg.antagonist_threads > 1 && !cfg.antagonist)
 		usage_error("--antagonist-threads needs --antagonist");
+	if (cfg.antagonist_named_after && !cfg.antagonist)
+		usage_error("--antagonist-named-after needs --antagonist");
 	if (cfg.antagonist && cfg.churn == CHURN_PROCESSES)
 		usage_error("--antagonist cannot be combined with --churn-processes");
 	if (!threads_given)

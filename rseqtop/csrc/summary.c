@@ -140,8 +140,9 @@ static void write_antagonist_json(FILE *f)
 		snprintf(comm, sizeof(comm), "%s", cfg.antagonist);  /* as the kernel keeps it */
 		json_str(f, comm);
 	}
-	fprintf(f, ", \"cpu\": %d, \"realtime\": %s, \"runs\": %ld, \"rate\": ", cfg.cpus[0],
-		antagonist_realtime ? "true" : "false", atomic_load(&antagonist_runs));
+	fprintf(f, ", \"cpu\": %d, \"realtime\": %s, \"runs\": %ld, \"unnamed_runs\": %ld, \"rate\": ", cfg.cpus[0],
+		antagonist_realtime ? "true" : "false", atomic_load(&antagonist_runs),
+		atomic_load(&antagonist_unnamed_runs));
 	json_rate(f, cfg.antagonist_rate);
 	fprintf(f, ", \"spin_us\": %ld},\n", cfg.antagonist_spin_us);
 }

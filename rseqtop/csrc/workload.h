@@ -241,6 +241,7 @@ struct config {
 	double antagonist_rate;  /* --antagonist-rate HZ */
 	long antagonist_spin_us; /* --antagonist-spin US */
 	int antagonist_threads;  /* --antagonist-threads N, all named NAME */
+	long antagonist_named_after; /* --antagonist-named-after N wake-ups (0: named from the start) */
 };
 
 /* main.c */
@@ -379,6 +380,7 @@ void *antagonist_main(void *arg);
 #define MAX_ANTAGONISTS 64
 extern atomic_int antagonist_tids[MAX_ANTAGONISTS];
 extern atomic_long antagonist_runs;
+extern atomic_long antagonist_unnamed_runs; /* wake-ups before their name (--antagonist-named-after) */
 extern int antagonist_realtime;   /* it runs SCHED_FIFO above the workers */
 
 /* workers.c: self-check */

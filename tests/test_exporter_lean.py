@@ -159,11 +159,10 @@ def exporter_running(rseqtop_cmd, *args):
 
 @pytest.fixture(scope="module")
 def scraped_exporter(bpf_ok, rseqtop_cmd):
-    """`rseqtop export` as it starts by default (it reads the maps at each
-    scrape, and between scrapes when the last read is --poll-interval, 1 s,
-    old), shared: each start compiles (16 s in a kernel VM). Its series are
-    per comm: each test names its workload."""
-    with exporter_running(rseqtop_cmd) as running:
+    """`rseqtop export` that reads the maps only when scraped
+    (--poll-interval 0), shared: each start compiles (16 s in a kernel VM).
+    Its series are per comm: each test names its workload."""
+    with exporter_running(rseqtop_cmd, "--poll-interval", "0") as running:
         yield running
 
 
@@ -202,46 +201,54 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def exporter_for(reads, request, rseqtop_cmd):
+    if reads == "scrapes":
+        yield request.getfixturevalue("scraped_exporter")
+    else:
+        with exporter_running(rseqtop_cmd, "--poll-interval", "0.3s") as running:
+            yield running
+
+
 @pytest.mark.parametrize("reads", ["scrapes", "ticks"])
-def test_exporter_counts_stay_exact_while_dead_processes_are_reaped(scraped_exporter, tmp_path, record_property,
-                                                                    reads):
+def test_exporter_counts_stay_exact_while_dead_processes_are_reaped(bpf_ok, rseqtop_cmd, tmp_path, record_property,
+                                                                    request, reads):
     """`rseqtop export` reaps a dead process from the maps at the read
     after the one that saw it dead (keep_dead_seconds=0), its final counts
-    kept in its label set. Reads are scrapes every 0.3 s (scrapes: the
-    reads between scrapes wait for a 1 s old read, so there are none) or
-    only the exporter's own between scrapes (ticks: one a second, no
-    scrape during the run). Over a run of short-lived child processes, the
-    comm's aborts equal the workload's own sum over every child, no scrape
-    shows fewer than the one before, and the children have left the maps."""
+    kept in its label set. Reads are scrapes every 0.3 s (scrapes, with
+    --poll-interval 0) or only the exporter's own between scrapes (ticks,
+    --poll-interval 0.3s, no scrape during the run). Over a run of
+    short-lived child processes, the comm's aborts equal the workload's own
+    sum over every child, no scrape shows fewer than the one before, and
+    the children have left the maps."""
     name = f"xchurn-{reads}"
-    _, port = scraped_exporter
+    with exporter_for(reads, request, rseqtop_cmd) as (_, port):
+        def aborts() -> float:
+            return sum(s.value for s in scrape(port) if s.name == "rseqtop_aborts_total" and s.labels["comm"] == name)
 
-    def aborts() -> float:
-        return sum(s.value for s in scrape(port) if s.name == "rseqtop_aborts_total" and s.labels["comm"] == name)
-
-    out = tmp_path / "summary.json"
-    wl = workload.start(["--churn-processes", "--threads", "4", "--in-cs-delay", "5000", "--duration", "2",
-                         "--name", name, "--json-out", str(out)], stdout=subprocess.DEVNULL)
-    seen = [aborts()]
-    while wl.poll() is None:
-        time.sleep(0.3)
-        if reads == "scrapes":
+        out = tmp_path / "summary.json"
+        wl = workload.start(["--churn-processes", "--threads", "4", "--in-cs-delay", "5000", "--duration", "2",
+                             "--name", name, "--json-out", str(out)], stdout=subprocess.DEVNULL)
+        seen = [aborts()]
+        while wl.poll() is None:
+            time.sleep(0.3)
+            if reads == "scrapes":
+                seen.append(aborts())
+        assert wl.wait() == 0
+        for _ in range(3):  # the last children: seen dead, then reaped
+            if reads == "ticks":
+                time.sleep(0.5)
             seen.append(aborts())
-    assert wl.wait() == 0
-    for _ in range(3):  # the last children: seen dead, then reaped
-        if reads == "ticks":
-            time.sleep(0.5)
-        seen.append(aborts())
-    procs = [s.value for s in scrape(port) if s.name == "rseqtop_map_entries" and s.labels["map"] == "procs"]
-    summary = workload.parse_summary(out.read_text())
-    want = summary["children_totals"]["aborts"]
-    children = summary["children_totals"]["processes"]
-    assert children > 10 and want > 0, summary["children_totals"]
-    assert seen == sorted(seen), seen
-    assert seen[-1] == want, (seen[-4:], want)
-    # the children left the maps: kept, each would hold a procs entry
-    # (its exited thread's totals; the collector keeps at most 4,096
-    # dead processes); live processes need none where they have slots
-    assert procs and procs[0] < min(children, 4096) / 2, (procs, children)
-    record_property("figure", f"{children} children, {want} aborts, {len(seen)} scrapes, "
-                              f"{procs[0]:.0f} procs entries left")
+        procs = [s.value for s in scrape(port) if s.name == "rseqtop_map_entries" and s.labels["map"] == "procs"]
+        summary = workload.parse_summary(out.read_text())
+        want = summary["children_totals"]["aborts"]
+        children = summary["children_totals"]["processes"]
+        assert children > 10 and want > 0, summary["children_totals"]
+        assert seen == sorted(seen), seen
+        assert seen[-1] == want, (seen[-4:], want)
+        # the children left the maps: kept, each would hold a procs entry
+        # (its exited thread's totals; the collector keeps at most 4,096
+        # dead processes); live processes need none where they have slots
+        assert procs and procs[0] < min(children, 4096) / 2, (procs, children)
+        record_property("figure", f"{children} children, {want} aborts, {len(seen)} scrapes, "
+                                  f"{procs[0]:.0f} procs entries left")

@@ -259,7 +259,7 @@ def _show_tail(r: vmmod.VMResult, lines: int = 40) -> None:
 def _kernel_test_files() -> List[str]:
     """The test files with kernel-facing tests, found on the host. Pytest
     imports every file it is given to find the marked tests: under TCG,
-    collecting all of tests/ took about 90 s of a 6.1 VM's run."""
+    collecting all of tests/ took 128-130 s of a 7.2 VM's run."""
     import subprocess
 
     py = REPO / ".venv" / "bin" / "python"

@@ -682,6 +682,16 @@ def totals_whatever_threads_are_asked_for(collector) -> str:
 ANTAGONIST = "hog-15"
 
 
+def antagonist_run(collector, threads, *extra) -> tuple:
+    """One worker in a long section on the last CPU, preempted there by
+    `threads` antagonists named ANTAGONIST, SCHED_FIFO above other tests'
+    workloads: (its summary, the snapshot after it)."""
+    return observe(collector, ["--threads", 1, "--cpus", NCPU - 1, "--op", "delay", "--in-cs-delay", 5000,
+                               "--antagonist", ANTAGONIST, "--antagonist-threads", threads, *extra,
+                               "--antagonist-rate", 2000, "--duration", 1.5],
+                   realtime=True, priority=ISOLATED_PRIORITY)
+
+
 @pytest.mark.parametrize("threads", [1, 8])
 def test_antagonist_is_named_as_the_top_preempter(collector, record_property, threads):
     """Named threads pinned to the worker's CPU, one realtime priority
@@ -692,10 +702,7 @@ def test_antagonist_is_named_as_the_top_preempter(collector, record_property, th
     at a priority above other tests' workloads), for the process and for
     the section, and never more than the antagonists ran. 8 threads of one
     name are one preempter, one map entry per section."""
-    summary, snap = observe(collector, ["--threads", 1, "--cpus", NCPU - 1, "--op", "delay", "--in-cs-delay", 5000,
-                                        "--antagonist", ANTAGONIST, "--antagonist-threads", threads,
-                                        "--antagonist-rate", 2000, "--duration", 1.5],
-                            realtime=True, priority=ISOLATED_PRIORITY)
+    summary, snap = antagonist_run(collector, threads)
     ant = summary["antagonist"]
     assert ant["comm"] == ANTAGONIST and ant["realtime"] and ant["runs"] > 0
     proc = assert_exact(summary, snap)
@@ -726,11 +733,7 @@ def test_a_preempter_that_names_itself_late_is_named_rightly(collector, record_p
     from rseqtop.kernel.bpfgen import header_constants
 
     threads, early = 2, 20
-    summary, snap = observe(collector, ["--threads", 1, "--cpus", NCPU - 1, "--op", "delay", "--in-cs-delay", 5000,
-                                        "--antagonist", ANTAGONIST, "--antagonist-threads", threads,
-                                        "--antagonist-named-after", early, "--antagonist-rate", 2000,
-                                        "--duration", 1.5],
-                            realtime=True, priority=ISOLATED_PRIORITY)
+    summary, snap = antagonist_run(collector, threads, "--antagonist-named-after", early)
     ant = summary["antagonist"]
     assert ant["realtime"] and ant["unnamed_runs"] == threads * early
     proc = assert_exact(summary, snap)

@@ -1053,7 +1053,7 @@ def test_antagonist_reports_itself():
     assert a["tids"] == [a["tid"]]
 
 
-def test_antagonist_named_after_runs_its_first_wake_ups_unnamed(tmp_path):
+def test_antagonist_named_after_runs_its_first_wake_ups_unnamed():
     """--antagonist-named-after N: each antagonist has the process's name
     for its first N wake-ups (counted as unnamed_runs), NAME after them."""
     proc = workload.start(["--threads", "1", "--cpus", "0", "--op", "counter", "--antagonist", "late-name",
